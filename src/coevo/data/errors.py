@@ -1,0 +1,5 @@
+"""Data errors: each message names the file or folder and the fix."""
+
+
+class DataError(ValueError):
+    """Bad or missing input data (folder, image file); the message names it and says what to do."""

@@ -1,0 +1,254 @@
+"""ResNet generator compatible with the reference CycleGAN checkpoints.
+
+The layer layout (an ``nn.Sequential`` called ``model``) reproduces the
+reference ``ResnetGenerator`` of junyanz/pytorch-CycleGAN-and-pix2pix exactly,
+so its state_dict keys and shapes match ``latest_net_G_A.pth`` and friends.
+Unlike the reference, every prunable layer takes its own width from a
+:class:`GeneratorArch`, so full and slim generators are one class.
+
+Paper names -> code names: G_AB (the paper) = G_A (reference) maps domain A to
+domain B; G_BA = G_B maps B to A.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Mapping, Tuple
+
+import torch
+from torch import nn
+
+ARCH_VERSION = 1
+
+
+def group_names(n_blocks: int) -> List[str]:
+    """Names of the prunable channel groups of a generator, in data-flow order."""
+    names = ["stem", "down1", "trunk"]
+    names += [f"block{i}.inner" for i in range(n_blocks)]
+    names += ["up1", "up2"]
+    return names
+
+
+def full_widths(ngf: int, n_blocks: int) -> Dict[str, int]:
+    """Channel widths of the unpruned reference generator."""
+    widths = {"stem": ngf, "down1": 2 * ngf, "trunk": 4 * ngf, "up1": 2 * ngf, "up2": ngf}
+    for i in range(n_blocks):
+        widths[f"block{i}.inner"] = 4 * ngf
+    return {name: widths[name] for name in group_names(n_blocks)}
+
+
+@dataclass
+class GeneratorArch:
+    """Everything needed to rebuild a generator: saved next to every set of weights.
+
+    ``widths`` maps each channel group name (see :func:`group_names`) to its
+    number of filters. ``ngf`` records the width of the original (teacher)
+    network the widths were derived from; it does not change the layer shapes.
+    """
+
+    ngf: int = 64
+    n_blocks: int = 9
+    in_channels: int = 3
+    out_channels: int = 3
+    widths: Dict[str, int] = field(default_factory=dict)
+    norm: str = "instance"
+    padding: str = "reflect"
+
+    def __post_init__(self) -> None:
+        if self.n_blocks < 1:
+            raise ValueError(f"n_blocks must be >= 1, got {self.n_blocks}")
+        if self.ngf < 1:
+            raise ValueError(f"ngf must be >= 1, got {self.ngf}")
+        if not self.widths:
+            self.widths = full_widths(self.ngf, self.n_blocks)
+        expected = group_names(self.n_blocks)
+        unknown = sorted(set(self.widths) - set(expected))
+        missing = [n for n in expected if n not in self.widths]
+        if unknown or missing:
+            raise ValueError(
+                f"generator widths do not match a {self.n_blocks}-block generator: "
+                f"unknown groups {unknown}, missing groups {missing}"
+            )
+        bad = {k: v for k, v in self.widths.items() if int(v) < 1}
+        if bad:
+            raise ValueError(f"every channel group needs at least one filter; got {bad}")
+        self.widths = {n: int(self.widths[n]) for n in expected}
+        if self.norm != "instance" or self.padding != "reflect":
+            raise ValueError("only norm='instance' and padding='reflect' are supported")
+
+    @classmethod
+    def full(cls, ngf: int = 64, n_blocks: int = 9) -> "GeneratorArch":
+        return cls(ngf=ngf, n_blocks=n_blocks)
+
+    @property
+    def is_full(self) -> bool:
+        return self.widths == full_widths(self.ngf, self.n_blocks)
+
+    def with_widths(self, widths: Mapping[str, int]) -> "GeneratorArch":
+        return GeneratorArch(self.ngf, self.n_blocks, self.in_channels, self.out_channels, dict(widths))
+
+    def to_dict(self) -> dict:
+        return {
+            "version": ARCH_VERSION,
+            "kind": "resnet_generator",
+            "ngf": self.ngf,
+            "n_blocks": self.n_blocks,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "widths": dict(self.widths),
+            "norm": self.norm,
+            "padding": self.padding,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "GeneratorArch":
+        if d.get("kind", "resnet_generator") != "resnet_generator":
+            raise ValueError(f"not a generator architecture: kind={d.get('kind')!r}")
+        if int(d.get("version", 1)) > ARCH_VERSION:
+            raise ValueError(
+                f"architecture version {d['version']} is newer than this coevo understands "
+                f"({ARCH_VERSION}); upgrade coevo"
+            )
+        return cls(
+            ngf=int(d["ngf"]),
+            n_blocks=int(d["n_blocks"]),
+            in_channels=int(d.get("in_channels", 3)),
+            out_channels=int(d.get("out_channels", 3)),
+            widths={k: int(v) for k, v in d["widths"].items()},
+            norm=d.get("norm", "instance"),
+            padding=d.get("padding", "reflect"),
+        )
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    # affine=False, no running stats: the reference CycleGAN's InstanceNorm.
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    """Residual block: x + norm(conv(relu(norm(conv(x))))), both convs 3x3 with reflection padding.
+
+    ``conv_block.1`` maps trunk -> inner channels, ``conv_block.5`` inner -> trunk.
+    """
+
+    def __init__(self, trunk: int, inner: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(trunk, inner, 3, bias=True),
+            _norm(inner),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(inner, trunk, 3, bias=True),
+            _norm(trunk),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN ResNet generator. Input and output: NCHW, RGB, values in [-1, 1].
+
+    H and W must be divisible by 4 (two stride-2 down-samplings).
+    """
+
+    def __init__(self, arch: GeneratorArch | None = None) -> None:
+        super().__init__()
+        self.arch = arch if arch is not None else GeneratorArch()
+        w = self.arch.widths
+        layers: List[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(self.arch.in_channels, w["stem"], 7, bias=True),
+            _norm(w["stem"]),
+            nn.ReLU(True),
+            nn.Conv2d(w["stem"], w["down1"], 3, stride=2, padding=1, bias=True),
+            _norm(w["down1"]),
+            nn.ReLU(True),
+            nn.Conv2d(w["down1"], w["trunk"], 3, stride=2, padding=1, bias=True),
+            _norm(w["trunk"]),
+            nn.ReLU(True),
+        ]
+        for i in range(self.arch.n_blocks):
+            layers.append(ResnetBlock(w["trunk"], w[f"block{i}.inner"]))
+        layers += [
+            nn.ConvTranspose2d(w["trunk"], w["up1"], 3, stride=2, padding=1, output_padding=1, bias=True),
+            _norm(w["up1"]),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(w["up1"], w["up2"], 3, stride=2, padding=1, output_padding=1, bias=True),
+            _norm(w["up2"]),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(w["up2"], self.arch.out_channels, 7, bias=True),
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # --- named access to the layers, so no caller indexes ``model`` by position ---
+    def layer_index(self, name: str) -> int:
+        """Index into ``self.model`` of a named layer (see :meth:`named_convs`)."""
+        nb = self.arch.n_blocks
+        fixed = {"stem": 1, "down1": 4, "down2": 7, "up1": 10 + nb, "up2": 13 + nb, "head": 17 + nb}
+        if name in fixed:
+            return fixed[name]
+        raise KeyError(name)
+
+    def named_convs(self) -> Iterator[Tuple[str, nn.Module]]:
+        """(name, conv) for every convolution in data-flow order.
+
+        Names: stem, down1, down2, block{i}.conv1, block{i}.conv2, up1, up2, head.
+        """
+        yield "stem", self.model[self.layer_index("stem")]
+        yield "down1", self.model[self.layer_index("down1")]
+        yield "down2", self.model[self.layer_index("down2")]
+        for i in range(self.arch.n_blocks):
+            block = self.model[10 + i]
+            yield f"block{i}.conv1", block.conv_block[1]
+            yield f"block{i}.conv2", block.conv_block[5]
+        yield "up1", self.model[self.layer_index("up1")]
+        yield "up2", self.model[self.layer_index("up2")]
+        yield "head", self.model[self.layer_index("head")]
+
+    def blocks(self) -> List[ResnetBlock]:
+        return [self.model[10 + i] for i in range(self.arch.n_blocks)]
+
+
+def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GeneratorArch:
+    """Recover a :class:`GeneratorArch` from the shapes in a (reference or coevo) state_dict.
+
+    Works for full and for channel-pruned generators with 1 or more blocks.
+    """
+    keys = set(state_dict)
+    block_ids = sorted(
+        {int(k.split(".")[1]) for k in keys if k.startswith("model.") and ".conv_block." in k}
+    )
+    if "model.1.weight" not in keys or not block_ids:
+        raise ValueError(
+            "this state_dict is not a CycleGAN ResnetGenerator: expected keys 'model.1.weight' and "
+            "'model.N.conv_block.1.weight'. Is it a discriminator (latest_net_D_*.pth) or a "
+            "U-Net generator? coevo supports the ResNet generator only."
+        )
+    if block_ids != list(range(10, 10 + len(block_ids))):
+        raise ValueError(f"unexpected residual block indices {block_ids}; expected 10, 11, ...")
+    nb = len(block_ids)
+    stem = state_dict["model.1.weight"]
+    widths = {
+        "stem": stem.shape[0],
+        "down1": state_dict["model.4.weight"].shape[0],
+        "trunk": state_dict["model.7.weight"].shape[0],
+        "up1": state_dict[f"model.{10 + nb}.weight"].shape[1],
+        "up2": state_dict[f"model.{13 + nb}.weight"].shape[1],
+    }
+    for i in range(nb):
+        widths[f"block{i}.inner"] = state_dict[f"model.{10 + i}.conv_block.1.weight"].shape[0]
+    head = state_dict[f"model.{17 + nb}.weight"]
+    ngf = widths["up2"] if widths["stem"] == widths["up2"] else widths["stem"]
+    return GeneratorArch(
+        ngf=int(ngf),
+        n_blocks=nb,
+        in_channels=int(stem.shape[1]),
+        out_channels=int(head.shape[0]),
+        widths={k: int(v) for k, v in widths.items()},
+    )

@@ -1,0 +1,226 @@
+"""Saving and loading networks. Every file coevo writes carries its architecture.
+
+Formats understood by :func:`load_generator` (chosen by content and suffix):
+
+* coevo checkpoint (``.pt``/``.pth``): ``{"format": "coevo.generator", "arch": {...}, "state_dict": {...}}``
+* reference CycleGAN checkpoint (``latest_net_G_A.pth``): a bare state_dict;
+  the architecture (ngf, blocks, even pruned widths) is inferred from the shapes
+* safetensors (``.safetensors``) with the architecture as JSON metadata
+* TorchScript (``.ts``/``.torchscript``/``.jit``) and ONNX (``.onnx``) exports,
+  see :mod:`coevo.export`
+
+All ``torch.load`` calls use ``weights_only=True``: a checkpoint cannot run code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Mapping, Union
+
+import torch
+from torch import nn
+
+from .discriminator import DiscriminatorArch, NLayerDiscriminator, infer_discriminator_arch
+from .generator import GeneratorArch, ResnetGenerator, infer_arch_from_state_dict
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+GEN_FORMAT = "coevo.generator"
+DISC_FORMAT = "coevo.discriminator"
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as the network asked for; the message says why and what to do."""
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def safe_torch_load(path: PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on CPU with errors that name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or a pickle that needs code
+        raise CheckpointError(
+            f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: {e}). "
+            "The file may be truncated or corrupt (re-download or re-export it), or it may be "
+            "a full pickled model; coevo only loads state_dicts and its own checkpoints."
+        ) from e
+
+
+def _clean_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("module."):  # saved from DataParallel
+            k = k[len("module."):]
+        # Old reference checkpoints carry InstanceNorm running stats that
+        # InstanceNorm2d(track_running_stats=False) neither has nor wants.
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        out[k] = v
+    return out
+
+
+def _load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in {path} do not fit the architecture: {e}") from e
+
+
+# ----------------------------------------------------------------------------- generators
+def save_generator(model: ResnetGenerator, path: PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+    """Save a generator with its architecture. Suffix ``.safetensors`` selects safetensors; anything else torch."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        meta = {"format": GEN_FORMAT, "arch": json.dumps(model.arch.to_dict())}
+        if extra:
+            meta["extra"] = json.dumps(dict(extra))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(sd, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+    payload = {
+        "format": GEN_FORMAT,
+        "arch": model.arch.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": dict(extra or {}),
+    }
+    atomic_torch_save(payload, path)
+    return path
+
+
+def generator_from_state_dict(sd: Mapping[str, torch.Tensor], arch: GeneratorArch | None = None,
+                              source: PathLike = "<state_dict>") -> ResnetGenerator:
+    sd = _clean_state_dict(sd)
+    if arch is None:
+        try:
+            arch = infer_arch_from_state_dict(sd)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: {e}") from e
+    model = ResnetGenerator(arch)
+    _load_into(model, sd, source)
+    return model
+
+
+def load_generator(path: PathLike) -> nn.Module:
+    """Load any generator coevo knows, with no flags. Returns a module in eval mode.
+
+    For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
+    is a :class:`ResnetGenerator`; TorchScript and ONNX exports come back as modules
+    that run the exported graph (see :mod:`coevo.export`).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"generator file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        model = _load_safetensors_generator(path)
+    elif suffix in (".onnx", ".ts", ".torchscript", ".jit"):
+        from ..export import load_exported
+
+        return load_exported(path)
+    else:
+        obj = safe_torch_load(path)
+        if isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
+            model = generator_from_state_dict(obj["state_dict"], GeneratorArch.from_dict(obj["arch"]), path)
+        elif isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
+            raise CheckpointError(f"{path} is a coevo discriminator, not a generator; use load_discriminator")
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            model = generator_from_state_dict(obj, None, path)
+            log.info("loaded reference checkpoint %s (inferred %s)", path, model.arch.to_dict())
+        else:
+            raise CheckpointError(
+                f"{path} is neither a coevo generator nor a CycleGAN state_dict "
+                f"(top-level keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})"
+            )
+    return model.eval()
+
+
+def _load_safetensors_generator(path: Path) -> ResnetGenerator:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        sd = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path} as safetensors ({e}); the file may be truncated") from e
+    arch = GeneratorArch.from_dict(json.loads(meta["arch"])) if "arch" in meta else None
+    return generator_from_state_dict(sd, arch, path)
+
+
+# ----------------------------------------------------------------------------- discriminators
+def save_discriminator(model: NLayerDiscriminator, path: PathLike) -> Path:
+    payload = {
+        "format": DISC_FORMAT,
+        "arch": model.arch.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    atomic_torch_save(payload, path)
+    return Path(path)
+
+
+def load_discriminator(path: PathLike) -> NLayerDiscriminator:
+    """Load a coevo discriminator or a reference ``latest_net_D_*.pth``."""
+    path = Path(path)
+    obj = safe_torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
+        arch, sd = DiscriminatorArch.from_dict(obj["arch"]), obj["state_dict"]
+    elif isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
+        raise CheckpointError(f"{path} is a coevo generator, not a discriminator")
+    elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = _clean_state_dict(obj)
+        try:
+            arch = infer_discriminator_arch(sd)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    else:
+        raise CheckpointError(f"{path} is not a discriminator checkpoint")
+    model = NLayerDiscriminator(arch)
+    _load_into(model, _clean_state_dict(sd), path)
+    return model.eval()
+
+
+def save_reference_state_dict(model: nn.Module, path: PathLike) -> Path:
+    """Save a bare state_dict in the reference naming (``latest_net_G_A.pth``) for other tools."""
+    atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    return Path(path)
