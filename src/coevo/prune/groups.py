@@ -1,0 +1,83 @@
+"""Named channel groups of a ResNet generator: which filters must be kept or dropped together.
+
+A *channel group* is one index space of feature-map channels. Its *producers*
+are the convolutions whose output channels live in that space; its *consumers*
+are the convolutions whose input channels do. Keeping channel ``c`` of a group
+keeps filter ``c`` of every producer and input slice ``c`` of every consumer.
+
+The residual trunk is one group because the skip connections add the output of
+the second down-sampling conv and of every block's second conv channel by
+channel: dropping a channel in one of them and not the others would misalign
+the sum. Each block's inner channels (its first conv) feed only that block's
+second conv, so they are free. ``tests/test_prune_groups.py`` checks this
+declaration against the network's real data flow.
+
+The final conv to RGB (``head``) is never pruned: its outputs are the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from ..models.generator import GeneratorArch, group_names
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One prunable channel index space.
+
+    ``producers``/``consumers`` are conv names from
+    :meth:`coevo.models.ResnetGenerator.named_convs` whose OUTPUT / INPUT
+    channels this group indexes.
+    """
+
+    name: str
+    size: int
+    producers: List[str] = field(default_factory=list)
+    consumers: List[str] = field(default_factory=list)
+
+    @property
+    def coupled(self) -> bool:
+        """True when several convs write into this channel space (the residual trunk)."""
+        return len(self.producers) > 1
+
+
+def channel_groups(arch: GeneratorArch) -> List[ChannelGroup]:
+    """The prunable channel groups of ``arch`` in :func:`coevo.models.group_names` order."""
+    nb = arch.n_blocks
+    blocks = range(nb)
+    wiring: Dict[str, Tuple[List[str], List[str]]] = {
+        "stem": (["stem"], ["down1"]),
+        "down1": (["down1"], ["down2"]),
+        "trunk": (["down2"] + [f"block{i}.conv2" for i in blocks],
+                  [f"block{i}.conv1" for i in blocks] + ["up1"]),
+        "up1": (["up1"], ["up2"]),
+        "up2": (["up2"], ["head"]),
+    }
+    for i in blocks:
+        wiring[f"block{i}.inner"] = ([f"block{i}.conv1"], [f"block{i}.conv2"])
+    return [
+        ChannelGroup(name, arch.widths[name], list(wiring[name][0]), list(wiring[name][1]))
+        for name in group_names(nb)
+    ]
+
+
+def conv_names(n_blocks: int) -> List[str]:
+    """Conv names in data-flow order, as :meth:`ResnetGenerator.named_convs` yields them."""
+    names = ["stem", "down1", "down2"]
+    for i in range(n_blocks):
+        names += [f"block{i}.conv1", f"block{i}.conv2"]
+    return names + ["up1", "up2", "head"]
+
+
+def conv_group_map(arch: GeneratorArch) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+    """``{conv name: (input group, output group)}`` in data-flow order.
+
+    ``None`` marks the image side (the stem's input, the head's output): never pruned.
+    """
+    inputs: Dict[str, str] = {}
+    outputs: Dict[str, str] = {}
+    for g in channel_groups(arch):
+        outputs.update({conv: g.name for conv in g.producers})
+        inputs.update({conv: g.name for conv in g.consumers})
+    return {name: (inputs.get(name), outputs.get(name)) for name in conv_names(arch.n_blocks)}

@@ -1,0 +1,150 @@
+"""The compression report: teacher and compressed pair side by side (Markdown + JSON + image grids).
+
+Reads a pipeline run folder (see :mod:`coevo.pipeline`) and writes
+``report.json``, ``report.md`` and ``grid_AtoB.png`` / ``grid_BtoA.png`` into it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .config import Config
+from .models.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# (direction, generator, discriminator of the output domain, input folder, ground-truth folder)
+DIRECTIONS = (
+    ("AtoB", "G_A", "D_A", "testA", "testA_gt_B"),
+    ("BtoA", "G_B", "D_B", "testB", "testB_gt_A"),
+)
+
+# Targets the demo must meet (issue: fine-tune, export and the one-command pipeline).
+TARGET_MACS_RATIO = 0.25
+TARGET_PSNR_GAP_DB = 1.0
+TARGET_SPEEDUP = 3.0
+
+
+def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Path, n: int = 6) -> Optional[Path]:
+    from .data import list_images, load_image, to_tensor
+    from .viz import save_grid
+
+    files = list_images(data_root / in_dir)[:n]
+    if not files:
+        return None
+    x = torch.stack([to_tensor(load_image(f)) for f in files])
+    with torch.inference_mode():
+        cols = [("input", x), ("teacher", model_t(x)), ("coevo", model_s(x))]
+    gt = [data_root / gt_dir / f.name for f in files]
+    if all(g.exists() for g in gt):
+        cols.append(("ground truth", torch.stack([to_tensor(load_image(g)) for g in gt])))
+    save_grid(cols, path, max_rows=n)
+    return path
+
+
+def build_report(run_dir: str | Path, cfg: Config) -> Dict:
+    """Measure and write the report for a finished pipeline run; returns the JSON dict."""
+    from . import load_discriminator, load_generator
+    from .evaluate import translation_quality
+    from .perceptual import build_perceptual
+    from .pipeline import Pipeline
+    from .prune import count_macs, count_params
+
+    run_dir = Path(run_dir)
+    pipe = Pipeline(cfg, run_dir, resume=True)
+    teacher = pipe.teacher_paths()
+    data_root = Path(cfg.data.root)
+    size = cfg.bench.size
+    bench = json.loads((run_dir / "bench" / "bench.json").read_text())
+    latency = {r["name"]: r for r in bench["results"]}
+
+    report: Dict = {"run_dir": str(run_dir.resolve()), "machine": bench.get("machine", {}),
+                    "mac_convention": "published (ConvTranspose counted per output pixel; conv MACs only)",
+                    "bench_size": size, "directions": {}}
+    for direction, g, d, in_dir, gt_dir in DIRECTIONS:
+        g_t = load_generator(getattr(teacher, g))
+        g_s = load_generator(run_dir / "finetune" / f"{g}.pt")
+        metric = build_perceptual(cfg.search.perceptual if cfg.search.perceptual != "lpips" else "discriminator",
+                                  discriminator=load_discriminator(getattr(teacher, d)))
+        q_t = translation_quality(g_t, data_root, direction, teacher=None, perceptual_metric=metric)
+        q_s = translation_quality(g_s, data_root, direction, teacher=g_t, perceptual_metric=metric)
+        macs_t = count_macs(g_t.arch, size, size)
+        macs_s = count_macs(g_s.arch, size, size)
+        lat_t = latency[f"teacher {g}"]["latency_ms_median"]
+        lat_s = latency[f"coevo {g}"]["latency_ms_median"]
+        entry = {
+            "generator": g,
+            "teacher": {"macs": macs_t, "params": count_params(g_t.arch), "latency_ms": lat_t,
+                        "psnr": q_t.get("psnr"), "ssim": q_t.get("ssim")},
+            "coevo": {"macs": macs_s, "params": count_params(g_s.arch), "latency_ms": lat_s,
+                      "psnr": q_s.get("psnr"), "ssim": q_s.get("ssim"),
+                      "perceptual_to_teacher": q_s.get("perceptual_to_teacher"),
+                      "l1_to_teacher": q_s.get("l1_to_teacher"), "widths": g_s.arch.widths},
+            "perceptual_metric": metric.name,
+        }
+        entry["macs_ratio"] = macs_s / macs_t
+        entry["speedup"] = lat_t / lat_s
+        entry["psnr_gap_db"] = (entry["teacher"]["psnr"] - entry["coevo"]["psnr"]
+                                if entry["teacher"]["psnr"] is not None else None)
+        entry["checks"] = {
+            f"macs_ratio <= {TARGET_MACS_RATIO}": entry["macs_ratio"] <= TARGET_MACS_RATIO + 1e-9,
+            f"psnr within {TARGET_PSNR_GAP_DB} dB of teacher": (entry["psnr_gap_db"] is not None
+                                                                and entry["psnr_gap_db"] <= TARGET_PSNR_GAP_DB),
+            f"speedup >= {TARGET_SPEEDUP}x": entry["speedup"] >= TARGET_SPEEDUP,
+        }
+        grid = _grid(g_t, g_s, data_root, in_dir, gt_dir, run_dir / f"grid_{direction}.png")
+        entry["grid"] = grid.name if grid else None
+        report["directions"][direction] = entry
+    report["all_checks_pass"] = all(v for e in report["directions"].values() for v in e["checks"].values())
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float))
+    atomic_write_text(run_dir / "report.md", render_markdown(report, run_dir))
+    return report
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def render_markdown(report: Dict, run_dir: Path) -> str:
+    lines: List[str] = [
+        "# coevo compression report", "",
+        f"Run folder: `{run_dir}`. MACs in the {report['mac_convention']} convention, "
+        f"for one 1x3x{report['bench_size']}x{report['bench_size']} forward. "
+        "Latency: median of interleaved eager-PyTorch runs after warm-up, teacher and compressed timed "
+        "side by side in one process.",
+        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine'].get('threads', '?')} threads, "
+        f"torch {report['machine'].get('torch', '?')}.", "",
+        "| direction | model | MACs (G) | params (M) | latency (ms) | PSNR to GT (dB) | SSIM | perceptual to teacher |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for direction, e in report["directions"].items():
+        for who in ("teacher", "coevo"):
+            m = e[who]
+            lines.append(
+                f"| {direction} | {who} {e['generator']} | {m['macs'] / 1e9:.3f} | {m['params'] / 1e6:.3f} | "
+                f"{_fmt(m['latency_ms'], '.1f')} | {_fmt(m['psnr'], '.2f')} | {_fmt(m['ssim'], '.4f')} | "
+                f"{_fmt(m.get('perceptual_to_teacher'), '.4f') if who == 'coevo' else '0'} |"
+            )
+    lines += ["", "| direction | MACs ratio | speedup | PSNR gap (dB) | checks |", "|---|---|---|---|---|"]
+    for direction, e in report["directions"].items():
+        checks = "; ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in e["checks"].items())
+        lines.append(f"| {direction} | {e['macs_ratio']:.3f} | {e['speedup']:.2f}x | "
+                     f"{_fmt(e['psnr_gap_db'], '.2f')} | {checks} |")
+    lines += [""]
+    for direction, e in report["directions"].items():
+        if e.get("grid"):
+            lines += [f"## {direction}: input | teacher | coevo | ground truth", "", f"![{direction}]({e['grid']})", ""]
+    lines += [
+        "## What is in this folder", "",
+        "- `data/` the built-in data set the run used (with ground-truth translations of the test images)",
+        "- `teacher/` the teacher CycleGAN (coevo format and reference naming `latest_net_G_A.pth` ...)",
+        "- `search/` the co-evolutionary search: resolved config, best genomes, history, plots",
+        "- `finetune/` the fine-tuned compressed pair `G_A.pt`, `G_B.pt` (load with `coevo.load_generator`)",
+        "- `export/` TorchScript, ONNX and safetensors files with their parity report",
+        "- `bench/` latency measurements (`bench.json`, `bench.png`)", "",
+    ]
+    return "\n".join(lines)
