@@ -7,13 +7,13 @@ from pathlib import Path
 
 
 def default_demo_config() -> Path:
-    """configs/demo.yaml of the source tree, or the copy shipped inside the package."""
+    """configs/demo.yaml of the source tree (coevo is installed editable from a clone)."""
     repo = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
-    if repo.exists():
-        return repo
-    from importlib.resources import files
+    if not repo.exists():
+        from ..config import ConfigError
 
-    return Path(str(files("coevo") / "configs" / "demo.yaml"))
+        raise ConfigError(f"{repo} not found; run the demo from a clone of coevo or pass --config FILE")
+    return repo
 
 
 def add_parser(sub) -> None:
