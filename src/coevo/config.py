@@ -60,51 +60,72 @@ class TrainConfig:
     pool_size: int = 50
     max_steps_per_epoch: int = 0       # 0: the whole epoch
     sample_every: int = 1              # epochs between sample grids
+    sample_images: int = 4             # rows of the sample grids (fixed training images)
     checkpoint_every: int = 1          # epochs between checkpoints
+    log_every: int = 100               # steps between log.jsonl records
+    init_gain: float = 0.02            # std of the N(0, gain) weight init (reference init_type='normal')
 
 
 @dataclass
 class SearchConfig:
-    """Co-evolutionary search (Shu et al. 2019). Paper defaults are documented in docs; these ship."""
+    """Co-evolutionary search (Shu et al. 2019); see docs/search.md.
+
+    The paper's settings are population 32, 50 generations, roulette selection,
+    one elite, operator probabilities copy/crossover/mutation 0.2/0.7/0.1 with a
+    segment-flip mutation, and a compression reward. The defaults here are the
+    ones measured best on the demo task (docs/search.md, "Choosing the defaults").
+    """
 
     population: int = 32
     generations: int = 50
     selection: str = "tournament"      # tournament | roulette (paper)
     tournament_size: int = 3
-    roulette_fraction: float = 0.2     # paper: fraction of the population chosen by roulette
-    elitism: int = 1
-    crossover: str = "two_point"
+    elitism: int = 1                   # best genomes copied unchanged into the next generation
+    # Each child is made by exactly one operator, drawn with these probabilities
+    # (normalised to sum to 1), as in the paper: copy of a selected parent,
+    # crossover of two selected parents (two children), mutation of one.
+    copy_prob: float = 0.2
+    crossover: str = "two_point"       # two_point (paper) | uniform
     crossover_prob: float = 0.7
     mutation: str = "bit_flip"         # bit_flip | segment_flip (paper)
     mutation_prob: float = 0.1
-    init_density: float = 0.5          # initial keep probability per bit
-    seed_with_l1: bool = True          # put L1-norm genomes into the first population
+    flip_bits: float = 4.0             # bit_flip: expected number of flipped bits per mutation
+    init_density: float = 0.5          # initial keep probability per bit (then repaired to the budget)
+    seed_with_l1: bool = True          # put the L1-norm genome at the budget into the first population
+    repair: str = "importance"         # drop which channels to meet the budget: importance (L1 norm) | random
     tied: bool = False                 # paper layout: inner block channels tied to the trunk
     min_channels: int = 1
     channel_multiple: int = 1          # round kept channel counts to a multiple (CPU vector width)
     perceptual: str = "discriminator"  # discriminator | lpips | l1
-    lpips_net: str = "alex"
+    lpips_net: str = "alex"            # lpips backbone: alex | vgg
     weight_perceptual: float = 1.0
     weight_cycle: float = 10.0
     compute: str = "budget"            # budget (hard MAC cap) | reward (paper)
     macs_ratio: float = 0.25           # budget: max MACs relative to the teacher
-    weight_compute: float = 0.001      # reward: weight per dropped channel (paper)
-    eval_images: int = 16              # evaluation batch drawn from the training split
-    eval_size: int = 64
+    weight_compute: float = 0.001      # reward: fitness per dropped filter (paper)
+    eval_images: int = 16              # evaluation batch per domain, drawn from the training split
+    eval_size: int = 64                # evaluation images are resized to eval_size x eval_size
 
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 5
+    """Fine-tuning the slim pair: CycleGAN losses against the teacher's discriminators + distillation."""
+
+    epochs: int = 5                    # epochs at the constant learning rate
+    epochs_decay: int = 0              # epochs of linear decay to zero after that
     batch_size: int = 1
     lr: float = 2e-4
     beta1: float = 0.5
     lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
+    lambda_identity: float = 0.5       # times lambda_cycle
     lambda_distill: float = 10.0       # L1 to the teacher's output; 0 disables (the paper has none)
     pool_size: int = 50
-    max_steps_per_epoch: int = 0
+    max_steps_per_epoch: int = 0       # 0: the whole epoch
     select_on: str = "val"             # model selection on the held-out training split, never test
+    sample_every: int = 1              # epochs between sample grids
+    sample_images: int = 4             # rows of the sample grids (fixed training images)
+    checkpoint_every: int = 1          # epochs between checkpoints
+    log_every: int = 100               # steps between log.jsonl records
 
 
 @dataclass

@@ -1,10 +1,43 @@
-"""`coevo train`: placeholder until its issue lands."""
+"""`coevo train`: train a teacher CycleGAN (when you have no trained one)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
 
 
-def add_parser(sub):
-    p = sub.add_parser("train", help="(not yet implemented)")
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a CycleGAN teacher (G_A, G_B, D_A, D_B) from scratch",
+        description="Train a CycleGAN into RUN_DIR: checkpoints, log.jsonl, sample grids, G_A.pt ... and the "
+                    "reference-named latest_net_*.pth. The folder is a teacher for `coevo search --teacher`.",
+    )
+    p.add_argument("--config", help="YAML config, e.g. configs/demo.yaml (with --resume: defaults to "
+                                    "RUN_DIR/config.yaml)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
     p.set_defaults(func=run)
 
 
-def run(args):
-    raise SystemExit("coevo train is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, load_config
+    from ..train.loop import TrainingError
+    from ..train.teacher import train_teacher
+
+    if args.config is None and not args.resume:
+        raise ConfigError("give --config (e.g. --config configs/demo.yaml), or --resume to continue RUN_DIR")
+    if args.resume and args.force:
+        raise ConfigError("--resume and --force contradict each other: choose one")
+    config = args.config if args.config is not None else Path(args.out) / "config.yaml"
+    cfg = load_config(config, args.overrides)
+    try:
+        out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
+    except TrainingError as e:
+        print(f"coevo train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"teacher: {out} (G_A.pt, G_B.pt, D_A.pt, D_B.pt; samples in {out / 'samples'})")
+    return 0

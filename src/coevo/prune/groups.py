@@ -17,12 +17,13 @@ The final conv to RGB (``head``) is never pruned: its outputs are the image.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from ..models.generator import GeneratorArch, group_names
 
 
-@dataclass(frozen=True)
+@dataclass
 class ChannelGroup:
     """One prunable channel index space.
 
@@ -44,21 +45,9 @@ class ChannelGroup:
 
 def channel_groups(arch: GeneratorArch) -> List[ChannelGroup]:
     """The prunable channel groups of ``arch`` in :func:`coevo.models.group_names` order."""
-    nb = arch.n_blocks
-    blocks = range(nb)
-    wiring: Dict[str, Tuple[List[str], List[str]]] = {
-        "stem": (["stem"], ["down1"]),
-        "down1": (["down1"], ["down2"]),
-        "trunk": (["down2"] + [f"block{i}.conv2" for i in blocks],
-                  [f"block{i}.conv1" for i in blocks] + ["up1"]),
-        "up1": (["up1"], ["up2"]),
-        "up2": (["up2"], ["head"]),
-    }
-    for i in blocks:
-        wiring[f"block{i}.inner"] = ([f"block{i}.conv1"], [f"block{i}.conv2"])
     return [
-        ChannelGroup(name, arch.widths[name], list(wiring[name][0]), list(wiring[name][1]))
-        for name in group_names(nb)
+        ChannelGroup(name, arch.widths[name], list(producers), list(consumers))
+        for name, (producers, consumers) in _wiring(arch.n_blocks).items()
     ]
 
 
@@ -75,9 +64,31 @@ def conv_group_map(arch: GeneratorArch) -> Dict[str, Tuple[Optional[str], Option
 
     ``None`` marks the image side (the stem's input, the head's output): never pruned.
     """
+    return dict(conv_io(arch.n_blocks))
+
+
+@lru_cache(maxsize=64)
+def conv_io(n_blocks: int) -> Tuple[Tuple[str, Tuple[Optional[str], Optional[str]]], ...]:
+    """Cached ``(conv name, (input group, output group))`` pairs; see :func:`conv_group_map`."""
     inputs: Dict[str, str] = {}
     outputs: Dict[str, str] = {}
-    for g in channel_groups(arch):
-        outputs.update({conv: g.name for conv in g.producers})
-        inputs.update({conv: g.name for conv in g.consumers})
-    return {name: (inputs.get(name), outputs.get(name)) for name in conv_names(arch.n_blocks)}
+    for group, (producers, consumers) in _wiring(n_blocks).items():
+        outputs.update({conv: group for conv in producers})
+        inputs.update({conv: group for conv in consumers})
+    return tuple((name, (inputs.get(name), outputs.get(name))) for name in conv_names(n_blocks))
+
+
+def _wiring(n_blocks: int) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
+    """``{group: (producer convs, consumer convs)}`` in group order."""
+    blocks = range(n_blocks)
+    wiring = {
+        "stem": (("stem",), ("down1",)),
+        "down1": (("down1",), ("down2",)),
+        "trunk": (("down2",) + tuple(f"block{i}.conv2" for i in blocks),
+                  tuple(f"block{i}.conv1" for i in blocks) + ("up1",)),
+        "up1": (("up1",), ("up2",)),
+        "up2": (("up2",), ("head",)),
+    }
+    for i in blocks:
+        wiring[f"block{i}.inner"] = ((f"block{i}.conv1",), (f"block{i}.conv2",))
+    return {name: wiring[name] for name in group_names(n_blocks)}

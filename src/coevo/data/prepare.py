@@ -1,0 +1,102 @@
+"""From a :class:`coevo.config.DataConfig` to ready datasets: find or build the data, split it."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .errors import DataError
+from .folder import UnpairedImageDataset, split_train_val
+from .images import LAYOUT_HINT
+from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("trainA", "trainB", "testA", "testB")
+
+
+def _synthetic_size(load_size: int) -> int:
+    return max(16, int(load_size) - int(load_size) % 4)
+
+
+def ensure_data_root(cfg) -> Path:
+    """The data folder of ``cfg`` (a DataConfig), building the synthetic set there when asked.
+
+    A folder with all four splits is used as it is. Otherwise, with
+    ``cfg.synthetic`` the built-in set is written at ``cfg.root`` (images of
+    ``load_size`` pixels, seed 0, ``synthetic_n_train`` / ``synthetic_n_test``
+    scenes); without it a :class:`DataError` says what is missing.
+    """
+    root = Path(cfg.root)
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if not missing:
+        if cfg.synthetic and (root / "meta.json").exists():
+            _warn_if_stale(root, cfg)
+        return root
+    if cfg.synthetic:
+        return make_synthetic_dataset(root, size=_synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
+                                      n_test=cfg.synthetic_n_test, seed=0)
+    raise DataError(f"data folder {root} lacks {', '.join(missing)}; {LAYOUT_HINT}; "
+                    "or pass --set data.synthetic=true to build the synthetic set there")
+
+
+def _warn_if_stale(root: Path, cfg) -> None:
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return
+    if meta.get("generator") != "coevo.synthetic":
+        return
+    want = {"version": SYNTHETIC_VERSION, "size": _synthetic_size(cfg.load_size),
+            "n_train": cfg.synthetic_n_train, "n_test": cfg.synthetic_n_test}
+    diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    if diff:
+        log.warning("the synthetic set in %s differs from the config (%s as found/asked); using it as it is. "
+                    "Regenerate with `coevo data synthetic --out %s --force` to match.",
+                    root, ", ".join(f"{k}={a}/{b}" for k, (a, b) in diff.items()), root)
+
+
+@dataclass
+class DataSplits:
+    """The three datasets a CycleGAN job uses. Items are dicts with A, B (3xHxW in [-1, 1]) and paths.
+
+    ``train``: augmented, the training split minus the held-out part.
+    ``val``: the held-out part of the training split, deterministic (None when ``val_fraction`` is 0).
+    ``test``: testA/testB, deterministic. Select models on ``val``, never on ``test``.
+    """
+
+    root: Path
+    train: UnpairedImageDataset
+    val: Optional[UnpairedImageDataset]
+    test: UnpairedImageDataset
+
+
+def train_val_indices(full: UnpairedImageDataset, val_fraction: float, seed: int) -> Dict[str, Tuple[List[int], List[int]]]:
+    """``{"A": (train, val), "B": (train, val)}``: the held-out split of ``full``'s training images.
+
+    The one rule every stage uses: :func:`split_train_val` of each side's file
+    count with the same ``seed``, so any stage can recompute it from
+    ``len(list_images(root / "trainA", skip_bad))`` and get the same images.
+    """
+    return {"A": split_train_val(len(full.A_paths), val_fraction, seed),
+            "B": split_train_val(len(full.B_paths), val_fraction, seed)}
+
+
+def build_datasets(cfg, seed: int = 0) -> DataSplits:
+    """Datasets for a DataConfig; ``seed`` drives augmentation and the held-out split.
+
+    Pass the job's seed (``cfg.seed`` of the whole Config) so that every stage
+    holds out the same images.
+    """
+    root = ensure_data_root(cfg)
+    full = UnpairedImageDataset(root, "train", load_size=cfg.load_size, crop_size=cfg.crop_size, flip=cfg.flip,
+                                skip_bad=cfg.skip_bad_images, seed=seed)
+    split = train_val_indices(full, cfg.val_fraction, seed)
+    (train_A, val_A), (train_B, val_B) = split["A"], split["B"]
+    val = full.subset(val_A, val_B, augment=False) if val_A and val_B else None
+    train = full.subset(train_A, train_B) if val is not None else full
+    test = UnpairedImageDataset(root, "test", load_size=cfg.load_size, crop_size=cfg.crop_size, flip=False,
+                                skip_bad=cfg.skip_bad_images, seed=seed, augment=False)
+    return DataSplits(root=root, train=train, val=val, test=test)

@@ -1,0 +1,309 @@
+"""The built-in data set: "grass to snow", a small horse->zebra-like task with exact ground truth.
+
+Every image renders a random scene: a sky above a wavy horizon, a textured field
+below it, and 1-3 animal-like objects (ellipses, rounded rectangles, blobs)
+standing on the field, each with lighting, coat stripes and a soft shadow.
+
+Each pixel of a scene has a class (sky, field, object) and one brightness value
+``L`` in [0, 1] that holds all of its texture and shading. The two domains draw
+the SAME scene differently:
+
+* A (summer): blue sky, green grass, objects in browns and oranges with faint stripes.
+* B (winter): grey-violet sky, bluish-white snow, objects in indigo-to-lilac with
+  strong stripes, and a dark outline around the objects (drawn over the
+  background, its brightness still following the background's ``L``).
+
+So A->B is a deterministic, local function of the input image: recolour each
+class by a monotone colour ramp, then draw the outline a few pixels around every
+object. B->A is well-posed too: recolour back and replace the outline by the
+background whose brightness it carries. ``testA_gt_B`` holds the true B rendering
+of every ``testA`` image (same file name) and ``testB_gt_A`` the true A rendering
+of every ``testB`` image, so translations can be scored with PSNR/L1 against truth.
+
+trainA, trainB, testA and testB come from four independent scene streams: the
+training sets are unpaired. Every image is seeded from ``(seed, split, index)``
+with its own ``numpy.random.default_rng``, so files are byte-identical between runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Tuple, Union
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+SYNTHETIC_VERSION = 1
+# Scene stream of each split; a test split's ground truth re-renders the same scenes.
+SPLIT_STREAMS = {"trainA": 0, "trainB": 1, "testA": 2, "testB": 3}
+GT_FOLDERS = {"testA": "testA_gt_B", "testB": "testB_gt_A"}
+_ENTRIES = ("trainA", "trainB", "testA", "testB", "testA_gt_B", "testB_gt_A", "meta.json")
+_TAG = 0xC0E0  # keeps these streams apart from any other user of the same seed
+
+SKY, FIELD, OBJECT = 0, 1, 2
+
+# Colour ramps: (L stop, RGB) pairs, every channel non-decreasing in L, so each
+# rendering is invertible per class and the two domains' classes never share colours.
+RAMPS_A = {
+    SKY: [(0.0, (95, 145, 205)), (1.0, (185, 215, 245))],
+    FIELD: [(0.0, (30, 70, 20)), (0.5, (75, 130, 40)), (1.0, (150, 190, 80))],
+    OBJECT: [(0.0, (55, 30, 15)), (0.5, (150, 85, 35)), (1.0, (235, 165, 85))],
+}
+RAMPS_B = {
+    SKY: [(0.0, (105, 105, 125)), (1.0, (170, 170, 185))],
+    FIELD: [(0.0, (175, 190, 215)), (1.0, (250, 252, 255))],
+    # Steep in the middle: the faint stripes of A become bold in B.
+    OBJECT: [(0.0, (30, 20, 70)), (0.4, (60, 45, 110)), (0.6, (190, 165, 230)), (1.0, (225, 195, 248))],
+}
+OUTLINE_B = [(0.0, (5, 5, 10)), (1.0, (50, 45, 45))]
+
+DESCRIPTION = (
+    "coevo synthetic 'grass to snow' task. Domain A: blue sky, green grass, brown/orange animal-like "
+    "objects with faint stripes. Domain B: the same kind of scene in winter: grey sky, snow, "
+    "indigo/lilac objects with bold stripes and a dark outline. testA_gt_B / testB_gt_A hold the true "
+    "translation of every test image under the same file name. trainA and trainB are unpaired."
+)
+
+
+# ----------------------------------------------------------------------------- noise
+def _lattice(rng: np.random.Generator, cells: int = 16) -> np.ndarray:
+    return rng.uniform(-1.0, 1.0, size=(cells, cells))
+
+
+def _value_noise(grid: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Smooth value noise in [-1, 1] at lattice coordinates (y, x); the lattice tiles."""
+    n_y, n_x = grid.shape
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = y - y0, x - x0
+    fy, fx = fy * fy * (3 - 2 * fy), fx * fx * (3 - 2 * fx)
+    iy, ix = y0.astype(np.int64) % n_y, x0.astype(np.int64) % n_x
+    iy1, ix1 = (iy + 1) % n_y, (ix + 1) % n_x
+    top = grid[iy, ix] * (1 - fx) + grid[iy, ix1] * fx
+    bottom = grid[iy1, ix] * (1 - fx) + grid[iy1, ix1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation by a disc of ``radius`` pixels."""
+    h, w = mask.shape
+    padded = np.pad(mask, radius)
+    out = np.zeros_like(mask)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dy * dy + dx * dx <= radius * radius + radius:  # a rounder disc than dy^2+dx^2 <= r^2
+                out |= padded[radius + dy:radius + dy + h, radius + dx:radius + dx + w]
+    return out
+
+
+def _ramp(L: np.ndarray, stops) -> np.ndarray:
+    pos = [s for s, _ in stops]
+    return np.stack([np.interp(L, pos, [c[k] for _, c in stops]) for k in range(3)], axis=-1)
+
+
+# ----------------------------------------------------------------------------- scenes
+def _object(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
+            h0: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mask, brightness L, shadow strength on the field) of one animal-like object standing below ``h0``."""
+    kind = int(rng.integers(0, 3))
+    a = rng.uniform(0.10, 0.22)
+    b = a * rng.uniform(0.5, 0.85)
+    angle = rng.uniform(-0.4, 0.4)
+    cx = rng.uniform(0.12, 0.88)
+    cy = rng.uniform(h0 + 0.12, 0.88)
+    phases = rng.uniform(0, 2 * np.pi, size=2)
+    base = rng.uniform(0.4, 0.6)
+    stripe_freq = rng.uniform(4.0, 6.0)
+    stripe_grid = _lattice(rng)
+    offset = rng.uniform(0, 16, size=2)
+
+    dx, dy = xx - cx, yy - cy
+    u = (dx * np.cos(angle) + dy * np.sin(angle)) / a
+    v = (-dx * np.sin(angle) + dy * np.cos(angle)) / b
+    if kind == 0:       # ellipse
+        r = np.sqrt(u * u + v * v)
+    elif kind == 1:     # rounded rectangle (superellipse)
+        r = (u ** 4 + v ** 4) ** 0.25
+    else:               # blob: a wobbly ellipse
+        theta = np.arctan2(v, u)
+        r = np.sqrt(u * u + v * v) / (1 + 0.18 * np.sin(2 * theta + phases[0])
+                                      + 0.12 * np.sin(3 * theta + phases[1]))
+    # Sphere-like lighting from the upper left, in image coordinates.
+    z = np.sqrt(np.clip(1 - r * r, 0, 1))
+    light = 0.6 * z - 0.4 * (0.55 * dx + 0.65 * dy) / max(a, b)
+    # Coat stripes: noise stretched along the body's short axis, so bands run across the body.
+    stripes = _value_noise(stripe_grid, v * 0.8 + offset[0], u * stripe_freq + offset[1])
+    sdx, sdy = dx / (a * 1.1), (yy - (cy + 0.9 * b)) / (0.35 * b)
+    shadow = np.exp(-2 * (sdx * sdx + sdy * sdy))
+    return r < 1, base + 0.2 * (light - 0.3) + 0.3 * stripes, shadow
+
+
+def _scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class map HxW, brightness L HxW in [0, 1], outline mask HxW) of one random scene."""
+    c = (np.arange(size) + 0.5) / size
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+
+    horizon_grid = _lattice(rng)
+    h0 = rng.uniform(0.22, 0.42)
+    horizon = h0 + 0.06 * _value_noise(horizon_grid, np.zeros_like(xx), xx * 3 + rng.uniform(0, 16))
+    sky = yy < horizon
+
+    cloud_grid, coarse_grid, blade_grid = _lattice(rng), _lattice(rng), _lattice(rng)
+    L_sky = 0.3 + 0.45 * np.clip(yy / horizon, 0, 1) + 0.25 * _value_noise(cloud_grid, yy * 6, xx * 3)
+    depth = np.clip((yy - horizon) / (1 - horizon), 0, 1)
+    L_field = (0.55 - 0.2 * depth + 0.18 * _value_noise(coarse_grid, yy * 4, xx * 4)
+               + 0.16 * _value_noise(blade_grid, yy * 10, xx * 28))
+
+    obj = np.zeros((size, size), dtype=bool)
+    L_obj = np.zeros((size, size))
+    shadow = np.zeros((size, size))
+    for _ in range(int(rng.integers(1, 4))):
+        inside, L_here, shadow_here = _object(rng, yy, xx, h0)
+        L_obj = np.where(inside, L_here, L_obj)  # later objects stand in front
+        obj |= inside
+        shadow = np.maximum(shadow, shadow_here)
+
+    L_field = L_field - 0.25 * shadow
+    cls = np.where(obj, OBJECT, np.where(sky, SKY, FIELD)).astype(np.int8)
+    L = np.where(obj, L_obj, np.where(sky, L_sky, L_field))
+    outline = _dilate(obj, max(1, round(size / 32))) & ~obj
+    return cls, np.clip(L, 0.0, 1.0), outline
+
+
+def _render(cls: np.ndarray, L: np.ndarray, outline: np.ndarray, domain: str) -> np.ndarray:
+    ramps = RAMPS_A if domain == "A" else RAMPS_B
+    rgb = np.zeros(cls.shape + (3,))
+    for k, stops in ramps.items():
+        rgb = np.where((cls == k)[..., None], _ramp(L, stops), rgb)
+    if domain == "B":
+        rgb = np.where(outline[..., None], _ramp(L, OUTLINE_B), rgb)
+    return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
+
+
+def render_scene(seed: int, split: str, index: int, size: int = 64) -> Dict[str, np.ndarray]:
+    """Both renderings of scene ``index`` of ``split``: ``{"A": HxWx3 uint8, "B": HxWx3 uint8}``."""
+    if split not in SPLIT_STREAMS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_STREAMS)}, got {split!r}")
+    rng = np.random.default_rng([_TAG, SYNTHETIC_VERSION, int(seed), SPLIT_STREAMS[split], int(index)])
+    cls, L, outline = _scene(rng, size)
+    return {"A": _render(cls, L, outline, "A"), "B": _render(cls, L, outline, "B")}
+
+
+# ----------------------------------------------------------------------------- data set folders
+def _params(size: int, n_train: int, n_test: int, seed: int) -> Dict[str, int]:
+    return {"version": SYNTHETIC_VERSION, "seed": int(seed), "size": int(size),
+            "n_train": int(n_train), "n_test": int(n_test)}
+
+
+def _read_meta(out: Path) -> Dict:
+    try:
+        return json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _is_complete(out: Path, n_train: int, n_test: int) -> bool:
+    want = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test,
+            "testA_gt_B": n_test, "testB_gt_A": n_test}
+    return all((out / d).is_dir() and len(list((out / d).glob("*.png"))) == n for d, n in want.items())
+
+
+def _write(arr: np.ndarray, path: Path) -> None:
+    Image.fromarray(arr).save(path, format="PNG")
+
+
+def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_test: int = 40,
+                           seed: int = 0, force: bool = False) -> Path:
+    """Write the synthetic task to ``out`` and return ``out``.
+
+    ``out/trainA``, ``trainB``, ``testA``, ``testB`` hold ``0000.png`` ... (size x size
+    RGB), ``out/testA_gt_B`` and ``out/testB_gt_A`` the true translations of the test
+    images under the same names, ``out/meta.json`` the parameters.
+
+    An existing set with the same parameters is reused (nothing is written). Any
+    other non-empty ``out`` raises :class:`DataError` unless ``force``; ``force``
+    replaces only the entries this function writes and keeps anything else.
+    Files appear only once the whole set is rendered.
+    """
+    if int(size) < 16 or int(size) % 4:
+        raise DataError(f"synthetic image size must be a multiple of 4 and at least 16, got {size}")
+    if int(n_train) < 1 or int(n_test) < 1:
+        raise DataError(f"synthetic n_train and n_test must be >= 1, got {n_train} and {n_test}")
+    out = Path(out)
+    params = _params(size, n_train, n_test, seed)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        meta = _read_meta(out)
+        same = {k: meta.get(k) for k in params} == params and _is_complete(out, n_train, n_test)
+        if not force:
+            if same:
+                log.info("synthetic data set already at %s (%s); reusing it", out, _describe(params))
+                return out
+            found = _describe(meta) if meta.get("generator") == "coevo.synthetic" else "other files"
+            raise DataError(
+                f"{out} already holds {found}, not a synthetic set with {_describe(params)}; "
+                "pass --force (force=True) to replace it, or choose another --out"
+            )
+        stray = sorted(p.name for p in out.iterdir() if p.name not in _ENTRIES)
+        if stray:
+            log.warning("replacing the synthetic set in %s; keeping the other entries there: %s",
+                        out, ", ".join(stray[:5]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _render_all(tmp, size, n_train, n_test, seed)
+        meta = dict(params, generator="coevo.synthetic", description=DESCRIPTION,
+                    counts={"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test,
+                            "testA_gt_B": n_test, "testB_gt_A": n_test},
+                    domains={"A": "summer: blue sky, green grass, brown/orange objects, faint stripes",
+                             "B": "winter: grey sky, snow, indigo/lilac objects, bold stripes, dark outline"},
+                    ground_truth={"testA_gt_B": "B rendering of each testA scene",
+                                  "testB_gt_A": "A rendering of each testB scene"})
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        out.mkdir(parents=True, exist_ok=True)
+        for name in _ENTRIES:  # meta.json last: a set without it is never taken as complete
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            os.replace(tmp / name, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote synthetic data set to %s (%s)", out, _describe(params))
+    return out
+
+
+def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int) -> None:
+    counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
+    width = max(4, len(str(max(n_train, n_test) - 1)))
+    for d in _ENTRIES[:-1]:
+        (root / d).mkdir()
+    with tqdm(total=sum(counts.values()), desc="synthetic data", unit="img", disable=None, leave=False) as bar:
+        for split, n in counts.items():
+            domain = split[-1]
+            other = "B" if domain == "A" else "A"
+            for i in range(n):
+                pair = render_scene(seed, split, i, size)
+                name = f"{i:0{width}d}.png"
+                _write(pair[domain], root / split / name)
+                if split in GT_FOLDERS:
+                    _write(pair[other], root / GT_FOLDERS[split] / name)
+                bar.update(1)
+
+
+def _describe(p: Dict) -> str:
+    return (f"version={p.get('version')}, seed={p.get('seed')}, size={p.get('size')}, "
+            f"n_train={p.get('n_train')}, n_test={p.get('n_test')}")

@@ -1,0 +1,277 @@
+"""Translation quality of a generator on a data set's test split.
+
+What is measured (all on the test split, for reporting only; never select a
+model on these numbers, select on the held-out part of the training split):
+
+* FID and KID between the translations of ``test{A|B}`` and the real images of
+  the output domain. For ``AtoB`` the reals are every image of domain B
+  (``trainB`` + ``testB``), as in the GAN Compression protocol (horse->zebra:
+  120 translated horses against all zebras). Images are quantised to uint8 first.
+* PSNR and SSIM to the exact ground truth, when the data set has it
+  (``testA_gt_B/`` and ``testB_gt_A/`` with the input's file names: the built-in
+  synthetic data set).
+* L1 and a perceptual distance to a teacher's translations of the same inputs,
+  when a teacher is given (how much compression changed the output).
+
+Result dicts have one schema; metrics that were not computed are ``None``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .data.errors import DataError
+from .metrics import extract_features, fid_kid_from_features, inception_extractor, psnr, ssim
+from .models.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+ModelLike = Union[nn.Module, PathLike]
+
+# direction -> (input folder, output domain, ground-truth folder)
+DIRECTIONS: Dict[str, Tuple[str, str, str]] = {
+    "AtoB": ("testA", "B", "testA_gt_B"),
+    "BtoA": ("testB", "A", "testB_gt_A"),
+}
+
+__all__ = ["DIRECTIONS", "evaluate_generator", "translation_quality", "save_json"]
+
+
+def _check_direction(direction: str) -> Tuple[str, str, str]:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    return DIRECTIONS[direction]
+
+
+def _as_module(model: ModelLike, device: Union[str, torch.device]) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        from .models.io import load_generator
+
+        model = load_generator(model)
+    if str(device) != "cpu":
+        model = model.to(device)
+    return model.eval()
+
+
+def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
+    """Batches (NCHW in [-1, 1], paths) of consecutive same-sized images of ``folder``, in name order."""
+    from .data import SingleImageDataset
+
+    ds = SingleImageDataset(folder, size=size)
+    images: List[torch.Tensor] = []
+    paths: List[Path] = []
+    for i in range(len(ds)):
+        item = ds[i]
+        if images and (item["image"].shape != images[0].shape or len(images) == batch_size):
+            yield torch.stack(images), paths
+            images, paths = [], []
+        images.append(item["image"])
+        paths.append(Path(item["path"]))
+    if images:
+        yield torch.stack(images), paths
+
+
+def _load_ground_truth(gt_dir: Path, paths: List[Path], like: torch.Tensor) -> torch.Tensor:
+    """Ground-truth images for ``paths`` (same file names in ``gt_dir``), resized to ``like``'s H x W."""
+    from .data import load_image, to_tensor
+
+    h, w = like.shape[-2:]
+    out = []
+    for p in paths:
+        gt = gt_dir / p.name
+        if not gt.is_file():
+            raise DataError(
+                f"{gt_dir} exists but holds no ground truth for {p.name}; it must hold one image per "
+                f"input with the same file name (rebuild the data set, or remove {gt_dir} to skip PSNR/SSIM)"
+            )
+        img = load_image(gt)
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BICUBIC)
+        out.append(to_tensor(img))
+    return torch.stack(out).to(like.device)
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return float(sum(values) / len(values)) if values else None
+
+
+@torch.inference_mode()
+def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[nn.Module],
+           perceptual_metric: Optional[Callable], size: Optional[int], batch_size: int,
+           device: Union[str, torch.device], extractor: Optional[nn.Module]) -> Tuple[Dict, Optional[torch.Tensor]]:
+    """Translate the test inputs once; score every image; extract FID features of the translations."""
+    in_dir, _, gt_name = _check_direction(direction)
+    gt_dir = data_root / gt_name
+    has_gt = gt_dir.is_dir()
+    names: List[str] = []
+    psnrs: List[float] = []
+    ssims: List[float] = []
+    l1s: List[float] = []
+    perceptuals: List[float] = []
+    feats: List[torch.Tensor] = []
+    for x, paths in _image_batches(data_root / in_dir, size, batch_size):
+        x = x.to(device)
+        y = model(x).float()
+        names += [p.name for p in paths]
+        if has_gt:
+            gt = _load_ground_truth(gt_dir, paths, y)
+            psnrs += psnr(y, gt).tolist()
+            ssims += ssim(y, gt).tolist()
+        if teacher is not None:
+            y_t = teacher(x).float()
+            l1s += (y - y_t).abs().flatten(1).mean(dim=1).tolist()
+            if perceptual_metric is not None:
+                perceptuals += perceptual_metric(y, y_t).flatten().tolist()
+        if extractor is not None:
+            feats.append(extract_features(y, extractor, batch_size, device))
+    result = {
+        "direction": direction,
+        "data_root": str(data_root),
+        "n_images": len(names),
+        "size": size,
+        "images": names,
+        "psnr": _mean(psnrs),
+        "ssim": _mean(ssims),
+        "psnr_per_image": psnrs if has_gt else None,
+        "ssim_per_image": ssims if has_gt else None,
+        "l1_to_teacher": _mean(l1s),
+        "perceptual_to_teacher": _mean(perceptuals),
+        "perceptual": getattr(perceptual_metric, "name", None) if perceptuals else None,
+    }
+    if not has_gt:
+        log.info("no %s in %s: PSNR/SSIM to ground truth skipped", gt_name, data_root)
+    return result, (torch.cat(feats) if feats else None)
+
+
+def translation_quality(model: ModelLike, data_root: PathLike, direction: str = "AtoB",
+                        teacher: Optional[ModelLike] = None, perceptual_metric: Optional[Callable] = None,
+                        size: Optional[int] = None, batch_size: int = 8,
+                        device: Union[str, torch.device] = "cpu") -> Dict:
+    """Cheap quality numbers, no FID: PSNR/SSIM to ground truth, L1/perceptual distance to a teacher.
+
+    Args:
+        model, teacher: generators (modules or files :func:`coevo.load_generator` reads);
+            inputs and outputs NCHW RGB in [-1, 1].
+        data_root: folder with ``testA``/``testB`` (and ``testA_gt_B``/``testB_gt_A`` for PSNR/SSIM).
+        perceptual_metric: ``metric(x, y) -> Tensor[N]`` (see :func:`coevo.perceptual.build_perceptual`),
+            applied to (model output, teacher output); ignored without a teacher.
+        size: resize inputs to ``size`` x ``size``; None keeps each image's size (rounded down to a multiple of 4).
+
+    Returns:
+        dict with ``psnr``, ``ssim`` (means over images, dB and [0, 1]), ``psnr_per_image``,
+        ``ssim_per_image``, ``l1_to_teacher``, ``perceptual_to_teacher``, ``perceptual``
+        (the metric's name), ``n_images``, ``images``; None for what was not measured.
+    """
+    model = _as_module(model, device)
+    teacher = None if teacher is None else _as_module(teacher, device)
+    result, _ = _score(model, Path(data_root), direction, teacher, perceptual_metric, size, batch_size,
+                       device, extractor=None)
+    return result
+
+
+def _real_folders(data_root: Path, domain: str) -> List[Path]:
+    folders = [data_root / f"{split}{domain}" for split in ("train", "test")]
+    found = [f for f in folders if f.is_dir()]
+    if not found:
+        raise DataError(f"FID needs real images of domain {domain}: neither {folders[0]} nor {folders[1]} exists")
+    return found
+
+
+def _real_batches(folders: List[Path], size: Optional[int], batch_size: int) -> Iterator[torch.Tensor]:
+    for folder in folders:
+        for x, _ in _image_batches(folder, size, batch_size):
+            yield x
+
+
+def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "AtoB",
+                       teacher: Optional[ModelLike] = None, inception_weights: Optional[PathLike] = None,
+                       feature_extractor: Optional[nn.Module] = None, perceptual: Optional[str] = "discriminator",
+                       discriminator: Optional[Union[nn.Module, PathLike]] = None, size: Optional[int] = None,
+                       batch_size: int = 8, compute_fid: bool = True, kid_subset_size: Optional[int] = None,
+                       lpips_net: str = "alex", device: Union[str, torch.device] = "cpu") -> Dict:
+    """Full evaluation of ``model`` translating ``test{A|B}`` of ``data_root`` (see the module docstring).
+
+    Args:
+        model, teacher: generators (modules or files); NCHW RGB in [-1, 1].
+        direction: ``"AtoB"`` (inputs ``testA``, reals ``trainB`` + ``testB``) or ``"BtoA"``.
+        inception_weights: the FID Inception file; default ``$TORCH_HOME/hub/checkpoints``.
+        feature_extractor: replaces Inception (module: uint8 NCHW -> N x D); for tests and custom spaces.
+        perceptual: distance to the teacher's output: ``"discriminator"`` (needs
+            ``discriminator``, the teacher's discriminator of the output domain:
+            D_A for AtoB), ``"lpips"``, ``"l1"``, or None to skip. Used only with a teacher.
+        size: resize inputs and reals to ``size`` x ``size``; None keeps native sizes.
+        compute_fid: False skips FID/KID (no Inception weights needed).
+        kid_subset_size: images per KID subset; default min(1000, n_real, n_fake).
+
+    Returns:
+        the :func:`translation_quality` dict plus ``fid``, ``kid``, ``kid_std``, ``n_real``,
+        ``real_folders``, ``fid_features``, ``kid_subset_size`` (None when FID was skipped).
+
+    Raises:
+        coevo.metrics.InceptionWeightsError: ``compute_fid`` without ``feature_extractor``
+            and no Inception weights on disk; raised before any image is translated.
+    """
+    data_root = Path(data_root)
+    _, out_domain, _ = _check_direction(direction)
+    extractor = None
+    fid_features = None
+    if compute_fid:
+        if feature_extractor is None:
+            extractor, fid_features = inception_extractor(inception_weights), "inception-v3 pool3 (2048-d)"
+        else:
+            extractor, fid_features = feature_extractor, f"custom ({type(feature_extractor).__name__})"
+        extractor = extractor.to(device).eval()
+    model = _as_module(model, device)
+    teacher_m = None if teacher is None else _as_module(teacher, device)
+    metric = None
+    if teacher_m is not None and perceptual is not None:
+        metric = _build_metric(perceptual, discriminator, direction, lpips_net, device)
+
+    result, fake_feats = _score(model, data_root, direction, teacher_m, metric, size, batch_size, device, extractor)
+    fid_part: Dict = {"fid": None, "kid": None, "kid_std": None, "n_real": None, "real_folders": None,
+                      "fid_features": None, "kid_subset_size": None}
+    if extractor is not None:
+        folders = _real_folders(data_root, out_domain)
+        real_feats = extract_features(_real_batches(folders, size, batch_size), extractor, batch_size, device)
+        fk = fid_kid_from_features(real_feats, fake_feats, kid_subset_size=kid_subset_size,
+                                   features=fid_features)
+        fid_part.update(fid=fk.fid, kid=fk.kid, kid_std=fk.kid_std, n_real=fk.n_real,
+                        real_folders=[f.name for f in folders], fid_features=fk.features,
+                        kid_subset_size=fk.kid_subset_size)
+    result.update(fid_part)
+    if isinstance(model, nn.Module) and hasattr(model, "arch"):
+        result["arch"] = model.arch.to_dict()
+    return result
+
+
+def _build_metric(name: str, discriminator, direction: str, lpips_net: str, device) -> Callable:
+    from .perceptual import build_perceptual
+
+    if name == "discriminator":
+        if discriminator is None:
+            d_name = "D_A (latest_net_D_A.pth)" if direction == "AtoB" else "D_B (latest_net_D_B.pth)"
+            raise ValueError(
+                f"perceptual='discriminator' needs the teacher's discriminator of the output domain, "
+                f"{d_name} for {direction}: pass it (--teacher-d FILE, or --teacher a teacher folder), "
+                "or choose perceptual 'lpips' or 'l1'"
+            )
+        if not isinstance(discriminator, nn.Module):
+            from .models.io import load_discriminator
+
+            discriminator = load_discriminator(discriminator)
+    return build_perceptual(name, discriminator=discriminator, lpips_net=lpips_net, device=str(device))
+
+
+def save_json(result: Dict, path: PathLike) -> Path:
+    """Write an evaluation dict as indented JSON (atomically); returns the path."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path

@@ -1,0 +1,257 @@
+"""Pluggable perceptual distances between two batches of images.
+
+Every metric takes two NCHW RGB batches in [-1, 1] of the same shape and
+returns one distance per image (``Tensor[N]``, lower is closer)::
+
+    metric = build_perceptual("discriminator", discriminator=D_A)
+    d = metric(student_out, teacher_out)          # Tensor[N]
+
+Metrics (``name`` is recorded in every result that uses one):
+
+* ``discriminator`` -- the paper's idea made stronger: instead of comparing the
+  teacher discriminator's final score (one weak scalar per patch), compare its
+  intermediate activations the way LPIPS compares AlexNet's: unit-normalise
+  each pixel's channel vector, squared difference summed over channels,
+  spatial mean, summed over layers. Works offline: the discriminator is part
+  of every trained CycleGAN. Use the discriminator of the images' domain
+  (for G_A's outputs, domain B, that is D_A).
+* ``lpips`` -- LPIPS (Zhang et al. 2018) on an AlexNet or VGG16 backbone. The
+  lpips package ships only its linear heads; the ImageNet backbone must be in
+  torch's hub cache. A missing file raises :class:`PerceptualWeightsError`
+  naming the file, where to put it and where to download it, before anything
+  touches the network.
+* ``l1`` -- mean absolute pixel difference.
+
+Targets that are compared many times (the teacher's outputs during a search)
+can be embedded once: ``e = metric.embed(y)`` then ``metric.distance(metric.embed(x), e)``
+equals ``metric(x, y)``.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .models.discriminator import NLayerDiscriminator
+from .models.io import CheckpointError, safe_torch_load
+
+log = logging.getLogger(__name__)
+
+Embedding = List[torch.Tensor]
+
+# torchvision's ImageNet backbones that lpips builds on: file name in the hub
+# cache and where it comes from.
+LPIPS_BACKBONES: Dict[str, tuple] = {
+    "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    "vgg": ("vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth"),
+}
+
+
+class PerceptualWeightsError(CheckpointError):
+    """Pretrained weights a perceptual metric needs are not on this machine."""
+
+
+def _normalise_channels(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    # Unit length per pixel across channels, so the distance measures the
+    # direction of a feature vector, not its magnitude (as LPIPS does).
+    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+class PerceptualMetric(nn.Module):
+    """Base class: ``metric(x, y) -> Tensor[N]`` for NCHW batches in [-1, 1]."""
+
+    name: str = "base"
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        """Features of ``x`` (NCHW, [-1, 1]) that :meth:`distance` compares."""
+        raise NotImplementedError
+
+    def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:
+        """Per-image distance ``Tensor[N]`` between two embeddings."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape != y.shape:
+            raise ValueError(f"perceptual metric {self.name}: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
+        return self.distance(self.embed(x), self.embed(y))
+
+
+class L1Metric(PerceptualMetric):
+    """Mean absolute pixel difference per image."""
+
+    name = "l1"
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        return [x]
+
+    def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:
+        return (ex[0] - ey[0]).abs().flatten(1).mean(dim=1)
+
+
+class DiscriminatorMetric(PerceptualMetric):
+    """LPIPS-style distance in the feature space of a (frozen) PatchGAN discriminator.
+
+    Layers: the activation after every LeakyReLU of
+    :meth:`NLayerDiscriminator.features` (the final 1-channel score map is left
+    out: unit-normalising one channel leaves only its sign).
+    """
+
+    name = "discriminator"
+
+    def __init__(self, discriminator: NLayerDiscriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator.eval()
+        for p in self.discriminator.parameters():
+            p.requires_grad_(False)
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        feats = self.discriminator.features(x)[:-1]
+        return [_normalise_channels(f) for f in feats]
+
+    def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:
+        total = torch.zeros(ex[0].shape[0], dtype=ex[0].dtype, device=ex[0].device)
+        for a, b in zip(ex, ey):
+            total = total + (a - b).pow(2).sum(dim=1).flatten(1).mean(dim=1)
+        return total
+
+
+class LpipsMetric(PerceptualMetric):
+    """LPIPS v0.1 (lpips package) with the torchvision backbone loaded from a local file."""
+
+    name = "lpips"
+
+    def __init__(self, net: str = "alex", backbone_file: Optional[Path] = None) -> None:
+        super().__init__()
+        path = Path(backbone_file) if backbone_file is not None else lpips_backbone_path(net)
+        check_lpips_weights(net, path)  # before importing lpips/torchvision: fail fast
+        import lpips
+
+        with warnings.catch_warnings():
+            # pnet_rand builds the backbone without torchvision's downloader;
+            # the ImageNet weights are copied in below from the checked file.
+            warnings.simplefilter("ignore")
+            self.model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False).eval()
+        _load_backbone(self.model.net, safe_torch_load(path), path)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.name = f"lpips-{net}"
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        import lpips
+
+        feats = self.model.net(self.model.scaling_layer(x))
+        return [lpips.normalize_tensor(f) for f in feats]
+
+    def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:
+        total = torch.zeros(ex[0].shape[0], dtype=ex[0].dtype, device=ex[0].device)
+        for lin, a, b in zip(self.model.lins, ex, ey):
+            total = total + lin((a - b).pow(2)).flatten(1).mean(dim=1)
+        return total
+
+
+def lpips_backbone_path(net: str) -> Path:
+    """Where torch's hub cache keeps the ImageNet backbone for ``net`` ('alex' or 'vgg')."""
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"lpips backbone {net!r} is not supported; choose one of {sorted(LPIPS_BACKBONES)}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net][0]
+
+
+def check_lpips_weights(net: str, path: Optional[Path] = None) -> Path:
+    """Raise :class:`PerceptualWeightsError` unless the backbone file for ``net`` is present."""
+    path = Path(path) if path is not None else lpips_backbone_path(net)
+    if not path.is_file():
+        filename, url = LPIPS_BACKBONES[net]
+        raise PerceptualWeightsError(
+            f"the lpips metric (net={net!r}) needs the ImageNet backbone weights {path}, which are missing. "
+            f"Download {url} on a machine with internet and copy it to {path} "
+            f"(the folder is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch). "
+            "Or choose an offline metric: search.perceptual=discriminator (or l1)."
+        )
+    return path
+
+
+def _load_backbone(net: nn.Module, state_dict: Dict[str, torch.Tensor], path: Path) -> None:
+    # lpips's backbone keeps torchvision's ``features`` layers under their
+    # original indices, split into slices: features.{i} -> slice{k}.{i}.
+    targets = {}
+    for slice_name, sl in net.named_children():
+        for idx, layer in sl.named_children():
+            for pname, _ in layer.named_parameters(recurse=False):
+                targets[f"features.{idx}.{pname}"] = (layer, pname)
+    missing = sorted(k for k in targets if k not in state_dict)
+    if missing:
+        raise PerceptualWeightsError(
+            f"{path} does not hold the expected backbone (missing {missing[:3]}...); "
+            "re-download it (see coevo.perceptual.LPIPS_BACKBONES)"
+        )
+    with torch.no_grad():
+        for key, (layer, pname) in targets.items():
+            param = getattr(layer, pname)
+            if param.shape != state_dict[key].shape:
+                raise PerceptualWeightsError(
+                    f"{path}: {key} has shape {tuple(state_dict[key].shape)}, expected {tuple(param.shape)}; "
+                    "wrong backbone file for this lpips net"
+                )
+            param.copy_(state_dict[key])
+
+
+PERCEPTUAL_METRICS: Dict[str, Callable[..., PerceptualMetric]] = {}
+
+
+def register_metric(name: str):
+    def wrap(factory: Callable[..., PerceptualMetric]):
+        PERCEPTUAL_METRICS[name] = factory
+        return factory
+    return wrap
+
+
+@register_metric("l1")
+def _make_l1(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+    return L1Metric()
+
+
+@register_metric("discriminator")
+def _make_discriminator(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+    if discriminator is None:
+        raise ValueError(
+            "the 'discriminator' perceptual metric needs the teacher's discriminator of the output domain"
+        )
+    return DiscriminatorMetric(discriminator)
+
+
+@register_metric("lpips")
+def _make_lpips(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+    return LpipsMetric(lpips_net)
+
+
+def available_metrics() -> Sequence[str]:
+    return sorted(PERCEPTUAL_METRICS)
+
+
+def build_perceptual(name: str, discriminator: Optional[NLayerDiscriminator] = None,
+                     lpips_net: str = "alex", device: str | torch.device = "cpu") -> PerceptualMetric:
+    """Build a metric by name ('discriminator', 'lpips', 'l1'); see the module docstring.
+
+    ``discriminator``: the teacher discriminator of the images' domain (needed by
+    'discriminator'). Raises :class:`PerceptualWeightsError` when 'lpips' lacks
+    its backbone file.
+    """
+    if name not in PERCEPTUAL_METRICS:
+        from .config import ConfigError
+
+        raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {list(available_metrics())}")
+    metric = PERCEPTUAL_METRICS[name](discriminator=discriminator, lpips_net=lpips_net)
+    log.debug("perceptual metric %s on %s", metric.name, device)
+    return metric.to(device).eval()
+
+
+__all__ = [
+    "PerceptualMetric", "L1Metric", "DiscriminatorMetric", "LpipsMetric", "PerceptualWeightsError",
+    "build_perceptual", "available_metrics", "register_metric", "check_lpips_weights",
+    "lpips_backbone_path", "LPIPS_BACKBONES",
+]

@@ -1,0 +1,166 @@
+"""Exact multiply-accumulate (MAC) and parameter counts from the architecture alone.
+
+Nothing is run: the counts are sums of ``k*k * C_in * C_out * pixels`` over the
+convolutions, so a search can price every candidate in microseconds.
+
+Only convolutions are counted (``C_out`` outputs each needing ``k*k*C_in``
+MACs per pixel); InstanceNorm, ReLU, Tanh, padding and the residual additions
+are not, as in every published table. Biases are not counted either.
+Two conventions differ only for the transposed (up-sampling) convolutions;
+see :data:`MAC_CONVENTIONS`. Always state the convention next to a MAC figure.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..models.generator import GeneratorArch, group_names
+from .groups import conv_io
+
+if TYPE_CHECKING:  # genome.py does not import this module; keep it that way
+    from .genome import Genome
+
+Size = Union[int, Sequence[int]]
+
+MAC_CONVENTIONS: Dict[str, str] = {
+    "published": (
+        "Convolution MACs with a transposed convolution counted per OUTPUT pixel "
+        "(torchprofile; the GAN Compression / CycleGAN tables). Full ngf=64, 9-block "
+        "generator at 256x256: 56.80G."
+    ),
+    "flopcounter": (
+        "Convolution MACs with a transposed convolution counted per INPUT pixel, as "
+        "torch.utils.flop_counter.FlopCounterMode does (its FLOP total is 2x these MACs). "
+        "Full ngf=64, 9-block generator at 256x256: 49.55G."
+    ),
+}
+
+_IMAGE_IN = "<image in>"
+_IMAGE_OUT = "<image out>"
+# (kernel, kind) of every conv; kind: "same" (reflection padded, size kept),
+# "down" (stride 2, zero padding 1), "up" (transposed, stride 2, output_padding 1).
+_STEM = (7, "same")
+_DOWN = (3, "down")
+_BLOCK = (3, "same")
+_UP = (3, "up")
+
+
+class BudgetError(ValueError):
+    """A MAC budget no genome can meet (below the MACs of the narrowest allowed network)."""
+
+
+def hw(size: Size, width: int | None = None) -> Tuple[int, int]:
+    """``(height, width)`` from an int (square), an ``(h, w)`` pair, or ``height`` and ``width``."""
+    if isinstance(size, (tuple, list)):
+        if width is not None or len(size) != 2:
+            raise ValueError(f"give the image size as an int or an (height, width) pair, got {size!r}")
+        h, w = size
+    else:
+        h, w = size, size if width is None else width
+    h, w = int(h), int(w)
+    if h < 1 or w < 1:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
+    return h, w
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in MAC_CONVENTIONS:
+        raise ValueError(f"unknown MAC convention {convention!r}; choose one of {sorted(MAC_CONVENTIONS)}")
+
+
+def _layer_shapes(n_blocks: int) -> Tuple[Tuple[int, str], ...]:
+    return (_STEM, _DOWN, _DOWN) + (_BLOCK,) * (2 * n_blocks) + (_UP, _UP, _STEM)
+
+
+@lru_cache(maxsize=1024)
+def mac_terms(n_blocks: int, height: int, width: int, convention: str) -> Tuple[Tuple[int, str, str], ...]:
+    """``(k*k*pixels, input group, output group)`` for every conv: MACs = sum(coef * C_in * C_out)."""
+    _check_convention(convention)
+    terms = []
+    h, w = height, width
+    for (_, (cin, cout)), (k, kind) in zip(conv_io(n_blocks), _layer_shapes(n_blocks)):
+        h_in, w_in = h, w
+        if kind == "down":  # (n + 2*1 - 3) // 2 + 1
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        elif kind == "up":  # (n - 1)*2 - 2*1 + 3 + 1
+            h, w = 2 * h, 2 * w
+        pixels = h_in * w_in if (kind == "up" and convention == "flopcounter") else h * w
+        terms.append((k * k * pixels, cin or _IMAGE_IN, cout or _IMAGE_OUT))
+    return tuple(terms)
+
+
+def macs_from_widths(widths: Mapping[str, int], n_blocks: int, height: int, width: int,
+                     convention: str = "published", in_channels: int = 3, out_channels: int = 3) -> int:
+    """MACs for a widths dict (group name -> filters) without building a :class:`GeneratorArch`."""
+    get = widths.__getitem__
+    total = 0
+    for coef, a, b in mac_terms(n_blocks, height, width, convention):
+        ca = in_channels if a == _IMAGE_IN else get(a)
+        cb = out_channels if b == _IMAGE_OUT else get(b)
+        total += coef * ca * cb
+    return int(total)
+
+
+def count_macs(arch: GeneratorArch, height: Size, width: int | None = None,
+               convention: str = "published") -> int:
+    """Exact convolution MACs of one forward of a 1x``in_channels``x``height``x``width`` image.
+
+    ``convention``: "published" (transposed conv per output pixel; 56.80G for the full
+    ngf=64 9-block generator at 256x256) or "flopcounter" (per input pixel, as
+    ``FlopCounterMode``/2; 49.55G). Norms, activations, padding and additions are not counted.
+    """
+    h, w = hw(height, width)
+    return macs_from_widths(arch.widths, arch.n_blocks, h, w, convention, arch.in_channels, arch.out_channels)
+
+
+def macs_of_genome(genome: "Genome", height: Size, width: int | None = None, convention: str = "published") -> int:
+    """MACs of the slim network a :class:`~coevo.prune.Genome` describes (see :func:`count_macs`)."""
+    h, w = hw(height, width)
+    a = genome.arch
+    return macs_from_widths(genome.widths(), a.n_blocks, h, w, convention, a.in_channels, a.out_channels)
+
+
+def count_params(arch: GeneratorArch) -> int:
+    """Exact parameter count (conv weights and biases; the InstanceNorms have none)."""
+    ext = dict(arch.widths)
+    ext[_IMAGE_IN], ext[_IMAGE_OUT] = arch.in_channels, arch.out_channels
+    total = 0
+    for (_, (cin, cout)), (k, _) in zip(conv_io(arch.n_blocks), _layer_shapes(arch.n_blocks)):
+        c_in, c_out = ext[cin or _IMAGE_IN], ext[cout or _IMAGE_OUT]
+        total += c_in * c_out * k * k + c_out
+    return total
+
+
+def min_macs(arch: GeneratorArch, size: Size, min_channels: int = 1, convention: str = "published") -> int:
+    """MACs of the narrowest network allowed: every group at ``min_channels`` (or its full width if smaller)."""
+    h, w = hw(size)
+    widths = {n: min(int(min_channels), c) for n, c in arch.widths.items()}
+    return macs_from_widths(widths, arch.n_blocks, h, w, convention, arch.in_channels, arch.out_channels)
+
+
+class MacTable:
+    """MACs of many width vectors at once (numpy), for budget searches over scales.
+
+    Width vectors hold one int per group in :func:`group_names` order.
+    """
+
+    def __init__(self, arch: GeneratorArch, size: Size, convention: str = "published") -> None:
+        h, w = hw(size)
+        names = group_names(arch.n_blocks)
+        index = {n: i for i, n in enumerate(names)}
+        index[_IMAGE_IN], index[_IMAGE_OUT] = len(names), len(names) + 1
+        terms = mac_terms(arch.n_blocks, h, w, convention)
+        self.names = names
+        self._a = np.array([index[a] for _, a, _ in terms])
+        self._b = np.array([index[b] for _, _, b in terms])
+        self._coef = np.array([c for c, _, _ in terms], dtype=np.int64)
+        self._image = np.array([arch.in_channels, arch.out_channels], dtype=np.int64)
+
+    def __call__(self, widths: np.ndarray) -> np.ndarray:
+        """``widths``: int array ``[..., n_groups]`` -> MACs ``[...]`` (int64, exact)."""
+        widths = np.asarray(widths, dtype=np.int64)
+        image = np.broadcast_to(self._image, widths.shape[:-1] + (2,))
+        ext = np.concatenate([widths, image], axis=-1)
+        return (ext[..., self._a] * ext[..., self._b]) @ self._coef

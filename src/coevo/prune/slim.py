@@ -1,0 +1,122 @@
+"""Turn a genome into a network: physically narrower (:func:`slim`) or full width with zeros (:func:`masked_generator`).
+
+Both give the same output (up to float rounding): a dropped filter's channel is
+exactly zero after the InstanceNorm and ReLU that follow it, so it contributes
+nothing downstream, which is what removing it does.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..models.generator import ResnetGenerator
+from .genome import Genome, GenomeError
+from .groups import conv_group_map
+
+
+def _check_match(generator: ResnetGenerator, genome: Genome) -> None:
+    a, b = generator.arch, genome.arch
+    if (a.n_blocks, a.in_channels, a.out_channels) != (b.n_blocks, b.in_channels, b.out_channels):
+        raise GenomeError(
+            f"genome is for a {b.n_blocks}-block {b.in_channels}->{b.out_channels} generator, "
+            f"this generator has {a.n_blocks} blocks and {a.in_channels}->{a.out_channels} channels"
+        )
+    diff = {n: (a.widths[n], b.widths[n]) for n in a.widths if a.widths[n] != b.widths[n]}
+    if diff:
+        raise GenomeError(
+            "genome masks do not fit this generator's widths "
+            f"{{group: (generator, genome)}} = {diff}; was the genome made for another network?"
+        )
+
+
+def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
+    """A new generator of the same class whose layers keep only the genome's filters.
+
+    Weights and biases are copied by index; ``requires_grad``, device, dtype and
+    train/eval mode follow ``generator``, which is left untouched. Accepts a
+    :class:`MaskedGenerator` too (slims the network inside it).
+    """
+    if isinstance(generator, MaskedGenerator):
+        generator = generator.generator
+    _check_match(generator, genome)
+    arch = genome.slim_arch()
+    # Built on the meta device: skipping the random init matters for big nets,
+    # and every parameter is replaced below.
+    with torch.device("meta"):
+        new = type(generator)(arch)
+    old_convs: Dict[str, nn.Module] = dict(generator.named_convs())
+    new_convs: Dict[str, nn.Module] = dict(new.named_convs())
+    index: Dict[str, torch.Tensor] = {}
+    for name, (g_in, g_out) in conv_group_map(generator.arch).items():
+        conv = old_convs[name]
+        w, b = conv.weight, conv.bias
+        for g in (g_in, g_out):
+            if g is not None and g not in index:
+                index[g] = torch.as_tensor(genome.kept(g), dtype=torch.long, device=w.device)
+        out_dim, in_dim = (1, 0) if isinstance(conv, nn.ConvTranspose2d) else (0, 1)
+        with torch.no_grad():
+            w_new = w if g_out is None else w.index_select(out_dim, index[g_out])
+            w_new = w_new if g_in is None else w_new.index_select(in_dim, index[g_in])
+            w_new = w_new.clone() if w_new is w else w_new
+            target = new_convs[name]
+            target.weight = nn.Parameter(w_new.contiguous(), requires_grad=w.requires_grad)
+            if b is not None:
+                b_new = b.clone() if g_out is None else b.index_select(0, index[g_out])
+                target.bias = nn.Parameter(b_new, requires_grad=b.requires_grad)
+    leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
+    if leftover:
+        raise RuntimeError(f"slim() does not know how to copy {leftover}; update coevo.prune.slim")
+    new.train(generator.training)
+    return new
+
+
+def _mask_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    return output * module.coevo_keep
+
+
+class MaskedGenerator(nn.Module):
+    """A full-width generator whose dropped filters output zeros. Input/output: NCHW, [-1, 1].
+
+    The mask multiplies each producer conv's output (bias included) in a forward
+    hook, so it is enforced on every forward: training cannot make a dropped
+    channel non-zero again. Its gradients are zero too. ``self.generator`` is a
+    private copy whose ``state_dict`` loads into a plain :class:`ResnetGenerator`
+    (the masks are non-persistent buffers); :meth:`slim` cuts it down.
+    """
+
+    def __init__(self, generator: ResnetGenerator, genome: Genome, copy_weights: bool = True) -> None:
+        super().__init__()
+        _check_match(generator, genome)
+        genome.validate(min_channels=1)
+        self.generator = copy.deepcopy(generator) if copy_weights else generator
+        self.genome = genome.copy()
+        convs = dict(self.generator.named_convs())
+        ref = next(self.generator.parameters())
+        for name, (_, g_out) in conv_group_map(generator.arch).items():
+            if g_out is None:
+                continue
+            keep = torch.as_tensor(genome.masks[g_out], dtype=ref.dtype, device=ref.device).view(1, -1, 1, 1)
+            conv = convs[name]
+            conv.register_buffer("coevo_keep", keep, persistent=False)
+            conv.register_forward_hook(_mask_output)
+
+    @property
+    def arch(self):
+        return self.generator.arch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator(x)
+
+    def slim(self) -> ResnetGenerator:
+        return slim(self.generator, self.genome)
+
+
+def masked_generator(generator: ResnetGenerator, genome: Genome, copy_weights: bool = True) -> MaskedGenerator:
+    """Full-width network equal in output to ``slim(generator, genome)``; see :class:`MaskedGenerator`.
+
+    ``copy_weights=False`` hooks ``generator`` itself (its output changes for good).
+    """
+    return MaskedGenerator(generator, genome, copy_weights=copy_weights)

@@ -1,0 +1,202 @@
+"""Everything a fitness evaluation needs, computed once per search.
+
+The official code reloaded four checkpoints and re-ran the full teacher on
+every validation image for every candidate. Here the evaluation batch, the
+teacher's outputs and their perceptual embeddings are computed once and held
+in a :class:`SearchContext`; a candidate then costs one forward of its slim
+network, one of the partner's slim network (cycle term) and one of the
+perceptual metric.
+
+Names: ``G_A`` (the paper's G_AB) maps domain A to B, ``G_B`` maps B to A.
+For ``G_A`` the inputs are the domain-A evaluation images, its outputs live in
+domain B and are judged with ``D_A`` (the discriminator of domain B images),
+and the cycle goes back through ``G_B``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
+from ..models.teacher import TeacherPaths
+from ..perceptual import Embedding, PerceptualMetric, build_perceptual
+from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS: Tuple[str, str] = ("G_A", "G_B")
+PARTNER: Dict[str, str] = {"G_A": "G_B", "G_B": "G_A"}
+# MACs are priced and reported for one 1x3x256x256 forward in the published
+# convention; the ratio to the teacher does not depend on the size.
+MACS_SIZE = 256
+MACS_CONVENTION = "published"
+_EVAL_STREAM = 3  # rng stream tag for picking evaluation images (distinct from coevo.data's tags)
+
+
+@dataclass
+class Budget:
+    """The compute constraint: ``max_macs`` (None in reward mode) at ``size`` x ``size``."""
+
+    teacher_macs: int
+    max_macs: Optional[int]
+    macs_ratio: Optional[float]
+    size: int = MACS_SIZE
+    convention: str = MACS_CONVENTION
+
+
+@dataclass
+class DirectionContext:
+    """One generator's side of the search.
+
+    ``inputs``: evaluation images of the source domain, NCHW in [-1, 1];
+    ``target``: the metric's embedding of ``teacher(inputs)``.
+    """
+
+    name: str
+    teacher: ResnetGenerator
+    inputs: torch.Tensor
+    target: Embedding
+    metric: PerceptualMetric
+    importance: Dict[str, np.ndarray]
+
+    @property
+    def partner(self) -> str:
+        return PARTNER[self.name]
+
+
+@dataclass
+class SearchContext:
+    """Frozen inputs of every fitness evaluation (see the module docstring)."""
+
+    directions: Dict[str, DirectionContext]
+    budget: Budget
+    metric_name: str
+    device: torch.device
+
+    def __getitem__(self, name: str) -> DirectionContext:
+        return self.directions[name]
+
+
+def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
+    """The MAC budget for ``macs_ratio`` of ``arch``; :class:`BudgetError` up front when no genome can meet it."""
+    teacher = count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION)
+    limit = teacher_budget(arch, macs_ratio, MACS_SIZE, MACS_CONVENTION)
+    floor = min_macs(arch, MACS_SIZE, min_channels, MACS_CONVENTION)
+    if floor > limit:
+        raise BudgetError(
+            f"search.macs_ratio={macs_ratio} asks for at most {limit / 1e9:.4f}G MACs "
+            f"({MACS_SIZE}x{MACS_SIZE}, {MACS_CONVENTION}) of a {teacher / 1e9:.4f}G teacher, but keeping "
+            f"{min_channels} channel(s) in every group already costs {floor / 1e9:.4f}G "
+            f"(ratio {floor / teacher:.4f}). Raise search.macs_ratio to at least {floor / teacher:.4f} "
+            "or lower search.min_channels."
+        )
+    return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio))
+
+
+def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: NLayerDiscriminator,
+                 D_B: NLayerDiscriminator, x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
+                 device: str | torch.device = "cpu") -> SearchContext:
+    """Build the context from networks and evaluation batches (NCHW, [-1, 1]) already in memory.
+
+    Raises :class:`~coevo.prune.BudgetError` (budget mode) before anything is computed
+    when the MAC budget is below the narrowest allowed network.
+    """
+    s = search_cfg
+    if G_A.arch.widths != G_B.arch.widths or G_A.arch.n_blocks != G_B.arch.n_blocks:
+        log.info("G_A and G_B differ in architecture; each population uses its own")
+    if s.compute == "budget":
+        budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels)
+        check_budget(G_B.arch, s.macs_ratio, s.min_channels)
+    elif s.compute == "reward":
+        budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
+    else:
+        from ..config import ConfigError
+
+        raise ConfigError(f"search.compute must be 'budget' or 'reward', got {s.compute!r}")
+    device = torch.device(device)
+    directions = {}
+    for name, teacher, disc, x in (("G_A", G_A, D_A, x_A), ("G_B", G_B, D_B, x_B)):
+        teacher = teacher.to(device).eval()
+        metric = build_perceptual(s.perceptual, discriminator=disc.to(device).eval(),
+                                  lpips_net=s.lpips_net, device=device)
+        x = x.to(device)
+        with torch.inference_mode():
+            target = metric.embed(teacher(x))
+        directions[name] = DirectionContext(name, teacher, x, target, metric,
+                                            filter_importance(teacher, tied=s.tied))
+    metric_name = directions["G_A"].metric.name
+    log.info("search context: %d+%d evaluation images at %dx%d, metric %s",
+             x_A.shape[0], x_B.shape[0], x_A.shape[-2], x_A.shape[-1], metric_name)
+    return SearchContext(directions, budget, metric_name, device)
+
+
+def pick_eval_indices(train_indices: Sequence[int], k: int, seed: int, side: str = "A") -> List[int]:
+    """``k`` of ``train_indices`` chosen by ``seed`` and ``side`` (all of them when there are fewer), sorted."""
+    train_indices = list(train_indices)
+    if k >= len(train_indices):
+        return sorted(train_indices)
+    rng = np.random.default_rng([_EVAL_STREAM, int(seed), "AB".index(side)])
+    return sorted(int(train_indices[i]) for i in rng.choice(len(train_indices), size=k, replace=False))
+
+
+def split_images(cfg, part: str = "train", k: Optional[int] = None, size: Optional[int] = None,
+                 seed: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``k`` images per domain (all when None) of one part of the TRAINING split, never test.
+
+    ``part``: "train" (the part teachers and students train on; the search's
+    evaluation batch) or "val" (the held-out part, as :func:`coevo.data.build_datasets`
+    splits it). Images are chosen by ``seed`` (default ``cfg.seed``) and resized to
+    ``size`` (default ``cfg.search.eval_size``), without crop or flip.
+    Returns ``(x_A, x_B)``, NCHW in [-1, 1].
+    """
+    from ..data import DataError, UnpairedImageDataset, build_datasets
+
+    d = cfg.data
+    size = cfg.search.eval_size if size is None else int(size)
+    seed = cfg.seed if seed is None else int(seed)
+    splits = build_datasets(d, seed=seed)
+    chosen = splits.train if part == "train" else splits.val
+    if chosen is None:
+        raise DataError(f"no held-out training images: data.val_fraction is {d.val_fraction}; set it above 0")
+    full = UnpairedImageDataset(splits.root, "train", load_size=size, crop_size=size, flip=False,
+                                skip_bad=d.skip_bad_images, augment=False)
+    picked = {}
+    for side in ("A", "B"):
+        position = {p: i for i, p in enumerate(getattr(full, f"{side}_paths"))}
+        pool = [position[p] for p in getattr(chosen, f"{side}_paths")]
+        picked[side] = pick_eval_indices(pool, len(pool) if k is None else k, seed, side)
+    subset = full.subset(picked["A"], picked["B"])
+    x_A = torch.stack([subset[i]["A"] for i in range(len(picked["A"]))])
+    x_B = torch.stack([subset[i]["B"] for i in range(len(picked["B"]))])
+    return x_A, x_B
+
+
+def eval_batch(cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The search's evaluation batch: ``search.eval_images`` per domain from the training part of the
+    training split (never the held-out part, never test), chosen by ``cfg.seed``."""
+    return split_images(cfg, "train", cfg.search.eval_images)
+
+
+def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
+    """``(G_A, G_B, D_A, D_B)`` in eval mode."""
+    nets = [load_generator(paths.G_A), load_generator(paths.G_B),
+            load_discriminator(paths.D_A), load_discriminator(paths.D_B)]
+    for n in nets[:2]:
+        if not isinstance(n, ResnetGenerator):
+            from ..models.io import CheckpointError
+
+            raise CheckpointError("the search needs the teacher as PyTorch weights, not an exported model")
+    return tuple(n.to(device).eval() for n in nets)
+
+
+def build_context(cfg, teacher: TeacherPaths) -> SearchContext:
+    """Load the teacher and the evaluation batch named by ``cfg`` and build the context."""
+    G_A, G_B, D_A, D_B = load_teacher(teacher, cfg.device)
+    if cfg.search.compute == "budget":  # fail before reading any image
+        check_budget(G_A.arch, cfg.search.macs_ratio, cfg.search.min_channels)
+    x_A, x_B = eval_batch(cfg)
+    return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device)

@@ -1,0 +1,222 @@
+"""Fitness of a genome: perceptual distance to the teacher, cycle consistency, compute.
+
+For a candidate genome of ``G_A`` (symmetrically ``G_B``) on the evaluation
+batch ``x`` (domain A):
+
+* ``perceptual`` = mean over images of metric(candidate(x), teacher(x));
+* ``cycle`` = mean L1(partner(candidate(x)), x), with ``partner`` the slim
+  network of the other population's current best genome;
+* ``quality`` = weight_perceptual * perceptual + weight_cycle * cycle (lower is better);
+* ``fitness`` (HIGHER is better, what selection maximises) = 1 / quality, plus
+  weight_compute * dropped filters in the paper's reward mode. In budget mode
+  every genome already meets the MAC cap (see :mod:`coevo.search.constraints`),
+  so the compute term is the constraint itself.
+
+Terms are means over the batch, so the weights mean the same thing whatever
+its size (the official code summed over the validation split).
+
+The evaluation of a list of genomes is a pure function of (genomes, partner,
+context): :func:`evaluate_genomes`. :class:`Evaluator` adds caches around it
+without changing any result.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..models import ResnetGenerator
+from ..prune import Genome, count_params, macs_of_genome, slim
+from .context import SearchContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitnessTerms:
+    """Every term of one evaluation. ``macs``: one 256x256 forward, published convention."""
+
+    perceptual: float
+    cycle: float
+    quality: float
+    macs: int
+    params: int
+    dropped: int
+    fitness: float
+
+    def to_dict(self) -> Dict[str, float]:
+        return asdict(self)
+
+    def to_row(self) -> List[float]:
+        return [float(getattr(self, f.name)) for f in fields(self)]
+
+    @classmethod
+    def from_row(cls, row: Sequence[float]) -> "FitnessTerms":
+        kw = {}
+        for f, v in zip(fields(cls), row):
+            kw[f.name] = int(v) if f.type in (int, "int") else float(v)
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """How the terms combine into one fitness (see the module docstring)."""
+
+    weight_perceptual: float = 1.0
+    weight_cycle: float = 10.0
+    compute: str = "budget"
+    weight_compute: float = 0.001
+
+    @classmethod
+    def from_config(cls, s) -> "Objective":
+        return cls(float(s.weight_perceptual), float(s.weight_cycle), s.compute, float(s.weight_compute))
+
+    def score(self, perceptual: float, cycle: float, macs: int, params: int, dropped: int) -> FitnessTerms:
+        quality = self.weight_perceptual * perceptual + self.weight_cycle * cycle
+        fitness = 1.0 / max(quality, 1e-12)
+        if self.compute == "reward":
+            fitness += self.weight_compute * dropped
+        return FitnessTerms(float(perceptual), float(cycle), float(quality), int(macs), int(params),
+                            int(dropped), float(fitness))
+
+
+def dropped_filters(genome: Genome) -> int:
+    """Filters removed, counted per producing conv (a trunk channel is one filter in each of
+    1 + n_blocks convs; with tied inner channels, 1 + 2 * n_blocks, as the paper counts)."""
+    from ..prune import channel_groups
+
+    full = genome.arch.widths
+    kept = genome.widths()
+    return int(sum((full[g.name] - kept[g.name]) * len(g.producers) for g in channel_groups(genome.arch)))
+
+
+def genome_hex(genome: Genome) -> str:
+    """Stable text key of a genome's bit string (cache keys that survive a checkpoint)."""
+    return np.packbits(genome.to_bits()).tobytes().hex()
+
+
+def slim_network(teacher: ResnetGenerator, genome: Genome) -> ResnetGenerator:
+    with torch.no_grad():
+        return slim(teacher, genome).eval()
+
+
+def candidate_output(ctx: SearchContext, direction: str, genome: Genome) -> torch.Tensor:
+    """The candidate's translation of the evaluation batch, NCHW in [-1, 1]."""
+    d = ctx[direction]
+    net = slim_network(d.teacher, genome)
+    with torch.inference_mode():
+        return net(d.inputs)
+
+
+def perceptual_term(ctx: SearchContext, direction: str, output: torch.Tensor) -> float:
+    d = ctx[direction]
+    with torch.inference_mode():
+        return float(d.metric.distance(d.metric.embed(output), d.target).mean())
+
+
+def cycle_term(ctx: SearchContext, direction: str, output: torch.Tensor, partner: torch.nn.Module) -> float:
+    d = ctx[direction]
+    with torch.inference_mode():
+        return float((partner(output) - d.inputs).abs().mean())
+
+
+def compute_terms(genome: Genome) -> Tuple[int, int, int]:
+    """``(macs, params, dropped)`` from the architecture alone."""
+    from .context import MACS_CONVENTION, MACS_SIZE
+
+    return (macs_of_genome(genome, MACS_SIZE, convention=MACS_CONVENTION),
+            count_params(genome.slim_arch()), dropped_filters(genome))
+
+
+def evaluate_genomes(ctx: SearchContext, direction: str, genomes: Sequence[Genome], partner: Genome,
+                     objective: Objective) -> List[FitnessTerms]:
+    """Fitness of each genome of ``direction`` with ``partner`` (a genome of the other generator)
+    closing the cycle. Pure: depends only on its arguments, so it can be sharded freely."""
+    partner_net = slim_network(ctx[ctx[direction].partner].teacher, partner)
+    out = []
+    for genome in genomes:
+        y = candidate_output(ctx, direction, genome)
+        out.append(objective.score(perceptual_term(ctx, direction, y), cycle_term(ctx, direction, y, partner_net),
+                                   *compute_terms(genome)))
+    return out
+
+
+class Evaluator:
+    """:func:`evaluate_genomes` with caches; results are identical, only faster.
+
+    * fitness, keyed by (direction, genome, partner): elites and repeated genomes
+      are not re-evaluated while the partner is unchanged;
+    * the candidate's output and perceptual term, keyed by (direction, genome):
+      when the partner changes only the cycle term is recomputed
+      (bounded LRU, ``output_cache_size`` entries);
+    * the partner's slim network, keyed by its genome.
+
+    ``evaluations`` counts fitness computations, ``cache_hits`` fitness reuses.
+    """
+
+    def __init__(self, ctx: SearchContext, objective: Objective, output_cache_size: int = 128) -> None:
+        self.ctx = ctx
+        self.objective = objective
+        self.fitness_cache: Dict[str, FitnessTerms] = {}
+        self._outputs: "OrderedDict[str, Tuple[torch.Tensor, float]]" = OrderedDict()
+        self._output_cache_size = int(output_cache_size)
+        self._partners: "OrderedDict[str, ResnetGenerator]" = OrderedDict()
+        self.evaluations = 0
+        self.cache_hits = 0
+        self.forward_passes = 0
+
+    def _partner_net(self, direction: str, partner: Genome, key: str) -> ResnetGenerator:
+        if key not in self._partners:
+            self._partners[key] = slim_network(self.ctx[self.ctx[direction].partner].teacher, partner)
+            while len(self._partners) > 4:
+                self._partners.popitem(last=False)
+        return self._partners[key]
+
+    def _output(self, direction: str, genome: Genome, key: str) -> Tuple[torch.Tensor, float]:
+        hit = self._outputs.get(key)
+        if hit is not None:
+            self._outputs.move_to_end(key)
+            return hit
+        y = candidate_output(self.ctx, direction, genome)
+        self.forward_passes += 1
+        value = (y, perceptual_term(self.ctx, direction, y))
+        if self._output_cache_size > 0:
+            self._outputs[key] = value
+            while len(self._outputs) > self._output_cache_size:
+                self._outputs.popitem(last=False)
+        return value
+
+    def evaluate(self, direction: str, genomes: Sequence[Genome], partner: Genome) -> List[FitnessTerms]:
+        partner_key = f"{self.ctx[direction].partner}:{genome_hex(partner)}"
+        results = []
+        for genome in genomes:
+            gkey = f"{direction}:{genome_hex(genome)}"
+            key = f"{gkey}|{partner_key}"
+            terms = self.fitness_cache.get(key)
+            if terms is None:
+                y, perceptual = self._output(direction, genome, gkey)
+                cycle = cycle_term(self.ctx, direction, y, self._partner_net(direction, partner, partner_key))
+                terms = self.objective.score(perceptual, cycle, *compute_terms(genome))
+                self.fitness_cache[key] = terms
+                self.evaluations += 1
+            else:
+                self.cache_hits += 1
+            results.append(terms)
+        return results
+
+    # -- checkpointing: the fitness cache is part of the search state
+    def cache_state(self) -> Dict[str, object]:
+        keys = list(self.fitness_cache)
+        rows = torch.tensor([self.fitness_cache[k].to_row() for k in keys], dtype=torch.float64)
+        return {"keys": keys, "rows": rows.reshape(len(keys), len(fields(FitnessTerms))),
+                "evaluations": self.evaluations, "cache_hits": self.cache_hits}
+
+    def load_cache_state(self, state: Dict[str, object]) -> None:
+        rows = state["rows"].tolist()
+        self.fitness_cache = {k: FitnessTerms.from_row(r) for k, r in zip(state["keys"], rows)}
+        self.evaluations = int(state["evaluations"])
+        self.cache_hits = int(state["cache_hits"])

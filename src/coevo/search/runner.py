@@ -1,0 +1,156 @@
+"""A search run folder: inputs, per-generation checkpoints, and the results the fine-tune stage reads.
+
+``RUN_DIR`` after :func:`run_search`::
+
+    config.yaml            resolved coevo config (all sections)
+    teacher.json           absolute paths of G_A, G_B, D_A, D_B
+    genomes/best_G_A.json  best genome per generator (coevo.genome JSON), rewritten every generation
+    genomes/best_G_B.json
+    history.jsonl          one line per generation: best and mean terms of both populations
+    state.pt               checkpoint written atomically after every generation (resume point)
+    plots/fitness.png      fitness and terms per generation
+    plots/channels.png     kept channels per group of both best genomes vs the teacher
+    search.json            summary: metric, best terms, MACs, params, budget, seed, time, evaluations
+
+Resuming (``resume=True``) continues from ``state.pt`` with the folder's own
+config and teacher; it gives the same genomes and history as a run that was
+never interrupted (history lines after the checkpoint are dropped and redone).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ..config import Config, dump_config
+from ..models.io import atomic_write_text
+from ..models.teacher import TeacherPaths, find_teacher
+from ..prune import Genome
+from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl
+from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
+from .evolve import CoevolutionSearch, check_search_config
+from .state import differing_keys, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    best: Dict[str, Genome]
+    summary: Dict
+    history: List[Dict] = field(default_factory=list)
+
+
+def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path]) -> TeacherPaths:
+    if teacher is not None:
+        return find_teacher(teacher)
+    saved = run_dir / "teacher.json"
+    if not saved.exists():
+        raise FileNotFoundError(f"{saved} is missing; pass --teacher")
+    return TeacherPaths.from_dict(json.loads(saved.read_text()))
+
+
+def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path] = None, resume: bool = False,
+               force: bool = False, progress: bool = True, stop_after: Optional[int] = None) -> SearchResult:
+    """Run (or resume) a co-evolutionary search into ``out``; see the module docstring.
+
+    ``teacher``: a coevo training run or a folder of reference checkpoints (on
+    resume, default: the run's teacher.json). ``stop_after``: stop once this many
+    generations are done in total (the run stays resumable), e.g. to split a long search.
+    """
+    check_search_config(cfg.search)
+    run_dir = prepare_run_dir(out, resume=resume, force=force)
+    paths = teacher_paths_for(run_dir, teacher)
+    ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
+    dump_config(cfg, run_dir / "config.yaml")
+    atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+
+    search = CoevolutionSearch(ctx, cfg.search, cfg.seed)
+    state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"
+    if resume and state_path.exists():
+        state = load_state(state_path)
+        changed = differing_keys(state.search_config, asdict(cfg.search))
+        if changed:
+            log.warning("resuming with changed search settings %s: the result will differ from an "
+                        "uninterrupted run", changed)
+        truncate_jsonl(history_path, state.history_len)
+        search.restore(state, read_jsonl(history_path))
+        log.info("resumed %s after generation %d", run_dir, state.generation)
+    elif history_path.exists():
+        history_path.unlink()  # a run killed before its first checkpoint starts over
+
+    def checkpoint(s: CoevolutionSearch, record: Dict) -> None:
+        append_jsonl(history_path, record)
+        _write_best(s, run_dir, cfg)
+        save_state(s.state(), state_path)
+
+    target = cfg.search.generations if stop_after is None else min(cfg.search.generations, int(stop_after))
+    t0 = time.perf_counter()
+    best = search.run(target, callback=checkpoint, progress=progress)
+    log.info("search: %d generations in %.1fs this session", search.generation, time.perf_counter() - t0)
+    summary = _summary(search, cfg, paths)
+    atomic_write_text(run_dir / "search.json", json.dumps(summary, indent=2) + "\n")
+    try:
+        from .plots import plot_history
+
+        plot_history(search.history, {d: best[d].genome for d in DIRECTIONS}, run_dir / "plots")
+    except Exception as e:  # plots are a convenience; never lose a finished search over one
+        log.warning("could not draw plots: %s", e)
+    return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
+
+
+def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
+    for d in DIRECTIONS:
+        cand = search.best(d)
+        genome = cand.genome.copy()
+        genome.meta = {
+            "method": "coevo-search",
+            "direction": d,
+            "generation": search.generation,
+            "metric": search.ctx.metric_name,
+            "macs_ratio": cfg.search.macs_ratio if cfg.search.compute == "budget" else None,
+            "size": [MACS_SIZE, MACS_SIZE],
+            "convention": MACS_CONVENTION,
+            "terms": cand.terms.to_dict(),
+        }
+        genome.save_json(run_dir / "genomes" / f"best_{d}.json")
+
+
+def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dict:
+    from ..prune import count_params
+
+    budget = search.ctx.budget
+    out = {
+        "metric": search.ctx.metric_name,
+        "compute": cfg.search.compute,
+        "macs_size": [MACS_SIZE, MACS_SIZE],
+        "macs_convention": MACS_CONVENTION,
+        "teacher_macs": budget.teacher_macs,
+        "budget_macs": budget.max_macs,
+        "macs_ratio": budget.macs_ratio,
+        "seed": cfg.seed,
+        "generations": search.generation,
+        "population": cfg.search.population,
+        "eval_images": int(search.ctx["G_A"].inputs.shape[0]),
+        "eval_size": cfg.search.eval_size,
+        "wall_time_s": round(search.elapsed_s, 3),
+        "evaluations": search.evaluator.evaluations,
+        "cache_hits": search.evaluator.cache_hits,
+        "teacher": paths.to_dict(),
+        "best": {},
+    }
+    for d in DIRECTIONS:
+        cand = search.best(d)
+        teacher_arch = search.ctx[d].teacher.arch
+        out["best"][d] = {
+            **cand.terms.to_dict(),
+            "macs_ratio": cand.terms.macs / budget.teacher_macs,
+            "teacher_params": count_params(teacher_arch),
+            "widths": cand.genome.widths(),
+            "teacher_widths": dict(teacher_arch.widths),
+        }
+    return out

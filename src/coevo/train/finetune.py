@@ -1,0 +1,232 @@
+"""Fine-tuning the compressed pair found by the search.
+
+``finetune(search_dir, run_dir)`` reads the search run (``config.yaml``,
+``teacher.json``, ``genomes/best_G_A.json``, ``genomes/best_G_B.json``),
+rebuilds each generator as a physically narrower network with the teacher's
+surviving weights (:func:`coevo.prune.slim`; dropped filters no longer exist,
+so they cannot regrow), and trains the pair with the CycleGAN losses against
+the teacher's discriminators (which keep training), plus distillation
+``lambda_distill * |G(x) - T(x)|`` towards the frozen teacher generators.
+
+Model selection never looks at the test split: ``data.val_fraction`` of the
+training images are held out (:func:`coevo.data.build_datasets`), and after
+every epoch the pair whose outputs are closest to the teacher's there (mean L1,
+both directions) is kept as ``G_A.pt`` / ``G_B.pt``.
+
+Writes: config.yaml, checkpoint.pt, log.jsonl (losses and val metrics),
+samples/, G_A.pt, G_B.pt, finetune.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any, Dict, Mapping, Sequence
+
+import torch
+
+from ..config import Config, ConfigError, load_config
+from ..models import ResnetGenerator, load_discriminator, load_generator, save_generator
+from ..models.io import CheckpointError, atomic_write_text
+from ..models.teacher import TeacherPaths
+from .common import fixed_images, open_run_dir, param_count
+from .loop import CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings
+
+log = logging.getLogger(__name__)
+
+# Config parts that determine the fine-tuned weights: resuming with other values is refused.
+FINETUNE_SECTIONS = ("seed", "data", "model", "finetune")
+SELECT_ON = ("val", "last")
+DIRECTIONS = ("G_A", "G_B")
+
+
+# ----------------------------------------------------------------------------- inputs
+def read_search_dir(search_dir: Path, overrides: Sequence[str] = ()):
+    """(config, teacher paths, {"G_A": genome, "G_B": genome}) of a search run."""
+    from ..prune import Genome
+
+    search_dir = Path(search_dir)
+    if not search_dir.is_dir():
+        raise FileNotFoundError(f"search run not found: {search_dir} (give the --out folder of `coevo search`)")
+    for need in ("config.yaml", "teacher.json", "genomes/best_G_A.json", "genomes/best_G_B.json"):
+        if not (search_dir / need).is_file():
+            raise FileNotFoundError(
+                f"{search_dir} is not a finished search run: {need} is missing. "
+                "Run (or resume) `coevo search` into it first"
+            )
+    cfg = load_config(search_dir / "config.yaml", overrides)
+    try:
+        teacher = TeacherPaths.from_dict(json.loads((search_dir / "teacher.json").read_text()))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{search_dir / 'teacher.json'} is not a teacher description: {e}") from e
+    genomes = {k: Genome.load_json(search_dir / "genomes" / f"best_{k}.json") for k in DIRECTIONS}
+    return cfg, teacher, genomes
+
+
+def _load_resnet(path: Path) -> ResnetGenerator:
+    model = load_generator(path)
+    if not isinstance(model, ResnetGenerator):
+        raise CheckpointError(f"{path} is an exported model; fine-tuning needs the trainable teacher checkpoint")
+    return model
+
+
+def _describe(model: ResnetGenerator, size: int) -> Dict[str, Any]:
+    from ..prune import count_macs
+
+    return {"widths": dict(model.arch.widths), "params": param_count(model),
+            "macs": count_macs(model.arch, size, size, convention="published")}
+
+
+# ----------------------------------------------------------------------------- selection
+class ValidationSelector:
+    """Epoch hook: distance to the teacher on held-out training images; keeps the best pair.
+
+    Images: ``val_A`` / ``val_B`` NCHW in [-1, 1]. Metrics: ``val_l1_A`` = mean
+    |G_A(a) - T_A(a)|, ``val_l1_B`` likewise, ``val_l1`` their mean (lower is
+    better), ``val_cycle_A/B`` = mean |G_B(G_A(a)) - a| (reported, not selected on).
+    """
+
+    def __init__(self, val_A: torch.Tensor, val_B: torch.Tensor, teacher: GeneratorPair, out_dir: Path,
+                 device: torch.device, select_on: str = "val", batch: int = 8,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.device, self.batch, self.select_on = device, batch, select_on
+        self.out_dir = Path(out_dir)
+        self.extra = dict(extra or {})
+        self.val_A, self.val_B = val_A, val_B
+        self.target_B = self._run(teacher.G_A, val_A)
+        self.target_A = self._run(teacher.G_B, val_B)
+        self.best_epoch = 0
+        self.best_score = math.inf
+        self.best_metrics: Dict[str, float] = {}
+        self.best_state: Dict[str, Dict[str, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def _run(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+        model.to(self.device)
+        return torch.cat([model(images[i:i + self.batch].to(self.device)).cpu()
+                          for i in range(0, len(images), self.batch)])
+
+    def evaluate(self, G_A: torch.nn.Module, G_B: torch.nn.Module) -> Dict[str, float]:
+        fake_B, fake_A = self._run(G_A, self.val_A), self._run(G_B, self.val_B)
+        m = {
+            "val_l1_A": float((fake_B - self.target_B).abs().mean()),
+            "val_l1_B": float((fake_A - self.target_A).abs().mean()),
+            "val_cycle_A": float((self._run(G_B, fake_B) - self.val_A).abs().mean()),
+            "val_cycle_B": float((self._run(G_A, fake_A) - self.val_B).abs().mean()),
+        }
+        m["val_l1"] = 0.5 * (m["val_l1_A"] + m["val_l1_B"])
+        return m
+
+    def __call__(self, epoch: int, nets: CycleGANNets) -> Dict[str, float]:
+        metrics = self.evaluate(nets.G_A, nets.G_B) if len(self.val_A) else {}
+        score = metrics.get("val_l1", math.inf)
+        # ``<`` is False for NaN: a diverged epoch is never kept.
+        if self.select_on == "last" or score < self.best_score:
+            self.best_epoch, self.best_score, self.best_metrics = epoch, score, dict(metrics)
+            self.best_state = {k: {n: v.detach().cpu().clone() for n, v in getattr(nets, k).state_dict().items()}
+                               for k in DIRECTIONS}
+            self.save_best(nets)
+        return {**metrics, "best_epoch": self.best_epoch}
+
+    def save_best(self, nets: CycleGANNets) -> None:
+        """Write the kept pair as G_A.pt / G_B.pt (from ``best_state``, in architectures of ``nets``)."""
+        for k in DIRECTIONS:
+            model = ResnetGenerator(getattr(nets, k).arch)
+            model.load_state_dict(self.best_state[k])
+            save_generator(model.eval(), self.out_dir / f"{k}.pt",
+                           extra={**self.extra, "epoch": self.best_epoch, **self.best_metrics})
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"best_epoch": self.best_epoch, "best_score": self.best_score,
+                "best_metrics": dict(self.best_metrics), "best_state": self.best_state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best_epoch = int(state["best_epoch"])
+        self.best_score = float(state["best_score"])
+        self.best_metrics = dict(state["best_metrics"])
+        self.best_state = {k: dict(v) for k, v in state["best_state"].items()}
+
+
+# ----------------------------------------------------------------------------- data
+def _held_out_images(val) -> Dict[str, torch.Tensor]:
+    """Every held-out image once: {"A": NCHW, "B": NCHW} in [-1, 1] (item i holds A i % |A|, B i % |B|)."""
+    return {"A": torch.stack([val[i]["A"] for i in range(len(val.A_paths))]),
+            "B": torch.stack([val[i]["B"] for i in range(len(val.B_paths))])}
+
+
+# ----------------------------------------------------------------------------- entry point
+def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, overrides: Sequence[str] = (),
+             force: bool = False) -> Path:
+    """Fine-tune the search run's best pair; returns the run folder (see the module docstring).
+
+    ``overrides``: ``key=value`` strings applied to the search run's config
+    (e.g. ``"finetune.epochs=3"``). ``resume`` continues an interrupted run
+    (bit-identical result); ``force`` replaces an existing one.
+    """
+    from ..prune import slim
+
+    search_dir = Path(search_dir)
+    cfg, teacher_paths, genomes = read_search_dir(search_dir, overrides)
+    if cfg.finetune.select_on not in SELECT_ON:
+        raise ConfigError(f"finetune.select_on must be one of {SELECT_ON}, got {cfg.finetune.select_on!r}")
+    out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
+    settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
+    device = torch.device(cfg.device)
+
+    teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    students = {k: slim(getattr(teacher, k), genomes[k]) for k in DIRECTIONS}
+    nets = CycleGANNets(students["G_A"], students["G_B"],
+                        load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B))
+    from ..data import build_datasets
+
+    # The held-out split is the data module's, shared by every stage; never the test split.
+    splits = build_datasets(cfg.data, seed=cfg.seed)
+    if splits.val is None and cfg.finetune.select_on == "val":
+        raise ConfigError(
+            f"finetune.select_on=val needs held-out training images, but data.val_fraction="
+            f"{cfg.data.val_fraction} leaves none; raise data.val_fraction or set finetune.select_on=last"
+        )
+    val = _held_out_images(splits.val) if splits.val is not None else {"A": torch.empty(0), "B": torch.empty(0)}
+    split = {"n_train_A": len(splits.train.A_paths), "n_train_B": len(splits.train.B_paths),
+             "n_val_A": len(val["A"]), "n_val_B": len(val["B"]), "val_fraction": cfg.data.val_fraction}
+    selector = ValidationSelector(
+        val["A"], val["B"], teacher, out, device, cfg.finetune.select_on,
+        extra={"stage": "finetune", "search_dir": str(search_dir.resolve())},
+    )
+    val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
+    trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
+    if resume:
+        trainer.resume()
+    log.info("fine-tuning the slim pair: %s; val before: %s", split, val_before)
+    result = trainer.fit(splits.train, fixed_images(splits.train.subset(augment=False), settings.sample_images))
+    selector.save_best(nets)
+
+    size = cfg.data.crop_size
+    models = {}
+    for k in DIRECTIONS:
+        t, s = _describe(getattr(teacher, k), size), _describe(getattr(nets, k), size)
+        models[k] = {"teacher": t, "student": s, "macs_ratio": s["macs"] / t["macs"],
+                     "params_ratio": s["params"] / t["params"]}
+    report = {
+        "stage": "finetune",
+        "search_dir": str(search_dir.resolve()),
+        "teacher": teacher_paths.to_dict(),
+        "select_on": cfg.finetune.select_on,
+        "best_epoch": selector.best_epoch,
+        "val": selector.best_metrics,
+        "val_before": val_before,
+        "split": split,
+        "epochs": result.epochs,
+        "steps": result.global_step,
+        "train_seconds": round(result.seconds, 2),
+        "lambda_distill": cfg.finetune.lambda_distill,
+        "image_size": size,
+        "mac_convention": "published (transposed conv counted per output pixel)",
+        "models": models,
+        "files": {k: f"{k}.pt" for k in DIRECTIONS},
+    }
+    atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
+    log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %.4f -> %.4f", result.seconds,
+             selector.best_epoch, val_before.get("val_l1", float("nan")), selector.best_metrics.get("val_l1", float("nan")))
+    return out

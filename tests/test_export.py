@@ -1,0 +1,115 @@
+"""Exports reproduce the eager generator at sizes other than the training size, and reload with their arch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import coevo.export as export
+from coevo import load_generator, save_generator
+from coevo.cli import main
+from coevo.export import ExportError, OnnxGenerator, check_inputs, export_generator, load_exported
+from coevo.models import GeneratorArch, ResnetGenerator
+
+
+@pytest.fixture
+def slim_generator() -> ResnetGenerator:
+    """Uneven widths, as a pruned generator has (built directly: no dependence on coevo.prune)."""
+    widths = {"stem": 3, "down1": 7, "trunk": 5, "block0.inner": 2, "block1.inner": 9, "up1": 6, "up2": 1}
+    torch.manual_seed(1)
+    return ResnetGenerator(GeneratorArch(ngf=4, n_blocks=2, widths=widths)).eval()
+
+
+def _assert_matches(model, reloaded, size=40):
+    x = check_inputs(size, seed=3)[1]  # 2 x 3 x 28 x 40: non-square, not the 32-px training size
+    with torch.inference_mode():
+        assert (reloaded(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_slim_export_round_trip(slim_generator, tmp_path):
+    report = export_generator(slim_generator, tmp_path, "G_A", check_size=48)
+    assert set(report) == {"torchscript", "onnx", "safetensors"}
+    assert all(e["ok"] and e["max_abs_diff"] <= 1e-4 for e in report.values())
+    assert report["onnx"]["exporter"] in ("dynamo", "legacy")
+    on_disk = json.loads((tmp_path / "export_report.json").read_text())
+    assert on_disk["G_A"]["onnx"]["max_abs_diff"] == report["onnx"]["max_abs_diff"]
+    for suffix in ("ts", "onnx", "safetensors"):
+        reloaded = load_generator(tmp_path / f"G_A.{suffix}")
+        assert reloaded.arch == slim_generator.arch
+        _assert_matches(slim_generator, reloaded)
+
+
+def test_legacy_onnx_exporter_and_report_merge(tiny_generator, tmp_path):
+    export_generator(tiny_generator, tmp_path, "G_B", formats=("onnx",), check_size=48, onnx_exporter="legacy")
+    save_generator(tiny_generator, tmp_path / "G_B.pt")
+    report = export_generator(tiny_generator, tmp_path, "other", formats=("torchscript",), check_size=48)
+    assert json.loads((tmp_path / "export_report.json").read_text()).keys() == {"G_B", "other"}
+    onnx_model = load_exported(tmp_path / "G_B.onnx", intra_op_num_threads=1)
+    assert isinstance(onnx_model, OnnxGenerator) and onnx_model.arch == tiny_generator.arch
+    assert onnx_model.providers == ["CPUExecutionProvider"]
+    _assert_matches(tiny_generator, onnx_model)
+    assert load_exported(report["torchscript"]["path"]).arch == tiny_generator.arch
+
+
+def test_export_without_arch_metadata_loads_with_arch_none(tiny_generator, tmp_path):
+    path = tmp_path / "plain.onnx"
+    with export.quiet_export():
+        torch.onnx.export(tiny_generator, (torch.zeros(1, 3, 32, 32),), str(path), dynamo=False,
+                          input_names=["input"], output_names=["output"])
+    assert load_generator(path).arch is None
+
+
+def test_parity_failure_raises_with_numbers(tiny_generator, tmp_path, monkeypatch):
+    real_load = export.load_exported
+
+    class Off(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x) + 1e-3
+
+    monkeypatch.setattr(export, "load_exported", lambda p: Off(real_load(p)))
+    with pytest.raises(ExportError, match=r"torchscript max \|diff\| 1\.0\d*e-03"):
+        export_generator(tiny_generator, tmp_path, "G_A", formats=("torchscript",), check_size=48)
+    assert json.loads((tmp_path / "export_report.json").read_text())["G_A"]["torchscript"]["ok"] is False
+
+
+def test_bad_arguments(tiny_generator, tmp_path):
+    with pytest.raises(ValueError, match="unknown export formats"):
+        export_generator(tiny_generator, tmp_path, "G", formats=("tflite",))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        export_generator(tiny_generator, tmp_path, "G", check_size=50)
+
+
+def test_cli_export_run_folder(tiny_generator, slim_generator, tmp_path, capsys):
+    run = tmp_path / "finetune"
+    save_generator(tiny_generator, run / "G_A.pt")
+    save_generator(slim_generator, run / "G_B.pt")
+    out = tmp_path / "export"
+    argv = ["export", "--run", str(run), "--out", str(out), "--formats", "torchscript,onnx",
+            "--check-size", "48", "--onnx-exporter", "legacy"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "G_A.onnx" in printed and "G_B.ts" in printed and "max |diff|" in printed
+    assert {p.name for p in out.iterdir()} == {"G_A.ts", "G_A.onnx", "G_B.ts", "G_B.onnx", "export_report.json"}
+    assert load_generator(out / "G_B.onnx").arch == slim_generator.arch
+    assert main(argv) == 2  # non-empty --out without --force
+    assert "--force" in capsys.readouterr().err
+    assert main(argv[:5] + ["--formats", "safetensors", "--force"]) == 0
+    assert {p.name for p in out.iterdir()} == {"G_A.safetensors", "G_B.safetensors", "export_report.json"}
+
+
+def test_cli_export_reference_folder_skips_discriminators(tiny_generator, tmp_path):
+    from coevo.models import DiscriminatorArch, NLayerDiscriminator
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    torch.save(tiny_generator.state_dict(), ref / "latest_net_G_A.pth")
+    torch.save(NLayerDiscriminator(DiscriminatorArch(ndf=4)).state_dict(), ref / "latest_net_D_A.pth")
+    out = tmp_path / "out"
+    assert main(["export", "--run", str(ref), "--out", str(out), "--formats", "safetensors",
+                 "--check-size", "48"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "latest_net_G_A.safetensors"]
