@@ -141,6 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.quick else 50 if cuda else 15)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 10 if cuda else 2)
     backends = ("eager", "torchscript", "onnxruntime")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime is not installed: timing eager and TorchScript only", file=sys.stderr)
+        backends = backends[:2]
     batches = (1, 4, 16) if cuda else (1,)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

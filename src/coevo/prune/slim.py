@@ -56,10 +56,13 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
         for g in (g_in, g_out):
             if g is not None and g not in index:
                 index[g] = torch.as_tensor(genome.kept(g), dtype=torch.long, device=w.device)
-        out_dim, in_dim = (1, 0) if isinstance(conv, nn.ConvTranspose2d) else (0, 1)
+        # Conv2d weights are [out, in, k, k], ConvTranspose2d weights [in, out, k, k].
+        dim_groups = (g_in, g_out) if isinstance(conv, nn.ConvTranspose2d) else (g_out, g_in)
         with torch.no_grad():
-            w_new = w if g_out is None else w.index_select(out_dim, index[g_out])
-            w_new = w_new if g_in is None else w_new.index_select(in_dim, index[g_in])
+            w_new = w
+            for dim, g in enumerate(dim_groups):  # dim 0 first: whole rows copy fastest
+                if g is not None:
+                    w_new = w_new.index_select(dim, index[g])
             w_new = w_new.clone() if w_new is w else w_new
             target = new_convs[name]
             target.weight = nn.Parameter(w_new.contiguous(), requires_grad=w.requires_grad)

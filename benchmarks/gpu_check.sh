@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One-shot GPU check for a rented CUDA machine (< 8 minutes): install coevo, check CUDA,
+# run the fast tests, then the CUDA latency benchmark. Run from the repository root:
+#
+#     OUT=/some/folder bash benchmarks/gpu_check.sh            # results land in $OUT
+#     SKIP_TESTS=1 bash benchmarks/gpu_check.sh                # benchmark only
+#
+# Uses the system python when it already has a CUDA torch (no multi-GB download);
+# otherwise makes a venv in .venv-gpu and pip-installs the repo into it.
+set -uo pipefail
+
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+exec > >(tee -a "$LOG") 2>&1
+echo "== coevo gpu_check $(date -u +%FT%TZ) on $(hostname)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "(no nvidia-smi)"
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    # No CUDA torch here: a venv with the repo's dependencies (needs the package index).
+    echo "== $PY has no CUDA torch: creating .venv-gpu"
+    "$PY" -m venv .venv-gpu && PY=.venv-gpu/bin/python
+    "$PY" -m pip install -q -e ".[test]" || { echo "pip install -e .[test] failed"; exit 1; }
+else
+    # Keep the machine's torch: install coevo without touching its dependencies. Offline
+    # machines cannot build in isolation, so fall back to running from src/.
+    echo "== using $("$PY" -c 'import sys; print(sys.executable)') (has a CUDA torch)"
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
+        || { echo "(pip install -e . unavailable: using PYTHONPATH=src)"; export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"; }
+    for dep in numpy PIL yaml tqdm matplotlib safetensors onnx onnxruntime onnxscript; do
+        "$PY" -c "import $dep" 2>/dev/null || echo "(missing python package: $dep)"
+    done
+fi
+
+echo "== CUDA sanity check"
+"$PY" - <<'PYEOF' || { echo "CUDA sanity check failed"; exit 1; }
+import torch
+from coevo.models import GeneratorArch, ResnetGenerator
+assert torch.cuda.is_available(), "torch sees no CUDA device"
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0))
+g = ResnetGenerator(GeneratorArch.full(ngf=8, n_blocks=2)).eval()
+x = torch.rand(2, 3, 64, 64) * 2 - 1
+with torch.inference_mode():
+    diff = (g.cuda()(x.cuda()).cpu() - g.cpu()(x)).abs().max().item()
+print(f"generator CPU vs CUDA max |diff| {diff:.2e}")
+assert diff < 1e-3, diff
+try:
+    import onnxruntime as ort
+    print("onnxruntime", ort.__version__, "providers", ort.get_available_providers())
+except ImportError:
+    print("onnxruntime not installed")
+PYEOF
+
+if [ -z "${SKIP_TESTS:-}" ] && "$PY" -c "import pytest" 2>/dev/null; then
+    echo "== fast tests (not slow)"
+    timeout 240 "$PY" -m pytest -q -x -m "not slow" -p no:cacheprovider || echo "tests FAILED or timed out (continuing)"
+fi
+
+echo "== CUDA benchmark"
+timeout 300 "$PY" benchmarks/inference.py --device cuda --out "$OUT"
+status=$?
+echo "== done (benchmark exit $status); files in $OUT:"
+ls -l "$OUT"
+exit $status
