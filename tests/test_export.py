@@ -40,8 +40,14 @@ def test_slim_export_round_trip(slim_generator, tmp_path):
         _assert_matches(slim_generator, reloaded)
 
 
-def test_legacy_onnx_exporter_and_report_merge(tiny_generator, tmp_path):
-    export_generator(tiny_generator, tmp_path, "G_B", formats=("onnx",), check_size=48, onnx_exporter="legacy")
+def test_onnx_falls_back_to_legacy_exporter_and_reports_merge(tiny_generator, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo says no")
+
+    monkeypatch.setattr(export, "_export_dynamo", broken)
+    onnx_report = export_generator(tiny_generator, tmp_path, "G_B", formats=("onnx",), check_size=48)["onnx"]
+    assert onnx_report["exporter"] == "legacy" and "dynamo says no" in onnx_report["fallback_reason"]
+    assert onnx_report["opset"] == 17 and onnx_report["ok"]
     save_generator(tiny_generator, tmp_path / "G_B.pt")
     report = export_generator(tiny_generator, tmp_path, "other", formats=("torchscript",), check_size=48)
     assert json.loads((tmp_path / "export_report.json").read_text()).keys() == {"G_B", "other"}

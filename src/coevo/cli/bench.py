@@ -57,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"coevo bench: error: unknown backend(s) {bad or backends}; choose from {','.join(BACKENDS)}",
               file=sys.stderr)
         return 2
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print("coevo bench: error: --device cuda but torch sees no CUDA device; use --device cpu",
+                  file=sys.stderr)
+            return 2
     models = _named(args.model)
     missing = [str(p) for p in models.values() if not p.exists()]
     if missing:

@@ -23,9 +23,17 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import torch
+
     from ..models.io import load_generator
     from ..translate import input_images, translate_images
 
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("coevo translate: error: --device cuda but torch sees no CUDA device; use --device cpu",
+              file=sys.stderr)
+        return 2
     model = load_generator(args.model)
     paths = input_images(args.input)
     written = translate_images(model, paths, args.output, size=args.size, batch=args.batch, device=args.device)
