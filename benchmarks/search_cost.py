@@ -1,24 +1,29 @@
 """What one search generation costs: coevo's evaluation against the official code's way.
 
-Both evaluate the same two populations (one per generator) of genomes at a MAC
-budget on the same evaluation batch with the same fitness (discriminator-feature
-perceptual distance to the teacher + cycle L1 through the other generator's best):
+Both score the same populations (one per generator) of genomes at a MAC budget
+on the same evaluation batch with the same fitness (discriminator-feature
+perceptual distance to the teacher + cycle L1 through the other generator's
+current best):
 
 * naive, as the official GAN-Pruning code does it: for every candidate, mask
   the full-width teacher (dropped filters zeroed), mask the partner the same
   way, and recompute the teacher's output and its features;
-* coevo: teacher outputs and their features computed once per search
-  (reported separately, it is not per generation), every candidate run as a
-  physically slim network (:mod:`coevo.search.fitness`). The fitness cache is
-  off here (a fresh evaluator each round, all genomes distinct), so the ratio
-  is the per-candidate speed-up alone; in a real search elites and repeated
-  genomes are free on top of it.
+* coevo, one real generation of :class:`coevo.search.CoevolutionSearch`
+  (``step()``: re-scoring against the new partner, breeding, budget repair,
+  evaluation) with everything coevo does: teacher outputs and features
+  computed once per search (the one-time cost is reported), candidates run as
+  physically slim networks, fitness cached by genome (elites and copies are
+  free), candidate outputs cached when only the partner changed;
+* coevo with no cache: the pure :func:`coevo.search.evaluate_genomes` on the
+  same populations, i.e. the per-candidate speed-up alone.
 
-The two are timed alternately, ``--repeats`` times, and the medians compared.
-Weights are random (seeded) unless ``--teacher`` is given: cost depends on the
-layer shapes, not the weight values.
+Each round runs one search generation, then the naive and the cache-free
+evaluations of the populations it produced, side by side; medians over
+``--repeats`` rounds (successive generations) are compared. Weights are random
+(seeded) unless ``--teacher`` is given: cost depends on the layer shapes, not on
+the weight values.
 
-    python benchmarks/search_cost.py                         # ngf 32, 9 blocks, 64x64, population 16
+    python benchmarks/search_cost.py --threads 1      # ngf 32, 9 blocks, 64x64, population 16
     python benchmarks/search_cost.py --population 32 --eval-images 16
     python benchmarks/search_cost.py --teacher runs/teacher_demo
 
@@ -39,9 +44,11 @@ import torch
 
 from coevo.config import SearchConfig
 from coevo.models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
-from coevo.prune import Genome, macs_of_genome, masked_generator, random_genome_for_macs
-from coevo.search import DIRECTIONS, MACS_SIZE, Evaluator, Objective, make_context
+from coevo.prune import Genome, macs_of_genome, masked_generator
+from coevo.search import DIRECTIONS, MACS_SIZE, CoevolutionSearch, Objective, evaluate_genomes, make_context
 from coevo.search.context import PARTNER, SearchContext
+
+LABELS = {"naive": "naive (official way)", "coevo": "coevo generation", "coevo_uncached": "coevo, no caches"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,12 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--teacher", help="coevo training run or reference checkpoint folder (default: random weights)")
     p.add_argument("--ngf", type=int, default=32, help="random teacher width (default 32)")
     p.add_argument("--n-blocks", type=int, default=9, help="random teacher residual blocks (default 9)")
-    p.add_argument("--ndf", type=int, default=64, help="random discriminator width (default 64)")
+    p.add_argument("--ndf", type=int, default=None,
+                   help="random discriminator width (default: ngf, the reference's ratio)")
     p.add_argument("--size", type=int, default=64, help="evaluation image size (default 64)")
     p.add_argument("--eval-images", type=int, default=8, help="evaluation images per domain (default 8)")
     p.add_argument("--population", type=int, default=16, help="genomes per population (default 16)")
     p.add_argument("--macs-ratio", type=float, default=0.25, help="MAC budget of the genomes (default 0.25)")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds of each method (default 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (generations) (default 3)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
@@ -69,7 +77,7 @@ def build_networks(args):
         return load_teacher(find_teacher(args.teacher))
     torch.manual_seed(args.seed)
     arch = GeneratorArch.full(ngf=args.ngf, n_blocks=args.n_blocks)
-    d_arch = DiscriminatorArch(ndf=args.ndf)
+    d_arch = DiscriminatorArch(ndf=args.ndf or args.ngf)
     return (ResnetGenerator(arch).eval(), ResnetGenerator(arch).eval(),
             NLayerDiscriminator(d_arch).eval(), NLayerDiscriminator(d_arch).eval())
 
@@ -93,10 +101,41 @@ def naive_generation(ctx: SearchContext, pops: Dict[str, List[Genome]], partners
     return fitness
 
 
-def coevo_generation(ctx: SearchContext, pops: Dict[str, List[Genome]], partners: Dict[str, Genome],
-                     objective: Objective) -> List[float]:
-    evaluator = Evaluator(ctx, objective, output_cache_size=0)
-    return [t.fitness for d in DIRECTIONS for t in evaluator.evaluate(d, pops[d], partners[d])]
+def uncached_generation(ctx: SearchContext, pops: Dict[str, List[Genome]], partners: Dict[str, Genome],
+                        objective: Objective) -> List[float]:
+    return [t.fitness for d in DIRECTIONS for t in evaluate_genomes(ctx, d, pops[d], partners[d], objective)]
+
+
+def timed_rounds(args, ctx: SearchContext, cfg: SearchConfig) -> Dict:
+    objective = Objective.from_config(cfg)
+    search = CoevolutionSearch(ctx, cfg, seed=args.seed)
+    search.initialise()  # generation 0 is not timed: the comparison is one generation of evolution
+    times: Dict[str, List[float]] = {k: [] for k in LABELS}
+    hit_rates, macs_ratios, max_rel_diff = [], [], 0.0
+    for r in range(args.repeats):
+        partner_A = search.best("G_B").genome
+        evals, hits = search.evaluator.evaluations, search.evaluator.cache_hits
+        t = time.perf_counter()
+        search.step()
+        times["coevo"].append(time.perf_counter() - t)
+        evals, hits = search.evaluator.evaluations - evals, search.evaluator.cache_hits - hits
+        hit_rates.append(hits / (evals + hits))
+        pops = {d: search.populations[d].genomes for d in DIRECTIONS}
+        partners = {"G_A": partner_A, "G_B": search.best("G_A").genome}
+        results = {}
+        for name, fn in (("naive", naive_generation), ("coevo_uncached", uncached_generation)):
+            t = time.perf_counter()
+            results[name] = np.array(fn(ctx, pops, partners, objective))
+            times[name].append(time.perf_counter() - t)
+        # The same fitness all three ways (up to float rounding): the comparison is fair.
+        coevo_fit = np.array([c.fitness for d in DIRECTIONS for c in search.populations[d].members])
+        for fit in results.values():
+            max_rel_diff = max(max_rel_diff, float(np.max(np.abs(fit - coevo_fit) / np.abs(coevo_fit))))
+        macs_ratios += [macs_of_genome(g, MACS_SIZE) / ctx.budget.teacher_macs for d in DIRECTIONS for g in pops[d]]
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+              file=sys.stderr)
+    return {"times": times, "hit_rate": float(np.mean(hit_rates)), "max_rel_diff": max_rel_diff,
+            "mean_macs_ratio": float(np.mean(macs_ratios)), "max_macs_ratio": float(np.max(macs_ratios))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,43 +150,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     ctx = make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg)
     context_s = time.perf_counter() - t0
-    objective = Objective.from_config(cfg)
-
-    rng = np.random.default_rng(args.seed)
-    pops = {d: [random_genome_for_macs(ctx[d].teacher.arch, args.macs_ratio, MACS_SIZE, rng)
-                for _ in range(args.population)] for d in DIRECTIONS}
-    partners = {d: pops[PARTNER[d]][0] for d in DIRECTIONS}
-    mean_ratio = float(np.mean([macs_of_genome(g, MACS_SIZE) / ctx.budget.teacher_macs
-                                for d in DIRECTIONS for g in pops[d]]))
-
-    # Same fitness both ways (up to float rounding): the comparison is fair.
-    check_naive = naive_generation(ctx, {d: pops[d][:2] for d in DIRECTIONS}, partners, objective)
-    check_coevo = coevo_generation(ctx, {d: pops[d][:2] for d in DIRECTIONS}, partners, objective)
-    max_rel_diff = float(np.max(np.abs(np.array(check_naive) - check_coevo) / np.abs(check_coevo)))
-
-    times = {"naive": [], "coevo": []}
-    for r in range(args.repeats):
-        for name, fn in (("naive", naive_generation), ("coevo", coevo_generation)):
-            t = time.perf_counter()
-            fn(ctx, pops, partners, objective)
-            times[name].append(time.perf_counter() - t)
-            print(f"round {r + 1}/{args.repeats}: {name} {times[name][-1]:.2f}s", file=sys.stderr)
+    res = timed_rounds(args, ctx, cfg)
+    times = res["times"]
     med = {k: statistics.median(v) for k, v in times.items()}
-    ratio = med["naive"] / med["coevo"]
+    speedup = med["naive"] / med["coevo"]
     n = 2 * args.population
 
     teacher = G_A.arch
-    print(f"\nOne generation = {n} candidate evaluations ({args.population} per generator), "
-          f"{args.eval_images} images per domain at {args.size}x{args.size}")
+    print(f"\nOne generation = {n} candidates ({args.population} per generator), {args.eval_images} images "
+          f"per domain at {args.size}x{args.size}, torch threads {torch.get_num_threads()}")
     print(f"teacher: ngf {teacher.ngf}, {teacher.n_blocks} blocks, {ctx.budget.teacher_macs / 1e9:.2f} GMACs "
-          f"(256x256, published); genomes at <= {args.macs_ratio} of it (mean {mean_ratio:.3f}); "
-          f"torch threads {torch.get_num_threads()}\n")
-    print("| method | median s / generation | s / candidate | rounds |")
+          f"(256x256, published), discriminator ndf {D_A.arch.ndf}; genomes at <= {args.macs_ratio} of the "
+          f"teacher's MACs (mean {res['mean_macs_ratio']:.3f}, max {res['max_macs_ratio']:.3f})\n")
+    print("| method | median s / generation | speed-up vs naive | rounds (s) |")
     print("|---|---|---|---|")
-    for k in ("naive", "coevo"):
-        print(f"| {k} | {med[k]:.2f} | {med[k] / n:.3f} | {', '.join(f'{t:.2f}' for t in times[k])} |")
-    print(f"\nspeed-up: {ratio:.2f}x (naive / coevo, medians); coevo's one-time context build: {context_s:.2f}s; "
-          f"max relative fitness difference between the two: {max_rel_diff:.1e}")
+    for k, label in LABELS.items():
+        print(f"| {label} | {med[k]:.2f} | {med['naive'] / med[k]:.2f}x | "
+              f"{', '.join(f'{t:.2f}' for t in times[k])} |")
+    print(f"\nspeed-up of one generation: {speedup:.2f}x (no caches: {med['naive'] / med['coevo_uncached']:.2f}x); "
+          f"fitness cache hits {res['hit_rate']:.0%}; one-time context build {context_s:.2f}s; "
+          f"max relative fitness difference to naive {res['max_rel_diff']:.1e}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,12 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "benchmark": "search_cost",
         "teacher": {"source": args.teacher or "random", **teacher.to_dict(), "macs": ctx.budget.teacher_macs,
                     "macs_size": MACS_SIZE, "macs_convention": "published"},
+        "discriminator_ndf": D_A.arch.ndf,
         "population": args.population, "candidates_per_generation": n, "eval_images": args.eval_images,
-        "size": args.size, "macs_ratio": args.macs_ratio, "mean_genome_macs_ratio": mean_ratio,
+        "size": args.size, "macs_ratio": args.macs_ratio, "mean_genome_macs_ratio": res["mean_macs_ratio"],
         "repeats": args.repeats, "threads": torch.get_num_threads(),
-        "seconds": times, "median_s": med, "speedup": ratio, "context_build_s": context_s,
-        "max_relative_fitness_difference": max_rel_diff,
-        "torch": torch.__version__,
+        "seconds": times, "median_s": med, "speedup": speedup,
+        "speedup_no_cache": med["naive"] / med["coevo_uncached"],
+        "fitness_cache_hit_rate": res["hit_rate"], "context_build_s": context_s,
+        "max_relative_fitness_difference": res["max_rel_diff"], "torch": torch.__version__,
     }
     (out / "search_cost.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out / 'search_cost.json'}")

@@ -1,0 +1,96 @@
+"""Config: YAML defaults, --set overrides, errors that name the key, resolved dumps, shipped configs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coevo.config import Config, ConfigError, config_to_dict, dump_config, load_config, parse_override
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = write(tmp_path / "c.yaml", "seed: 3\nmodel:\n  ngf: 16\ntrain:\n  epochs: 7\n  lr: 0.001\n")
+    cfg = load_config(path, ["train.epochs=2", "search.macs_ratio=0.3", "data.flip=false"])
+    assert cfg.seed == 3 and cfg.model.ngf == 16
+    assert cfg.train.epochs == 2 and cfg.train.lr == pytest.approx(0.001)
+    assert cfg.search.macs_ratio == pytest.approx(0.3)
+    assert cfg.data.flip is False
+    assert cfg.model.n_blocks == Config().model.n_blocks  # untouched keys keep their defaults
+
+
+def test_no_file_gives_defaults():
+    assert config_to_dict(load_config(None)) == config_to_dict(Config())
+
+
+@pytest.mark.parametrize("text, overrides, key", [
+    ("train:\n  epoch: 3\n", [], "train.epoch"),
+    ("", ["finetune.lambda_distil=1"], "finetune.lambda_distil"),
+    ("", ["nosuchsection.x=1"], "nosuchsection"),
+])
+def test_unknown_key_is_named(tmp_path, text, overrides, key):
+    path = write(tmp_path / "c.yaml", text)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(path, overrides)
+
+
+def test_unknown_key_suggests_the_close_one():
+    with pytest.raises(ConfigError, match="did you mean 'train.epochs'"):
+        load_config(None, ["train.epoch=3"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=many", "train.epochs"),
+    ("train.epochs=2.5", "train.epochs"),
+    ("data.flip=maybe", "data.flip"),
+    ("train.lr=fast", "train.lr"),
+    ("model=3", "model"),
+])
+def test_bad_types_are_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_override_needs_equals():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+
+
+def test_dump_and_reload_round_trip(tmp_path):
+    cfg = load_config(None, ["seed=5", "train.epochs=3", "export.formats=onnx,torchscript", "data.root=/x/y"])
+    path = dump_config(cfg, tmp_path / "config.yaml")
+    assert config_to_dict(load_config(path)) == config_to_dict(cfg)
+
+
+def test_missing_or_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(write(tmp_path / "bad.yaml", "train: [unclosed\n"))
+
+
+def test_shipped_configs_exist():
+    names = {p.stem for p in CONFIGS}
+    assert {"demo", "horse2zebra", "summer2winter_yosemite", "cityscapes"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.data.crop_size % 4 == 0
+    assert cfg.train.epochs + cfg.train.epochs_decay >= 1
+
+
+@pytest.mark.parametrize("name", ["horse2zebra", "summer2winter_yosemite"])
+def test_paper_configs_use_the_paper_settings(name):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert (cfg.data.load_size, cfg.data.crop_size) == (286, 256)
+    assert (cfg.model.ngf, cfg.model.n_blocks, cfg.model.ndf) == (64, 9, 64)
+    assert (cfg.train.epochs, cfg.train.epochs_decay, cfg.train.batch_size) == (100, 100, 1)
+    assert not cfg.data.synthetic and cfg.data.root == f"datasets/{name}"
