@@ -116,13 +116,15 @@ def plot(results: Sequence[BenchResult], path: Path) -> Path:
                         label=f"{backend}, {'any width' if marker == 'o' else 'widths % 8'}")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ticks = sorted({r.macs_published / 1e9 for r in rows})
+        # m8 widths land within a few % of m1's MACs: label only one of each pair
+        ticks = sorted({r.macs_published / 1e9 for r in rows if not r.name.endswith("m8")})
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:.3g}" for t in ticks], rotation=45, fontsize=7)
         ax.set_xlabel("GMACs per image (published convention)")
         ax.set_ylabel("median latency per call, ms")
-        ax.set_title(f"{rows[0].device}, batch {batch}, {rows[0].size}x{rows[0].size}; dashed: ideal")
+        ax.set_title(f"{rows[0].device}, batch {batch}, {rows[0].size}x{rows[0].size}, {rows[0].threads} threads; "
+                     "dashed: ideal", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -167,11 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "macs_ratio": {name: count_macs(m.arch, size) / count_macs(models["full"].arch, size)
                        for name, m in models.items()},
     }
-    json_path = save_results(results, out / f"inference_{args.device}.json", machine_info(args.device),
+    json_path = save_results(results, out / f"inference_{args.device}.json", machine_info(args.device, args.threads),
                              extra={"benchmark": settings})
     png_path = plot(results, out / f"inference_{args.device}.png")
 
-    info = machine_info(args.device)
+    info = machine_info(args.device, args.threads)
     print(f"\n## Inference latency: {info['device_name']}, torch {info['torch']}, "
           f"onnxruntime {info['onnxruntime']}\n")
     print(f"Full generator ngf {ngf}, {n_blocks} blocks vs L1-pruned copies (m1: any width, m8: widths multiple "

@@ -287,3 +287,44 @@ def test_cli_impossible_budget_is_one_clean_error(env, tmp_path, capsys):
                  "--set", "search.macs_ratio=0.0005", "--set", "search.eval_size=32"])
     assert code == 2
     assert "search.macs_ratio to at least" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_uninterrupted_result(env, tmp_path):
+    """A real SIGKILL in the middle of a search, then `coevo search --resume` in a new process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "data": {"root": str(env["data"]), "synthetic": False, "load_size": 32, "crop_size": 32},
+        "search": {**SEARCH, "generations": 8},
+    }))
+    # Same thread count in every process (one): results are bit-identical only then.
+    proc_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def cli(out, *extra):
+        return [sys.executable, "-m", "coevo", "search", "--config", str(cfg_path), "--teacher",
+                str(env["teacher"]), "--out", str(out), "--no-progress", *extra]
+
+    # The uninterrupted reference runs here, also on one thread (see _one_thread).
+    run_search(load_config(cfg_path), tmp_path / "whole", teacher=env["teacher"], progress=False)
+    victim = subprocess.Popen(cli(tmp_path / "killed"), env=proc_env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "state.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and victim.poll() is None:
+        if state.exists() and safe_torch_load(state)["generation"] >= 2:
+            break
+        time.sleep(0.05)
+    if victim.poll() is not None:
+        pytest.skip("the search finished before it could be killed")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert safe_torch_load(state)["generation"] < 8
+    subprocess.run(cli(tmp_path / "killed", "--resume"), env=proc_env, check=True, capture_output=True)
+    assert history(tmp_path / "killed") == history(tmp_path / "whole")
+    assert best_genomes(tmp_path / "killed") == best_genomes(tmp_path / "whole")

@@ -233,3 +233,11 @@ def test_pool_state_round_trip():
     for im in images[6:]:
         assert torch.equal(a.query(im), b.query(im))
     assert ImagePool(0, torch.Generator()).query(images[0]) is images[0]
+
+
+@pytest.mark.parametrize("override, key", [("batch_size", "train.batch_size"),
+                                           ("checkpoint_every", "train.checkpoint_every")])
+def test_bad_training_settings_are_named(tmp_path, image_folder, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train_teacher(tiny_config(image_folder, **{override: 0}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written

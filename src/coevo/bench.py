@@ -8,6 +8,7 @@ Protocol (see benchmarks/README.md):
   shared machine hits all models alike and their ratios hold;
 * CPU: wall clock (``time.perf_counter``) around the call; CUDA: ``torch.cuda.Event``
   pairs with a synchronise; reported: median and 90th percentile in ms;
+* ONNX Runtime sessions do not spin while idle, so they leave the cores to the next model;
 * ``speedup_vs_first``: median of the first model on the same backend divided by this one;
 * MACs are exact counts from the architecture for one ``1 x 3 x size x size`` image,
   in both conventions (:data:`coevo.prune.macs.MAC_CONVENTIONS`); None when the model
@@ -123,6 +124,9 @@ def _ort_session(model: nn.Module, device: torch.device, threads: Optional[int],
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    # ORT's idle workers spin after each run; interleaved with PyTorch they steal the cores the
+    # next model needs (measured: +50% on the next eager call on 2 busy cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
@@ -275,8 +279,11 @@ def _results(runners: Sequence[_Runner], size: int, batch: int, device: str, thr
 
 
 # ----------------------------------------------------------------------------- reporting
-def machine_info(device: str = "cpu") -> Dict[str, Any]:
-    """CPU model, core counts, library versions, torch threads and the GPU name when ``device`` is CUDA."""
+def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict[str, Any]:
+    """CPU model, core counts, library versions, threads and the GPU name when ``device`` is CUDA.
+
+    ``threads``: the thread count the benchmark ran with (default: torch's current setting).
+    """
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -292,7 +299,7 @@ def machine_info(device: str = "cpu") -> Dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "threads": int(threads) if threads else torch.get_num_threads(),
         "device": device,
         "device_name": cpu,
     }

@@ -132,7 +132,7 @@ class FinetuneConfig:
 class ExportConfig:
     formats: List[str] = field(default_factory=lambda: ["torchscript", "onnx", "safetensors"])
     check_size: int = 96               # parity check at a size other than the training size
-    opset: int = 17
+    opset: int = 18                    # the dynamo ONNX exporter needs >= 18
 
 
 @dataclass

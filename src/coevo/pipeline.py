@@ -111,9 +111,13 @@ class Pipeline:
         if stage_done(path):
             result = StageResult(name, path, _stage_seconds(path), skipped=True)
         else:
-            resume = path.exists() and any(path.iterdir())
+            # A stage folder holding its config.yaml was interrupted mid-run: resume it.
+            # One without (killed before its first write) starts over.
+            resume = (path / "config.yaml").is_file()
             if resume:
                 log.info("stage %s: resuming in %s", name, path)
+            elif path.exists():
+                shutil.rmtree(path)
             t0 = time.perf_counter()
             info = fn(path, resume) or {}
             seconds = time.perf_counter() - t0
@@ -168,9 +172,9 @@ class Pipeline:
     def _search(self, path: Path, resume: bool) -> Dict:
         from .search import run_search
 
-        teacher = self.teacher_paths()
-        run_search(self.cfg, teacher, path, resume=resume)
-        return {}
+        teacher = self.teacher_src if self.teacher_src is not None else self.dir("teacher")
+        result = run_search(self.cfg, path, teacher=teacher, resume=resume)
+        return {"best_fitness": {d: result.summary.get("best", {}).get(d) for d in ("G_A", "G_B")}}
 
     def _finetune(self, path: Path, resume: bool) -> Dict:
         from .train.finetune import finetune

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                                repeats=args.repeats, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_results(results, out / "bench.json", machine_info(args.device))
+    save_results(results, out / "bench.json", machine_info(args.device, args.threads))
     plot_results(results, out / "bench.png")
     print(format_table(results))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")

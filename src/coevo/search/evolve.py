@@ -76,6 +76,8 @@ class CoevolutionSearch:
         check_search_config(search_cfg)
         self.ctx, self.cfg, self.seed = ctx, search_cfg, int(seed)
         self.objective = Objective.from_config(search_cfg)
+        # Between two turns of one population the other one inserts about 2P outputs;
+        # 4P entries keep the current population's outputs for its re-scoring.
         self.evaluator = Evaluator(ctx, self.objective, output_cache_size=4 * search_cfg.population)
         self.breeder = Breeder.from_config(search_cfg)
         self.repairers = {
@@ -97,8 +99,8 @@ class CoevolutionSearch:
         s = self.cfg
         if not s.seed_with_l1:
             return []
-        ratio = s.macs_ratio if self.ctx.budget.macs_ratio is None else self.ctx.budget.macs_ratio
-        return [l1_genome_for_macs(self.ctx[direction].teacher, ratio, MACS_SIZE, s.min_channels,
+        # In reward mode there is no cap; the seed still sits at macs_ratio.
+        return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, MACS_SIZE, s.min_channels,
                                    s.channel_multiple, MACS_CONVENTION, tied=s.tied)]
 
     def initialise(self) -> Dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -151,19 +151,22 @@ class Evaluator:
     * fitness, keyed by (direction, genome, partner): elites and repeated genomes
       are not re-evaluated while the partner is unchanged;
     * the candidate's output and perceptual term, keyed by (direction, genome):
-      when the partner changes only the cycle term is recomputed
-      (bounded LRU, ``output_cache_size`` entries);
+      when the partner changes only the cycle term is recomputed (an LRU of at
+      most ``output_cache_size`` entries and ``output_cache_mb`` megabytes);
     * the partner's slim network, keyed by its genome.
 
     ``evaluations`` counts fitness computations, ``cache_hits`` fitness reuses.
     """
 
-    def __init__(self, ctx: SearchContext, objective: Objective, output_cache_size: int = 128) -> None:
+    def __init__(self, ctx: SearchContext, objective: Objective, output_cache_size: int = 128,
+                 output_cache_mb: float = 1024.0) -> None:
         self.ctx = ctx
         self.objective = objective
         self.fitness_cache: Dict[str, FitnessTerms] = {}
         self._outputs: "OrderedDict[str, Tuple[torch.Tensor, float]]" = OrderedDict()
         self._output_cache_size = int(output_cache_size)
+        self._output_cache_bytes = int(output_cache_mb * 2**20)
+        self._cached_bytes = 0
         self._partners: "OrderedDict[str, ResnetGenerator]" = OrderedDict()
         self.evaluations = 0
         self.cache_hits = 0
@@ -186,8 +189,11 @@ class Evaluator:
         value = (y, perceptual_term(self.ctx, direction, y))
         if self._output_cache_size > 0:
             self._outputs[key] = value
-            while len(self._outputs) > self._output_cache_size:
-                self._outputs.popitem(last=False)
+            self._cached_bytes += y.element_size() * y.nelement()
+            while self._outputs and (len(self._outputs) > self._output_cache_size
+                                     or self._cached_bytes > self._output_cache_bytes):
+                old, _ = self._outputs.popitem(last=False)[1]
+                self._cached_bytes -= old.element_size() * old.nelement()
         return value
 
     def evaluate(self, direction: str, genomes: Sequence[Genome], partner: Genome) -> List[FitnessTerms]:

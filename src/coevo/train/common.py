@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Sequence
 import torch
 
 from ..config import Config, ConfigError, config_to_dict, dump_config, load_config
+from ..data import UnpairedImageDataset, ensure_data_root
 from ..runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
 
 def full_train_dataset(cfg: Config):
     """All of ``trainA``/``trainB`` (augmented as configured), building the synthetic set first if asked."""
-    from ..data import UnpairedImageDataset, ensure_data_root
-
     d = cfg.data
     root = ensure_data_root(d)
     return UnpairedImageDataset(root, phase="train", load_size=d.load_size, crop_size=d.crop_size,

@@ -27,9 +27,11 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 
 from ..config import Config, ConfigError, load_config
+from ..data import build_datasets
 from ..models import ResnetGenerator, load_discriminator, load_generator, save_generator
 from ..models.io import CheckpointError, atomic_write_text
 from ..models.teacher import TeacherPaths
+from ..prune import Genome, count_macs, slim
 from .common import fixed_images, open_run_dir, param_count
 from .loop import CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings
 
@@ -44,8 +46,6 @@ DIRECTIONS = ("G_A", "G_B")
 # ----------------------------------------------------------------------------- inputs
 def read_search_dir(search_dir: Path, overrides: Sequence[str] = ()):
     """(config, teacher paths, {"G_A": genome, "G_B": genome}) of a search run."""
-    from ..prune import Genome
-
     search_dir = Path(search_dir)
     if not search_dir.is_dir():
         raise FileNotFoundError(f"search run not found: {search_dir} (give the --out folder of `coevo search`)")
@@ -72,8 +72,6 @@ def _load_resnet(path: Path) -> ResnetGenerator:
 
 
 def _describe(model: ResnetGenerator, size: int) -> Dict[str, Any]:
-    from ..prune import count_macs
-
     return {"widths": dict(model.arch.widths), "params": param_count(model),
             "macs": count_macs(model.arch, size, size, convention="published")}
 
@@ -149,10 +147,44 @@ class ValidationSelector:
 
 
 # ----------------------------------------------------------------------------- data
-def _held_out_images(val) -> Dict[str, torch.Tensor]:
-    """Every held-out image once: {"A": NCHW, "B": NCHW} in [-1, 1] (item i holds A i % |A|, B i % |B|)."""
-    return {"A": torch.stack([val[i]["A"] for i in range(len(val.A_paths))]),
-            "B": torch.stack([val[i]["B"] for i in range(len(val.B_paths))])}
+def _split(cfg: Config):
+    """(training split, held-out {"A": NCHW, "B": NCHW} in [-1, 1], split sizes).
+
+    The held-out split is the data module's (:func:`coevo.data.build_datasets`),
+    shared by every stage; the test split is never read.
+    """
+    splits = build_datasets(cfg.data, seed=cfg.seed)
+    if splits.val is None and cfg.finetune.select_on == "val":
+        raise ConfigError(
+            f"finetune.select_on=val needs held-out training images, but data.val_fraction="
+            f"{cfg.data.val_fraction} leaves none; raise data.val_fraction or set finetune.select_on=last"
+        )
+    val = {"A": torch.empty(0), "B": torch.empty(0)}
+    if splits.val is not None:
+        # Item i holds A image i % |A| and B image i % |B|: take every image once.
+        val = {"A": torch.stack([splits.val[i]["A"] for i in range(len(splits.val.A_paths))]),
+               "B": torch.stack([splits.val[i]["B"] for i in range(len(splits.val.B_paths))])}
+    sizes = {"n_train_A": len(splits.train.A_paths), "n_train_B": len(splits.train.B_paths),
+             "n_val_A": len(val["A"]), "n_val_B": len(val["B"]), "val_fraction": cfg.data.val_fraction}
+    return splits.train, val, sizes
+
+
+def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any]):
+    """(frozen teacher generators, students + the teacher's discriminators to train)."""
+    teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    # slim() copies the kept filters into new, narrower layers: dropped filters cannot regrow.
+    nets = CycleGANNets(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"]),
+                        load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B))
+    return teacher, nets
+
+
+def _sizes(teacher: GeneratorPair, nets: CycleGANNets, size: int) -> Dict[str, Any]:
+    out = {}
+    for k in DIRECTIONS:
+        t, s = _describe(getattr(teacher, k), size), _describe(getattr(nets, k), size)
+        out[k] = {"teacher": t, "student": s, "macs_ratio": s["macs"] / t["macs"],
+                  "params_ratio": s["params"] / t["params"]}
+    return out
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -162,52 +194,29 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
 
     ``overrides``: ``key=value`` strings applied to the search run's config
     (e.g. ``"finetune.epochs=3"``). ``resume`` continues an interrupted run
-    (bit-identical result); ``force`` replaces an existing one.
+    (bit-identical result); ``force`` replaces an existing one. Raises
+    :class:`coevo.train.loop.TrainingError` when a loss becomes NaN/inf.
     """
-    from ..prune import slim
-
     search_dir = Path(search_dir)
     cfg, teacher_paths, genomes = read_search_dir(search_dir, overrides)
     if cfg.finetune.select_on not in SELECT_ON:
         raise ConfigError(f"finetune.select_on must be one of {SELECT_ON}, got {cfg.finetune.select_on!r}")
-    out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
-    device = torch.device(cfg.device)
+    train_set, val, split = _split(cfg)
+    out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
 
-    teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
-    students = {k: slim(getattr(teacher, k), genomes[k]) for k in DIRECTIONS}
-    nets = CycleGANNets(students["G_A"], students["G_B"],
-                        load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B))
-    from ..data import build_datasets
-
-    # The held-out split is the data module's, shared by every stage; never the test split.
-    splits = build_datasets(cfg.data, seed=cfg.seed)
-    if splits.val is None and cfg.finetune.select_on == "val":
-        raise ConfigError(
-            f"finetune.select_on=val needs held-out training images, but data.val_fraction="
-            f"{cfg.data.val_fraction} leaves none; raise data.val_fraction or set finetune.select_on=last"
-        )
-    val = _held_out_images(splits.val) if splits.val is not None else {"A": torch.empty(0), "B": torch.empty(0)}
-    split = {"n_train_A": len(splits.train.A_paths), "n_train_B": len(splits.train.B_paths),
-             "n_val_A": len(val["A"]), "n_val_B": len(val["B"]), "val_fraction": cfg.data.val_fraction}
-    selector = ValidationSelector(
-        val["A"], val["B"], teacher, out, device, cfg.finetune.select_on,
-        extra={"stage": "finetune", "search_dir": str(search_dir.resolve())},
-    )
+    teacher, nets = _slim_pair(teacher_paths, genomes)
+    selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
+                                  cfg.finetune.select_on,
+                                  extra={"stage": "finetune", "search_dir": str(search_dir.resolve())})
     val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
     trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
         trainer.resume()
     log.info("fine-tuning the slim pair: %s; val before: %s", split, val_before)
-    result = trainer.fit(splits.train, fixed_images(splits.train.subset(augment=False), settings.sample_images))
+    result = trainer.fit(train_set, fixed_images(train_set.subset(augment=False), settings.sample_images))
     selector.save_best(nets)
 
-    size = cfg.data.crop_size
-    models = {}
-    for k in DIRECTIONS:
-        t, s = _describe(getattr(teacher, k), size), _describe(getattr(nets, k), size)
-        models[k] = {"teacher": t, "student": s, "macs_ratio": s["macs"] / t["macs"],
-                     "params_ratio": s["params"] / t["params"]}
     report = {
         "stage": "finetune",
         "search_dir": str(search_dir.resolve()),
@@ -221,12 +230,12 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
         "steps": result.global_step,
         "train_seconds": round(result.seconds, 2),
         "lambda_distill": cfg.finetune.lambda_distill,
-        "image_size": size,
+        "image_size": cfg.data.crop_size,
         "mac_convention": "published (transposed conv counted per output pixel)",
-        "models": models,
+        "models": _sizes(teacher, nets, cfg.data.crop_size),
         "files": {k: f"{k}.pt" for k in DIRECTIONS},
     }
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
-    log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %.4f -> %.4f", result.seconds,
-             selector.best_epoch, val_before.get("val_l1", float("nan")), selector.best_metrics.get("val_l1", float("nan")))
+    log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", result.seconds,
+             selector.best_epoch, val_before.get("val_l1"), selector.best_metrics.get("val_l1"))
     return out

@@ -34,9 +34,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
+from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
 from ..models.io import CheckpointError, atomic_torch_save, safe_torch_load
 from ..runs import append_jsonl, make_generator, truncate_jsonl
+from ..viz import save_grid
 from . import losses
 from .pool import ImagePool
 
@@ -327,8 +329,6 @@ class CycleGANTrainer:
 
     # ------------------------------------------------------------------ epochs
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
-        from ..data import make_loader
-
         # Order and augmentation are functions of (seed, epoch): nothing to checkpoint.
         return make_loader(dataset, batch_size=self.s.batch_size, shuffle=True, num_workers=self.s.num_workers,
                            seed=self.s.seed, epoch=epoch)
@@ -340,8 +340,6 @@ class CycleGANTrainer:
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:
         """Grid of real_A | fake_B | rec_A | real_B | fake_A | rec_B (NCHW, [-1, 1])."""
-        from ..viz import save_grid
-
         n = self.nets
         real_A, real_B = images["A"].to(self.device), images["B"].to(self.device)
         fake_B, fake_A = n.G_A(real_A), n.G_B(real_B)

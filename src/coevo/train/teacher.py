@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config import Config, ModelConfig
 from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
 from ..models.io import atomic_write_text, save_discriminator, save_generator, save_reference_state_dict
+from ..prune import count_macs
 from ..runs import make_generator
 from .common import fixed_images, full_train_dataset, open_run_dir, param_count
 from .init import init_weights
@@ -57,8 +58,6 @@ def save_teacher(nets: CycleGANNets, out: Path) -> None:
 
 
 def _sizes(nets: CycleGANNets, size: int) -> dict:
-    from ..prune.macs import count_macs
-
     out = {}
     for name, net in nets.as_dict().items():
         entry = {"arch": net.arch.to_dict(), "params": param_count(net)}
@@ -76,8 +75,8 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     ``out_dir`` without either is refused (:class:`coevo.runs.RunDirError`).
     Raises :class:`coevo.train.loop.TrainingError` when a loss becomes NaN/inf.
     """
-    out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS)
     settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
+    out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS)
     # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.
     dataset = full_train_dataset(cfg)
     samples = fixed_images(dataset.subset(augment=False), settings.sample_images)
