@@ -106,11 +106,16 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: NLayerDiscrimi
     when the MAC budget is below the narrowest allowed network.
     """
     s = search_cfg
-    if G_A.arch.widths != G_B.arch.widths or G_A.arch.n_blocks != G_B.arch.n_blocks:
-        log.info("G_A and G_B differ in architecture; each population uses its own")
+    if G_A.arch.to_dict() != G_B.arch.to_dict():
+        from ..models.io import CheckpointError
+
+        # One budget is priced from one architecture; the reference CycleGAN's pair always matches.
+        raise CheckpointError(
+            f"the teacher's G_A and G_B differ in architecture ({G_A.arch.widths} vs {G_B.arch.widths}); "
+            "the search needs a matching pair, as a CycleGAN trains them"
+        )
     if s.compute == "budget":
         budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels)
-        check_budget(G_B.arch, s.macs_ratio, s.min_channels)
     elif s.compute == "reward":
         budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
     else:
@@ -119,10 +124,13 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: NLayerDiscrimi
         raise ConfigError(f"search.compute must be 'budget' or 'reward', got {s.compute!r}")
     device = torch.device(device)
     directions = {}
+    shared = None  # only the discriminator metric depends on the output domain
+    if s.perceptual != "discriminator":
+        shared = build_perceptual(s.perceptual, lpips_net=s.lpips_net, device=device)
     for name, teacher, disc, x in (("G_A", G_A, D_A, x_A), ("G_B", G_B, D_B, x_B)):
         teacher = teacher.to(device).eval()
-        metric = build_perceptual(s.perceptual, discriminator=disc.to(device).eval(),
-                                  lpips_net=s.lpips_net, device=device)
+        metric = shared if shared is not None else build_perceptual(
+            s.perceptual, discriminator=disc.to(device).eval(), device=device)
         x = x.to(device)
         with torch.inference_mode():
             target = metric.embed(teacher(x))
