@@ -158,3 +158,21 @@ def test_cli_compress_refuses_then_resumes(finished_run, tmp_path, capsys):
     assert main(["compress", "--config", str(cfg_file), "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped") == len(STAGES)
+
+
+def test_cli_demo_resumes_and_writes_report_and_timing(finished_run, tmp_path, capsys):
+    from coevo.cli import main
+    from coevo.config import dump_config
+    import shutil
+
+    src, _, _ = finished_run
+    out = tmp_path / "demo"
+    shutil.copytree(src, out)
+    cfg_file = tmp_path / "tiny.yaml"
+    dump_config(tiny_config(), cfg_file)
+    assert main(["demo", "--config", str(cfg_file), "--out", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "demo finished in" in printed and str(out / "report.md") in printed
+    timing = json.loads((out / "demo.json").read_text())
+    assert timing["resumed"] is True and set(timing["stage_seconds"]) == set(STAGES)
+    assert json.loads((out / "report.json").read_text())["directions"]["AtoB"]["grid"] == "grid_AtoB.png"

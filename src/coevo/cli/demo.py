@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import load_config
+    from ..models.io import atomic_write_text
     from ..pipeline import Pipeline
     from ..report import build_report
     from .compress import print_stage
@@ -42,9 +44,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = Pipeline(cfg, args.out, resume=args.resume, force=args.force, on_stage=print_stage)
     pipe.run()
     report = build_report(pipe.out, cfg)
+    minutes = (time.perf_counter() - t0) / 60
+    timing = {"wall_minutes": round(minutes, 2), "resumed": bool(args.resume),
+              "stage_seconds": {r.name: round(r.seconds, 1) for r in pipe.results}}
+    atomic_write_text(pipe.out / "demo.json", json.dumps(timing, indent=2) + "\n")
     print()
     print((pipe.out / "report.md").read_text().split("\n## ")[0])
     verdict = "all targets met" if report["all_checks_pass"] else "SOME TARGETS MISSED (see checks)"
-    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min: {verdict}")
+    print(f"demo finished in {minutes:.1f} min: {verdict}")
     print(f"report: {pipe.out / 'report.md'}")
     return 0

@@ -1,0 +1,187 @@
+"""Regenerate the README's results tables from the JSON files in benchmarks/results/.
+
+    python benchmarks/tables.py                       # rewrite the tables in README.md
+    python benchmarks/tables.py --demo runs/demo      # first copy a demo's report into results/
+    python benchmarks/tables.py --check               # exit 1 if README.md is out of date
+
+Each table sits in README.md between ``<!-- results:NAME -->`` and
+``<!-- /results:NAME -->``; nothing else in the README is touched. Numbers are
+never typed by hand: rerun the benchmark, then this script.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _load(name: str) -> Dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _machine(m: Dict) -> str:
+    threads = m.get("threads")
+    parts = [m.get("device_name") or m.get("cpu") or "?", f"{m.get('cores_usable', '?')} cores",
+             f"torch {m.get('torch', '?')}"]
+    if threads:
+        parts.append(f"{threads} thread{'s' if threads != 1 else ''}")
+    return ", ".join(str(p) for p in parts)
+
+
+def _g(x: float) -> str:
+    return f"{x / 1e9:.2f}G"
+
+
+def demo_table() -> str:
+    r = _load("demo_report.json")
+    if r is None:
+        return "_no demo report yet: run `make demo`, then `python benchmarks/tables.py --demo runs/demo`_"
+    lines = [
+        f"Machine: {_machine(r.get('machine', {}))}. MACs at {r['bench_size']}x{r['bench_size']}, "
+        f"{r['mac_convention']}. Latency: eager PyTorch, batch 1, {r['bench_size']}x{r['bench_size']}, "
+        "teacher and compressed interleaved in one run. PSNR/SSIM to the exact ground truth of the "
+        "test split (never used for selection).",
+        "",
+        "| direction | model | MACs | params | CPU ms (median) | speed-up | PSNR dB | SSIM | L1 to teacher |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for direction, e in r["directions"].items():
+        arrow = direction.replace("to", "->")
+        t, s = e["teacher"], e["coevo"]
+        lines.append(f"| {arrow} | teacher {e['generator']} | {_g(t['macs'])} | {t['params'] / 1e6:.2f}M | "
+                     f"{t['latency_ms']:.1f} | 1.00x | {t['psnr']:.2f} | {t['ssim']:.3f} | - |")
+        lines.append(f"| {arrow} | coevo {e['generator']} ({e['macs_ratio']:.1%} MACs) | {_g(s['macs'])} | "
+                     f"{s['params'] / 1e6:.2f}M | {s['latency_ms']:.1f} | {e['speedup']:.2f}x | {s['psnr']:.2f} | "
+                     f"{s['ssim']:.3f} | {s['l1_to_teacher']:.4f} |")
+    verdict = "all targets met" if r.get("all_checks_pass") else "some targets missed"
+    lines += ["", f"Targets (MACs <= 25%, PSNR within 1 dB of the teacher, >= 3x faster): **{verdict}**."]
+    if r.get("wall_minutes"):
+        lines[-1] += f" Whole demo: {r['wall_minutes']:.1f} min."
+    return "\n".join(lines)
+
+
+def inference_table() -> str:
+    d = _load("inference_cpu.json")
+    if d is None:
+        return "_no results yet: `python benchmarks/inference.py`_"
+    b = d["benchmark"]
+    rows = d["results"]
+    full = {r["backend"]: r for r in rows if r["name"] == "full"}
+    lines = [
+        f"Machine: {_machine(d['machine'])}. Full generator: ngf {b['ngf']}, {b['n_blocks']} blocks, "
+        f"{b['size']}x{b['size']}, batch 1; L1-norm pruned copies at each MAC budget (`m8`: widths rounded "
+        "to multiples of 8). MACs in the published convention. Medians of "
+        f"{b['repeats']} interleaved rounds.",
+        "",
+        "| model | MACs | backend | ms (median) | speed-up | MAC reduction | speed-up / MAC reduction |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = full.get(r["backend"], full.get("eager"))
+        red = base["macs_published"] / r["macs_published"]
+        sp = base["latency_ms_median"] / r["latency_ms_median"]
+        lines.append(f"| {r['name']} | {_g(r['macs_published'])} | {r['backend']} | {r['latency_ms_median']:.1f} | "
+                     f"{sp:.2f}x | {red:.2f}x | {sp / red:.2f} |")
+    lines += ["", "Speed-ups are against the full model on the same backend."]
+    return "\n".join(lines)
+
+
+def search_cost_table() -> str:
+    d = _load("search_cost.json")
+    if d is None:
+        return "_no results yet: `python benchmarks/search_cost.py`_"
+    t = d["teacher"]
+    med = d["median_s"]
+    lines = [
+        f"One generation of {d['candidates_per_generation']} candidates ({d['population']} per generator), "
+        f"{d['eval_images']} images per domain at {d['size']}x{d['size']}, genomes at <= {d['macs_ratio']} of a "
+        f"ngf {t['ngf']}, {t['n_blocks']}-block teacher; torch threads {d['threads']}; medians of "
+        f"{d['repeats']} generations, side by side in one run.",
+        "",
+        "| evaluation | s / generation | speed-up |",
+        "|---|---|---|",
+        f"| naive (official code: masked full network, teacher recomputed per candidate) | {med['naive']:.2f} | 1.00x |",
+        f"| coevo, one real generation (slim networks, cached teacher, fitness cache) | {med['coevo']:.2f} | "
+        f"{d['speedup']:.2f}x |",
+        f"| coevo, no caches | {med['coevo_uncached']:.2f} | {d['speedup_no_cache']:.2f}x |",
+        "",
+        f"Both give the same fitness (max relative difference {d['max_relative_fitness_difference']:.1e}).",
+    ]
+    return "\n".join(lines)
+
+
+def frontier_table() -> str:
+    d = _load("frontier.json")
+    if d is None:
+        return "_no results yet: `python benchmarks/frontier.py`_"
+    from importlib import util
+
+    spec = util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
+    mod = util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.markdown_table(d)
+
+
+TABLES: Dict[str, Callable[[], str]] = {
+    "demo": demo_table,
+    "inference": inference_table,
+    "search_cost": search_cost_table,
+    "frontier": frontier_table,
+}
+
+
+def render(readme: str) -> str:
+    for name, fn in TABLES.items():
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+        if pattern.search(readme):
+            readme = pattern.sub(lambda m: m.group(1) + fn().rstrip() + "\n" + m.group(2), readme)
+    return readme
+
+
+def copy_demo(run_dir: Path) -> None:
+    report = run_dir / "report.json"
+    if not report.is_file():
+        raise SystemExit(f"{report} not found: run `coevo demo --out {run_dir}` first")
+    data = json.loads(report.read_text())
+    stage = run_dir / "demo.json"
+    if stage.is_file():
+        data["wall_minutes"] = json.loads(stage.read_text()).get("wall_minutes")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "demo_report.json").write_text(json.dumps(data, indent=2) + "\n")
+    for direction in ("AtoB", "BtoA"):
+        grid = run_dir / f"grid_{direction}.png"
+        if grid.is_file():
+            shutil.copyfile(grid, RESULTS / f"demo_grid_{direction}.png")
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    p.add_argument("--demo", metavar="RUN_DIR", help="copy this demo run's report.json and grids into results/")
+    p.add_argument("--check", action="store_true", help="only check that the README is up to date")
+    args = p.parse_args(argv)
+    if args.demo:
+        copy_demo(Path(args.demo))
+    path = Path(args.readme)
+    old = path.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            print(f"{path} is out of date: run python benchmarks/tables.py", file=sys.stderr)
+            return 1
+        return 0
+    path.write_text(new)
+    print(f"updated {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
