@@ -3,7 +3,18 @@
 Public API (everything else is internal and may change)::
 
     from coevo import load_generator, save_generator, ResnetGenerator, GeneratorArch
+
+    # a whole job, and reading its folder back
+    from coevo import Pipeline, load_config, open_run, read_search_run
+    # channel space: genomes, slimming, MAC counts, the L1-norm baseline
+    from coevo import Genome, slim, count_macs, count_params, l1_genome_for_macs, macs_ratio_of
+    # using and measuring generators (images are NCHW, RGB, float in [-1, 1])
+    from coevo import translate_images, translation_quality, psnr, ssim, make_grid_image
+    from coevo import benchmark_models, machine_info, format_table
+
+The names below the models are imported on first use, so ``import coevo`` stays light.
 """
+import importlib
 import logging
 
 from .config import Config, ConfigError, load_config
@@ -23,9 +34,40 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
+# name -> submodule that defines it; resolved by __getattr__ on first access.
+_LAZY = {
+    "Pipeline": "pipeline",
+    "PipelineRun": "results", "open_run": "results",
+    "SearchResult": "search.runner", "read_search_run": "search.runner", "run_search": "search.runner",
+    "Genome": "prune", "slim": "prune", "count_macs": "prune", "count_params": "prune",
+    "l1_genome_for_macs": "prune", "macs_ratio_of": "prune",
+    "translate_images": "translate",
+    "translation_quality": "evaluate", "evaluate_generator": "evaluate",
+    "psnr": "metrics", "ssim": "metrics",
+    "make_grid_image": "viz", "save_grid": "viz",
+    "benchmark_models": "bench", "machine_info": "bench", "format_table": "bench", "BenchResult": "bench",
+    "read_jsonl": "runs", "RunDirError": "runs",
+    "DataError": "data.errors",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'coevo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "Config", "ConfigError", "load_config",
     "CheckpointError", "DiscriminatorArch", "GeneratorArch", "NLayerDiscriminator", "ResnetGenerator",
     "load_discriminator", "load_generator", "save_discriminator", "save_generator",
+    *_LAZY,
     "__version__",
 ]

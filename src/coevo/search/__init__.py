@@ -44,7 +44,7 @@ from .operators import (
     UniformCrossover,
 )
 from .population import Candidate, Population, Repairer, initial_population
-from .runner import SearchResult, run_search
+from .runner import SearchResult, read_search_run, run_search
 from .state import SearchState, load_state, save_state
 
 __all__ = [
@@ -55,5 +55,5 @@ __all__ = [
     "CROSSOVERS", "MUTATIONS", "SELECTIONS", "BitFlip", "Breeder", "RouletteSelection", "SegmentFlip",
     "TournamentSelection", "TwoPointCrossover", "UniformCrossover",
     "Candidate", "Population", "Repairer", "initial_population",
-    "SearchResult", "run_search", "SearchState", "load_state", "save_state",
+    "SearchResult", "read_search_run", "run_search", "SearchState", "load_state", "save_state",
 ]

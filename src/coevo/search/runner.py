@@ -15,6 +15,8 @@
 Resuming (``resume=True``) continues from ``state.pt`` with the folder's own
 config and teacher; it gives the same genomes and history as a run that was
 never interrupted (history lines after the checkpoint are dropped and redone).
+
+:func:`read_search_run` reads a folder back (history, best genomes, summary).
 """
 from __future__ import annotations
 
@@ -39,10 +41,57 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SearchResult:
+    """A finished (or resumable) search: its folder, best genome per direction, ``search.json``
+    summary and ``history.jsonl`` records (one per generation, 0 = the initial populations)."""
+
     run_dir: Path
     best: Dict[str, Genome]
     summary: Dict
     history: List[Dict] = field(default_factory=list)
+
+    @property
+    def generations(self) -> List[int]:
+        return [int(r["generation"]) for r in self.history]
+
+    def series(self, direction: str, term: str, stat: str = "best") -> List[float]:
+        """One value per generation: ``stat`` ("best" member or population "mean") of a fitness
+        ``term`` (fitness, perceptual, cycle, quality, macs, params; "dropped" for best only).
+
+        ``cycle`` of ``G_A`` is L1(G_B*(G_A(x)), x) with G_B* the other population's best when
+        that generation was scored (the teacher's G_B in generation 0).
+        """
+        if stat not in ("best", "mean"):
+            raise ValueError(f"stat must be 'best' or 'mean', got {stat!r}")
+        try:
+            return [float(r[direction][stat][term]) for r in self.history]
+        except KeyError:
+            known = sorted(self.history[0][direction][stat]) if self.history and direction in self.history[0] else []
+            raise KeyError(f"no {stat} {term!r} for {direction!r} in {self.run_dir / 'history.jsonl'}; "
+                           f"directions {list(DIRECTIONS)}, terms {known}") from None
+
+    def best_widths(self, direction: str) -> List[Dict[str, int]]:
+        """Kept channels per group of the population's best, one dict per generation."""
+        return [dict(r[direction]["best_widths"]) for r in self.history]
+
+
+def read_search_run(run_dir: str | Path) -> SearchResult:
+    """Read a search run folder back (see the module docstring for its layout).
+
+    Works on a finished run and on one still going or interrupted (then ``summary`` is
+    empty and ``best`` holds the best genomes of the last finished generation).
+    """
+    run_dir = Path(run_dir)
+    best = {}
+    for d in DIRECTIONS:
+        path = run_dir / "genomes" / f"best_{d}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {run_dir} is not a search run with a finished "
+                                    "generation (give the --out folder of `coevo search`, or the search/ "
+                                    "folder of a `coevo compress` run)")
+        best[d] = Genome.load_json(path)
+    summary_path = run_dir / "search.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return SearchResult(run_dir, best, summary, read_jsonl(run_dir / "history.jsonl"))
 
 
 def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path]) -> TeacherPaths:
