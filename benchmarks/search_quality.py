@@ -35,7 +35,7 @@ from typing import Dict, Sequence
 import numpy as np
 import torch
 
-from coevo.config import load_config
+from coevo.config import config_from_dict, config_to_dict, load_config
 from coevo.models.teacher import find_teacher
 from coevo.prune import Genome, l1_genome_for_macs, macs_of_genome, random_genome_for_macs, slim
 from coevo.search import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context, run_search
@@ -54,9 +54,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--macs-ratio", type=float, default=0.25, help="MAC budget (default 0.25)")
     p.add_argument("--random", type=int, default=None,
                    help="random genomes per generator (default: as many as the search evaluated)")
+    p.add_argument("--compare-paper", action="store_true",
+                   help="also run a search with the paper's operators (roulette selection, segment-flip "
+                        "mutation, no L1-norm seeding; same budget, population and generations) and compare")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
     return p.parse_args(argv)
+
+
+# The paper's genetic operators; everything else (budget, population, generations, metric) stays the same.
+PAPER_OPERATORS = ["search.selection=roulette", "search.mutation=segment_flip", "search.seed_with_l1=false"]
 
 
 def load_cfg(args):
@@ -129,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"best of {n_random} random": {d: best_random(ctx, d, n_random, args.macs_ratio, rng) for d in DIRECTIONS},
     }
     random_s = time.perf_counter() - t0
+    if args.compare_paper:
+        t1 = time.perf_counter()
+        paper_cfg = config_from_dict(config_to_dict(cfg), PAPER_OPERATORS)
+        paper = run_search(paper_cfg, out / "search_paper_operators", teacher=args.teacher, force=True)
+        pairs["search, paper's operators"] = paper.best
+        log_paper = {"seconds": time.perf_counter() - t1, "overrides": PAPER_OPERATORS}
     x_A, x_B = split_images(cfg, "val")
     held_out = {"G_A": x_A, "G_B": x_B}
     # Measured with the search's metric, built anew (not the context's cached embeddings).
@@ -157,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                        ("generations", "population", "evaluations", "cache_hits",
                                                         "wall_time_s") if k in summary},
         "search_config": {k: getattr(s, k) for k in vars(s)},
+        "paper_operators": log_paper if args.compare_paper else None,
         "random_per_generator": n_random, "seconds": {"search": search_s, "random_baseline": random_s},
         "results": results,
     }
