@@ -94,3 +94,36 @@ def test_paper_configs_use_the_paper_settings(name):
     assert (cfg.model.ngf, cfg.model.n_blocks, cfg.model.ndf) == (64, 9, 64)
     assert (cfg.train.epochs, cfg.train.epochs_decay, cfg.train.batch_size) == (100, 100, 1)
     assert not cfg.data.synthetic and cfg.data.root == f"datasets/{name}"
+
+
+def test_threads_setting_is_validated_and_applied():
+    import torch
+
+    from coevo.config import ConfigError, load_config
+    from coevo.runs import apply_threads
+
+    with pytest.raises(ConfigError, match="threads"):
+        load_config(None, ["threads=-1"])
+    before = torch.get_num_threads()
+    try:
+        apply_threads(1)
+        assert torch.get_num_threads() == 1
+        apply_threads(0)  # 0 keeps whatever is set
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_threads_option_reaches_torch(capsys):
+    import torch
+
+    from coevo.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        # `data check` on a missing folder fails cleanly, after the thread count was applied
+        assert main(["--threads", "1", "data", "check", "/nonexistent/folder"]) == 2
+        assert torch.get_num_threads() == 1
+        assert "nonexistent" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

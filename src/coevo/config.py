@@ -149,6 +149,7 @@ class Config:
     name: str = "coevo"
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0                   # torch CPU threads for every stage; 0: torch's default (one per core)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -262,6 +263,8 @@ def dump_config(cfg: Config, path: str | Path) -> Path:
 
 
 def validate(cfg: Config) -> None:
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be >= 1, or 0 for torch's default; got {cfg.threads}")
     s = cfg.search
     if not 0.0 < s.macs_ratio <= 1.0:
         raise ConfigError(f"search.macs_ratio must be in (0, 1], got {s.macs_ratio}")

@@ -133,6 +133,9 @@ class Pipeline:
         return Path(self.cfg.data.root)
 
     def run(self) -> List[StageResult]:
+        from .runs import apply_threads
+
+        apply_threads(self.cfg.threads)
         self.cfg.data.root = str(self.data_root().resolve())
         self.prepare()
         if self.cfg.data.synthetic:
@@ -223,12 +226,17 @@ class Pipeline:
         return summary
 
 
+# Settings that may change between an interrupted run and its resumption: where the
+# data lies, and how many CPU threads (results are equal up to float rounding).
+RESUMABLE_CHANGES = ("data.root", "threads")
+
+
 def _diff_keys(old: Dict, new: Dict, prefix: str = "") -> List[str]:
     out = []
     for k in sorted(set(old) | set(new)):
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff_keys(a, b, f"{prefix}{k}.")
-        elif a != b and f"{prefix}{k}" != "data.root":
+        elif a != b and f"{prefix}{k}" not in RESUMABLE_CHANGES:
             out.append(f"{prefix}{k} ({a!r} -> {b!r})")
     return out

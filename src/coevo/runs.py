@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
+
+
+log = logging.getLogger(__name__)
 
 
 class RunDirError(RuntimeError):
@@ -59,3 +63,20 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """``torch.set_num_threads(threads)`` when given (>= 1); ``None`` or 0 keeps torch's default.
+
+    torch's default is one thread per core. When other jobs share those cores,
+    its OpenMP workers wait on each other and a run can become many times
+    slower; a single thread then is much faster.
+    """
+    if threads is None or threads == 0:
+        return
+    if threads < 0:
+        from .config import ConfigError
+
+        raise ConfigError(f"threads must be >= 1 (or 0 for torch's default), got {threads}")
+    torch.set_num_threads(int(threads))
+    log.info("torch CPU threads: %d", threads)

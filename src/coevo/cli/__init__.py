@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's choice, usually one per core). On a "
+                             "machine busy with other jobs, --threads 1 avoids a large oversubscription "
+                             "slowdown")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"coevo.cli.{name}")
@@ -41,13 +45,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from ..config import ConfigError
-    from ..models.io import CheckpointError
-    from ..runs import RunDirError
     from ..data.errors import DataError
+    from ..export import ExportError
+    from ..models.io import CheckpointError
+    from ..prune.genome import GenomeError
+    from ..prune.macs import BudgetError
+    from ..runs import RunDirError, apply_threads
+    from ..train.loop import TrainingError
 
     try:
+        apply_threads(args.threads)
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, RunDirError, DataError, FileNotFoundError) as e:
+    except (ConfigError, CheckpointError, RunDirError, DataError, GenomeError, BudgetError, ExportError,
+            TrainingError, FileNotFoundError) as e:
         print(f"coevo {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
