@@ -12,10 +12,10 @@ from coevo.data import build_datasets
 from coevo.models import ResnetGenerator, load_generator
 from coevo.models.io import safe_torch_load
 from coevo.models.teacher import find_teacher
-from coevo.prune import Genome
+from coevo.prune import Genome, l1_genome_for_macs
 from coevo.runs import RunDirError, read_jsonl
 from coevo.train import losses
-from coevo.train.finetune import finetune
+from coevo.train.finetune import finetune, finetune_genomes, read_search_dir
 from coevo.train.teacher import build_cyclegan, save_teacher
 
 CALLS_PER_STEP = 6  # gan_loss calls per CycleGAN step
@@ -182,3 +182,30 @@ def test_cli_finetune(tmp_path, search_dir, capsys):
     assert "MACs" in capsys.readouterr().out
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_finetune_genomes_is_the_same_recipe_for_any_genomes(tmp_path, search_dir):
+    """Baseline genomes go through the code `finetune` uses: same pair in, same weights out."""
+    fast = ["finetune.epochs=1", "finetune.epochs_decay=0", "finetune.max_steps_per_epoch=2",
+            "finetune.sample_every=0"]
+    via_search = finetune(search_dir, tmp_path / "search_ft", overrides=fast)
+    cfg, teacher_paths, genomes = read_search_dir(search_dir, fast)
+    direct = finetune_genomes(cfg, teacher_paths, genomes, tmp_path / "direct", source={"method": "test"})
+    for name in ("G_A.pt", "G_B.pt"):
+        _assert_same(safe_torch_load(via_search / name)["state_dict"], safe_torch_load(direct / name)["state_dict"],
+                     name)
+    report = json.loads((direct / "finetune.json").read_text())
+    assert report["method"] == "test" and "search_dir" not in report
+    assert json.loads((via_search / "finetune.json").read_text())["search_dir"] == str(search_dir.resolve())
+
+    teacher = load_generator(teacher_paths.G_A)
+    l1 = {k: l1_genome_for_macs(teacher, 0.3, 32) for k in ("G_A", "G_B")}
+    out = finetune_genomes(cfg, teacher_paths, l1, tmp_path / "l1", source={"method": "l1", "macs_ratio": 0.3})
+    for k in ("G_A", "G_B"):
+        assert load_generator(out / f"{k}.pt").arch.widths == l1[k].widths()
+        assert Genome.load_json(out / "genomes" / f"{k}.json").widths() == l1[k].widths()
+    assert json.loads((out / "finetune.json").read_text())["models"]["G_A"]["macs_ratio"] <= 0.3
+    with pytest.raises(RunDirError, match="already exists"):
+        finetune_genomes(cfg, teacher_paths, l1, out)
+    with pytest.raises(ValueError, match="G_B"):
+        finetune_genomes(cfg, teacher_paths, {"G_A": l1["G_A"]}, tmp_path / "one")

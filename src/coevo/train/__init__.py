@@ -4,7 +4,8 @@
 * :mod:`coevo.train.pool` -- the image history pool
 * :mod:`coevo.train.loop` -- :class:`CycleGANTrainer`, the one training loop (checkpoints, exact resume)
 * :mod:`coevo.train.teacher` -- :func:`train_teacher` (``coevo train``)
-* :mod:`coevo.train.finetune` -- ``finetune(search_dir, out_dir)`` (``coevo finetune``)
+* :mod:`coevo.train.finetune` -- ``finetune(search_dir, out_dir)`` (``coevo finetune``);
+  ``finetune_genomes(cfg, teacher_paths, genomes, out_dir)`` for genomes from anywhere
 """
 from .init import init_weights
 from .loop import CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings, TrainingError

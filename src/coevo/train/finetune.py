@@ -13,8 +13,12 @@ training images are held out (:func:`coevo.data.build_datasets`), and after
 every epoch the pair whose outputs are closest to the teacher's there (mean L1,
 both directions) is kept as ``G_A.pt`` / ``G_B.pt``.
 
+``finetune_genomes(cfg, teacher_paths, genomes, run_dir)`` is the same recipe
+for genomes from anywhere (L1-norm or random baselines): every method is
+fine-tuned by the same code.
+
 Writes: config.yaml, checkpoint.pt, log.jsonl (losses and val metrics),
-samples/, G_A.pt, G_B.pt, finetune.json.
+samples/, genomes/G_A.json, genomes/G_B.json, G_A.pt, G_B.pt, finetune.json.
 """
 from __future__ import annotations
 
@@ -187,7 +191,7 @@ def _sizes(teacher: GeneratorPair, nets: CycleGANNets, size: int) -> Dict[str, A
     return out
 
 
-# ----------------------------------------------------------------------------- entry point
+# ----------------------------------------------------------------------------- entry points
 def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, overrides: Sequence[str] = (),
              force: bool = False) -> Path:
     """Fine-tune the search run's best pair; returns the run folder (see the module docstring).
@@ -199,16 +203,36 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
     """
     search_dir = Path(search_dir)
     cfg, teacher_paths, genomes = read_search_dir(search_dir, overrides)
+    return finetune_genomes(cfg, teacher_paths, genomes, out_dir, resume=resume, force=force,
+                            source={"search_dir": str(search_dir.resolve())})
+
+
+def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[str, Genome],
+                     out_dir: str | Path, resume: bool = False, force: bool = False,
+                     source: Mapping[str, Any] | None = None) -> Path:
+    """Fine-tune the pair ``genomes`` (``{"G_A": Genome, "G_B": Genome}``) cut from the teacher.
+
+    The one fine-tuning recipe, whatever chose the genomes (the search, L1-norm
+    or random baselines): same losses, data, selection and report as
+    :func:`finetune`. ``source``: JSON-able description of where the genomes
+    come from, merged into ``finetune.json`` and the saved generators' extras.
+    The genomes are also written to ``genomes/G_A.json`` / ``genomes/G_B.json``.
+    """
+    missing = [k for k in DIRECTIONS if k not in genomes]
+    if missing:
+        raise ValueError(f"finetune_genomes needs a genome for each of {DIRECTIONS}; missing {missing}")
     if cfg.finetune.select_on not in SELECT_ON:
         raise ConfigError(f"finetune.select_on must be one of {SELECT_ON}, got {cfg.finetune.select_on!r}")
+    source = dict(source or {})
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
     train_set, val, split = _split(cfg)
     out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
+    for k in DIRECTIONS:
+        genomes[k].save_json(out / "genomes" / f"{k}.json")
 
     teacher, nets = _slim_pair(teacher_paths, genomes)
     selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
-                                  cfg.finetune.select_on,
-                                  extra={"stage": "finetune", "search_dir": str(search_dir.resolve())})
+                                  cfg.finetune.select_on, extra={"stage": "finetune", **source})
     val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
     trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
@@ -219,7 +243,7 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
 
     report = {
         "stage": "finetune",
-        "search_dir": str(search_dir.resolve()),
+        **source,
         "teacher": teacher_paths.to_dict(),
         "select_on": cfg.finetune.select_on,
         "best_epoch": selector.best_epoch,
@@ -234,6 +258,7 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
         "mac_convention": "published (transposed conv counted per output pixel)",
         "models": _sizes(teacher, nets, cfg.data.crop_size),
         "files": {k: f"{k}.pt" for k in DIRECTIONS},
+        "genomes": {k: f"genomes/{k}.json" for k in DIRECTIONS},
     }
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
     log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", result.seconds,
