@@ -118,6 +118,28 @@ def search_cost_table() -> str:
     return "\n".join(lines)
 
 
+def search_quality_table() -> str:
+    d = _load("search_quality.json")
+    if d is None:
+        return "_no results yet: `python benchmarks/search_quality.py`_"
+    n_a, n_b = d["held_out_images"]
+    lines = [
+        f"At <= {d['macs_ratio']} of the teacher's MACs, before fine-tuning, on {n_a}+{n_b} held-out training "
+        f"images at {d['image_size']}x{d['image_size']} (neither the search's batch nor test); metric "
+        f"`{d['metric']}` (the search's own, lower is better), L1 to the teacher's output, and the pair's cycle L1.",
+        "",
+        "| genomes | G_A perceptual | G_B perceptual | G_A L1 to teacher | G_B L1 to teacher | cycle A | cycle B | "
+        "MACs ratio A / B |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in d["results"].items():
+        a, b = r["G_A"], r["G_B"]
+        lines.append(f"| {name} | {a['perceptual']:.3f} | {b['perceptual']:.3f} | {a['l1_to_teacher']:.4f} | "
+                     f"{b['l1_to_teacher']:.4f} | {a['cycle']:.4f} | {b['cycle']:.4f} | "
+                     f"{a['macs_ratio']:.3f} / {b['macs_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
 def frontier_table() -> str:
     d = _load("frontier.json")
     if d is None:
@@ -127,13 +149,25 @@ def frontier_table() -> str:
     spec = util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.markdown_table(d)
+    st = d["settings"]
+    s, f = st["search"], st.get("finetune", {})
+    head = (f"Machine: {_machine(d['machine'])}. Teacher: the demo's; test split, 40 images per direction. "
+            f"Search: population {s['population']}, {s['generations']} generations. Every method's pair is "
+            "fine-tuned by the same code with the same settings"
+            + (f" ({f.get('epochs')} + {f.get('epochs_decay')} decay epochs)" if f else "")
+            + f". PSNR in dB to ground truth, before -> **after** fine-tuning. Whole run: "
+              f"{d['wall_time_s'] / 60:.0f} min.")
+    gaps = ", ".join(f"{b}: {v['coevo_minus_l1_db']:+.2f} dB vs L1, {v['coevo_minus_random_db']:+.2f} dB vs random"
+                     for b, v in d["coevo_vs_baselines"].items())
+    return head + "\n\n" + mod.format_table(d["teacher"], d["cells"]) + (
+        f"\n\ncoevo minus baseline after fine-tuning (mean PSNR of both directions): {gaps}.")
 
 
 TABLES: Dict[str, Callable[[], str]] = {
     "demo": demo_table,
     "inference": inference_table,
     "search_cost": search_cost_table,
+    "search_quality": search_quality_table,
     "frontier": frontier_table,
 }
 
