@@ -116,7 +116,7 @@ def render_markdown(report: Dict, run_dir: Path) -> str:
         f"for one 1x3x{report['bench_size']}x{report['bench_size']} forward. "
         "Latency: median of interleaved eager-PyTorch runs after warm-up, teacher and compressed timed "
         "side by side in one process.",
-        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine'].get('threads', '?')} threads, "
+        f"Machine: {report['machine'].get('cpu', '?')}, torch threads: {report['machine'].get('threads', '?')}, "
         f"torch {report['machine'].get('torch', '?')}.", "",
         "| direction | model | MACs (G) | params (M) | latency (ms) | PSNR to GT (dB) | SSIM | perceptual to teacher |",
         "|---|---|---|---|---|---|---|---|",
