@@ -13,7 +13,9 @@ from coevo.models import GeneratorArch, ResnetGenerator
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    # One thread: tiny models gain nothing from more, and on a CI machine shared with
+    # other jobs torch's default (one per core) made runs 5-20x slower here.
+    torch.set_num_threads(1)
 
 
 def make_image_folder(root: Path, n: int = 4, size: int = 32, seed: int = 0,
