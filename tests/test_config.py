@@ -106,6 +106,7 @@ def test_threads_setting_is_validated_and_applied():
         load_config(None, ["threads=-1"])
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         apply_threads(1)
         assert torch.get_num_threads() == 1
         apply_threads(0)  # 0 keeps whatever is set
@@ -121,6 +122,7 @@ def test_cli_threads_option_reaches_torch(capsys):
 
     before = torch.get_num_threads()
     try:
+        torch.set_num_threads(2)
         # `data check` on a missing folder fails cleanly, after the thread count was applied
         assert main(["--threads", "1", "data", "check", "/nonexistent/folder"]) == 2
         assert torch.get_num_threads() == 1
