@@ -44,6 +44,10 @@ def run(args) -> int:
     from ..prune import BudgetError, GenomeError
 
     cfg = load_config(config_path, args.overrides)
+    if args.threads is None:  # the global --threads wins over the config's
+        from ..runs import apply_threads
+
+        apply_threads(cfg.threads)
     try:
         result = run_search(cfg, out, teacher=args.teacher, resume=args.resume, force=args.force,
                             progress=not args.no_progress)

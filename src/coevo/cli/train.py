@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume and --force contradict each other: choose one")
     config = args.config if args.config is not None else Path(args.out) / "config.yaml"
     cfg = load_config(config, args.overrides)
+    if args.threads is None:  # the global --threads wins over the config's
+        from ..runs import apply_threads
+
+        apply_threads(cfg.threads)
     try:
         out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
     except TrainingError as e:
