@@ -141,18 +141,22 @@ def test_given_teacher_is_not_retrained(finished_run, tmp_path):
     assert load_generator(out / "finetune" / "G_B.pt")(x).shape == x.shape
 
 
-def test_cli_compress_refuses_then_resumes(finished_run, tmp_path, capsys):
-    from coevo.cli import main
-
-    src, _, _ = finished_run
+def _copy_with_config(src: Path, tmp_path: Path):
+    """A copy of the finished run, and the tiny config written to a file (as a user would pass it)."""
     import shutil
+
+    from coevo.config import dump_config
 
     out = tmp_path / "run"
     shutil.copytree(src, out)
-    cfg_file = tmp_path / "tiny.yaml"
-    from coevo.config import dump_config
+    cfg_file = dump_config(tiny_config(), tmp_path / "tiny.yaml")
+    return out, cfg_file
 
-    dump_config(tiny_config(), cfg_file)
+
+def test_cli_compress_refuses_then_resumes(finished_run, tmp_path, capsys):
+    from coevo.cli import main
+
+    out, cfg_file = _copy_with_config(finished_run[0], tmp_path)
     assert main(["compress", "--config", str(cfg_file), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["compress", "--config", str(cfg_file), "--out", str(out), "--resume"]) == 0
@@ -162,14 +166,8 @@ def test_cli_compress_refuses_then_resumes(finished_run, tmp_path, capsys):
 
 def test_cli_demo_resumes_and_writes_report_and_timing(finished_run, tmp_path, capsys):
     from coevo.cli import main
-    from coevo.config import dump_config
-    import shutil
 
-    src, _, _ = finished_run
-    out = tmp_path / "demo"
-    shutil.copytree(src, out)
-    cfg_file = tmp_path / "tiny.yaml"
-    dump_config(tiny_config(), cfg_file)
+    out, cfg_file = _copy_with_config(finished_run[0], tmp_path)
     assert main(["demo", "--config", str(cfg_file), "--out", str(out), "--resume"]) == 0
     printed = capsys.readouterr().out
     assert "demo finished in" in printed and str(out / "report.md") in printed
