@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
 
     stem = "frontier_quick" if args.quick else "frontier"
+    if args.seed is not None or tuple(args.methods) != METHODS:
+        # a partial or re-seeded run must not overwrite the main results
+        stem += f"_{'-'.join(args.methods)}_seed{cfg.seed}"
     out = Path(args.out)
     table = format_table(teacher_scores, records)
     result = {
