@@ -163,7 +163,30 @@ def frontier_table() -> str:
     gaps = ", ".join(f"{b}: {v['coevo_minus_l1_db']:+.2f} dB vs L1, {v['coevo_minus_random_db']:+.2f} dB vs random"
                      for b, v in d["coevo_vs_baselines"].items())
     return head + "\n\n" + mod.format_table(d["teacher"], d["cells"]) + (
-        f"\n\ncoevo minus baseline after fine-tuning (mean PSNR of both directions): {gaps}.")
+        f"\n\ncoevo minus baseline after fine-tuning (mean PSNR of both directions): {gaps}.") + seeds_table()
+
+
+def seeds_table() -> str:
+    """Mean PSNR after fine-tuning per (method, budget) over every seed run in results/."""
+    runs = [RESULTS / "frontier.json", *sorted(RESULTS.glob("frontier_*_seed*.json"))]
+    cells: Dict = {}
+    for path in runs:
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        seed = d["settings"]["seed"]
+        for c in d["cells"]:
+            a = c["after_finetune"]
+            cells.setdefault((c["method"], c["budget"]), {})[seed] = 0.5 * (a["G_A"]["psnr"] + a["G_B"]["psnr"])
+    if not any(len(v) > 1 for v in cells.values()):
+        return ""
+    lines = ["", "", "Seeds (data order, search and random genomes; `--seed N`): mean PSNR of both directions "
+             "after fine-tuning.", "", "| method | budget | per seed (dB) | mean | spread |", "|---|---|---|---|---|"]
+    for (method, budget), by_seed in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        vals = [by_seed[k] for k in sorted(by_seed)]
+        per = ", ".join(f"{k}: {by_seed[k]:.2f}" for k in sorted(by_seed))
+        lines.append(f"| {method} | {budget:g} | {per} | {sum(vals) / len(vals):.2f} | {max(vals) - min(vals):.2f} |")
+    return "\n".join(lines)
 
 
 TABLES: Dict[str, Callable[[], str]] = {
