@@ -47,7 +47,7 @@ from coevo.bench import machine_info
 from coevo.config import Config, config_to_dict, dump_config, load_config
 from coevo.evaluate import translation_quality
 from coevo.models import load_generator
-from coevo.models.io import atomic_write_text
+from coevo.files import atomic_write_text
 from coevo.models.teacher import TeacherPaths, find_teacher
 from coevo.prune import Genome, count_params, l1_genome_for_macs, macs_ratio_of, random_genome_for_macs, slim
 from coevo.search import MACS_CONVENTION, MACS_SIZE, run_search
@@ -146,7 +146,7 @@ def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> 
     """Create --work or check that its results were made with the same settings and teacher."""
     import shutil
 
-    from coevo.train.common import config_differences
+    from coevo.config import diff_configs
 
     saved, teacher_file = args.work / "config.yaml", args.work / "teacher.json"
     if args.force and args.work.exists():
@@ -155,7 +155,7 @@ def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> 
             if not (teacher_kept and entry.name in ("teacher", "data")):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     elif saved.is_file():
-        diffs = config_differences(load_config(saved), cfg, RESULT_SECTIONS)
+        diffs = diff_configs(load_config(saved), cfg, RESULT_SECTIONS)
         if diffs:
             raise SystemExit(f"frontier: {args.work} holds results made with other settings ({', '.join(diffs)}); "
                              "rerun with the same settings, or pass --force or another --work")

@@ -36,8 +36,8 @@ def test_interleaved_rotating_order(pair):
     models = {n: Recorder(n, m, calls) for n, m in [("a", pair["full"]), ("b", pair["small"]),
                                                       ("c", pair["full"])]}
     results = benchmark_models(models, size=32, warmup=1, repeats=3)
-    assert calls[:3] == ["a", "b", "c"]  # warm-up round
-    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert calls[:6] == ["a", "b", "c"] * 2  # the image-to-image check of each model, then a warm-up round
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
     assert [r.name for r in results] == ["a", "b", "c"]
     assert all(len(r.latencies) == 3 for r in results)
 

@@ -100,12 +100,14 @@ def test_cli_export_run_folder(tiny_generator, slim_generator, tmp_path, capsys)
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "G_A.onnx" in printed and "G_B.ts" in printed and "max |diff|" in printed
-    assert {p.name for p in out.iterdir()} == {"G_A.ts", "G_A.onnx", "G_B.ts", "G_B.onnx", "export_report.json"}
+    assert {p.name for p in out.iterdir()} == {"G_A.ts", "G_A.onnx", "G_B.ts", "G_B.onnx", "export_report.json",
+                                              ".coevo-run"}
     assert load_generator(out / "G_B.onnx").arch == slim_generator.arch
     assert main(argv) == 2  # non-empty --out without --force
     assert "--force" in capsys.readouterr().err
     assert main(argv[:5] + ["--formats", "safetensors", "--force"]) == 0
-    assert {p.name for p in out.iterdir()} == {"G_A.safetensors", "G_B.safetensors", "export_report.json"}
+    assert {p.name for p in out.iterdir()} == {"G_A.safetensors", "G_B.safetensors", "export_report.json",
+                                              ".coevo-run"}
 
 
 def test_cli_export_reference_folder_skips_discriminators(tiny_generator, tmp_path):
@@ -118,4 +120,4 @@ def test_cli_export_reference_folder_skips_discriminators(tiny_generator, tmp_pa
     out = tmp_path / "out"
     assert main(["export", "--run", str(ref), "--out", str(out), "--formats", "safetensors",
                  "--check-size", "48"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "latest_net_G_A.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".coevo-run", "export_report.json", "latest_net_G_A.safetensors"]

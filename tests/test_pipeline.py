@@ -134,7 +134,10 @@ def test_given_teacher_is_not_retrained(finished_run, tmp_path):
     cfg = tiny_config("search.generations=1", f"data.root={src / 'data'}", "data.synthetic=false")
     seen = []
     Pipeline(cfg, out, teacher=ref, on_stage=seen.append).run()
-    assert [r.name for r in seen] == ["teacher", "search", "finetune", "export", "bench"]
+    assert [r.name for r in seen] == list(STAGES)
+    recorded = json.loads((out / "data" / "stage.json").read_text())["data"]
+    assert recorded["root"] == str((src / "data").resolve()) and recorded["builtin"] is True
+    assert not (out / "data" / "trainA").exists()  # the given folder is used where it is
     assert not (out / "teacher" / "G_A.pt").exists()
     assert json.loads((out / "teacher" / "teacher.json").read_text())["G_A"].endswith("latest_net_G_A.pth")
     x = torch.zeros(1, 3, 32, 32)
@@ -174,3 +177,11 @@ def test_cli_demo_resumes_and_writes_report_and_timing(finished_run, tmp_path, c
     timing = json.loads((out / "demo.json").read_text())
     assert timing["resumed"] is True and set(timing["stage_seconds"]) == set(STAGES)
     assert json.loads((out / "report.json").read_text())["directions"]["AtoB"]["grid"] == "grid_AtoB.png"
+
+
+def test_demo_teacher_keeps_its_discriminators_for_search_and_finetune(finished_run):
+    """search.perceptual=auto on a teacher trained by coevo (with discriminators) is the discriminator metric."""
+    out, cfg, _ = finished_run
+    assert cfg.search.perceptual == "auto"
+    assert json.loads((out / "search" / "search.json").read_text())["metric"] == "discriminator"
+    assert json.loads((out / "finetune" / "finetune.json").read_text())["discriminators"] == "teacher"

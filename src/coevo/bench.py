@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models.io import PathLike, atomic_write_text
+from .files import PathLike, atomic_save_figure, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,25 @@ def _interleaved(runners: Sequence[_Runner], device: torch.device, warmup: int, 
 
 
 # ----------------------------------------------------------------------------- entry point
+def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
+    """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
+    from .config import ConfigError
+    from .models.generator import MIN_SIZE, SIZE_MULTIPLE
+
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ConfigError(f"unknown backends {unknown or list(backends)}; choose from {list(BACKENDS)}")
+    if size < MIN_SIZE or size % SIZE_MULTIPLE:
+        raise ConfigError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} (the generator "
+                          f"halves the image twice), got {size}")
+    if batch < 1:
+        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {warmup}")
+
+
 def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int = 256, batch: int = 1,
                      threads: Optional[int] = None, device: str = "cpu",
                      backends: Sequence[str] = ("eager",), warmup: int = 3, repeats: int = 20,
@@ -202,19 +221,21 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
     """
     from .models.io import load_generator
 
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise ValueError(f"unknown backends {unknown or list(backends)}; choose from {list(BACKENDS)}")
+    from .models.exported import check_image_to_image
+
+    check_settings(size=size, batch=batch, warmup=warmup, repeats=repeats, backends=backends)
     if not models:
         raise ValueError("benchmark_models needs at least one model")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}")
-    if size % 4:
-        raise ValueError(f"size must be a multiple of 4 (the generator down-samples twice), got {size}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' asked for but torch sees no CUDA device")
     loaded = {name: (load_generator(m) if isinstance(m, (str, os.PathLike)) else m) for name, m in models.items()}
+    with torch.inference_mode():
+        for name, model in loaded.items():  # refuse any other kind of network before timing anything
+            arch = getattr(model, "arch", None)
+            probe = _random_input(1, arch.in_channels if arch is not None else 3, size, seed, torch.device("cpu"))
+            source = models[name] if isinstance(models[name], (str, os.PathLike)) else f"model {name!r}"
+            check_image_to_image(_on(model, torch.device("cpu")), probe, source)
 
     previous_threads = torch.get_num_threads()
     if threads:
@@ -397,5 +418,5 @@ def plot_results(results: Sequence[BenchResult], path: PathLike) -> Path:
     ax.set_title(f"{r0.device}, batch {r0.batch}, {r0.size}x{r0.size}, {r0.threads} threads")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(str(path), dpi=120)
+    atomic_save_figure(fig, path, dpi=120)
     return Path(path)

@@ -12,22 +12,27 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
+from .errors import CoevoError
 
 
-class ConfigError(ValueError):
+class ConfigError(CoevoError, ValueError):
     """A configuration value or key that coevo cannot use; the message names it."""
 
 
 @dataclass
 class DataConfig:
-    root: str = "datasets/synthetic"   # folder with trainA, trainB, testA, testB
-    synthetic: bool = True             # build the built-in data set at ``root`` if it is missing
+    # Folder with trainA, trainB, testA, testB. A folder you give is always used and never written
+    # into. None: the built-in set in the run folder's data/ (see coevo.data.prepare.ensure_data_root).
+    root: Optional[str] = None
+    synthetic: bool = True             # build the built-in set at ``root`` when it is missing, empty or built-in
+    synthetic_seed: int = 0            # the built-in set's scenes (fixed: every run seed sees the same data)
     synthetic_n_train: int = 200
     synthetic_n_test: int = 40
     load_size: int = 64                # resize to this before cropping
@@ -96,7 +101,9 @@ class SearchConfig:
     tied: bool = False                 # paper layout: inner block channels tied to the trunk
     min_channels: int = 1
     channel_multiple: int = 1          # round kept channel counts to a multiple (CPU vector width)
-    perceptual: str = "discriminator"  # discriminator | lpips | l1
+    # auto (discriminator when the teacher has both discriminators, else lpips when its backbone
+    # file is present, else teacher-features) | discriminator | lpips | teacher-features | l1
+    perceptual: str = "auto"
     lpips_net: str = "alex"            # lpips backbone: alex | vgg
     weight_perceptual: float = 1.0
     weight_cycle: float = 10.0
@@ -104,7 +111,9 @@ class SearchConfig:
     macs_ratio: float = 0.25           # budget: max MACs relative to the teacher
     weight_compute: float = 0.001      # reward: fitness per dropped filter (paper)
     eval_images: int = 16              # evaluation batch per domain, drawn from the training split
-    eval_size: int = 64                # evaluation images are resized to eval_size x eval_size
+    # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
+    # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.
+    eval_size: int = 0
 
 
 @dataclass
@@ -242,10 +251,14 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a folder; give a YAML file, e.g. {path / 'config.yaml'}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path} is not a text (UTF-8) file; give a YAML config") from e
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return config_from_dict(data, overrides)
@@ -255,29 +268,227 @@ def config_to_dict(cfg: Config) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``{"search": {"population": 32}}`` -> ``{"search.population": 32}``."""
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Keys that may differ when a run is resumed: they change neither the data nor the weights
+# nor the schedule (where the data lies is checked by its fingerprint, not its path;
+# CPU threads change results only by float rounding).
+RESUME_SAFE_KEYS = frozenset({
+    "name", "threads", "data.root", "data.num_workers",
+    "train.sample_every", "train.sample_images", "train.log_every",
+    "finetune.sample_every", "finetune.sample_images", "finetune.log_every",
+})
+
+
+def diff_configs(old: Config | Dict[str, Any], new: Config | Dict[str, Any],
+                 sections: Optional[Sequence[str]] = None, ignore: Sequence[str] = ()) -> List[str]:
+    """``"key (old -> new)"`` for every key that differs between two configs: the one config diff.
+
+    ``sections``: only keys whose first part is listed (a section such as ``"search"``
+    or a top-level key such as ``"seed"``); None: every key. Keys in
+    :data:`RESUME_SAFE_KEYS` and ``ignore`` never count. Every resume check uses this function.
+    """
+    a = flatten(old if isinstance(old, dict) else config_to_dict(old))
+    b = flatten(new if isinstance(new, dict) else config_to_dict(new))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key in RESUME_SAFE_KEYS or key in ignore or (sections is not None and key.split(".")[0] not in sections):
+            continue
+        if a.get(key) != b.get(key):
+            out.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
+    return out
+
+
 def dump_config(cfg: Config, path: str | Path) -> Path:
-    from .models.io import atomic_write_text
+    from .files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return Path(path)
 
 
+# ----------------------------------------------------------------------------- validation
+# validate() checks every stage's settings when a config is loaded, so that a typo fails
+# before the first minute of work. Numeric rules are (test, what is allowed) per key;
+# names are checked against the registries that build the objects (see _choices).
+Rule = Tuple[Callable[[Any], bool], str]
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low), f">= {low}"
+
+
+def _above(low: float) -> Rule:
+    return (lambda v: v > low), f"> {low}"
+
+
+def _interval(low: float, high: float, ends: str = "[]") -> Rule:
+    def ok(v: Any) -> bool:
+        return (v >= low if ends[0] == "[" else v > low) and (v <= high if ends[1] == "]" else v < high)
+
+    return ok, f"in {ends[0]}{low}, {high}{ends[1]}"
+
+
+_MULTIPLE_OF_4: Rule = ((lambda v: v >= 4 and v % 4 == 0),
+                        "a positive multiple of 4 (the generator down-samples twice)")
+_PROBABILITY = _interval(0, 1)
+
+_LOOP_RULES: Dict[str, Rule] = {
+    "epochs": _at_least(0), "epochs_decay": _at_least(0), "batch_size": _at_least(1), "lr": _above(0),
+    "beta1": _interval(0, 1, "[)"), "lambda_cycle": _at_least(0), "lambda_identity": _at_least(0),
+    "pool_size": _at_least(0), "max_steps_per_epoch": _at_least(0), "sample_every": _at_least(0),
+    "sample_images": _at_least(1), "checkpoint_every": _at_least(1), "log_every": _at_least(1),
+}
+
+RULES: Dict[str, Rule] = {
+    "seed": _at_least(0),
+    "threads": _at_least(0),
+    "data.synthetic_seed": _at_least(0),
+    "data.synthetic_n_train": _at_least(1),
+    "data.synthetic_n_test": _at_least(1),
+    "data.load_size": _at_least(4),
+    "data.crop_size": _MULTIPLE_OF_4,
+    "data.num_workers": _at_least(0),
+    "data.val_fraction": _interval(0, 1, "[)"),
+    "model.ngf": _at_least(1),
+    "model.n_blocks": _at_least(1),
+    "model.ndf": _at_least(1),
+    "model.n_layers_d": _at_least(1),
+    **{f"train.{k}": r for k, r in _LOOP_RULES.items()},
+    "train.init_gain": _above(0),
+    "search.population": _at_least(2),
+    "search.generations": _at_least(0),
+    "search.tournament_size": _at_least(1),
+    "search.elitism": _at_least(0),
+    "search.copy_prob": _PROBABILITY,
+    "search.crossover_prob": _PROBABILITY,
+    "search.mutation_prob": _PROBABILITY,
+    "search.flip_bits": _above(0),
+    "search.init_density": _interval(0, 1, "(]"),
+    "search.min_channels": _at_least(1),
+    "search.channel_multiple": _at_least(1),
+    "search.weight_perceptual": _at_least(0),
+    "search.weight_cycle": _at_least(0),
+    "search.macs_ratio": _interval(0, 1, "(]"),
+    "search.weight_compute": _at_least(0),
+    "search.eval_images": _at_least(1),
+    "search.eval_size": ((lambda v: v == 0 or (v >= 4 and v % 4 == 0)),
+                         "0 (the teacher's training size) or a positive multiple of 4"),
+    **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
+    "finetune.lambda_distill": _at_least(0),
+    "export.check_size": _MULTIPLE_OF_4,
+    "export.opset": _interval(7, 23),  # what torch's ONNX exporters implement
+    "bench.size": _MULTIPLE_OF_4,
+    "bench.batch": _at_least(1),
+    "bench.threads": _at_least(0),
+    "bench.warmup": _at_least(0),
+    "bench.repeats": _at_least(1),
+}
+
+
+def _choices() -> Dict[str, Sequence[str]]:
+    """Allowed names per key. Registries are read, not copied, so a new metric or operator is accepted."""
+    from .export import FORMATS
+    from .perceptual import LPIPS_BACKBONES, available_metrics
+    from .search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
+
+    return {
+        "search.selection": sorted(SELECTIONS),
+        "search.crossover": sorted(CROSSOVERS),
+        "search.mutation": sorted(MUTATIONS),
+        "search.repair": ("importance", "random"),
+        "search.compute": ("budget", "reward"),
+        # auto: the teacher's discriminators when it has them, else a metric that needs none
+        "search.perceptual": [*available_metrics(), "auto"],
+        "search.lpips_net": sorted(LPIPS_BACKBONES),
+        "finetune.select_on": ("val", "last"),
+        "export.formats": list(FORMATS),
+    }
+
+
+def _check_value(key: str, value: Any, choices: Dict[str, Sequence[str]]) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    if key in RULES:
+        ok, allowed = RULES[key]
+        if not ok(value):
+            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+    if key in choices:
+        names = value if isinstance(value, list) else [value]
+        if not names:
+            raise ConfigError(f"{key} must name at least one of {list(choices[key])}")
+        for name in names:
+            if name not in choices[key]:
+                raise ConfigError(f"{key} must be one of {list(choices[key])}, got {name!r}")
+
+
+def _check_relations(section: str, s: Any) -> None:
+    """Rules that tie two keys of one section together."""
+    if section == "data" and s.crop_size > s.load_size:
+        raise ConfigError(f"data.crop_size ({s.crop_size}) must be <= data.load_size ({s.load_size})")
+    if section == "search":
+        if s.elitism >= s.population:
+            raise ConfigError(f"search.elitism ({s.elitism}) must be smaller than search.population "
+                              f"({s.population})")
+        if s.copy_prob + s.crossover_prob + s.mutation_prob <= 0:
+            raise ConfigError("search.copy_prob, crossover_prob and mutation_prob are all 0; "
+                              "at least one must be > 0")
+        if s.weight_perceptual + s.weight_cycle <= 0:
+            raise ConfigError("search.weight_perceptual and search.weight_cycle are both 0; "
+                              "at least one must be > 0")
+
+
+def validate_section(section: str, obj: Any) -> None:
+    """ConfigError naming the key, its value and what is allowed, for one section (``""``: top level)."""
+    choices = _choices()
+    prefix = f"{section}." if section else ""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if not dataclasses.is_dataclass(value):
+            _check_value(prefix + f.name, value, choices)
+    _check_relations(section, obj)
+
+
+def check_device(device: str) -> None:
+    """ConfigError unless ``device`` names a device torch has here (cpu, cuda, cuda:N, mps)."""
+    if device == "cpu":
+        return
+    import torch
+
+    usage = f"device must be cpu, cuda, cuda:N or mps, got {device!r}"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(usage) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise ConfigError(f"device={device} but torch sees no CUDA device here; use device=cpu")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"device={device} but this machine has {n} CUDA device(s) "
+                              f"(cuda:0 to cuda:{n - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={device} but torch has no MPS (Apple GPU) backend here; use device=cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(usage)
+
+
 def validate(cfg: Config) -> None:
-    if cfg.threads < 0:
-        raise ConfigError(f"threads must be >= 1, or 0 for torch's default; got {cfg.threads}")
-    s = cfg.search
-    if not 0.0 < s.macs_ratio <= 1.0:
-        raise ConfigError(f"search.macs_ratio must be in (0, 1], got {s.macs_ratio}")
-    if s.population < 2:
-        raise ConfigError(f"search.population must be >= 2, got {s.population}")
-    if s.elitism >= s.population:
-        raise ConfigError("search.elitism must be smaller than search.population")
-    if s.min_channels < 1:
-        raise ConfigError("search.min_channels must be >= 1")
-    if cfg.data.crop_size % 4 or cfg.data.crop_size > cfg.data.load_size:
-        raise ConfigError(
-            f"data.crop_size ({cfg.data.crop_size}) must be a multiple of 4 and <= data.load_size "
-            f"({cfg.data.load_size})"
-        )
-    if cfg.model.n_blocks < 1 or cfg.model.ngf < 1:
-        raise ConfigError("model.ngf and model.n_blocks must be positive")
+    """Check every stage's settings; ConfigError names the key, its value and what is allowed."""
+    validate_section("", cfg)
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section):
+            validate_section(f.name, section)
+    check_device(cfg.device)

@@ -27,9 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checks import check_finite
 from .data.errors import DataError
 from .metrics import extract_features, fid_kid_from_features, inception_extractor, psnr, ssim
-from .models.io import atomic_write_text
+from .files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,15 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
     feats: List[torch.Tensor] = []
     for x, paths in _image_batches(data_root / in_dir, size, batch_size):
         x = x.to(device)
-        y = model(x).float()
+        names_in = ", ".join(str(p) for p in paths)
+        y = check_finite(model(x).float(), f"the model's output for {names_in}")
         names += [p.name for p in paths]
         if has_gt:
             gt = _load_ground_truth(gt_dir, paths, y)
             psnrs += psnr(y, gt).tolist()
             ssims += ssim(y, gt).tolist()
         if teacher is not None:
-            y_t = teacher(x).float()
+            y_t = check_finite(teacher(x).float(), f"the teacher's output for {names_in}")
             l1s += (y - y_t).abs().flatten(1).mean(dim=1).tolist()
             if perceptual_metric is not None:
                 perceptuals += perceptual_metric(y, y_t).flatten().tolist()

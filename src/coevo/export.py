@@ -17,25 +17,24 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .models.generator import GeneratorArch, ResnetGenerator
-from .models.io import CheckpointError, PathLike, atomic_write_text, save_generator
+from .files import PathLike, atomic_path, atomic_write_text
+from .models.exported import (  # noqa: F401  (re-exported: coevo.export is where users look)
+    ARCH_EXTRA_FILE, ARCH_METADATA_KEY, TORCHSCRIPT_SUFFIXES, OnnxGenerator, load_exported, quiet_export,
+)
+from .models.io import load_generator, save_generator
+from .errors import CoevoError
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("torchscript", "onnx", "safetensors")
 SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}
-TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
-ARCH_EXTRA_FILE = "coevo_arch.json"
-ARCH_METADATA_KEY = "coevo_arch"
 TOLERANCE = 1e-4
 # torch's dynamo-based ONNX exporter implements opset 18 and newer only; asking it for
 # less makes it export 18 and then fail a down-conversion (ReflectionPad has no adapter).
@@ -43,7 +42,7 @@ DYNAMO_MIN_OPSET = 18
 REPORT_NAME = "export_report.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(CoevoError, RuntimeError):
     """An exported model that does not reproduce the eager model, or an export that failed."""
 
 
@@ -51,7 +50,10 @@ class ExportError(RuntimeError):
 def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
     """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
     if check_size < 8 or check_size % 4:
-        raise ValueError(f"check_size must be a multiple of 4 and at least 8, got {check_size}")
+        from .config import ConfigError
+
+        raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of 4 "
+                          f"and at least 8, got {check_size}")
     short = max(4, int(round(check_size * 2 / 3 / 4)) * 4)
     return [(1, 3, check_size, check_size), (2, 3, short, check_size)]
 
@@ -68,39 +70,13 @@ def _max_abs_diff(model: nn.Module, reference: Sequence[torch.Tensor], inputs: S
 
 
 # ----------------------------------------------------------------------------- writers
-@contextmanager
-def quiet_export() -> Iterator[None]:
-    """Silence deprecation warnings and the ONNX exporters' INFO chatter around a deliberate export.
-
-    torch 2.14 marks ``torch.jit`` deprecated and the ONNX optimiser logs every pass; neither
-    is a problem with the exported model (the parity check is what says whether it is right).
-    """
-    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        for lg in loggers:
-            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def save_torchscript(model: ResnetGenerator, path: PathLike) -> Path:
     """Script ``model`` (CPU, eval) and save it with its architecture as ``coevo_arch.json``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     with quiet_export():
         scripted = torch.jit.script(model)
-        torch.jit.save(scripted, str(tmp), _extra_files={ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict())})
-    os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.jit.save(scripted, str(tmp), _extra_files={ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict())})
     return path
 
 
@@ -117,13 +93,11 @@ def save_onnx(model: nn.Module, path: PathLike, opset: int = 17, exporter: str =
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ValueError(f"exporter must be 'auto', 'dynamo' or 'legacy', got {exporter!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arch = arch if arch is not None else getattr(model, "arch", None)
     in_ch = arch.in_channels if arch is not None else 3
     example = (torch.zeros(1, in_ch, example_size, example_size),)
-    tmp = path.with_name(f".{path.name}.tmp")
     info: Dict[str, Any] = {"exporter": None, "opset": None, "fallback_reason": None}
-    try:
+    with atomic_path(path) as tmp:
         if exporter in ("auto", "dynamo"):
             try:
                 _export_dynamo(model, example, tmp, opset)
@@ -143,11 +117,7 @@ def save_onnx(model: nn.Module, path: PathLike, opset: int = 17, exporter: str =
             entry.key, entry.value = ARCH_METADATA_KEY, json.dumps(arch.to_dict())
         proto.producer_name = "coevo"
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
-        os.replace(tmp, path)
-        info["opset"] = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    info["opset"] = next((int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     return info
 
 
@@ -206,7 +176,7 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
             entry.update(save_onnx(model, path, opset=opset, exporter=onnx_exporter))
         else:
             save_generator(model, path)
-        reloaded = load_exported(path) if fmt != "safetensors" else _load_safetensors(path)
+        reloaded = load_exported(path) if fmt != "safetensors" else load_generator(path)
         diff = _max_abs_diff(reloaded, reference, inputs)
         entry.update(max_abs_diff=diff, ok=bool(diff <= TOLERANCE), size_bytes=path.stat().st_size,
                      check_shapes=["x".join(map(str, s)) for s in check_shapes(check_size)])
@@ -224,12 +194,6 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     return report
 
 
-def _load_safetensors(path: Path) -> nn.Module:
-    from .models.io import load_generator
-
-    return load_generator(path)
-
-
 def _merge_report(path: Path, name: str, report: Dict[str, Any]) -> None:
     merged: Dict[str, Any] = {}
     if path.exists():
@@ -239,68 +203,3 @@ def _merge_report(path: Path, name: str, report: Dict[str, Any]) -> None:
             log.warning("%s is not valid JSON; rewriting it", path)
     merged[name] = report
     atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
-
-
-# ----------------------------------------------------------------------------- loading
-class OnnxGenerator(nn.Module):
-    """Runs an exported ``.onnx`` generator with ONNX Runtime behind an ``nn.Module`` face.
-
-    Input and output: torch tensors, NCHW, RGB, [-1, 1]; the output comes back on the
-    input's device. ``.arch`` is the :class:`GeneratorArch` stored in the file (None if absent).
-    """
-
-    def __init__(self, path: PathLike, providers: Optional[Sequence[str]] = None,
-                 intra_op_num_threads: Optional[int] = None) -> None:
-        super().__init__()
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        options = ort.SessionOptions()
-        if intra_op_num_threads:
-            options.intra_op_num_threads = int(intra_op_num_threads)
-        try:
-            self.session = ort.InferenceSession(str(self.path), sess_options=options,
-                                                providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:
-            raise CheckpointError(f"cannot open {self.path} with ONNX Runtime ({e}); the file may be "
-                                  "truncated or not an ONNX model") from e
-        self.input_name = self.session.get_inputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.arch = GeneratorArch.from_dict(json.loads(meta[ARCH_METADATA_KEY])) if ARCH_METADATA_KEY in meta else None
-
-    @property
-    def providers(self) -> List[str]:
-        return self.session.get_providers()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        (out,) = self.session.run(None, {self.input_name: array})
-        return torch.from_numpy(out).to(x.device)
-
-    def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, providers={self.providers}"
-
-
-def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None,
-                  intra_op_num_threads: Optional[int] = None) -> nn.Module:
-    """Load a ``.ts``/``.torchscript``/``.jit`` or ``.onnx`` export as an eval-mode module with ``.arch``.
-
-    TorchScript loads on CPU (``torch.jit.load``); ONNX runs through :class:`OnnxGenerator`.
-    ``.arch`` is None for files exported without coevo's architecture entry.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"exported model not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxGenerator(path, providers=providers, intra_op_num_threads=intra_op_num_threads).eval()
-    if suffix not in TORCHSCRIPT_SUFFIXES:
-        raise CheckpointError(f"{path}: not an exported model (expected .onnx or one of {TORCHSCRIPT_SUFFIXES})")
-    extra = {ARCH_EXTRA_FILE: ""}
-    try:
-        with quiet_export():
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path} as TorchScript ({e}); the file may be truncated") from e
-    module.arch = GeneratorArch.from_dict(json.loads(extra[ARCH_EXTRA_FILE])) if extra[ARCH_EXTRA_FILE] else None
-    return module.eval()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .models.io import CheckpointError, safe_torch_load
-from .runs import make_generator
+from .runs import make_rng
 
 log = logging.getLogger(__name__)
 
@@ -160,30 +160,56 @@ def inception_extractor(weights: Optional[Union[str, os.PathLike]] = None) -> nn
         FIDUnavailableError: torch-fidelity is not installed.
     """
     path = find_inception_weights(weights)
-    # Read once with weights_only=True: a file that needs code to unpickle is refused
-    # before torch-fidelity (which loads with weights_only=False) sees it.
+    # Read once, with weights_only=True: torch-fidelity would read a path with
+    # weights_only=False (a file that runs code), so it gets the tensors instead.
     state = safe_torch_load(path)
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise InceptionWeightsError(
             f"{path} is not the FID Inception state_dict (no 'Mixed_7c.branch_pool.conv.weight'); "
             f"expected {INCEPTION_FILE} from {INCEPTION_URL}"
         )
-    del state
     if not _torch_fidelity_available():
         raise FIDUnavailableError(
             "FID/KID with the Inception network needs the package torch-fidelity "
             "(pip install torch-fidelity), which torchmetrics uses for its InceptionV3; "
             "or skip FID with --no-fid (compute_fid=False)."
         )
-    from torchmetrics.image.fid import NoTrainInceptionV3
-
     try:
-        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                 feature_extractor_weights_path=str(path))
+        net = _inception_from_state_dict(state)
     except RuntimeError as e:  # load_state_dict: missing or misshapen tensors
-        raise InceptionWeightsError(f"{path} does not fit the FID Inception network: {e}") from e
+        reason = " ".join(str(e).split())  # load_state_dict lists every key over many lines
+        raise InceptionWeightsError(f"{path} does not fit the FID Inception network ({reason[:300]}); "
+                                    f"expected {INCEPTION_FILE} from {INCEPTION_URL}") from e
     log.info("FID Inception weights: %s", path)
     return net
+
+
+def _inception_from_state_dict(state: dict) -> nn.Module:
+    """torchmetrics' NoTrainInceptionV3 with the weights ``state``, without reading or downloading a file.
+
+    torch-fidelity's constructor takes either a path (which it reads with
+    ``torch.load(weights_only=False)``) or nothing, in which case it fetches its URL
+    through ``load_state_dict_from_url``. That one name is swapped, for the duration
+    of the constructor, for a function that returns ``state``.
+    """
+    import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    if not hasattr(fidelity_inception, "load_state_dict_from_url"):
+        raise FIDUnavailableError(
+            "this torch-fidelity version builds its InceptionV3 in a way coevo does not know, so coevo "
+            "cannot hand it the weights safely; install torch-fidelity 0.3 or 0.4, or skip FID with --no-fid"
+        )
+
+    def _given(*args, **kwargs) -> dict:
+        return state
+
+    original = fidelity_inception.load_state_dict_from_url
+    fidelity_inception.load_state_dict_from_url = _given
+    try:
+        return NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+    finally:
+        fidelity_inception.load_state_dict_from_url = original
 
 
 # ----------------------------------------------------------------------------- FID / KID
@@ -267,7 +293,7 @@ def fid_kid_from_features(real: torch.Tensor, fake: torch.Tensor, kid_subset_siz
     if not 2 <= m <= min(n_real, n_fake):
         raise ValueError(f"kid_subset_size must be in [2, {min(n_real, n_fake)}], got {m}")
     if generator is None:
-        generator = make_generator(0)
+        generator = make_rng(0)
     scores = []
     for _ in range(kid_subsets):
         r = real[torch.randperm(n_real, generator=generator)[:m]]

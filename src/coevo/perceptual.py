@@ -20,7 +20,17 @@ Metrics (``name`` is recorded in every result that uses one):
   torch's hub cache. A missing file raises :class:`PerceptualWeightsError`
   naming the file, where to put it and where to download it, before anything
   touches the network.
+* ``teacher-features`` -- needs no external weights and no discriminator: the
+  same LPIPS-style distance in a teacher GENERATOR's own encoder features (after
+  the stem, after each down-sampling and after the middle residual block), plus
+  the mean pixel L1. Give it the teacher generator whose INPUT domain the images
+  are in: for G_A's outputs (domain B images) that is G_B, whose encoder was
+  trained to read domain B; G_A's own encoder reads domain A.
 * ``l1`` -- mean absolute pixel difference.
+
+A search asks for ``auto`` by default (:func:`resolve_perceptual`): ``discriminator``
+when the teacher has both discriminators, else ``lpips`` when its backbone file is
+on this machine, else ``teacher-features``.
 
 Targets that are compared many times (the teacher's outputs during a search)
 can be embedded once: ``e = metric.embed(y)`` then ``metric.distance(metric.embed(x), e)``
@@ -37,6 +47,7 @@ import torch
 from torch import nn
 
 from .models.discriminator import NLayerDiscriminator
+from .models.generator import ResnetGenerator
 from .models.io import CheckpointError, safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -120,6 +131,36 @@ class DiscriminatorMetric(PerceptualMetric):
         return total
 
 
+class TeacherFeatureMetric(PerceptualMetric):
+    """LPIPS-style distance in a frozen teacher generator's encoder features, plus pixel L1.
+
+    ``generator``: the teacher generator whose input domain the compared images are
+    in (G_B for images of domain B). Layers: ``stem``, ``down1``, ``down2`` and the
+    middle residual block (:meth:`ResnetGenerator.features`); each is unit-normalised
+    per pixel across channels, squared differences are summed over channels,
+    averaged over pixels and summed over layers; ``pixel_weight`` x mean |x - y| is added.
+    """
+
+    name = "teacher-features"
+
+    def __init__(self, generator: ResnetGenerator, pixel_weight: float = 1.0) -> None:
+        super().__init__()
+        self.generator = generator.eval()
+        for p in self.generator.parameters():
+            p.requires_grad_(False)
+        self.pixel_weight = float(pixel_weight)
+        self.layers = ["stem", "down1", "down2", f"block{(generator.arch.n_blocks - 1) // 2}"]
+
+    def embed(self, x: torch.Tensor) -> Embedding:
+        return [x] + [_normalise_channels(f) for f in self.generator.features(x, self.layers)]
+
+    def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:
+        total = self.pixel_weight * (ex[0] - ey[0]).abs().flatten(1).mean(dim=1)
+        for a, b in zip(ex[1:], ey[1:]):
+            total = total + (a - b).pow(2).sum(dim=1).flatten(1).mean(dim=1)
+        return total
+
+
 class LpipsMetric(PerceptualMetric):
     """LPIPS v0.1 (lpips package) with the torchvision backbone loaded from a local file."""
 
@@ -170,7 +211,8 @@ def check_lpips_weights(net: str, path: Optional[Path] = None) -> Path:
             f"the lpips metric (net={net!r}) needs the ImageNet backbone weights {path}, which are missing. "
             f"Download {url} on a machine with internet and copy it to {path} "
             f"(the folder is $TORCH_HOME/hub/checkpoints, TORCH_HOME defaults to ~/.cache/torch). "
-            "Or choose an offline metric: search.perceptual=discriminator (or l1)."
+            "Or choose an offline metric: search.perceptual=discriminator (needs the teacher's "
+            "discriminators), search.perceptual=teacher-features or search.perceptual=l1."
         )
     return path
 
@@ -210,13 +252,14 @@ def register_metric(name: str):
     return wrap
 
 
+# Factories take the keyword arguments of build_perceptual and use the ones they need.
 @register_metric("l1")
-def _make_l1(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+def _make_l1(discriminator=None, lpips_net="alex", feature_generator=None) -> PerceptualMetric:
     return L1Metric()
 
 
 @register_metric("discriminator")
-def _make_discriminator(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+def _make_discriminator(discriminator=None, lpips_net="alex", feature_generator=None) -> PerceptualMetric:
     if discriminator is None:
         raise ValueError(
             "the 'discriminator' perceptual metric needs the teacher's discriminator of the output domain"
@@ -225,33 +268,74 @@ def _make_discriminator(discriminator=None, lpips_net="alex") -> PerceptualMetri
 
 
 @register_metric("lpips")
-def _make_lpips(discriminator=None, lpips_net="alex") -> PerceptualMetric:
+def _make_lpips(discriminator=None, lpips_net="alex", feature_generator=None) -> PerceptualMetric:
     return LpipsMetric(lpips_net)
+
+
+@register_metric("teacher-features")
+def _make_teacher_features(discriminator=None, lpips_net="alex", feature_generator=None) -> PerceptualMetric:
+    if feature_generator is None:
+        raise ValueError(
+            "the 'teacher-features' perceptual metric needs the teacher generator whose input domain "
+            "the images are in (G_B for images of domain B)"
+        )
+    return TeacherFeatureMetric(feature_generator)
 
 
 def available_metrics() -> Sequence[str]:
     return sorted(PERCEPTUAL_METRICS)
 
 
+def resolve_perceptual(name: str, has_discriminators: bool, lpips_net: str = "alex") -> str:
+    """The metric a search uses for ``search.perceptual=name``: ``auto`` becomes ``discriminator``
+    when the teacher has both discriminators, else ``lpips`` when its backbone file is present,
+    else ``teacher-features``. Other names are returned as they are, after checking that
+    ``discriminator`` has discriminators to use (:class:`~coevo.config.ConfigError` if not)."""
+    if name != "auto" and name not in PERCEPTUAL_METRICS:
+        from .config import ConfigError
+
+        raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {['auto', *available_metrics()]}")
+    if name == "auto":
+        if has_discriminators:
+            return "discriminator"
+        try:
+            check_lpips_weights(lpips_net)
+            return "lpips"
+        except PerceptualWeightsError:
+            return "teacher-features"
+    if name == "discriminator" and not has_discriminators:
+        from .config import ConfigError
+
+        raise ConfigError(
+            "search.perceptual=discriminator needs the teacher's discriminators (D_A and D_B), and this "
+            "teacher has only its generators; choose search.perceptual=auto, lpips, teacher-features or l1"
+        )
+    return name
+
+
 def build_perceptual(name: str, discriminator: Optional[NLayerDiscriminator] = None,
-                     lpips_net: str = "alex", device: str | torch.device = "cpu") -> PerceptualMetric:
-    """Build a metric by name ('discriminator', 'lpips', 'l1'); see the module docstring.
+                     lpips_net: str = "alex", device: str | torch.device = "cpu",
+                     feature_generator: Optional[ResnetGenerator] = None) -> PerceptualMetric:
+    """Build a metric by name ('discriminator', 'lpips', 'teacher-features', 'l1'); see the module docstring.
 
     ``discriminator``: the teacher discriminator of the images' domain (needed by
-    'discriminator'). Raises :class:`PerceptualWeightsError` when 'lpips' lacks
-    its backbone file.
+    'discriminator'). ``feature_generator``: the teacher generator whose input domain
+    the images are in (needed by 'teacher-features'). Raises :class:`PerceptualWeightsError`
+    when 'lpips' lacks its backbone file.
     """
     if name not in PERCEPTUAL_METRICS:
         from .config import ConfigError
 
         raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {list(available_metrics())}")
-    metric = PERCEPTUAL_METRICS[name](discriminator=discriminator, lpips_net=lpips_net)
+    metric = PERCEPTUAL_METRICS[name](discriminator=discriminator, lpips_net=lpips_net,
+                                      feature_generator=feature_generator)
     log.debug("perceptual metric %s on %s", metric.name, device)
     return metric.to(device).eval()
 
 
 __all__ = [
-    "PerceptualMetric", "L1Metric", "DiscriminatorMetric", "LpipsMetric", "PerceptualWeightsError",
-    "build_perceptual", "available_metrics", "register_metric", "check_lpips_weights",
+    "PerceptualMetric", "L1Metric", "DiscriminatorMetric", "LpipsMetric", "TeacherFeatureMetric",
+    "PerceptualWeightsError", "build_perceptual", "resolve_perceptual", "available_metrics",
+    "register_metric", "check_lpips_weights",
     "lpips_backbone_path", "LPIPS_BACKBONES",
 ]

@@ -3,10 +3,15 @@
 Each stage reads the previous stage's folder and writes its own under the run
 folder. A stage that finished leaves ``stage.json``; on ``resume`` finished
 stages are skipped and an interrupted stage resumes from its own checkpoint.
+The run records the data it used (folder, images per split, content
+fingerprint) in ``data/stage.json``, whether the images are yours (used where
+they are, never written into) or the built-in set (built in ``data/``). A
+resume on other images is refused; a resume may change settings only of
+stages that have not finished.
 
     RUN_DIR/
       config.yaml      resolved config of the whole job
-      data/            the built-in data set (when the config asks for it)
+      data/            the built-in data set (when data.root is not set; a folder you give is used where it is)
       teacher/         coevo training run (or teacher.json pointing at the user's checkpoints)
       search/          co-evolutionary search run
       finetune/        fine-tuned slim pair (G_A.pt, G_B.pt)
@@ -15,6 +20,7 @@ stages are skipped and an interrupted stage resumes from its own checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -23,14 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .config import Config, dump_config
-from .models.io import atomic_write_text
-from .models.teacher import TeacherPaths, find_teacher
-from .runs import RunDirError
+from .config import Config, diff_configs, dump_config
+from .files import atomic_write_text, remove_orphan_temps
+from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
+from .runs import RunDirError, mark_run_dir, remove_run_dir, run_entries
 
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "teacher", "search", "finetune", "export", "bench")
+# The config sections each stage reads first; top-level keys (seed, device) belong to every stage.
+STAGE_SECTIONS = {"data": ("data",), "teacher": ("model", "train"), "search": ("search",),
+                  "finetune": ("finetune",), "export": ("export",), "bench": ("bench",)}
 
 
 @dataclass
@@ -62,17 +71,26 @@ def _stage_seconds(path: Path) -> float:
 class Pipeline:
     """Runs the stages of a compression job in order; see the module docstring for the layout.
 
-    ``teacher`` is an existing teacher (coevo run or reference checkpoint folder);
-    without it the teacher is trained from ``cfg``. ``on_stage`` is called with
+    ``teacher`` is an existing teacher: a coevo run or reference checkpoint folder, or
+    :class:`TeacherPaths` (e.g. two generator files, :func:`resolve_teacher`); without it
+    the teacher is trained from ``cfg``. ``on_stage`` is called with
     each :class:`StageResult` (the CLI uses it to print progress).
     """
 
-    def __init__(self, cfg: Config, out_dir: str | Path, teacher: Optional[str | Path] = None,
+    def __init__(self, cfg: Config, out_dir: str | Path, teacher: Optional[str | Path | TeacherPaths] = None,
                  resume: bool = False, force: bool = False,
                  on_stage: Optional[Callable[[StageResult], None]] = None) -> None:
-        self.cfg = cfg
+        self.cfg = copy.deepcopy(cfg)  # resolved below (data.root); the caller's config stays as it was
         self.out = Path(out_dir)
-        self.teacher_src = Path(teacher) if teacher else None
+        self.data: Dict = {}  # the data record of this run (coevo.data.record.data_record)
+        # A given teacher is resolved (and checked) now, before any stage runs.
+        self.teacher_src: Optional[TeacherPaths] = (
+            teacher if teacher is None or isinstance(teacher, TeacherPaths) else resolve_teacher(teacher))
+        if self.teacher_src is not None:
+            from .perceptual import resolve_perceptual
+
+            resolve_perceptual(self.cfg.search.perceptual, self.teacher_src.has_discriminators,
+                               self.cfg.search.lpips_net)
         self.resume = resume
         self.force = force
         self.on_stage = on_stage or (lambda r: None)
@@ -83,27 +101,41 @@ class Pipeline:
         return self.out / stage
 
     def prepare(self) -> None:
-        if self.out.exists() and any(self.out.iterdir()):
+        if run_entries(self.out):
             if self.force:
-                shutil.rmtree(self.out)
+                remove_run_dir(self.out)
             elif not self.resume:
                 raise RunDirError(
                     f"{self.out} already exists and is not empty; pass --resume to continue that run, "
                     "--force to overwrite it, or choose another --out"
                 )
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            remove_orphan_temps(self.out)
+        if not run_entries(self.out):
+            mark_run_dir(self.out, "compress")
         if self.resume and (self.out / "config.yaml").exists():
-            from .config import config_to_dict, load_config
-
-            old = config_to_dict(load_config(self.out / "config.yaml"))
-            new = config_to_dict(self.cfg)
-            diff = _diff_keys(old, new)
-            if diff:
-                raise RunDirError(
-                    f"cannot resume {self.out}: the config differs from the run's in {', '.join(diff)}; "
-                    "resume with the same config and --set values, or start a new run"
-                )
+            self._check_resumable()
         dump_config(self.cfg, self.out / "config.yaml")
+
+    def _check_resumable(self) -> None:
+        """Refuse a resume whose config changes a setting of a stage that has already finished."""
+        from .config import load_config
+
+        old = load_config(self.out / "config.yaml")
+        blocked = []
+        for change in diff_configs(old, self.cfg):
+            section = change.split(" ", 1)[0].split(".")[0]
+            owners = [st for st, secs in STAGE_SECTIONS.items() if section in secs] or list(STAGES)
+            done = [st for st in owners if stage_done(self.dir(st))]
+            if done:
+                blocked.append(f"{change} (stage {done[0]} has finished)")
+        if blocked:
+            raise RunDirError(
+                f"cannot resume {self.out}: the config changes settings of finished stages: "
+                f"{', '.join(blocked)}. Resume with the run's settings for those (drop these --set values), "
+                "or start a new run. Settings of stages that have not finished may change"
+            )
 
     # -- stages
     def _run_stage(self, name: str, fn: Callable[[Path, bool], Dict]) -> StageResult:
@@ -128,18 +160,26 @@ class Pipeline:
         return result
 
     def data_root(self) -> Path:
-        if self.cfg.data.synthetic:
-            return self.dir("data")
-        return Path(self.cfg.data.root)
+        """``data.root`` when given (always used as it is), else the run's own ``data/`` folder."""
+        from .data import resolve_root
+
+        root = self.cfg.data.root
+        if not root and self.resume and (self.out / "config.yaml").is_file():
+            from .config import load_config
+
+            root = load_config(self.out / "config.yaml").data.root
+        if root and Path(root).exists():
+            return Path(root).resolve()
+        if (self.dir("data") / "meta.json").is_file():  # a moved or copied run with its own built-in set
+            return self.dir("data").resolve()
+        return Path(resolve_root(self.cfg.data, self.out) if not root else Path(root).resolve())
 
     def run(self) -> List[StageResult]:
-        from .runs import apply_threads
-
-        apply_threads(self.cfg.threads)
-        self.cfg.data.root = str(self.data_root().resolve())
+        """Run every stage (CPU threads are the caller's: the CLI applies ``--threads``/``threads``)."""
+        self.cfg.data.root = str(self.data_root())
         self.prepare()
-        if self.cfg.data.synthetic:
-            self._run_stage("data", self._data)
+        self._run_stage("data", self._data)
+        self._check_data()
         self._run_stage("teacher", self._teacher)
         self._run_stage("search", self._search)
         self._run_stage("finetune", self._finetune)
@@ -148,19 +188,30 @@ class Pipeline:
         return self.results
 
     def _data(self, path: Path, resume: bool) -> Dict:
-        from .data.synthetic import make_synthetic_dataset
+        """Use the given folder, or build the built-in set (only into a missing, empty or built-in folder)."""
+        from .data import data_record, ensure_data_root
+        from .data.record import short
 
-        d = self.cfg.data
-        make_synthetic_dataset(path, size=d.load_size, n_train=d.synthetic_n_train,
-                               n_test=d.synthetic_n_test, seed=self.cfg.seed, force=True)
-        return {"root": str(path)}
+        ensure_data_root(self.cfg.data)
+        self.data = data_record(self.cfg.data.root, self.cfg.data.skip_bad_images)
+        log.info("data: %s", short(self.data))
+        return {"data": self.data}
+
+    def _check_data(self) -> None:
+        """On resume, the data must be the data the run started with (by content, not by path)."""
+        from .data import check_same_data, data_record
+
+        saved = json.loads((self.dir("data") / "stage.json").read_text()).get("data")
+        if not self.data:
+            self.data = data_record(self.cfg.data.root, self.cfg.data.skip_bad_images)
+        check_same_data(saved, self.data, str(self.out))
 
     def _teacher(self, path: Path, resume: bool) -> Dict:
         if self.teacher_src is not None:
-            paths = find_teacher(self.teacher_src)
+            paths = self.teacher_src
             path.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path / "teacher.json", json.dumps(paths.to_dict(), indent=2))
-            return {"source": str(self.teacher_src.resolve())}
+            return {"source": "given", "files": paths.to_dict()}
         from .train.teacher import train_teacher
 
         train_teacher(self.cfg, path, resume=resume)
@@ -175,14 +226,17 @@ class Pipeline:
     def _search(self, path: Path, resume: bool) -> Dict:
         from .search import run_search
 
-        teacher = self.teacher_src if self.teacher_src is not None else self.dir("teacher")
-        result = run_search(self.cfg, path, teacher=teacher, resume=resume)
+        # teacher.json (a given teacher) or the trained run: a resume needs no teacher flags.
+        result = run_search(self.cfg, path, teacher=self.teacher_paths(), resume=resume)
         return {"best_fitness": {d: result.summary.get("best", {}).get(d) for d in ("G_A", "G_B")}}
 
     def _finetune(self, path: Path, resume: bool) -> Dict:
-        from .train.finetune import finetune
+        from .train.finetune import finetune_genomes, read_search_dir
 
-        finetune(self.dir("search"), path, resume=resume)
+        # the pipeline's config, not the search folder's: finetune settings may change on resume
+        _, teacher_paths, genomes = read_search_dir(self.dir("search"))
+        finetune_genomes(self.cfg, teacher_paths, genomes, path, resume=resume,
+                         source={"search_dir": str(self.dir("search").resolve())})
         return {}
 
     def _export(self, path: Path, resume: bool) -> Dict:
@@ -225,18 +279,3 @@ class Pipeline:
         plot_results(all_results, path / "bench.png")
         return summary
 
-
-# Settings that may change between an interrupted run and its resumption: where the
-# data lies, and how many CPU threads (results are equal up to float rounding).
-RESUMABLE_CHANGES = ("data.root", "threads")
-
-
-def _diff_keys(old: Dict, new: Dict, prefix: str = "") -> List[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff_keys(a, b, f"{prefix}{k}.")
-        elif a != b and f"{prefix}{k}" not in RESUMABLE_CHANGES:
-            out.append(f"{prefix}{k} ({a!r} -> {b!r})")
-    return out

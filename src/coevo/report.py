@@ -13,7 +13,8 @@ from typing import Dict, List, Optional
 import torch
 
 from .config import Config
-from .models.io import atomic_write_text
+from .data.record import short as short_record
+from .files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +58,24 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
     run_dir = Path(run_dir)
     pipe = Pipeline(cfg, run_dir, resume=True)
     teacher = pipe.teacher_paths()
-    data_root = Path(cfg.data.root)
+    data_root = pipe.data_root()
     size = cfg.bench.size
     bench = json.loads((run_dir / "bench" / "bench.json").read_text())
     latency = {r["name"]: r for r in bench["results"]}
 
     report: Dict = {"run_dir": str(run_dir.resolve()), "machine": bench.get("machine", {}),
                     "mac_convention": "published (ConvTranspose counted per output pixel; conv MACs only)",
-                    "bench_size": size, "directions": {}}
+                    "bench_size": size, "data": _data_record(run_dir), "directions": {},
+                    **_teacher_use(run_dir, teacher)}
+    quality_metric = _quality_metric(report["search_metric"], teacher.has_discriminators)
     for direction, g, d, in_dir, gt_dir in DIRECTIONS:
         g_t = load_generator(getattr(teacher, g))
         g_s = load_generator(run_dir / "finetune" / f"{g}.pt")
-        metric = build_perceptual(cfg.search.perceptual if cfg.search.perceptual != "lpips" else "discriminator",
-                                  discriminator=load_discriminator(getattr(teacher, d)))
+        reader = "G_B" if g == "G_A" else "G_A"  # the teacher generator that reads g's output domain
+        metric = build_perceptual(
+            quality_metric,
+            discriminator=load_discriminator(getattr(teacher, d)) if quality_metric == "discriminator" else None,
+            feature_generator=load_generator(getattr(teacher, reader)) if quality_metric == "teacher-features" else None)
         q_t = translation_quality(g_t, data_root, direction, teacher=None, perceptual_metric=metric)
         q_s = translation_quality(g_s, data_root, direction, teacher=g_t, perceptual_metric=metric)
         macs_t = count_macs(g_t.arch, size, size)
@@ -106,8 +112,49 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
     return report
 
 
+def _teacher_use(run_dir: Path, teacher) -> Dict:
+    """How the run used its teacher: the search's perceptual metric and the fine-tuning discriminators."""
+    def read(path: Path) -> Dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    return {
+        "teacher_has_discriminators": teacher.has_discriminators,
+        "search_metric": read(run_dir / "search" / "search.json").get("metric"),
+        # runs from before fresh discriminators existed always used the teacher's
+        "finetune_discriminators": read(run_dir / "finetune" / "finetune.json").get("discriminators", "teacher"),
+    }
+
+
+def _quality_metric(search_metric: Optional[str], has_discriminators: bool) -> str:
+    """The report's "perceptual to teacher" metric: the search's, except that LPIPS (which needs a
+    downloaded backbone) is replaced by the offline metric this teacher allows."""
+    if search_metric in ("discriminator", "teacher-features", "l1"):
+        return search_metric
+    return "discriminator" if has_discriminators else "teacher-features"
+
+
+def _data_record(run_dir: Path) -> Dict:
+    """The data the run used (see :func:`coevo.data.data_record`), from the data stage's record."""
+    try:
+        return json.loads((run_dir / "data" / "stage.json").read_text()).get("data") or {}
+    except (OSError, ValueError):
+        return {}
+
+
 def _fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
+
+
+def _teacher_line(report: Dict) -> str:
+    discs = report.get("finetune_discriminators")
+    has = report.get("teacher_has_discriminators", True)
+    return (f"Teacher: {'generators and discriminators' if has else 'generators only (no discriminators)'}. "
+            f"Search perceptual metric: `{report.get('search_metric') or 'n/a'}`. Fine-tuning trained against "
+            + ("the teacher's discriminators." if discs == "teacher"
+               else "fresh discriminators (initialised as teacher training does, seeded by the config's seed)."))
 
 
 def render_markdown(report: Dict, run_dir: Path) -> str:
@@ -118,7 +165,9 @@ def render_markdown(report: Dict, run_dir: Path) -> str:
         "Latency: median of interleaved eager-PyTorch runs after warm-up, teacher and compressed timed "
         "side by side in one process.",
         f"Machine: {report['machine'].get('cpu', '?')}, torch threads: {report['machine'].get('threads', '?')}, "
-        f"torch {report['machine'].get('torch', '?')}.", "",
+        f"torch {report['machine'].get('torch', '?')}.",
+        _teacher_line(report),
+        f"Data: {short_record(report['data']) if report.get('data') else 'not recorded'}.", "",
         "| direction | model | MACs (G) | params (M) | latency (ms) | PSNR to GT (dB) | SSIM | perceptual to teacher |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -141,7 +190,8 @@ def render_markdown(report: Dict, run_dir: Path) -> str:
             lines += [f"## {direction}: input | teacher | coevo | ground truth", "", f"![{direction}]({e['grid']})", ""]
     lines += [
         "## What is in this folder", "",
-        "- `data/` the built-in data set the run used (with ground-truth translations of the test images)",
+        "- `data/` `stage.json`: the data the run used (folder, images per split, fingerprint); for the "
+        "built-in set, the images too (with ground-truth translations of the test images)",
         "- `teacher/` the teacher CycleGAN (coevo format and reference naming `latest_net_G_A.pth` ...)",
         "- `search/` the co-evolutionary search: resolved config, best genomes, history, plots",
         "- `finetune/` the fine-tuned compressed pair `G_A.pt`, `G_B.pt` (load with `coevo.load_generator`)",

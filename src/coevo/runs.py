@@ -1,42 +1,134 @@
-"""Run folders: refuse to overwrite a user's results, JSONL logs, seeded generators."""
+"""Run folders: created with a marker, removed only when coevo made them; JSONL logs; seeded RNGs.
+
+Every run folder coevo creates (train, search, finetune, compress/demo, export,
+bench) holds a marker file ``.coevo-run`` (JSON: command, creation time).
+``--force`` deletes a folder only through :func:`remove_run_dir`, which
+requires that marker and never touches the current folder, one of its parents,
+the home folder or ``/``. A folder from a coevo without markers is refused too:
+delete it yourself or choose another ``--out``.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import shutil
+import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
+from .errors import CoevoError
+from .files import atomic_write_text, is_orphan_temp, remove_orphan_temps
+
+RUN_MARKER = ".coevo-run"
 
 
 log = logging.getLogger(__name__)
 
 
-class RunDirError(RuntimeError):
+class RunDirError(CoevoError, RuntimeError):
     """A run folder that cannot be used as asked (exists without --resume/--force, or nothing to resume)."""
 
 
-def prepare_run_dir(path: str | Path, resume: bool = False, force: bool = False,
-                    marker: str = "config.yaml") -> Path:
-    """Create ``path`` for a new run, or check it for ``--resume``.
+def mark_run_dir(path: str | Path, command: str) -> Path:
+    """Write the ``.coevo-run`` marker: this folder is a coevo run, and ``--force`` may delete it."""
+    from . import __version__
 
-    A non-empty folder is never overwritten unless ``force`` is given (then it is
-    emptied); ``resume`` requires an existing run (a ``marker`` file).
+    record = {"format": "coevo.run", "command": command, "coevo": __version__,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return atomic_write_text(Path(path) / RUN_MARKER, json.dumps(record, indent=2) + "\n")
+
+
+def run_entries(path: str | Path) -> List[Path]:
+    """What ``path`` holds besides the marker and temporary files of interrupted writes."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p for p in path.iterdir() if p.name != RUN_MARKER and not is_orphan_temp(p))
+
+
+def check_removable(path: str | Path) -> Path:
+    """Raise :class:`RunDirError` unless ``path`` is a run folder coevo created (see the module docstring)."""
+    path = Path(path)
+    fix = "choose another --out, or delete it yourself if you are sure"
+    if path.is_symlink():
+        raise RunDirError(f"will not delete {path}: it is a symbolic link; {fix}")
+    real = path.resolve()
+    cwd = Path.cwd().resolve()
+    if real == Path(real.anchor):
+        raise RunDirError(f"will not delete {path}: it is the root folder; {fix}")
+    if real == Path.home().resolve():
+        raise RunDirError(f"will not delete {path}: it is your home folder; {fix}")
+    if real == cwd or real in cwd.parents:
+        where = "the current folder" if real == cwd else "a parent of the current folder"
+        raise RunDirError(f"will not delete {path}: it is {where}; {fix}")
+    if not path.is_dir():
+        raise RunDirError(f"will not delete {path}: it is not a folder; {fix}")
+    if not (path / RUN_MARKER).is_file():
+        shown = ", ".join(p.name for p in run_entries(path)[:5])
+        raise RunDirError(
+            f"will not delete {path}: it holds files coevo did not create ({shown}; no {RUN_MARKER} marker, "
+            f"which every coevo run folder has). Choose another --out, or delete the folder yourself "
+            "if it is an old run you no longer need"
+        )
+    return path
+
+
+def remove_run_dir(path: str | Path) -> None:
+    """Delete a run folder coevo created, after :func:`check_removable`; the only deletion behind ``--force``."""
+    path = check_removable(path)
+    log.warning("--force: deleting the previous run in %s", path)
+    shutil.rmtree(path)
+
+
+def prepare_run_dir(path: str | Path, resume: bool = False, force: bool = False,
+                    resume_file: str = "config.yaml", command: str = "run") -> Path:
+    """Create ``path`` for a new run (with its marker), or check it for ``--resume``.
+
+    A folder holding anything is never overwritten unless ``force`` is given and
+    it is a coevo run (:func:`remove_run_dir`). ``resume`` requires an existing run
+    (a ``resume_file``) and deletes the temporary files of writes a kill interrupted.
     """
     path = Path(path)
     if resume:
-        if not (path / marker).exists():
-            raise RunDirError(f"cannot resume: {path} holds no run ({marker} missing); drop --resume to start one")
+        if not (path / resume_file).exists():
+            raise RunDirError(f"cannot resume: {path} holds no run ({resume_file} missing); "
+                              "drop --resume to start one")
+        remove_orphan_temps(path)
         return path
-    if path.exists() and any(path.iterdir()):
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} is a file, not a folder; choose another --out")
+    if run_entries(path):
         if not force:
             raise RunDirError(
                 f"{path} already exists and is not empty; pass --resume to continue that run, "
                 "--force to overwrite it, or choose another --out"
             )
-        shutil.rmtree(path)
+        remove_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(path)
+    mark_run_dir(path, command)
+    return path
+
+
+def writable_out_dir(path: str | Path, command: str) -> Path:
+    """An output folder that files are replaced in (``coevo bench --out``): created and marked if missing.
+
+    Checks that a file can be created there, so that a long job fails before it starts, not at its end.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"--out {path} is a file, not a folder; choose another --out")
+    new = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise RunDirError(f"cannot write into --out {path} ({e.strerror or e}); choose a folder you can write to") from e
+    if new:
+        mark_run_dir(path, command)
     return path
 
 
@@ -56,10 +148,11 @@ def read_jsonl(path: str | Path) -> list:
 def truncate_jsonl(path: str | Path, keep: int) -> None:
     """Keep the first ``keep`` records: after a resume, log lines past the checkpoint are replayed."""
     records = read_jsonl(path)[:keep]
-    Path(path).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
-def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+def make_rng(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A seeded torch random number generator (``torch.Generator``), the only source of torch randomness."""
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checks import check_finite
 from .data.errors import DataError
 from .models.io import PathLike
 
@@ -86,6 +87,7 @@ def translate_images(model: nn.Module, paths: Sequence[PathLike], out_dir: PathL
 
     def flush() -> None:
         out = model(torch.stack([t for _, t in pending]).to(device))
+        check_finite(out, f"the generator's output for {', '.join(str(p) for p, _ in pending)}")
         for (p, _), t in zip(pending, out):
             to_image(t).save(out_dir / names[p])
         pending.clear()

@@ -6,17 +6,15 @@ Example::
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data.images import to_image
+from .files import PathLike, atomic_path
 
-PathLike = Union[str, os.PathLike]
 Columns = Sequence[Tuple[str, torch.Tensor]]
 
 PAD = 2
@@ -86,16 +84,8 @@ def make_grid_image(columns: Columns, max_rows: int = 8, title: Optional[str] = 
 def save_grid(columns: Columns, path: PathLike, max_rows: int = 8, title: Optional[str] = None) -> Path:
     """Write :func:`make_grid_image` as a PNG at ``path`` (parent folders created, atomic replace)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     image = make_grid_image(columns, max_rows=max_rows, title=title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 

@@ -7,8 +7,10 @@ dependencies inside ``run`` so that ``coevo --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -36,6 +38,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def os_error_message(e: OSError) -> Optional[str]:
+    """One line naming the path and the fix for an OS error a user can fix; None for any other."""
+    path = e.filename if e.filename is not None else e.filename2
+    where = f" {os.fsdecode(path)}" if path is not None else ""
+    if e.errno == errno.ENOSPC:
+        return (f"disk full while writing{where}: free space on that disk, or write to another one "
+                "(--out); rerun with --resume where the command has it")
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded while writing{where}: free space, or write to another disk (--out)"
+    if e.errno == errno.EROFS:
+        return f"read-only file system:{where}; write to a folder on a writable disk (--out)"
+    if isinstance(e, PermissionError):
+        return (f"permission denied:{where}; choose a folder you can write to (--out) or change its "
+                "permissions (chmod u+rwx)")
+    if isinstance(e, NotADirectoryError) or (isinstance(e, FileExistsError) and path is not None
+                                             and os.path.isfile(path)):
+        return (f"a file is in the way:{where} (or a folder above it) is a file where a folder is needed; "
+                "choose another path or move the file")
+    if isinstance(e, IsADirectoryError):
+        return f"{where.strip()} is a folder where a file is needed; give a file path"
+    if isinstance(e, FileNotFoundError):
+        return _one_line(str(e)) if path is None else f"no such file or folder: {where.strip()}"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -44,21 +75,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from ..config import ConfigError
-    from ..data.errors import DataError
-    from ..export import ExportError
-    from ..models.io import CheckpointError
-    from ..prune.genome import GenomeError
-    from ..prune.macs import BudgetError
-    from ..runs import RunDirError, apply_threads
-    from ..train.loop import TrainingError
+    from ..errors import CoevoError
+    from ..runs import apply_threads
 
     try:
         apply_threads(args.threads)
         return int(args.func(args) or 0)
-    except (ConfigError, CheckpointError, RunDirError, DataError, GenomeError, BudgetError, ExportError,
-            TrainingError, FileNotFoundError) as e:
-        print(f"coevo {args.command}: error: {e}", file=sys.stderr)
+    except CoevoError as e:
+        print(f"coevo {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:  # not one a user can fix: a bug, keep the traceback
+            raise
+        print(f"coevo {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coevo {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)

@@ -49,14 +49,11 @@ def _named(specs):
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from ..bench import BACKENDS, benchmark_models, format_table, machine_info, plot_results, save_results
+    from ..bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
+    from ..runs import writable_out_dir
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    bad = [b for b in backends if b not in BACKENDS]
-    if bad or not backends:
-        print(f"coevo bench: error: unknown backend(s) {bad or backends}; choose from {','.join(BACKENDS)}",
-              file=sys.stderr)
-        return 2
+    check_settings(size=args.size, batch=args.batch, warmup=args.warmup, repeats=args.repeats, backends=backends)
     if args.device.startswith("cuda"):
         import torch
 
@@ -68,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in models.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
+    out = writable_out_dir(args.out, command="bench")  # before the timing, not after it
     results = benchmark_models(models, size=args.size, batch=args.batch, threads=args.threads,
                                device=args.device, backends=backends, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_results(results, out / "bench.json", machine_info(args.device, args.threads))
     plot_results(results, out / "bench.png")
     print(format_table(results))

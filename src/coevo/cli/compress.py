@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from ._teacher import add_teacher_arguments, teacher_from_args
+from .common import add_data_arg, job_config
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -12,9 +15,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--config", required=True, help="YAML config (e.g. configs/horse2zebra.yaml)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--teacher", help="existing teacher: coevo training run or folder of latest_net_*.pth")
+    add_teacher_arguments(p, "existing teacher: coevo training run or folder of latest_net_G_A.pth, "
+                             "latest_net_G_B.pth (and latest_net_D_A.pth, latest_net_D_B.pth if you have them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
+    add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="delete RUN_DIR first if it exists")
     p.set_defaults(func=run)
@@ -26,11 +31,11 @@ def print_stage(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
     from ..pipeline import Pipeline
 
-    cfg = load_config(args.config, args.overrides)
-    pipe = Pipeline(cfg, args.out, teacher=args.teacher, resume=args.resume, force=args.force,
+    teacher = teacher_from_args(args)  # a wrong teacher fails before any work
+    cfg = job_config(args, args.config)
+    pipe = Pipeline(cfg, args.out, teacher=teacher, resume=args.resume, force=args.force,
                     on_stage=print_stage)
     pipe.run()
     print(f"compressed pair: {pipe.dir('finetune') / 'G_A.pt'}, {pipe.dir('finetune') / 'G_B.pt'}")

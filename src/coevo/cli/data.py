@@ -64,7 +64,7 @@ def _check(args) -> int:
     from pathlib import Path
 
     from ..data.errors import DataError
-    from ..data.images import LAYOUT_HINT, find_bad_images, list_images
+    from ..data.images import LAYOUT_HINT, MIN_IMAGE_SIDE, find_bad_images, list_images, small_images
 
     root = Path(args.dir)
     if not root.is_dir():
@@ -77,26 +77,36 @@ def _check(args) -> int:
 
     problems = 0
     all_bad = []
-    print(f"{'folder':<14} {'images':>7} {'bad':>5}")
+    all_small = []
+    print(f"{'folder':<14} {'images':>7} {'bad':>5} {'small':>6}")
     for folder in folders:
         try:
             images = list_images(folder)
         except DataError:
-            print(f"{folder.name:<14} {0:>7} {'-':>5}   no images")
+            print(f"{folder.name:<14} {0:>7} {'-':>5} {'-':>6}   no images")
             problems += 1
             continue
         bad = find_bad_images(images)
         all_bad += bad
-        print(f"{folder.name:<14} {len(images):>7} {len(bad):>5}")
+        small = small_images(images)
+        all_small += small
+        print(f"{folder.name:<14} {len(images):>7} {len(bad):>5} {len(small):>6}")
         if len(bad) == len(images):
             problems += 1
     for name in missing:
-        print(f"{name:<14} {'-':>7} {'-':>5}   missing")
+        print(f"{name:<14} {'-':>7} {'-':>5} {'-':>6}   missing")
         problems += 1
     for path, reason in all_bad[:MAX_LISTED]:
         print(f"bad: {path}: {reason}")
     if len(all_bad) > MAX_LISTED:
         print(f"... and {len(all_bad) - MAX_LISTED} more bad files")
+    for path, (w, h) in all_small[:MAX_LISTED]:
+        print(f"small: {path}: {w}x{h} px")
+    if len(all_small) > MAX_LISTED:
+        print(f"... and {len(all_small) - MAX_LISTED} more small files")
+    if all_small:
+        print(f"{len(all_small)} image(s) have a side below {MIN_IMAGE_SIDE} px: they will be upscaled and "
+              "train poorly; usable, but check they belong in the data set")
 
     if problems:
         print(f"problems found in {root}: {LAYOUT_HINT}")

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from .common import add_data_arg, job_config
+
 
 def default_demo_config() -> Path:
     """configs/demo.yaml of the source tree (coevo is installed editable from a clone)."""
@@ -27,23 +29,23 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--config", default=None, help="config to use instead of configs/demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     p.add_argument("--force", action="store_true", help="delete --out first if it exists")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..models.io import atomic_write_text
+    from ..files import atomic_write_text
     from ..pipeline import Pipeline
     from ..report import build_report
     from .compress import print_stage
 
     t0 = time.perf_counter()
-    cfg = load_config(args.config or default_demo_config(), args.overrides)
+    cfg = job_config(args, args.config or default_demo_config())
     pipe = Pipeline(cfg, args.out, resume=args.resume, force=args.force, on_stage=print_stage)
     pipe.run()
-    report = build_report(pipe.out, cfg)
+    report = build_report(pipe.out, pipe.cfg)
     minutes = (time.perf_counter() - t0) / 60
     timing = {"wall_minutes": round(minutes, 2), "resumed": bool(args.resume),
               "stage_seconds": {r.name: round(r.seconds, 1) for r in pipe.results}}

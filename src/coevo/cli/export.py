@@ -34,7 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--onnx-exporter", choices=["auto", "dynamo", "legacy"], default="auto",
                    help="auto: torch's dynamo exporter, falling back to the legacy one if it fails (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity-check inputs (default 0)")
-    p.add_argument("--force", action="store_true", help="empty --out first if it holds files")
+    p.add_argument("--force", action="store_true",
+                   help="delete --out first if it is an earlier coevo run (it holds a .coevo-run marker)")
     p.set_defaults(func=run)
 
 
@@ -81,8 +82,8 @@ def _load_all(pairs: List[Tuple[str, Path]], single: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import FORMATS, ExportError, export_generator
-    from ..runs import prepare_run_dir
+    from ..export import FORMATS, ExportError, check_shapes, export_generator
+    from ..runs import RunDirError, prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -90,10 +91,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"coevo export: error: unknown format(s) {bad or formats}; choose from {','.join(FORMATS)}",
               file=sys.stderr)
         return 2
+    check_shapes(args.check_size)
     source = Path(args.run)
     pairs = find_generators(source)
     models = _load_all(pairs, single=source.is_file())
-    out = prepare_run_dir(args.out, force=args.force)
+    if source.resolve() == Path(args.out).resolve() or Path(args.out).resolve() in source.resolve().parents:
+        raise RunDirError(f"--out {args.out} holds the --run input {source}; choose another --out")
+    out = prepare_run_dir(args.out, force=args.force, command="export")
 
     rows = []
     status = 0

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
+
+from .common import add_data_arg, job_config, job_overrides
 
 
 def add_parser(sub) -> None:
@@ -18,6 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the search run's config, e.g. --set finetune.epochs=3 (repeatable)")
+    add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
     p.set_defaults(func=run)
@@ -25,17 +28,15 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
-    from ..prune import GenomeError
     from ..train.finetune import finetune
-    from ..train.loop import TrainingError
 
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
-    try:
-        out = finetune(args.search, args.out, resume=args.resume, overrides=args.overrides, force=args.force)
-    except (TrainingError, GenomeError) as e:
-        print(f"coevo finetune: error: {e}", file=sys.stderr)
-        return 2
+    own = Path(args.out) / "config.yaml"
+    config = own if args.resume and own.is_file() else Path(args.search) / "config.yaml"
+    if config.is_file():  # bad --set values fail here, and the run's threads apply unless --threads says
+        job_config(args, config)
+    out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
     report = json.loads((out / "finetune.json").read_text())
     for name, m in report["models"].items():
         print(f"{name}: {m['student']['macs'] / 1e6:.1f}M MACs ({m['macs_ratio']:.1%} of the teacher), "

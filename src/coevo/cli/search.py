@@ -1,8 +1,10 @@
 """`coevo search`: co-evolutionary search for a slim G_A/G_B pair under a MAC budget."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from ._teacher import add_teacher_arguments, teacher_from_args
+from .common import add_data_arg, job_config
 
 
 def add_parser(sub):
@@ -14,11 +16,13 @@ def add_parser(sub):
                     "(resume with --resume). MACs: 1x3x256x256, published convention.",
     )
     p.add_argument("--config", help="YAML config (default: built-in defaults; on --resume: the run's config.yaml)")
-    p.add_argument("--teacher", help="coevo training run or folder with latest_net_{G_A,G_B,D_A,D_B}.pth "
-                                     "(on --resume: the run's teacher.json)")
+    add_teacher_arguments(p, "coevo training run or folder with latest_net_G_A.pth, latest_net_G_B.pth "
+                             "(and latest_net_D_A.pth, latest_net_D_B.pth if you have them; "
+                             "on --resume: the run's teacher.json)")
     p.add_argument("--out", required=True, help="run folder for the search")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
+    add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its last checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -26,34 +30,25 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..config import load_config
     from ..runs import RunDirError
     from ..search import run_search
 
     out = Path(args.out)
     if args.resume and args.force:
         raise RunDirError("--resume and --force contradict each other; choose one")
+    teacher = teacher_from_args(args)  # on --resume, None: the run's teacher.json
     if args.resume:
         if not (out / "config.yaml").exists():
             raise RunDirError(f"cannot resume: {out} holds no search (config.yaml missing); drop --resume")
         config_path = args.config or out / "config.yaml"
     else:
-        if args.teacher is None:
-            raise RunDirError("--teacher is required for a new search")
+        if teacher is None:
+            raise RunDirError("a new search needs a teacher: --teacher FOLDER, or --teacher-ab FILE "
+                              "--teacher-ba FILE")
         config_path = args.config
-    from ..prune import BudgetError, GenomeError
-
-    cfg = load_config(config_path, args.overrides)
-    if args.threads is None:  # the global --threads wins over the config's
-        from ..runs import apply_threads
-
-        apply_threads(cfg.threads)
-    try:
-        result = run_search(cfg, out, teacher=args.teacher, resume=args.resume, force=args.force,
-                            progress=not args.no_progress)
-    except (BudgetError, GenomeError) as e:
-        print(f"coevo search: error: {e}", file=sys.stderr)
-        return 2
+    cfg = job_config(args, config_path)
+    result = run_search(cfg, out, teacher=teacher, resume=args.resume, force=args.force,
+                        progress=not args.no_progress)
     s = result.summary
     print(f"search: {s['generations']} generations, metric {s['metric']}, "
           f"{s['evaluations']} evaluations ({s['cache_hits']} cache hits), {s['wall_time_s']:.1f}s")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from .common import add_data_arg, job_config
 
 
 def add_parser(sub) -> None:
@@ -18,14 +19,14 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, load_config
-    from ..train.loop import TrainingError
+    from ..config import ConfigError
     from ..train.teacher import train_teacher
 
     if args.config is None and not args.resume:
@@ -33,15 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
     config = args.config if args.config is not None else Path(args.out) / "config.yaml"
-    cfg = load_config(config, args.overrides)
-    if args.threads is None:  # the global --threads wins over the config's
-        from ..runs import apply_threads
-
-        apply_threads(cfg.threads)
-    try:
-        out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
-    except TrainingError as e:
-        print(f"coevo train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = job_config(args, config)
+    out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
     print(f"teacher: {out} (G_A.pt, G_B.pt, D_A.pt, D_B.pt; samples in {out / 'samples'})")
     return 0

@@ -28,7 +28,8 @@ from .images import (
     to_rgb,
     to_tensor,
 )
-from .prepare import DataSplits, build_datasets, ensure_data_root, train_val_indices
+from .prepare import DataSplits, build_datasets, ensure_data_root, resolve_root, train_val_indices
+from .record import check_same_data, data_record
 from .synthetic import make_synthetic_dataset, render_scene
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     "to_tensor", "to_image", "to_rgb",
     "UnpairedImageDataset", "SingleImageDataset", "split_train_val", "make_loader", "sample_rng",
     "make_synthetic_dataset", "render_scene",
-    "ensure_data_root", "build_datasets", "DataSplits", "train_val_indices",
+    "ensure_data_root", "resolve_root", "build_datasets", "DataSplits", "train_val_indices",
+    "data_record", "check_same_data",
 ]

@@ -9,7 +9,8 @@ Colour conversion rules of :func:`load_image` (every result is 8-bit RGB):
 * 16-bit integer images (``I;16*``, and ``I`` as Pillow opens 16-bit PNG/TIFF)
   are scaled from 0..65535 to 0..255 (``round(v / 257)``), never clipped.
 * 32-bit float images (``F``): values in [0, 1] are scaled to 0..255; a float
-  image with values above 1 is taken to be on the 0..255 scale and clipped.
+  image with values above 1 is taken to be on the 0..255 scale and clipped. A float
+  image with NaN or inf pixels is rejected (:class:`DataError`), never silently filled.
 * The EXIF orientation tag is applied (phone photos come out upright).
 """
 from __future__ import annotations
@@ -36,6 +37,10 @@ _UNSUPPORTED_IMAGE_EXTENSIONS = (
     ".ico", ".svg", ".psd", ".dng", ".cr2", ".nef", ".arw", ".raw", ".jfif", ".exr",
 )
 SKIP_BAD_HINT = "pass --set data.skip_bad_images=true to skip bad files"
+# Images with a shorter side are warned about: resized up to load_size they are mostly
+# interpolation (thumbnails, icons, or a wrong folder).
+MIN_IMAGE_SIDE = 32
+_warned_small: set = set()  # paths warned about once: a data loader reads each image every epoch
 LAYOUT_HINT = (
     "a data set folder holds trainA/, trainB/, testA/ and testB/, each with image files "
     f"({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) directly inside; "
@@ -66,8 +71,22 @@ def _integer_to_rgb(im: Image.Image) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
+def _non_finite_pixels(im: Image.Image) -> Optional[str]:
+    """Why a float image cannot be used (NaN/inf pixels), or None."""
+    if im.mode != "F":
+        return None
+    arr = np.asarray(im, dtype=np.float64)
+    n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
+    if not (n_nan or n_inf):
+        return None
+    return f"{n_nan} NaN and {n_inf} inf pixel(s) of {arr.size} in a 32-bit float image"
+
+
 def _float_to_rgb(im: Image.Image) -> Image.Image:
-    arr = np.nan_to_num(np.asarray(im, dtype=np.float64))
+    reason = _non_finite_pixels(im)
+    if reason is not None:
+        raise DataError(reason)
+    arr = np.asarray(im, dtype=np.float64)
     if arr.size and arr.max() <= 1.0:
         arr = arr * 255.0
     gray = np.floor(np.clip(arr, 0, 255) + 0.5).astype(np.uint8)
@@ -107,18 +126,41 @@ def load_image(path: PathLike) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            return to_rgb(im).copy()
-    except DataError:
-        raise
+            rgb = to_rgb(im).copy()
+    except DataError as e:  # readable, but the pixels are unusable
+        raise DataError(_bad_image_message(path, str(e))) from e
     except Exception as e:  # Pillow's plugins raise OSError, SyntaxError, ValueError, zlib errors...
         raise DataError(_bad_image_message(path, f"{type(e).__name__}: {e}")) from e
+    if min(rgb.size) < MIN_IMAGE_SIDE and path not in _warned_small:
+        _warned_small.add(path)
+        log.warning("%s is only %dx%d pixels (less than %d on a side); it will be mostly interpolation "
+                    "once resized; `coevo data check` lists such images", path, *rgb.size, MIN_IMAGE_SIDE)
+    return rgb
+
+
+def small_images(paths: Iterable[PathLike], min_side: int = MIN_IMAGE_SIDE) -> List[Tuple[Path, Tuple[int, int]]]:
+    """``(path, (width, height))`` for every readable image of ``paths`` with a side below ``min_side``.
+
+    Reads the file headers only.
+    """
+    small = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                size = im.size
+        except Exception:  # unreadable files are check_image's to report
+            continue
+        if min(size) < min_side:
+            small.append((Path(p), size))
+    return small
 
 
 def check_image(path: PathLike) -> Optional[str]:
     """Why ``path`` cannot be used as an image, or None when it reads cleanly.
 
     Runs Pillow's ``verify`` (chunk checksums) and then decodes the pixels
-    (JPEGs at 1/8 scale, which still reads every byte), so truncated files are found.
+    (JPEGs at 1/8 scale, which still reads every byte), so truncated files are found,
+    and float images with NaN or inf pixels too.
     """
     path = Path(path)
     try:
@@ -128,9 +170,9 @@ def check_image(path: PathLike) -> Optional[str]:
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
+            return _non_finite_pixels(im)
     except Exception as e:
         return f"{type(e).__name__}: {e}"
-    return None
 
 
 def find_bad_images(paths: Iterable[PathLike]) -> List[Tuple[Path, str]]:

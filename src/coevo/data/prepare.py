@@ -21,25 +21,51 @@ def _synthetic_size(load_size: int) -> int:
     return max(16, int(load_size) - int(load_size) % 4)
 
 
-def ensure_data_root(cfg) -> Path:
-    """The data folder of ``cfg`` (a DataConfig), building the synthetic set there when asked.
+def resolve_root(cfg, run_dir: str | Path) -> str:
+    """The absolute data folder for a run in ``run_dir``: ``cfg.root`` (a DataConfig) when set,
+    else ``run_dir/data`` (where the built-in set is built)."""
+    root = Path(cfg.root) if cfg.root else Path(run_dir) / "data"
+    return str(root.resolve())
 
-    A folder with all four splits is used as it is. Otherwise, with
-    ``cfg.synthetic`` the built-in set is written at ``cfg.root`` (images of
-    ``load_size`` pixels, seed 0, ``synthetic_n_train`` / ``synthetic_n_test``
-    scenes); without it a :class:`DataError` says what is missing.
+
+def _is_builtin(root: Path) -> bool:
+    try:
+        return json.loads((root / "meta.json").read_text()).get("generator") == "coevo.synthetic"
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_data_root(cfg) -> Path:
+    """The data folder of ``cfg`` (a DataConfig), building the built-in set there when allowed.
+
+    A folder with all four splits is used as it is: your images are never
+    replaced or written into. The built-in set (``cfg.synthetic``, scenes of
+    ``cfg.synthetic_seed``) is written only into a folder that is missing,
+    empty, or already holds a built-in set (its ``meta.json``). Anything else
+    raises :class:`DataError` naming the folder and what it lacks.
     """
+    if not cfg.root:
+        raise DataError("data.root is not set: give --data DIR (a folder with trainA, trainB, testA, testB), "
+                        "or run through a command with an --out folder, which builds the built-in set there")
     root = Path(cfg.root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"data folder {root} is a file, not a folder; {LAYOUT_HINT}")
     missing = [s for s in SPLITS if not (root / s).is_dir()]
+    builtin = _is_builtin(root)
     if not missing:
-        if cfg.synthetic and (root / "meta.json").exists():
+        if builtin:
             _warn_if_stale(root, cfg)
         return root
+    occupied = root.is_dir() and any(root.iterdir())
+    if occupied and not builtin:
+        found = ", ".join(sorted(p.name for p in root.iterdir())[:6])
+        raise DataError(f"data folder {root} lacks {', '.join(missing)} (it holds {found}); {LAYOUT_HINT}. "
+                        "coevo never writes into a folder of yours: fix the layout, or give another --data")
     if cfg.synthetic:
         return make_synthetic_dataset(root, size=_synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
-                                      n_test=cfg.synthetic_n_test, seed=0)
+                                      n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=builtin)
     raise DataError(f"data folder {root} lacks {', '.join(missing)}; {LAYOUT_HINT}; "
-                    "or pass --set data.synthetic=true to build the synthetic set there")
+                    "or pass --set data.synthetic=true to build the built-in set there")
 
 
 def _warn_if_stale(root: Path, cfg) -> None:
@@ -49,7 +75,7 @@ def _warn_if_stale(root: Path, cfg) -> None:
         return
     if meta.get("generator") != "coevo.synthetic":
         return
-    want = {"version": SYNTHETIC_VERSION, "size": _synthetic_size(cfg.load_size),
+    want = {"version": SYNTHETIC_VERSION, "seed": cfg.synthetic_seed, "size": _synthetic_size(cfg.load_size),
             "n_train": cfg.synthetic_n_train, "n_test": cfg.synthetic_n_test}
     diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
     if diff:

@@ -232,7 +232,8 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
 
     An existing set with the same parameters is reused (nothing is written). Any
     other non-empty ``out`` raises :class:`DataError` unless ``force``; ``force``
-    replaces only the entries this function writes and keeps anything else.
+    replaces only the entries this function writes, and only in a set coevo wrote
+    (its ``meta.json``); anything else in ``out`` is kept.
     Files appear only once the whole set is rendered.
     """
     if int(size) < 16 or int(size) % 4:
@@ -254,6 +255,14 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
             raise DataError(
                 f"{out} already holds {found}, not a synthetic set with {_describe(params)}; "
                 "pass --force (force=True) to replace it, or choose another --out"
+            )
+        replaced = sorted(p.name for p in out.iterdir() if p.name in _ENTRIES)
+        if replaced and meta.get("generator") != "coevo.synthetic":
+            # force replaces entries by name; only a set coevo wrote (its meta.json says so) may lose them.
+            raise DataError(
+                f"will not replace {', '.join(replaced)} in {out}: the folder is not a coevo synthetic data set "
+                "(no meta.json written by coevo), so these may be your images. Choose another --out, "
+                "or move them away yourself"
             )
         stray = sorted(p.name for p in out.iterdir() if p.name not in _ENTRIES)
         if stray:

@@ -18,6 +18,12 @@ class DiscriminatorArch:
     n_layers: int = 3
     in_channels: int = 3
 
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in (("ndf", self.ndf), ("n_layers", self.n_layers), ("in_channels", self.in_channels))
+               if v < 1}
+        if bad:
+            raise ValueError(f"discriminator {', '.join(bad)} must be >= 1, got {bad}")
+
     def to_dict(self) -> dict:
         return {"version": 1, "kind": "patch_discriminator", "ndf": self.ndf,
                 "n_layers": self.n_layers, "in_channels": self.in_channels}

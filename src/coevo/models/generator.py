@@ -12,12 +12,16 @@ domain B; G_BA = G_B maps B to A.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Tuple
+from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import torch
 from torch import nn
 
 ARCH_VERSION = 1
+# The generator halves height and width twice and doubles them twice, so both must be
+# multiples of 4; its reflection padding needs at least 2 pixels after the halvings.
+SIZE_MULTIPLE = 4
+MIN_SIZE = 8
 
 
 def group_names(n_blocks: int) -> List[str]:
@@ -58,6 +62,9 @@ class GeneratorArch:
             raise ValueError(f"n_blocks must be >= 1, got {self.n_blocks}")
         if self.ngf < 1:
             raise ValueError(f"ngf must be >= 1, got {self.ngf}")
+        if self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"in_channels and out_channels must be >= 1, got {self.in_channels} and "
+                             f"{self.out_channels}")
         if not self.widths:
             self.widths = full_widths(self.ngf, self.n_blocks)
         expected = group_names(self.n_blocks)
@@ -211,24 +218,50 @@ class ResnetGenerator(nn.Module):
         yield "up2", self.model[self.layer_index("up2")]
         yield "head", self.model[self.layer_index("head")]
 
-    def blocks(self) -> List[ResnetBlock]:
-        return [self.model[10 + i] for i in range(self.arch.n_blocks)]
+    def features(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
+        """Encoder activations of ``x`` (NCHW, [-1, 1]), one per name in ``layers``, in that order.
+
+        Names: ``stem``, ``down1``, ``down2`` (each after its ReLU) and ``block{i}`` (the
+        output of residual block i). Runs the network only as far as the deepest layer asked for.
+        """
+        fixed = {"stem": 3, "down1": 6, "down2": 9}
+        index = {}
+        for name in layers:
+            if name in fixed:
+                index[name] = fixed[name]
+            elif name.startswith("block") and name[5:].isdigit() and int(name[5:]) < self.arch.n_blocks:
+                index[name] = 10 + int(name[5:])
+            else:
+                raise KeyError(f"no feature layer {name!r}; choose stem, down1, down2 or block0..."
+                               f"block{self.arch.n_blocks - 1}")
+        wanted = {i: n for n, i in index.items()}
+        out = {}
+        for i, layer in enumerate(self.model[: max(index.values()) + 1]):
+            x = layer(x)
+            if i in wanted:
+                out[wanted[i]] = x
+        return [out[n] for n in layers]
 
 
 def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GeneratorArch:
     """Recover a :class:`GeneratorArch` from the shapes in a (reference or coevo) state_dict.
 
-    Works for full and for channel-pruned generators with 1 or more blocks.
+    Works for full and for channel-pruned generators with 1 or more blocks (the
+    reference's 6- and 9-block ones included). Raises ValueError naming what was found
+    for layouts coevo does not support (see :func:`_unsupported_layout`).
     """
     keys = set(state_dict)
+    unsupported = _unsupported_layout(state_dict)
+    if unsupported:
+        raise ValueError(unsupported)
     block_ids = sorted(
         {int(k.split(".")[1]) for k in keys if k.startswith("model.") and ".conv_block." in k}
     )
     if "model.1.weight" not in keys or not block_ids:
         raise ValueError(
             "this state_dict is not a CycleGAN ResnetGenerator: expected keys 'model.1.weight' and "
-            "'model.N.conv_block.1.weight'. Is it a discriminator (latest_net_D_*.pth) or a "
-            "U-Net generator? coevo supports the ResNet generator only."
+            f"'model.N.conv_block.1.weight', found {_sample_keys(keys)}. coevo supports the ResNet "
+            "generator only."
         )
     if block_ids != list(range(10, 10 + len(block_ids))):
         raise ValueError(f"unexpected residual block indices {block_ids}; expected 10, 11, ...")
@@ -252,3 +285,34 @@ def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Genera
         out_channels=int(head.shape[0]),
         widths={k: int(v) for k, v in widths.items()},
     )
+
+
+def _sample_keys(keys, n: int = 4) -> str:
+    keys = sorted(keys)
+    return ", ".join(repr(k) for k in keys[:n]) + (f" ... ({len(keys)} keys)" if len(keys) > n else "")
+
+
+def _unsupported_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A message naming a known layout coevo cannot load, or "" when none is recognised.
+
+    The reference code (junyanz/pytorch-CycleGAN-and-pix2pix) can also save: a ResNet
+    generator with ``use_dropout=True`` (a Dropout after each block's first ReLU moves
+    the second conv from ``conv_block.5`` to ``conv_block.6``), U-Net generators
+    (``--netG unet_256``/``unet_128``: keys ``model.model.0...``) and PatchGAN
+    discriminators (4x4 kernels).
+    """
+    keys = set(state_dict)
+    if any(k.startswith("model.model.") for k in keys):
+        return ("this is a U-Net generator (keys 'model.model.0...', the reference's --netG unet_256/unet_128); "
+                "coevo compresses the ResNet generator only (--netG resnet_9blocks/resnet_6blocks, "
+                "which CycleGAN uses)")
+    dropout = sorted(k for k in keys if ".conv_block.6." in k)
+    if dropout:
+        return (f"this ResNet generator was trained with dropout (use_dropout=True: {dropout[0]!r} where "
+                "coevo expects 'conv_block.5'); coevo supports the generator without dropout, as the "
+                "reference CycleGAN models are trained (--no_dropout)")
+    w = state_dict.get("model.0.weight")
+    if "model.1.weight" not in keys and isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) == (4, 4):
+        return ("this is a PatchGAN discriminator (4x4 convolutions from 'model.0.weight'), "
+                "e.g. latest_net_D_A.pth, not a generator")
+    return ""

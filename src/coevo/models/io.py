@@ -7,7 +7,7 @@ Formats understood by :func:`load_generator` (chosen by content and suffix):
   the architecture (ngf, blocks, even pruned widths) is inferred from the shapes
 * safetensors (``.safetensors``) with the architecture as JSON metadata
 * TorchScript (``.ts``/``.torchscript``/``.jit``) and ONNX (``.onnx``) exports,
-  see :mod:`coevo.export`
+  written by :mod:`coevo.export`, read by :mod:`coevo.models.exported`
 
 All ``torch.load`` calls use ``weights_only=True``: a checkpoint cannot run code.
 """
@@ -15,55 +15,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Union
+from typing import Any, Dict, Mapping, Tuple
 
 import torch
 from torch import nn
 
 from .discriminator import DiscriminatorArch, NLayerDiscriminator, infer_discriminator_arch
 from .generator import GeneratorArch, ResnetGenerator, infer_arch_from_state_dict
+from ..checks import first_non_finite
+from ..errors import CoevoError
+from ..files import PathLike, atomic_path, atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 GEN_FORMAT = "coevo.generator"
 DISC_FORMAT = "coevo.discriminator"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CoevoError, ValueError):
     """A file that cannot be loaded as the network asked for; the message says why and what to do."""
-
-
-def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def safe_torch_load(path: PathLike) -> Any:
@@ -101,6 +72,36 @@ def _load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike)
         raise CheckpointError(f"weights in {path} do not fit the architecture: {e}") from e
 
 
+def _arch_from_dict(cls: Any, d: Any, path: PathLike) -> Any:
+    """``cls.from_dict(d)``; missing or malformed metadata is a CheckpointError naming the file."""
+    try:
+        return cls.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        reason = f"no key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path} has unusable architecture metadata ({reason}); the file is corrupt "
+                              "or was not written by this coevo; re-save or re-export it") from e
+
+
+def _checkpoint_parts(obj: Mapping[str, Any], path: PathLike) -> Tuple[Any, Mapping[str, torch.Tensor]]:
+    """``(arch, state_dict)`` of a coevo checkpoint dict; CheckpointError when either is missing or malformed."""
+    missing = [k for k in ("arch", "state_dict") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is a {obj.get('format')} checkpoint without {' and '.join(missing)}; "
+                              "the file is incomplete or corrupt; re-save it")
+    sd = obj["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: its state_dict is not a mapping of tensors; the file is corrupt; re-save it")
+    return obj["arch"], sd
+
+
+def _check_finite_weights(model: nn.Module, path: PathLike) -> None:
+    bad = first_non_finite(model.state_dict().items())
+    if bad is not None:
+        name, kind = bad
+        raise CheckpointError(f"{path} has {kind} in {name}; the checkpoint is corrupt or came from a diverged "
+                              "training run")
+
+
 # ----------------------------------------------------------------------------- generators
 def save_generator(model: ResnetGenerator, path: PathLike, extra: Mapping[str, Any] | None = None) -> Path:
     """Save a generator with its architecture. Suffix ``.safetensors`` selects safetensors; anything else torch."""
@@ -111,11 +112,9 @@ def save_generator(model: ResnetGenerator, path: PathLike, extra: Mapping[str, A
         meta = {"format": GEN_FORMAT, "arch": json.dumps(model.arch.to_dict())}
         if extra:
             meta["extra"] = json.dumps(dict(extra))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(sd, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(sd, str(tmp), metadata=meta)
         return path
     payload = {
         "format": GEN_FORMAT,
@@ -145,7 +144,7 @@ def load_generator(path: PathLike) -> nn.Module:
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
     is a :class:`ResnetGenerator`; TorchScript and ONNX exports come back as modules
-    that run the exported graph (see :mod:`coevo.export`).
+    that run the exported graph (see :mod:`coevo.models.exported`).
     """
     path = Path(path)
     if not path.exists():
@@ -154,13 +153,14 @@ def load_generator(path: PathLike) -> nn.Module:
     if suffix == ".safetensors":
         model = _load_safetensors_generator(path)
     elif suffix in (".onnx", ".ts", ".torchscript", ".jit"):
-        from ..export import load_exported
+        from .exported import load_exported
 
         return load_exported(path)
     else:
         obj = safe_torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
-            model = generator_from_state_dict(obj["state_dict"], GeneratorArch.from_dict(obj["arch"]), path)
+            arch, sd = _checkpoint_parts(obj, path)
+            model = generator_from_state_dict(sd, _arch_from_dict(GeneratorArch, arch, path), path)
         elif isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
             raise CheckpointError(f"{path} is a coevo discriminator, not a generator; use load_discriminator")
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -171,6 +171,7 @@ def load_generator(path: PathLike) -> nn.Module:
                 f"{path} is neither a coevo generator nor a CycleGAN state_dict "
                 f"(top-level keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})"
             )
+    _check_finite_weights(model, path)
     return model.eval()
 
 
@@ -184,7 +185,14 @@ def _load_safetensors_generator(path: Path) -> ResnetGenerator:
         sd = load_file(str(path))
     except Exception as e:
         raise CheckpointError(f"cannot read {path} as safetensors ({e}); the file may be truncated") from e
-    arch = GeneratorArch.from_dict(json.loads(meta["arch"])) if "arch" in meta else None
+    arch = None
+    if "arch" in meta:
+        try:
+            arch = json.loads(meta["arch"])
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path} has malformed architecture metadata (not JSON: {e}); the file is "
+                                  "corrupt or was not written by coevo; re-export it") from e
+        arch = _arch_from_dict(GeneratorArch, arch, path)
     return generator_from_state_dict(sd, arch, path)
 
 
@@ -204,7 +212,8 @@ def load_discriminator(path: PathLike) -> NLayerDiscriminator:
     path = Path(path)
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
-        arch, sd = DiscriminatorArch.from_dict(obj["arch"]), obj["state_dict"]
+        arch, sd = _checkpoint_parts(obj, path)
+        arch = _arch_from_dict(DiscriminatorArch, arch, path)
     elif isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
         raise CheckpointError(f"{path} is a coevo generator, not a discriminator")
     elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -217,6 +226,7 @@ def load_discriminator(path: PathLike) -> NLayerDiscriminator:
         raise CheckpointError(f"{path} is not a discriminator checkpoint")
     model = NLayerDiscriminator(arch)
     _load_into(model, _clean_state_dict(sd), path)
+    _check_finite_weights(model, path)
     return model.eval()
 
 

@@ -23,13 +23,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..models.generator import GeneratorArch, group_names
-from ..models.io import PathLike, atomic_write_text
+from ..files import PathLike, atomic_write_text
+from ..errors import CoevoError
 
 GENOME_FORMAT = "coevo.genome"
 GENOME_VERSION = 1
 
 
-class GenomeError(ValueError):
+class GenomeError(CoevoError, ValueError):
     """A genome that does not describe a valid pruning of its architecture; the message names the group."""
 
 

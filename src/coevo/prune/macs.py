@@ -18,6 +18,7 @@ import numpy as np
 
 from ..models.generator import GeneratorArch, group_names
 from .groups import conv_io
+from ..errors import CoevoError
 
 if TYPE_CHECKING:  # genome.py does not import this module; keep it that way
     from .genome import Genome
@@ -47,7 +48,7 @@ _BLOCK = (3, "same")
 _UP = (3, "up")
 
 
-class BudgetError(ValueError):
+class BudgetError(CoevoError, ValueError):
     """A MAC budget no genome can meet (below the MACs of the narrowest allowed network)."""
 
 

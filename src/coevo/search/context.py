@@ -9,8 +9,10 @@ perceptual metric.
 
 Names: ``G_A`` (the paper's G_AB) maps domain A to B, ``G_B`` maps B to A.
 For ``G_A`` the inputs are the domain-A evaluation images, its outputs live in
-domain B and are judged with ``D_A`` (the discriminator of domain B images),
-and the cycle goes back through ``G_B``.
+domain B and are judged with ``D_A`` (the discriminator of domain B images) or,
+for a teacher without discriminators and the ``teacher-features`` metric, in the
+features of ``G_B``'s encoder (the teacher network that reads domain B), and the
+cycle goes back through ``G_B``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 
 from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
 from ..models.teacher import TeacherPaths
-from ..perceptual import Embedding, PerceptualMetric, build_perceptual
+from ..perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
 from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
 
 log = logging.getLogger(__name__)
@@ -97,23 +99,27 @@ def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
     return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio))
 
 
-def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: NLayerDiscriminator,
-                 D_B: NLayerDiscriminator, x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
+def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLayerDiscriminator],
+                 D_B: Optional[NLayerDiscriminator], x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
                  device: str | torch.device = "cpu") -> SearchContext:
     """Build the context from networks and evaluation batches (NCHW, [-1, 1]) already in memory.
 
+    ``D_A``/``D_B`` are None for a teacher without discriminators; ``search_cfg.perceptual``
+    is resolved by :func:`coevo.perceptual.resolve_perceptual` (``auto`` -> a concrete metric).
     Raises :class:`~coevo.prune.BudgetError` (budget mode) before anything is computed
     when the MAC budget is below the narrowest allowed network.
     """
     s = search_cfg
     if G_A.arch.to_dict() != G_B.arch.to_dict():
         from ..models.io import CheckpointError
+        from ..models.teacher import describe_arch
 
         # One budget is priced from one architecture; the reference CycleGAN's pair always matches.
         raise CheckpointError(
-            f"the teacher's G_A and G_B differ in architecture ({G_A.arch.widths} vs {G_B.arch.widths}); "
-            "the search needs a matching pair, as a CycleGAN trains them"
+            f"the teacher's G_A and G_B differ in architecture (G_A: {describe_arch(G_A.arch)}; "
+            f"G_B: {describe_arch(G_B.arch)}); the search needs a matching pair, as a CycleGAN trains them"
         )
+    perceptual = resolve_perceptual(s.perceptual, D_A is not None and D_B is not None, s.lpips_net)
     if s.compute == "budget":
         budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels)
     elif s.compute == "reward":
@@ -124,13 +130,15 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: NLayerDiscrimi
         raise ConfigError(f"search.compute must be 'budget' or 'reward', got {s.compute!r}")
     device = torch.device(device)
     directions = {}
-    shared = None  # only the discriminator metric depends on the output domain
-    if s.perceptual != "discriminator":
-        shared = build_perceptual(s.perceptual, lpips_net=s.lpips_net, device=device)
-    for name, teacher, disc, x in (("G_A", G_A, D_A, x_A), ("G_B", G_B, D_B, x_B)):
+    shared = None  # discriminator and teacher-features depend on the output domain
+    if perceptual not in ("discriminator", "teacher-features"):
+        shared = build_perceptual(perceptual, lpips_net=s.lpips_net, device=device)
+    # G_A's outputs are domain-B images: D_A judges them, G_B's encoder reads them (and vice versa).
+    for name, teacher, disc, reader, x in (("G_A", G_A, D_A, G_B, x_A), ("G_B", G_B, D_B, G_A, x_B)):
         teacher = teacher.to(device).eval()
         metric = shared if shared is not None else build_perceptual(
-            s.perceptual, discriminator=disc.to(device).eval(), device=device)
+            perceptual, discriminator=None if disc is None else disc.to(device).eval(),
+            feature_generator=reader.to(device).eval(), device=device)
         x = x.to(device)
         with torch.inference_mode():
             target = metric.embed(teacher(x))
@@ -190,19 +198,24 @@ def eval_batch(cfg) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
-    """``(G_A, G_B, D_A, D_B)`` in eval mode."""
-    nets = [load_generator(paths.G_A), load_generator(paths.G_B),
-            load_discriminator(paths.D_A), load_discriminator(paths.D_B)]
-    for n in nets[:2]:
+    """``(G_A, G_B, D_A, D_B)`` in eval mode; ``D_A``/``D_B`` are None for a teacher without them."""
+    nets = [load_generator(paths.G_A), load_generator(paths.G_B)]
+    for n in nets:
         if not isinstance(n, ResnetGenerator):
             from ..models.io import CheckpointError
 
             raise CheckpointError("the search needs the teacher as PyTorch weights, not an exported model")
-    return tuple(n.to(device).eval() for n in nets)
+    if paths.has_discriminators:
+        nets += [load_discriminator(paths.D_A), load_discriminator(paths.D_B)]
+    else:
+        nets += [None, None]
+    return tuple(None if n is None else n.to(device).eval() for n in nets)
 
 
 def build_context(cfg, teacher: TeacherPaths) -> SearchContext:
     """Load the teacher and the evaluation batch named by ``cfg`` and build the context."""
+    # A metric this teacher cannot serve fails before any network or image is read.
+    resolve_perceptual(cfg.search.perceptual, teacher.has_discriminators, cfg.search.lpips_net)
     G_A, G_B, D_A, D_B = load_teacher(teacher, cfg.device)
     if cfg.search.compute == "budget":  # fail before reading any image
         check_budget(G_A.arch, cfg.search.macs_ratio, cfg.search.min_channels)

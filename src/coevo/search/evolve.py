@@ -34,26 +34,10 @@ GenerationCallback = Callable[["CoevolutionSearch", Dict], None]
 
 
 def check_search_config(s) -> None:
-    """ConfigError for search settings that would only fail later (operator names, ranges)."""
-    from ..config import ConfigError
+    """ConfigError for search settings that would only fail later; the rules live in :mod:`coevo.config`."""
+    from ..config import validate_section
 
-    Breeder.from_config(s)
-    if s.compute not in ("budget", "reward"):
-        raise ConfigError(f"search.compute must be 'budget' or 'reward', got {s.compute!r}")
-    if s.repair not in ("importance", "random"):
-        raise ConfigError(f"search.repair must be 'importance' or 'random', got {s.repair!r}")
-    if not 0.0 < s.init_density <= 1.0:
-        raise ConfigError(f"search.init_density must be in (0, 1], got {s.init_density}")
-    if s.generations < 0:
-        raise ConfigError(f"search.generations must be >= 0, got {s.generations}")
-    if s.elitism < 0:
-        raise ConfigError(f"search.elitism must be >= 0, got {s.elitism}")
-    if s.eval_images < 1 or s.eval_size < 4 or s.eval_size % 4:
-        raise ConfigError("search.eval_images must be >= 1 and search.eval_size a positive multiple of 4")
-    if s.weight_perceptual < 0 or s.weight_cycle < 0 or s.weight_perceptual + s.weight_cycle <= 0:
-        raise ConfigError("search.weight_perceptual and search.weight_cycle must be >= 0, not both 0")
-    if s.channel_multiple < 1:
-        raise ConfigError("search.channel_multiple must be >= 1")
+    validate_section("search", s)
 
 
 def _summary(pop: Population) -> Dict:

@@ -22,6 +22,7 @@ without changing any result.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Sequence, Tuple
@@ -29,6 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..checks import NonFiniteError
 from ..models import ResnetGenerator
 from ..prune import Genome, count_params, macs_of_genome, slim
 from .context import SearchContext
@@ -132,6 +134,20 @@ def compute_terms(genome: Genome) -> Tuple[int, int, int]:
             count_params(genome.slim_arch()), dropped_filters(genome))
 
 
+def check_terms(terms: FitnessTerms, direction: str, genome: Genome) -> FitnessTerms:
+    """``terms``, or NonFiniteError when a term is NaN/inf: such a fitness would rank the genome anywhere."""
+    for name in ("perceptual", "cycle", "quality", "fitness"):
+        value = getattr(terms, name)
+        if not math.isfinite(value):
+            raise NonFiniteError(
+                f"search: the {name} term of a {direction} candidate is {value} (widths {genome.widths()}); "
+                "the slim network or the perceptual metric produced NaN/inf on the evaluation images. "
+                "Check the teacher with `coevo evaluate` and the data with `coevo data check`; "
+                "no genome was saved from this generation"
+            )
+    return terms
+
+
 def evaluate_genomes(ctx: SearchContext, direction: str, genomes: Sequence[Genome], partner: Genome,
                      objective: Objective) -> List[FitnessTerms]:
     """Fitness of each genome of ``direction`` with ``partner`` (a genome of the other generator)
@@ -140,8 +156,9 @@ def evaluate_genomes(ctx: SearchContext, direction: str, genomes: Sequence[Genom
     out = []
     for genome in genomes:
         y = candidate_output(ctx, direction, genome)
-        out.append(objective.score(perceptual_term(ctx, direction, y), cycle_term(ctx, direction, y, partner_net),
-                                   *compute_terms(genome)))
+        terms = objective.score(perceptual_term(ctx, direction, y), cycle_term(ctx, direction, y, partner_net),
+                                *compute_terms(genome))
+        out.append(check_terms(terms, direction, genome))
     return out
 
 
@@ -206,7 +223,7 @@ class Evaluator:
             if terms is None:
                 y, perceptual = self._output(direction, genome, gkey)
                 cycle = cycle_term(self.ctx, direction, y, self._partner_net(direction, partner, partner_key))
-                terms = self.objective.score(perceptual, cycle, *compute_terms(genome))
+                terms = check_terms(self.objective.score(perceptual, cycle, *compute_terms(genome)), direction, genome)
                 self.fitness_cache[key] = terms
                 self.evaluations += 1
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
+from ..files import atomic_save_figure
 from ..prune import Genome
 
 _TERMS = [("fitness", "best fitness (higher is better)"), ("perceptual", "perceptual distance"),
@@ -35,7 +36,7 @@ def plot_history(history: List[Dict], best: Dict[str, Genome], out_dir: str | Pa
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fitness_png = out_dir / "fitness.png"
-    fig.savefig(fitness_png, dpi=100)
+    atomic_save_figure(fig, fitness_png, dpi=100)
 
     fig = Figure(figsize=(6 * len(directions), 3.6))
     axes = fig.subplots(1, len(directions), squeeze=False)
@@ -53,5 +54,5 @@ def plot_history(history: List[Dict], best: Dict[str, Genome], out_dir: str | Pa
         ax.legend(fontsize=8)
     fig.tight_layout()
     channels_png = out_dir / "channels.png"
-    fig.savefig(channels_png, dpi=100)
+    atomic_save_figure(fig, channels_png, dpi=100)
     return [fitness_png, channels_png]

@@ -3,7 +3,7 @@
 ``RUN_DIR`` after :func:`run_search`::
 
     config.yaml            resolved coevo config (all sections)
-    teacher.json           absolute paths of G_A, G_B, D_A, D_B
+    teacher.json           absolute paths of G_A, G_B (and D_A, D_B when the teacher has them)
     genomes/best_G_A.json  best genome per generator (coevo.genome JSON), rewritten every generation
     genomes/best_G_B.json
     history.jsonl          one line per generation: best and mean terms of both populations
@@ -20,6 +20,7 @@ never interrupted (history lines after the checkpoint are dropped and redone).
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -27,14 +28,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..config import Config, dump_config
-from ..models.io import atomic_write_text
-from ..models.teacher import TeacherPaths, find_teacher
+from ..config import Config, ConfigError, diff_configs, dump_config, load_config
+from ..data import check_same_data, data_record, ensure_data_root, resolve_root
+from ..data.record import RECORD_NAME
+from ..data.record import short as short_record
+from ..files import atomic_write_text
+from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
 from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
-from .state import differing_keys, load_state, save_state
+from .state import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +98,88 @@ def read_search_run(run_dir: str | Path) -> SearchResult:
     return SearchResult(run_dir, best, summary, read_jsonl(run_dir / "history.jsonl"))
 
 
-def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path]) -> TeacherPaths:
+def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path | TeacherPaths]) -> TeacherPaths:
+    if isinstance(teacher, TeacherPaths):
+        return teacher
     if teacher is not None:
-        return find_teacher(teacher)
+        return resolve_teacher(teacher)
     saved = run_dir / "teacher.json"
     if not saved.exists():
-        raise FileNotFoundError(f"{saved} is missing; pass --teacher")
+        raise FileNotFoundError(f"{saved} is missing; pass --teacher (or --teacher-ab and --teacher-ba)")
     return TeacherPaths.from_dict(json.loads(saved.read_text()))
 
 
-def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path] = None, resume: bool = False,
-               force: bool = False, progress: bool = True, stop_after: Optional[int] = None) -> SearchResult:
+def _resolve_data(cfg: Config, run_dir: Path, resume: bool) -> Dict:
+    """Resolve ``cfg.data.root`` (the run's data/ when unset), build the built-in set if allowed, and
+    return the data record; on resume, refuse other data than the run started with."""
+    saved_cfg = run_dir / "config.yaml"
+    if resume and not cfg.data.root and saved_cfg.is_file():
+        cfg.data.root = load_config(saved_cfg).data.root
+    cfg.data.root = resolve_root(cfg.data, run_dir)
+    ensure_data_root(cfg.data)
+    record = data_record(cfg.data.root, cfg.data.skip_bad_images)
+    saved = run_dir / RECORD_NAME
+    if resume and saved.is_file():
+        check_same_data(json.loads(saved.read_text()), record, str(run_dir))
+    log.info("data: %s", short_record(record))
+    return record
+
+
+def teacher_image_size(paths: TeacherPaths) -> Optional[int]:
+    """The image size a coevo teacher run trained at (its summary.json), None when unknown."""
+    summary = Path(paths.G_A).parent / "summary.json"
+    try:
+        info = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    size = info.get("image_size") if info.get("stage") == "teacher" else None
+    return int(size) if size else None
+
+
+def eval_size_for(cfg: Config, paths: TeacherPaths) -> int:
+    """``search.eval_size`` when set; else the teacher's training size; else ``data.crop_size``."""
+    if cfg.search.eval_size:
+        return int(cfg.search.eval_size)
+    size = teacher_image_size(paths) or int(cfg.data.crop_size)
+    if size % 4:
+        raise ConfigError(f"the search would evaluate at {size}x{size}, which the generator cannot run "
+                          "(two stride-2 layers): set search.eval_size to a multiple of 4")
+    return size
+
+
+def _log_cost(ctx, cfg: Config) -> None:
+    from ..prune import count_macs
+
+    n = int(ctx["G_A"].inputs.shape[0]) + int(ctx["G_B"].inputs.shape[0])
+    size = int(cfg.search.eval_size)
+    teacher = count_macs(ctx["G_A"].teacher.arch, size, size)
+    # a candidate costs its own forward and its partner's (cycle), each at most the teacher's size
+    per_gen = 2 * n * teacher * cfg.search.population
+    log.info("search evaluates %d images per domain at %dx%d: at most %.1f GMACs per generation "
+             "(%d candidates per population), %d generations", n // 2, size, size, per_gen / 1e9,
+             cfg.search.population, cfg.search.generations)
+
+
+def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | TeacherPaths] = None,
+               resume: bool = False, force: bool = False, progress: bool = True,
+               stop_after: Optional[int] = None) -> SearchResult:
     """Run (or resume) a co-evolutionary search into ``out``; see the module docstring.
 
-    ``teacher``: a coevo training run or a folder of reference checkpoints (on
+    ``teacher``: a coevo training run, a folder of reference checkpoints, or
+    :class:`~coevo.models.teacher.TeacherPaths` (e.g. from
+    :func:`~coevo.models.teacher.resolve_teacher` for two generator files; on
     resume, default: the run's teacher.json). ``stop_after``: stop once this many
     generations are done in total (the run stays resumable), e.g. to split a long search.
     """
+    cfg = copy.deepcopy(cfg)  # data.root and eval_size are resolved below; the caller's stays as it was
     check_search_config(cfg.search)
     run_dir = prepare_run_dir(out, resume=resume, force=force)
     paths = teacher_paths_for(run_dir, teacher)
+    record = _resolve_data(cfg, run_dir, resume)
+    cfg.search.eval_size = eval_size_for(cfg, paths)
     ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
+    _log_cost(ctx, cfg)
+    atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
     dump_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
 
@@ -122,7 +187,8 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path] = Non
     state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"
     if resume and state_path.exists():
         state = load_state(state_path)
-        changed = differing_keys(state.search_config, asdict(cfg.search))
+        changed = diff_configs({"search": state.search_config}, {"search": asdict(cfg.search)},
+                               ignore=("search.generations",))
         if changed:
             log.warning("resuming with changed search settings %s: the result will differ from an "
                         "uninterrupted run", changed)

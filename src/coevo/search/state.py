@@ -15,7 +15,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
-from ..models.io import CheckpointError, atomic_torch_save, safe_torch_load
+from ..files import atomic_torch_save
+from ..models.io import CheckpointError, safe_torch_load
 
 STATE_FORMAT = "coevo.search_state"
 STATE_VERSION = 1
@@ -97,7 +98,3 @@ def save_state(state: SearchState, path: str | Path) -> Path:
 def load_state(path: str | Path) -> SearchState:
     return SearchState.from_dict(safe_torch_load(path), str(path))
 
-
-def differing_keys(saved: Dict[str, Any], current: Dict[str, Any], ignore: List[str] = ("generations",)) -> List[str]:
-    """Search settings that changed between the saved state and the resumed config."""
-    return sorted(k for k in set(saved) | set(current) if k not in ignore and saved.get(k) != current.get(k))

@@ -1,69 +1,57 @@
 """Pieces shared by teacher training and fine-tuning: run-folder config checks, data, fixed sample images."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Dict, Sequence
 
 import torch
 
-from ..config import Config, ConfigError, config_to_dict, dump_config, load_config
-from ..data import UnpairedImageDataset, ensure_data_root
+from ..config import Config, ConfigError, diff_configs, dump_config, load_config
+from ..data import UnpairedImageDataset, check_same_data, data_record, ensure_data_root, resolve_root
+from ..data.record import RECORD_NAME, short
+from ..files import atomic_write_text
 from ..runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
-# Keys that change neither the trained weights nor the schedule: they may differ on --resume.
-RESUME_SAFE_KEYS = ("data.num_workers", "train.sample_every", "train.sample_images", "train.log_every",
-                    "finetune.sample_every", "finetune.sample_images", "finetune.log_every")
-
-
-def _flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(old: Config, new: Config, sections: Sequence[str]) -> List[str]:
-    """``"key (old -> new)"`` for every key under ``sections`` (top-level names or sections) that differs."""
-    a, b = _flatten(config_to_dict(old)), _flatten(config_to_dict(new))
-    for flat in (a, b):  # the same folder written relative or absolute is the same data
-        flat["data.root"] = str(Path(flat["data.root"]).resolve())
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key.split(".")[0] not in sections or key in RESUME_SAFE_KEYS:
-            continue
-        if a.get(key) != b.get(key):
-            diffs.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
-    return diffs
-
 
 def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, sections: Sequence[str]) -> Path:
-    """Create (or, for ``resume``, check) a run folder and write the resolved ``config.yaml``.
+    """Create (or, for ``resume``, check) a run folder; write the resolved ``config.yaml`` and ``data.json``.
 
-    Resuming with a config that differs in ``sections`` raises :class:`ConfigError`
-    naming the keys: the run would no longer reproduce an uninterrupted one.
+    ``cfg.data.root`` is resolved in place to an absolute folder (the run's own
+    ``data/`` when unset) and the built-in set is built there when allowed.
+    Resuming with a config that differs in ``sections``, or on other images,
+    raises an error naming the keys or the splits: the run would no longer
+    reproduce an uninterrupted one.
     """
     out = prepare_run_dir(out_dir, resume=resume, force=force)
     if resume:
         old = load_config(out / "config.yaml")
-        diffs = config_differences(old, cfg, sections)
+        if not cfg.data.root:
+            cfg.data.root = old.data.root
+        diffs = diff_configs(old, cfg, sections)
         if diffs:
             raise ConfigError(
                 f"cannot resume {out}: the config differs from the run's in {', '.join(diffs)}. "
                 "Resume with the run's own settings (drop these --set values), or start a new run "
                 "(--force or another --out)"
             )
+    cfg.data.root = resolve_root(cfg.data, out)
+    ensure_data_root(cfg.data)
+    record = data_record(cfg.data.root, cfg.data.skip_bad_images)
+    saved = out / RECORD_NAME
+    if resume and saved.is_file():
+        check_same_data(json.loads(saved.read_text()), record, str(out))
+    log.info("data: %s", short(record))
+    atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
     dump_config(cfg, out / "config.yaml")
     return out
 
 
 def full_train_dataset(cfg: Config):
-    """All of ``trainA``/``trainB`` (augmented as configured), building the synthetic set first if asked."""
+    """All of ``trainA``/``trainB`` (augmented as configured), building the built-in set first if asked."""
     d = cfg.data
     root = ensure_data_root(d)
     return UnpairedImageDataset(root, phase="train", load_size=d.load_size, crop_size=d.crop_size,

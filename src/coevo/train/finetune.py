@@ -7,6 +7,9 @@ surviving weights (:func:`coevo.prune.slim`; dropped filters no longer exist,
 so they cannot regrow), and trains the pair with the CycleGAN losses against
 the teacher's discriminators (which keep training), plus distillation
 ``lambda_distill * |G(x) - T(x)|`` towards the frozen teacher generators.
+A teacher given as its two generators only gets fresh discriminators
+(``model.ndf``, ``model.n_layers_d``, initialised as teacher training does,
+seeded by ``seed``); ``finetune.json`` records ``"discriminators": "teacher"`` or ``"fresh"``.
 
 Model selection never looks at the test split: ``data.val_fraction`` of the
 training images are held out (:func:`coevo.data.build_datasets`), and after
@@ -22,6 +25,7 @@ samples/, genomes/G_A.json, genomes/G_B.json, G_A.pt, G_B.pt, finetune.json.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -31,13 +35,17 @@ from typing import Any, Dict, Mapping, Sequence
 import torch
 
 from ..config import Config, ConfigError, load_config
-from ..data import build_datasets
-from ..models import ResnetGenerator, load_discriminator, load_generator, save_generator
-from ..models.io import CheckpointError, atomic_write_text
+from ..data import build_datasets, resolve_root
+from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, load_discriminator,
+                      load_generator, save_generator)
+from ..files import atomic_write_text
+from ..models.io import CheckpointError
 from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, slim
+from ..runs import make_rng
 from .common import fixed_images, open_run_dir, param_count
-from .loop import CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings
+from .init import init_weights
+from .loop import STREAM_FRESH_D, CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -173,13 +181,28 @@ def _split(cfg: Config):
     return splits.train, val, sizes
 
 
-def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any]):
-    """(frozen teacher generators, students + the teacher's discriminators to train)."""
+def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
+    """(D_A, D_B, "teacher") when the teacher has them, else fresh ones and "fresh".
+
+    Fresh discriminators follow ``cfg.model`` (ndf, n_layers_d) and the teacher
+    training's N(0, train.init_gain) initialisation, drawn from their own seed stream.
+    """
+    if teacher_paths.has_discriminators:
+        return load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B), "teacher"
+    rng = make_rng(derive_seed(cfg.seed, STREAM_FRESH_D))
+    arch = DiscriminatorArch(ndf=cfg.model.ndf, n_layers=cfg.model.n_layers_d)
+    log.info("the teacher has no discriminators: fine-tuning against fresh ones (%s)", arch.to_dict())
+    return (init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain),
+            init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain), "fresh")
+
+
+def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config):
+    """(frozen teacher generators, students + discriminators to train, "teacher" | "fresh")."""
     teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    D_A, D_B, origin = _discriminators(teacher_paths, cfg)
     # slim() copies the kept filters into new, narrower layers: dropped filters cannot regrow.
-    nets = CycleGANNets(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"]),
-                        load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B))
-    return teacher, nets
+    nets = CycleGANNets(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"]), D_A, D_B)
+    return teacher, nets, origin
 
 
 def _sizes(teacher: GeneratorPair, nets: CycleGANNets, size: int) -> Dict[str, Any]:
@@ -203,6 +226,9 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
     """
     search_dir = Path(search_dir)
     cfg, teacher_paths, genomes = read_search_dir(search_dir, overrides)
+    own = Path(out_dir) / "config.yaml"
+    if resume and own.is_file():  # the run's resolved config: no need to repeat the --set values
+        cfg = load_config(own, overrides)
     return finetune_genomes(cfg, teacher_paths, genomes, out_dir, resume=resume, force=force,
                             source={"search_dir": str(search_dir.resolve())})
 
@@ -225,12 +251,14 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         raise ConfigError(f"finetune.select_on must be one of {SELECT_ON}, got {cfg.finetune.select_on!r}")
     source = dict(source or {})
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
+    cfg = copy.deepcopy(cfg)  # data.root is resolved below; the caller's config stays as it was
+    cfg.data.root = resolve_root(cfg.data, out_dir)
     train_set, val, split = _split(cfg)
     out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
     for k in DIRECTIONS:
         genomes[k].save_json(out / "genomes" / f"{k}.json")
 
-    teacher, nets = _slim_pair(teacher_paths, genomes)
+    teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
     selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
                                   cfg.finetune.select_on, extra={"stage": "finetune", **source})
     val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
@@ -245,6 +273,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         "stage": "finetune",
         **source,
         "teacher": teacher_paths.to_dict(),
+        "discriminators": discriminators,
         "select_on": cfg.finetune.select_on,
         "best_epoch": selector.best_epoch,
         "val": selector.best_metrics,

@@ -36,11 +36,14 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
-from ..models.io import CheckpointError, atomic_torch_save, safe_torch_load
-from ..runs import append_jsonl, make_generator, truncate_jsonl
+from ..files import atomic_torch_save
+from ..models.io import CheckpointError, safe_torch_load
+from ..runs import append_jsonl, make_rng, truncate_jsonl
 from ..viz import save_grid
 from . import losses
 from .pool import ImagePool
+from ..checks import first_non_finite
+from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CoevoError, RuntimeError):
     """Training cannot continue (e.g. a loss became NaN); the message names the step and the fix."""
 
 
@@ -61,6 +64,7 @@ def derive_seed(*parts: int) -> int:
 
 # Stream ids for derive_seed, so no two uses of the run seed collide.
 STREAM_INIT, STREAM_POOL_A, STREAM_POOL_B = 1, 2, 3
+STREAM_FRESH_D = 4  # fine-tuning a teacher without discriminators: new ones
 
 
 @dataclass
@@ -190,8 +194,8 @@ class CycleGANTrainer:
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
         # D_A learns from fake B images, D_B from fake A images.
-        self.pool_fake_B = ImagePool(s.pool_size, make_generator(derive_seed(s.seed, STREAM_POOL_B)))
-        self.pool_fake_A = ImagePool(s.pool_size, make_generator(derive_seed(s.seed, STREAM_POOL_A)))
+        self.pool_fake_B = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_B)))
+        self.pool_fake_A = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_A)))
         self.identity = all(g.arch.in_channels == g.arch.out_channels for g in (nets.G_A, nets.G_B))
         self.epoch = 0                 # epochs completed
         self.global_step = 0
@@ -273,16 +277,38 @@ class CycleGANTrainer:
         truncate_jsonl(self.log_path, self.log_records)
 
     # ------------------------------------------------------------------ one step
-    def _check_finite(self, terms: Mapping[str, torch.Tensor], epoch: int) -> None:
-        for name, value in terms.items():
-            if not torch.isfinite(value).all():
-                raise TrainingError(
-                    f"loss '{name}' became {value.item()} at epoch {epoch}, step {self.global_step + 1} "
-                    f"(lr {self.opt_G.param_groups[0]['lr']:.3g}). Training stopped before the update; "
-                    f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is intact. "
-                    f"Lower the learning rate (e.g. --set {self.s.section}.lr={self.s.lr / 2:g}) and start "
-                    "again with --force, or check the input images."
-                )
+    def _check_finite(self, terms: Mapping[str, torch.Tensor], epoch: int, update: str,
+                      tensors: Mapping[str, torch.Tensor]) -> None:
+        """TrainingError before the ``update`` ("generator"/"discriminator") when a loss is NaN/inf.
+
+        ``tensors`` are the step's inputs and outputs in data-flow order; the first
+        non-finite one tells a data problem from corrupt weights from divergence.
+        """
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if not bad:
+            return
+        s = self.s
+        losses_text = ", ".join(f"'{name}' = {float(terms[name].detach()):g}" for name in bad)
+        first = first_non_finite(tensors.items())
+        if first is None:
+            found = "every input and generator output was finite"
+        else:
+            found = f"the first non-finite tensor was {first[0]} ({first[1]})"
+        if first is not None and first[0] in ("real_A", "real_B"):
+            fix = "An input image holds NaN/inf pixels: find it with `coevo data check DIR`."
+        elif first is not None and first[0].startswith("teacher"):
+            fix = "The teacher produces NaN/inf on these images: its weights are corrupt or from a diverged run."
+        elif self.global_step == 0:
+            fix = ("The networks produced it before any update, so their starting weights are at fault, "
+                   "not the learning rate: check the checkpoints they came from.")
+        else:
+            fix = (f"Training diverged after {self.global_step} updates: lower the learning rate (it is "
+                   f"{self.opt_G.param_groups[0]['lr']:.3g}; e.g. --set {s.section}.lr={s.lr / 2:g}) and start "
+                   "again with --force.")
+        saved = (f"the last checkpoint {self.checkpoint_path} (after epoch {self.epoch}) is intact"
+                 if self.checkpoint_path.exists() else "no checkpoint had been written yet")
+        raise TrainingError(f"{s.section}: loss {losses_text} at epoch {epoch}, step {self.global_step + 1}; "
+                            f"{found}. Stopped before the {update} update; {saved}. {fix}")
 
     def step(self, real_A: torch.Tensor, real_B: torch.Tensor, epoch: int) -> Dict[str, float]:
         """One CycleGAN update on a batch (NCHW, [-1, 1]); returns the loss terms."""
@@ -302,12 +328,16 @@ class CycleGANTrainer:
         if self.identity and s.lambda_identity > 0:
             g_terms["idt_A"] = losses.l1(n.G_A(real_B), real_B) * s.lambda_cycle * s.lambda_identity
             g_terms["idt_B"] = losses.l1(n.G_B(real_A), real_A) * s.lambda_cycle * s.lambda_identity
+        teacher_out: Dict[str, torch.Tensor] = {}
         if self.teacher is not None and s.lambda_distill > 0:
             with torch.no_grad():
                 target_B, target_A = self.teacher.G_A(real_A), self.teacher.G_B(real_B)
+            teacher_out = {"teacher G_A(real_A)": target_B, "teacher G_B(real_B)": target_A}
             g_terms["distill_A"] = losses.l1(fake_B, target_B) * s.lambda_distill
             g_terms["distill_B"] = losses.l1(fake_A, target_A) * s.lambda_distill
-        self._check_finite(g_terms, epoch)
+        self._check_finite(g_terms, epoch, "generator", {
+            "real_A": real_A, "real_B": real_B, **teacher_out, "G_A(real_A)": fake_B, "G_B(real_B)": fake_A,
+            "G_B(G_A(real_A))": rec_A, "G_A(G_B(real_B))": rec_B})
         self.opt_G.zero_grad(set_to_none=True)
         sum(g_terms.values()).backward()
         self.opt_G.step()
@@ -320,7 +350,8 @@ class CycleGANTrainer:
             "D_A": losses.discriminator_loss(n.D_A(real_B), n.D_A(pooled_B)),
             "D_B": losses.discriminator_loss(n.D_B(real_A), n.D_B(pooled_A)),
         }
-        self._check_finite(d_terms, epoch)
+        self._check_finite(d_terms, epoch, "discriminator",
+                           {"real_A": real_A, "real_B": real_B, "pooled fake_B": pooled_B, "pooled fake_A": pooled_A})
         self.opt_D.zero_grad(set_to_none=True)
         (d_terms["D_A"] + d_terms["D_B"]).backward()
         self.opt_D.step()

@@ -14,15 +14,17 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
 
 from ..config import Config, ModelConfig
 from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
-from ..models.io import atomic_write_text, save_discriminator, save_generator, save_reference_state_dict
+from ..files import atomic_write_text
+from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..prune import count_macs
-from ..runs import make_generator
+from ..runs import make_rng
 from .common import fixed_images, full_train_dataset, open_run_dir, param_count
 from .init import init_weights
 from .loop import STREAM_INIT, CycleGANNets, CycleGANTrainer, LoopSettings, derive_seed
@@ -35,7 +37,7 @@ TEACHER_SECTIONS = ("seed", "data", "model", "train")
 
 def build_cyclegan(model: ModelConfig, seed: int, gain: float = 0.02) -> CycleGANNets:
     """Four freshly initialised networks (N(0, gain) convs), the same for the same seed."""
-    g = make_generator(derive_seed(seed, STREAM_INIT))
+    g = make_rng(derive_seed(seed, STREAM_INIT))
     gen_arch = GeneratorArch.full(ngf=model.ngf, n_blocks=model.n_blocks)
     disc_arch = DiscriminatorArch(ndf=model.ndf, n_layers=model.n_layers_d)
     return CycleGANNets(
@@ -75,6 +77,7 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     ``out_dir`` without either is refused (:class:`coevo.runs.RunDirError`).
     Raises :class:`coevo.train.loop.TrainingError` when a loss becomes NaN/inf.
     """
+    cfg = copy.deepcopy(cfg)  # open_run_dir resolves data.root; the caller's config stays as it was
     settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
     out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS)
     # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.

@@ -1,0 +1,38 @@
+"""Options and config loading shared by the subcommands that run a job."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR",
+                   help="your data set: a folder with trainA, trainB, testA, testB (same as --set data.root=DIR). "
+                        "Always used as it is and never written into. Without it, the config's data.root, or "
+                        "the built-in set in the run folder")
+
+
+def job_overrides(args: argparse.Namespace) -> List[str]:
+    """``--set`` values plus the ones ``--data`` and the global ``--threads`` stand for (the flags win)."""
+    out = list(getattr(args, "overrides", []) or [])
+    if getattr(args, "data", None):
+        out.append(f"data.root={json.dumps(str(Path(args.data).resolve()))}")
+    if getattr(args, "threads", None) is not None:
+        out.append(f"threads={int(args.threads)}")
+    return out
+
+
+def job_config(args: argparse.Namespace, path: Optional[str | Path]):
+    """The job's config: the YAML at ``path`` (defaults when None) with :func:`job_overrides`.
+
+    Applies its CPU thread count, so ``--threads`` and the config's ``threads`` mean
+    the same for every command.
+    """
+    from ..config import load_config
+    from ..runs import apply_threads
+
+    cfg = load_config(path, job_overrides(args))
+    apply_threads(cfg.threads)
+    return cfg

@@ -1,0 +1,95 @@
+"""Writing files so that a crash or a kill never leaves a half-written one.
+
+Every file coevo writes goes through :func:`atomic_path`: the writer fills a
+temporary file ``.<name>.<random>.tmp`` in the target's folder, which then
+replaces the target in one ``os.replace``. A reader sees the old file or the
+new one, never a mix. A kill during the write leaves only the temporary file;
+:func:`remove_orphan_temps` deletes those when a run is resumed.
+
+    with atomic_path(out / "G_A.onnx") as tmp:
+        torch.onnx.export(model, example, str(tmp))
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, List, Union
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+TEMP_SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; when the block succeeds it replaces ``path``.
+
+    Parent folders are created. If the block raises (or is interrupted), the
+    temporary file is deleted and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_torch_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj)`` through :func:`atomic_path`: never a truncated checkpoint."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def atomic_save_figure(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` (matplotlib) through :func:`atomic_path`; the format follows the suffix of ``path``."""
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, **savefig_kwargs)
+    return Path(path)
+
+
+def is_orphan_temp(path: Path) -> bool:
+    """A temporary file of :func:`atomic_path` (``.<name>.<random>.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX) and path.is_file()
+
+
+def remove_orphan_temps(folder: PathLike) -> List[Path]:
+    """Delete the temporary files a killed write left anywhere under ``folder``; return them.
+
+    Call it only on a folder no other process is writing to (a run being resumed).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in sorted(folder.rglob(f".*{TEMP_SUFFIX}")) if is_orphan_temp(p)]
+    for p in removed:
+        p.unlink()
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted write in %s: %s", len(removed), folder,
+                 ", ".join(str(p.relative_to(folder)) for p in removed))
+    return removed
