@@ -40,7 +40,6 @@ from coevo.models.teacher import find_teacher
 from coevo.prune import Genome, l1_genome_for_macs, macs_of_genome, random_genome_for_macs, slim
 from coevo.search import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context, run_search
 from coevo.search.context import PARTNER, SearchContext, split_images
-from coevo.perceptual import build_perceptual
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -144,10 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_paper = {"seconds": time.perf_counter() - t1, "overrides": PAPER_OPERATORS}
     x_A, x_B = split_images(cfg, "val")
     held_out = {"G_A": x_A, "G_B": x_B}
-    # Measured with the search's metric, built anew (not the context's cached embeddings).
-    metrics = {d: build_perceptual(s.perceptual, discriminator=ctx[d].metric.discriminator
-                                   if s.perceptual == "discriminator" else None, lpips_net=s.lpips_net)
-               for d in DIRECTIONS}
+    # Measured with the search's metric (search.perceptual=auto resolved), on new images: the
+    # metric objects hold no embeddings, those are cached in the context.
+    metrics = {d: ctx[d].metric for d in DIRECTIONS}
     results = {name: measure(ctx, pair, held_out, metrics) for name, pair in pairs.items()}
 
     print(f"\nAt <= {args.macs_ratio} of the teacher's MACs ({ctx.budget.teacher_macs / 1e9:.3f}G, 256x256, "

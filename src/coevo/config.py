@@ -109,7 +109,7 @@ class SearchConfig:
     weight_cycle: float = 10.0
     compute: str = "budget"            # budget (hard MAC cap) | reward (paper)
     macs_ratio: float = 0.25           # budget: max MACs relative to the teacher
-    weight_compute: float = 0.001      # reward: fitness per dropped filter (paper)
+    weight_compute: float = 0.001      # reward: the paper's weight per dropped filter (x eval images / 500)
     eval_images: int = 16              # evaluation batch per domain, drawn from the training split
     # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
     # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.

@@ -6,6 +6,7 @@ each takes and returns NCHW RGB tensors in [-1, 1].
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -15,12 +16,15 @@ from torch import nn
 
 from .checks import check_finite
 from .data.errors import DataError
-from .models.io import PathLike
+from .files import PathLike
+from .models.generator import MIN_SIZE, SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
-# The generator halves the resolution twice and doubles it twice: H and W must be multiples of 4.
-SIZE_MULTIPLE = 4
+# Larger images are refused at their own size (a forward pass of this size needs
+# tens of GB): the user resizes them with --size.
+MAX_SIDE = 4096
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 
 def input_images(path: PathLike) -> List[Path]:
@@ -42,9 +46,12 @@ def target_size(img: Image.Image, size: Optional[int], path: PathLike = "image")
         return size, size
     w, h = img.size
     w4, h4 = w - w % SIZE_MULTIPLE, h - h % SIZE_MULTIPLE
-    if w4 < SIZE_MULTIPLE or h4 < SIZE_MULTIPLE:
+    if w4 < MIN_SIZE or h4 < MIN_SIZE:
         raise DataError(f"{path} is {w}x{h} pixels; it must be at least "
-                        f"{SIZE_MULTIPLE}x{SIZE_MULTIPLE} pixels (or pass --size)")
+                        f"{MIN_SIZE}x{MIN_SIZE} pixels (or pass --size)")
+    if w4 * h4 > MAX_PIXELS:
+        raise DataError(f"{path} is {w}x{h} pixels, more than coevo translates in one piece at its own size "
+                        f"({MAX_SIDE}x{MAX_SIDE}); pass --size (e.g. --size 1024) to resize the inputs")
     return w4, h4
 
 
@@ -58,44 +65,110 @@ def _output_names(paths: Sequence[Path]) -> Dict[Path, str]:
     return {p: n for n, p in names.items()}
 
 
-def translate_images(model: nn.Module, paths: Sequence[PathLike], out_dir: PathLike,
-                     size: Optional[int] = None, batch: int = 4,
-                     device: str | torch.device = "cpu") -> List[Path]:
-    """Translate each image of ``paths`` with ``model``; write ``out_dir/<stem>.png``.
+def _listed(items: Sequence, k: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:k])
+    return shown + (f" and {len(items) - k} more" if len(items) > k else "")
 
-    ``size``: resize every image to ``size`` x ``size`` (a multiple of 4). Without it each
-    image keeps its size, resized down to the nearest multiples of 4 when needed. Images of
-    the same size are batched ``batch`` at a time. Returns the written paths, in input order.
+
+@dataclass
+class TranslationPlan:
+    """What :func:`run_translation` will write, checked before anything is written.
+
+    ``targets``: input image -> output PNG, in input order. ``skipped``: unreadable
+    inputs left out (with ``skip_bad``) and why. ``size``: as for :func:`translate_images`.
+    """
+
+    out_dir: Path
+    targets: Dict[Path, Path]
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    size: Optional[int] = None
+
+
+def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optional[int] = None,
+                     overwrite: bool = False, skip_bad: bool = False) -> TranslationPlan:
+    """Check every input and every output of a translation; write nothing.
+
+    Raises :class:`DataError` when an output would replace an input (``out_dir`` is a
+    folder of input images), when an output file exists and ``overwrite`` is False,
+    when an input cannot be read and ``skip_bad`` is False (with it, such inputs are
+    left out and listed in ``skipped``), or when an image is too large to translate
+    at its own size (more than :data:`MAX_PIXELS`; pass ``size``).
+    """
+    from .data import check_image
+
+    if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE):
+        raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, got {size}")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("no images to translate")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--output {out_dir} is a file; give a folder for the translated images")
+    sources = {p.resolve().parent for p in paths}
+    if out_dir.resolve() in sources:
+        raise DataError(f"--output {out_dir} is the folder of the input images: the translations would be "
+                        "written among (or over) the originals. Choose another --output folder")
+
+    skipped = []
+    for p in paths:
+        reason = check_image(p)
+        if reason is None and size is None:
+            with Image.open(p) as im:
+                target_size(im, None, p)  # too small or too large at its own size: stop now
+        if reason is not None:
+            skipped.append((p, reason))
+    if skipped and not skip_bad:
+        raise DataError(f"cannot read {len(skipped)} of {len(paths)} input image(s): "
+                        f"{_listed([f'{p} ({why})' for p, why in skipped], 3)}. Nothing was written. "
+                        "Re-download or delete them, or pass --skip-bad to translate the others")
+    good = [p for p in paths if p not in {s for s, _ in skipped}]
+    if not good:
+        raise DataError(f"none of the {len(paths)} input image(s) can be read; nothing to translate")
+    names = _output_names(good)
+    targets = {p: out_dir / names[p] for p in good}
+    existing = [t.name for t in targets.values() if t.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{len(existing)} output file(s) already exist in {out_dir}: {_listed(existing)}. "
+                        "Pass --overwrite to replace them, or choose another --output folder")
+    return TranslationPlan(out_dir, targets, skipped, size)
+
+
+def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
+                    device: str | torch.device = "cpu", source: str = "the model") -> List[Path]:
+    """Translate the inputs of ``plan`` with ``model``; returns the written PNGs in input order.
+
+    Images of the same size share a forward pass of up to ``batch`` images. Each PNG
+    is written atomically. ``source`` names the model in errors (its file).
     """
     from .data import load_image, to_image, to_tensor
+    from .files import atomic_path
+    from .models.exported import check_image_to_image
 
-    if size is not None and (size < SIZE_MULTIPLE or size % SIZE_MULTIPLE):
-        raise DataError(f"--size must be a positive multiple of {SIZE_MULTIPLE}, got {size}")
     if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    paths = [Path(p) for p in paths]
-    names = _output_names(paths)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        raise DataError(f"--batch must be >= 1, got {batch}")
     model = model.to(device).eval()
+    size = plan.size
     if size is None:
         log.info("no --size: each image keeps its size, with height and width rounded down to multiples "
                  "of %d (the generator down-samples twice)", SIZE_MULTIPLE)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
 
     pending: List[Tuple[Path, torch.Tensor]] = []
     resized = 0
 
     def flush() -> None:
-        out = model(torch.stack([t for _, t in pending]).to(device))
-        check_finite(out, f"the generator's output for {', '.join(str(p) for p, _ in pending)}")
+        # The shape check runs before the first write: a file of another network writes nothing.
+        out = check_image_to_image(model, torch.stack([t for _, t in pending]).to(device), source)
+        check_finite(out, f"the output of {source} for {', '.join(p.name for p, _ in pending)}")
         for (p, _), t in zip(pending, out):
-            to_image(t).save(out_dir / names[p])
+            with atomic_path(plan.targets[p]) as tmp:
+                to_image(t).save(tmp, format="PNG")
         pending.clear()
 
     # Streams the inputs: consecutive images of one size share a batch, so memory stays
     # at ``batch`` images however large the folder.
     with torch.inference_mode():
-        for p in paths:
+        for p in plan.targets:
             img = load_image(p)
             target = target_size(img, size, p)
             if img.size != target:
@@ -108,8 +181,30 @@ def translate_images(model: nn.Module, paths: Sequence[PathLike], out_dir: PathL
         if pending:
             flush()
     if resized:
-        log.info("%d of %d image(s) were resized by up to %d px to get there", resized, len(paths),
+        log.info("%d of %d image(s) were resized by up to %d px to get there", resized, len(plan.targets),
                  SIZE_MULTIPLE - 1)
-    written = [out_dir / names[p] for p in paths]
-    log.info("wrote %d translated image(s) to %s", len(written), out_dir)
+    if plan.skipped:
+        log.warning("skipped %d unreadable image(s): %s", len(plan.skipped),
+                    _listed([f"{p} ({why})" for p, why in plan.skipped]))
+    written = list(plan.targets.values())
+    log.info("wrote %d translated image(s) to %s", len(written), plan.out_dir)
     return written
+
+
+def translate_images(model: nn.Module, paths: Sequence[PathLike], out_dir: PathLike,
+                     size: Optional[int] = None, batch: int = 4, device: str | torch.device = "cpu",
+                     overwrite: bool = False, skip_bad: bool = False) -> List[Path]:
+    """Translate each image of ``paths`` with ``model``; write ``out_dir/<stem>.png``.
+
+    ``size``: resize every image to ``size`` x ``size`` (a multiple of 4). Without it each
+    image keeps its size, resized down to the nearest multiples of 4 when needed. Images of
+    the same size are batched ``batch`` at a time. Returns the written paths, in input order.
+
+    Everything is checked before the first write (:func:`plan_translation`): inputs are
+    never written over, existing outputs only with ``overwrite``, and unreadable inputs
+    stop the job unless ``skip_bad`` (then they are skipped and logged).
+    """
+    if batch < 1:
+        raise DataError(f"--batch must be >= 1, got {batch}")
+    plan = plan_translation(paths, out_dir, size=size, overwrite=overwrite, skip_bad=skip_bad)
+    return run_translation(model, plan, batch=batch, device=device)

@@ -13,12 +13,18 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--model", required=True, help="generator file")
     p.add_argument("--input", required=True, help="image file or folder of images")
-    p.add_argument("--output", required=True, help="folder for the translated PNGs (created if missing)")
+    p.add_argument("--output", required=True,
+                   help="folder for the translated PNGs (created if missing); never the folder of the inputs")
     p.add_argument("--size", type=int, default=None,
                    help="resize inputs to SIZE x SIZE (a multiple of 4); default: keep each image's size, "
                         "rounded down to multiples of 4")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace PNGs that already exist in --output (default: refuse before translating)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable images, translate the others and list the skipped ones "
+                        "(default: refuse before translating)")
     p.set_defaults(func=run)
 
 
@@ -28,14 +34,22 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.io import load_generator
-    from ..translate import input_images, translate_images
+    from ..translate import input_images, plan_translation, run_translation
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("coevo translate: error: --device cuda but torch sees no CUDA device; use --device cpu",
               file=sys.stderr)
         return 2
-    model = load_generator(args.model)
+    if args.batch < 1:
+        print(f"coevo translate: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
+        return 2
     paths = input_images(args.input)
-    written = translate_images(model, paths, args.output, size=args.size, batch=args.batch, device=args.device)
+    plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    model = load_generator(args.model)
+    written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model)
     print(f"wrote {len(written)} image(s) to {args.output}")
+    if plan.skipped:
+        print(f"skipped {len(plan.skipped)} unreadable image(s):")
+        for path, why in plan.skipped:
+            print(f"  {path}: {why}")
     return 0

@@ -59,7 +59,7 @@ class CoevolutionSearch:
     def __init__(self, ctx: SearchContext, search_cfg, seed: int) -> None:
         check_search_config(search_cfg)
         self.ctx, self.cfg, self.seed = ctx, search_cfg, int(seed)
-        self.objective = Objective.from_config(search_cfg)
+        self.objective = Objective.from_config(search_cfg, images=int(ctx["G_A"].inputs.shape[0]))
         # Between two turns of one population the other one inserts about 2P outputs;
         # 4P entries keep the current population's outputs for its re-scoring.
         self.evaluator = Evaluator(ctx, self.objective, output_cache_size=4 * search_cfg.population)

@@ -8,12 +8,16 @@ batch ``x`` (domain A):
   network of the other population's current best genome;
 * ``quality`` = weight_perceptual * perceptual + weight_cycle * cycle (lower is better);
 * ``fitness`` (HIGHER is better, what selection maximises) = 1 / quality, plus
-  weight_compute * dropped filters in the paper's reward mode. In budget mode
-  every genome already meets the MAC cap (see :mod:`coevo.search.constraints`),
-  so the compute term is the constraint itself.
+  ``weight_compute * n / 500 * dropped`` filters in the paper's reward mode
+  (see below). In budget mode every genome already meets the MAC cap (see
+  :class:`coevo.prune.budget.Repairer`), so the compute term is the constraint itself.
 
 Terms are means over the batch, so the weights mean the same thing whatever
-its size (the official code summed over the validation split).
+its size. The paper's reward, ``500 / sum_i q_i + 0.001 * dropped`` over ``n``
+images, ranks genomes exactly as ``1 / mean q + 0.001 * n / 500 * dropped``
+(multiply by ``n / 500``): reward mode therefore scales ``weight_compute`` by
+``n / PAPER_REWARD_SCALE`` with ``n`` the evaluation images per domain, which
+keeps the paper's balance between quality and compute.
 
 The evaluation of a list of genomes is a pure function of (genomes, partner,
 context): :func:`evaluate_genomes`. :class:`Evaluator` adds caches around it
@@ -64,24 +68,38 @@ class FitnessTerms:
         return cls(**kw)
 
 
+# The numerator of the paper's quality reward (500 / summed losses); see the module docstring.
+PAPER_REWARD_SCALE = 500.0
+
+
 @dataclass(frozen=True)
 class Objective:
-    """How the terms combine into one fitness (see the module docstring)."""
+    """How the terms combine into one fitness (see the module docstring).
+
+    ``images``: evaluation images per domain, which sets the reward's balance.
+    """
 
     weight_perceptual: float = 1.0
     weight_cycle: float = 10.0
     compute: str = "budget"
     weight_compute: float = 0.001
+    images: int = 1
 
     @classmethod
-    def from_config(cls, s) -> "Objective":
-        return cls(float(s.weight_perceptual), float(s.weight_cycle), s.compute, float(s.weight_compute))
+    def from_config(cls, s, images: int | None = None) -> "Objective":
+        n = int(images) if images is not None else int(s.eval_images)
+        return cls(float(s.weight_perceptual), float(s.weight_cycle), s.compute, float(s.weight_compute), n)
+
+    @property
+    def reward_per_filter(self) -> float:
+        """Fitness per dropped filter in reward mode: the paper's weight, rescaled to mean losses."""
+        return self.weight_compute * self.images / PAPER_REWARD_SCALE
 
     def score(self, perceptual: float, cycle: float, macs: int, params: int, dropped: int) -> FitnessTerms:
         quality = self.weight_perceptual * perceptual + self.weight_cycle * cycle
         fitness = 1.0 / max(quality, 1e-12)
         if self.compute == "reward":
-            fitness += self.weight_compute * dropped
+            fitness += self.reward_per_filter * dropped
         return FitnessTerms(float(perceptual), float(cycle), float(quality), int(macs), int(params),
                             int(dropped), float(fitness))
 
