@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a rented CUDA machine (< 8 minutes): install coevo, check CUDA,
-# run the fast tests, then the CUDA latency benchmark. Run from the repository root:
+# One-shot GPU check for a rented CUDA machine (< 8 minutes with SKIP_TESTS=1): install coevo, check CUDA,
+# run the fast tests, the CUDA latency benchmark and the paper-scale pipeline benchmark. Run from the repository root:
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh            # results land in $OUT
 #     SKIP_TESTS=1 bash benchmarks/gpu_check.sh                # benchmark only
@@ -58,8 +58,12 @@ if [ -z "${SKIP_TESTS:-}" ] && "$PY" -c "import pytest" 2>/dev/null; then
 fi
 
 echo "== CUDA benchmark"
-timeout 300 "$PY" benchmarks/inference.py --device cuda --out "$OUT"
+timeout 240 "$PY" benchmarks/inference.py --device cuda --out "$OUT"
 status=$?
+
+echo "== paper-scale pipeline on CUDA (ngf 64, 9 blocks, 256 px; stages cut short, full cost projected)"
+timeout 150 "$PY" benchmarks/paper_scale.py --device cuda --out "$OUT" --work /tmp/coevo_paper_scale \
+    || echo "paper_scale FAILED or timed out (continuing)"
 echo "== done (benchmark exit $status); files in $OUT:"
 ls -l "$OUT"
 exit $status

@@ -76,6 +76,15 @@ def test_find_teacher_accepts_the_two_generators_alone(tmp_path):
     assert find_teacher(coevo).G_B.name == "G_B.pt" and not find_teacher(coevo).has_discriminators
 
 
+def test_a_single_discriminator_is_ignored_with_a_warning(tmp_path, caplog):
+    folder = reference_pair(tmp_path / "ref")
+    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), folder / "D_A.pt")
+    with caplog.at_level("WARNING", logger="coevo.models.teacher"):
+        paths = find_teacher(folder)
+    assert not paths.has_discriminators and paths.D_A is None
+    assert "D_A.pt but not D_B" in caplog.text
+
+
 def test_old_teacher_json_with_four_networks_still_loads(tmp_path):
     old = {k: str(tmp_path / f"latest_net_{k}.pth") for k in ("G_A", "G_B", "D_A", "D_B")}
     paths = TeacherPaths.from_dict(old)

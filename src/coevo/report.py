@@ -75,7 +75,8 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
         metric = build_perceptual(
             quality_metric,
             discriminator=load_discriminator(getattr(teacher, d)) if quality_metric == "discriminator" else None,
-            feature_generator=load_generator(getattr(teacher, reader)) if quality_metric == "teacher-features" else None)
+            feature_generator=(load_generator(getattr(teacher, reader))
+                               if quality_metric == "teacher-features" else None))
         q_t = translation_quality(g_t, data_root, direction, teacher=None, perceptual_metric=metric)
         q_s = translation_quality(g_s, data_root, direction, teacher=g_t, perceptual_metric=metric)
         macs_t = count_macs(g_t.arch, size, size)

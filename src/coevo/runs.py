@@ -13,9 +13,10 @@ import json
 import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, List, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional
 
 import torch
 from .errors import CoevoError
@@ -110,6 +111,29 @@ def prepare_run_dir(path: str | Path, resume: bool = False, force: bool = False,
     remove_orphan_temps(path)
     mark_run_dir(path, command)
     return path
+
+
+@contextmanager
+def undo_failed_start(path: str | Path, resume: bool = False) -> Iterator[None]:
+    """Remove what a new run wrote into ``path`` if its start (the ``with`` block) fails.
+
+    A typo, bad data or a missing teacher then leaves nothing that blocks a plain rerun.
+    Acts only when ``path`` was missing or empty as the block began (so everything in it
+    comes from this start); never on ``resume``, never on a folder that held a run.
+    """
+    path = Path(path)
+    fresh = not resume and not run_entries(path)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and path.is_dir() and not path.is_symlink():
+            for entry in path.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if not existed:
+                path.rmdir()
+            log.debug("start failed: removed what it wrote into %s", path)
+        raise
 
 
 def writable_out_dir(path: str | Path, command: str) -> Path:

@@ -11,7 +11,9 @@ import errno
 import importlib
 import logging
 import os
+import re
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 SUBCOMMANDS = [
@@ -42,10 +44,20 @@ def _one_line(text: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _target(path) -> str:
+    """The file the user asked for when ``path`` is the temporary file of an atomic write
+    (``.<name>.<random>.tmp``, see :func:`coevo.files.atomic_path`), else ``path``."""
+    from ..files import TEMP_SUFFIX
+
+    p = Path(os.fsdecode(path))
+    m = re.fullmatch(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX), p.name)
+    return str(p.with_name(m.group(1)) if m else p)
+
+
 def os_error_message(e: OSError) -> Optional[str]:
     """One line naming the path and the fix for an OS error a user can fix; None for any other."""
     path = e.filename if e.filename is not None else e.filename2
-    where = f" {os.fsdecode(path)}" if path is not None else ""
+    where = f" {_target(path)}" if path is not None else ""
     if e.errno == errno.ENOSPC:
         return (f"disk full while writing{where}: free space on that disk, or write to another one "
                 "(--out); rerun with --resume where the command has it")

@@ -13,7 +13,8 @@ def add_parser(sub) -> None:
         "finetune",
         help="fine-tune the slim pair found by `coevo search` (CycleGAN losses + distillation)",
         description="Rebuild the search run's best genomes as narrow generators with the teacher's weights, "
-                    "train them against the teacher's discriminators with distillation from the teacher, "
+                    "train them against the teacher's discriminators (fresh ones when the teacher has none) "
+                    "with distillation from the teacher, "
                     "and keep the pair closest to the teacher on held-out training images (never test).",
     )
     p.add_argument("--search", required=True, metavar="RUN_DIR", help="folder of a finished `coevo search`")

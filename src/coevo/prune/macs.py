@@ -21,6 +21,7 @@ from .groups import conv_io
 from ..errors import CoevoError
 
 if TYPE_CHECKING:  # genome.py does not import this module; keep it that way
+    import torch
     from .genome import Genome
 
 Size = Union[int, Sequence[int]]
@@ -123,8 +124,11 @@ def macs_of_genome(genome: "Genome", height: Size, width: int | None = None, con
     return macs_from_widths(genome.widths(), a.n_blocks, h, w, convention, a.in_channels, a.out_channels)
 
 
-def count_params(arch: GeneratorArch) -> int:
-    """Exact parameter count (conv weights and biases; the InstanceNorms have none)."""
+def count_params(arch: Union[GeneratorArch, "torch.nn.Module"]) -> int:
+    """Exact parameter count of a generator architecture (conv weights and biases; the
+    InstanceNorms have none), or of any network given as a module (its parameters)."""
+    if not isinstance(arch, GeneratorArch):
+        return sum(p.numel() for p in arch.parameters())
     ext = dict(arch.widths)
     ext[_IMAGE_IN], ext[_IMAGE_OUT] = arch.in_channels, arch.out_channels
     total = 0

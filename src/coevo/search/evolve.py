@@ -169,7 +169,6 @@ class CoevolutionSearch:
                 d: PopulationState(np.stack(p.bits()), np.array([c.terms.to_row() for c in p.members]))
                 for d, p in self.populations.items()
             },
-            best_index={d: int(p.ranking()[0]) for d, p in self.populations.items()},
             cache=self.evaluator.cache_state(),
             history_len=len(self.history),
             elapsed_s=self.elapsed_s,

@@ -35,7 +35,7 @@ from ..data.record import short as short_record
 from ..files import atomic_write_text
 from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
-from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl
+from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
 from .state import load_state, save_state
@@ -173,15 +173,16 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     """
     cfg = copy.deepcopy(cfg)  # data.root and eval_size are resolved below; the caller's stays as it was
     check_search_config(cfg.search)
-    run_dir = prepare_run_dir(out, resume=resume, force=force)
-    paths = teacher_paths_for(run_dir, teacher)
-    record = _resolve_data(cfg, run_dir, resume)
-    cfg.search.eval_size = eval_size_for(cfg, paths)
-    ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
-    _log_cost(ctx, cfg)
-    atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
-    dump_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+    with undo_failed_start(out, resume):
+        run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
+        paths = teacher_paths_for(run_dir, teacher)
+        record = _resolve_data(cfg, run_dir, resume)
+        cfg.search.eval_size = eval_size_for(cfg, paths)
+        ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
+        _log_cost(ctx, cfg)
+        atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
+        dump_config(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
 
     search = CoevolutionSearch(ctx, cfg.search, cfg.seed)
     state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"

@@ -45,7 +45,6 @@ class SearchState:
     generation: int
     rng_state: Dict[str, Any]
     populations: Dict[str, PopulationState]
-    best_index: Dict[str, int]
     cache: Dict[str, Any]
     history_len: int
     elapsed_s: float
@@ -59,7 +58,6 @@ class SearchState:
             "generation": int(self.generation),
             "rng_state": self.rng_state,
             "populations": {k: v.to_dict() for k, v in self.populations.items()},
-            "best_index": {k: int(v) for k, v in self.best_index.items()},
             "cache": self.cache,
             "history_len": int(self.history_len),
             "elapsed_s": float(self.elapsed_s),
@@ -80,7 +78,6 @@ class SearchState:
             generation=int(d["generation"]),
             rng_state=d["rng_state"],
             populations={k: PopulationState.from_dict(v) for k, v in d["populations"].items()},
-            best_index={k: int(v) for k, v in d["best_index"].items()},
             cache=d["cache"],
             history_len=int(d["history_len"]),
             elapsed_s=float(d["elapsed_s"]),

@@ -17,7 +17,8 @@ from ..runs import prepare_run_dir
 log = logging.getLogger(__name__)
 
 
-def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, sections: Sequence[str]) -> Path:
+def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, sections: Sequence[str],
+                 command: str = "train") -> Path:
     """Create (or, for ``resume``, check) a run folder; write the resolved ``config.yaml`` and ``data.json``.
 
     ``cfg.data.root`` is resolved in place to an absolute folder (the run's own
@@ -26,7 +27,7 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
     raises an error naming the keys or the splits: the run would no longer
     reproduce an uninterrupted one.
     """
-    out = prepare_run_dir(out_dir, resume=resume, force=force)
+    out = prepare_run_dir(out_dir, resume=resume, force=force, command=command)
     if resume:
         old = load_config(out / "config.yaml")
         if not cfg.data.root:
@@ -64,6 +65,3 @@ def fixed_images(dataset, n: int) -> Dict[str, torch.Tensor]:
     items = [dataset[i] for i in range(n)]
     return {"A": torch.stack([it["A"] for it in items]), "B": torch.stack([it["B"] for it in items])}
 
-
-def param_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

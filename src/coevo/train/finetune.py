@@ -41,9 +41,9 @@ from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, l
 from ..files import atomic_write_text
 from ..models.io import CheckpointError
 from ..models.teacher import TeacherPaths
-from ..prune import Genome, count_macs, slim
-from ..runs import make_rng
-from .common import fixed_images, open_run_dir, param_count
+from ..prune import Genome, count_macs, count_params, slim
+from ..runs import make_rng, undo_failed_start
+from .common import fixed_images, open_run_dir
 from .init import init_weights
 from .loop import STREAM_FRESH_D, CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings, derive_seed
 
@@ -84,7 +84,7 @@ def _load_resnet(path: Path) -> ResnetGenerator:
 
 
 def _describe(model: ResnetGenerator, size: int) -> Dict[str, Any]:
-    return {"widths": dict(model.arch.widths), "params": param_count(model),
+    return {"widths": dict(model.arch.widths), "params": count_params(model),
             "macs": count_macs(model.arch, size, size, convention="published")}
 
 
@@ -254,15 +254,16 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     cfg = copy.deepcopy(cfg)  # data.root is resolved below; the caller's config stays as it was
     cfg.data.root = resolve_root(cfg.data, out_dir)
     train_set, val, split = _split(cfg)
-    out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS)
-    for k in DIRECTIONS:
-        genomes[k].save_json(out / "genomes" / f"{k}.json")
+    with undo_failed_start(out_dir, resume):
+        out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune")
+        for k in DIRECTIONS:
+            genomes[k].save_json(out / "genomes" / f"{k}.json")
 
-    teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
-    selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
-                                  cfg.finetune.select_on, extra={"stage": "finetune", **source})
-    val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
-    trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
+        teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
+        selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
+                                      cfg.finetune.select_on, extra={"stage": "finetune", **source})
+        val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
+        trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
         trainer.resume()
     log.info("fine-tuning the slim pair: %s; val before: %s", split, val_before)

@@ -23,9 +23,9 @@ from ..config import Config, ModelConfig
 from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
 from ..files import atomic_write_text
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
-from ..prune import count_macs
-from ..runs import make_rng
-from .common import fixed_images, full_train_dataset, open_run_dir, param_count
+from ..prune import count_macs, count_params
+from ..runs import make_rng, undo_failed_start
+from .common import fixed_images, full_train_dataset, open_run_dir
 from .init import init_weights
 from .loop import STREAM_INIT, CycleGANNets, CycleGANTrainer, LoopSettings, derive_seed
 
@@ -62,7 +62,7 @@ def save_teacher(nets: CycleGANNets, out: Path) -> None:
 def _sizes(nets: CycleGANNets, size: int) -> dict:
     out = {}
     for name, net in nets.as_dict().items():
-        entry = {"arch": net.arch.to_dict(), "params": param_count(net)}
+        entry = {"arch": net.arch.to_dict(), "params": count_params(net)}
         if name.startswith("G"):
             entry["macs"] = count_macs(net.arch, size, size, convention="published")
         out[name] = entry
@@ -79,12 +79,13 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     """
     cfg = copy.deepcopy(cfg)  # open_run_dir resolves data.root; the caller's config stays as it was
     settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
-    out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS)
-    # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.
-    dataset = full_train_dataset(cfg)
-    samples = fixed_images(dataset.subset(augment=False), settings.sample_images)
-    nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
-    trainer = CycleGANTrainer(nets, settings, out)
+    with undo_failed_start(out_dir, resume):
+        out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS, command="train")
+        # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.
+        dataset = full_train_dataset(cfg)
+        samples = fixed_images(dataset.subset(augment=False), settings.sample_images)
+        nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
+        trainer = CycleGANTrainer(nets, settings, out)
     if resume:
         trainer.resume()
     log.info("training teacher: %d images per domain (A %d, B %d), %d epochs, run folder %s",
