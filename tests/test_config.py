@@ -129,3 +129,63 @@ def test_cli_threads_option_reaches_torch(capsys):
         assert "nonexistent" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- validate
+# (tests/test_faults.py drives one bad value per rule through the CLI)
+def test_validate_names_key_value_and_range():
+    with pytest.raises(ConfigError, match=r"^search\.tournament_size must be >= 1, got 0$"):
+        load_config(None, ["search.tournament_size=0"])
+    with pytest.raises(ConfigError, match=r"^data\.val_fraction must be in \[0, 1\), got 1\.0$"):
+        load_config(None, ["data.val_fraction=1"])
+    with pytest.raises(ConfigError, match=r"export\.formats must be one of .*got 'tflite'"):
+        load_config(None, ["export.formats=onnx,tflite"])
+
+
+def test_validate_accepts_every_registered_name(monkeypatch):
+    from coevo import perceptual
+    from coevo.search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
+
+    for name in [*perceptual.available_metrics(), "auto"]:
+        load_config(None, [f"search.perceptual={name}"])
+    for key, registry in (("selection", SELECTIONS), ("crossover", CROSSOVERS), ("mutation", MUTATIONS)):
+        for name in registry:
+            load_config(None, [f"search.{key}={name}"])
+    # a metric registered later is a valid name at once: the registry is read, not copied
+    monkeypatch.setitem(perceptual.PERCEPTUAL_METRICS, "my_metric", lambda **kw: None)
+    assert load_config(None, ["search.perceptual=my_metric"]).search.perceptual == "my_metric"
+
+
+def test_device_must_exist_here(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA device"):
+        load_config(None, ["device=cuda"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"device=cuda:7 but this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        load_config(None, ["device=cuda:7"])
+    assert load_config(None, ["device=cuda:1"]).device == "cuda:1"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=mps but torch has no MPS"):
+        load_config(None, ["device=mps"])
+    with pytest.raises(ConfigError, match="device must be cpu, cuda, cuda:N or mps, got 'tpu'"):
+        load_config(None, ["device=tpu"])
+
+
+def test_search_checks_are_the_config_checks():
+    from coevo.config import SearchConfig
+    from coevo.search import check_search_config
+
+    with pytest.raises(ConfigError, match=r"search\.flip_bits must be > 0, got -5"):
+        check_search_config(SearchConfig(flip_bits=-5))
+    check_search_config(SearchConfig())
+
+
+def test_config_path_is_a_folder_or_not_text(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path)
+    binary = tmp_path / "c.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="not a text"):
+        load_config(binary)

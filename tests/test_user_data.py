@@ -65,6 +65,9 @@ def test_compress_trains_on_the_given_photos(user_run):
         assert load_config(out / stage / "config.yaml").data.root == str(photos.resolve()), stage
     assert json.loads((out / "search" / "data.json").read_text())["fingerprint_all"] == record["fingerprint_all"]
     assert not (out / "data" / "trainA").exists(), "the built-in set must not be built when photos are given"
+    for stage in STAGES[1:]:
+        stage_record = json.loads((out / stage / "stage.json").read_text())
+        assert stage_record["data_fingerprint"] == record["fingerprint_all"], stage
 
 
 def test_the_photos_are_never_written_into(user_run):

@@ -153,6 +153,8 @@ class Pipeline:
             t0 = time.perf_counter()
             info = fn(path, resume) or {}
             seconds = time.perf_counter() - t0
+            if self.data and "data" not in info:  # which images this stage saw (full record: data/stage.json)
+                info = {**info, "data_fingerprint": self.data["fingerprint_all"]}
             _mark_done(path, name, seconds, info)
             result = StageResult(name, path, seconds, info=info)
         self.results.append(result)
