@@ -286,6 +286,25 @@ def test_training_nan_names_the_loss_and_cites_no_missing_checkpoint(tmp_path, c
     assert "checkpoint.pt" not in line and "lower the learning rate" not in line
 
 
+def test_finetune_nan_from_the_teacher_is_blamed_on_the_teacher(tmp_path):
+    import copy
+
+    from coevo.config import config_from_dict
+    from coevo.train import CycleGANTrainer, GeneratorPair, LoopSettings, TrainingError, build_cyclegan
+
+    nets = build_cyclegan(config_from_dict({"model": {"ngf": 4, "n_blocks": 1, "ndf": 4}}).model, seed=0)
+    teacher = GeneratorPair(with_nan(copy.deepcopy(nets.G_A), "model.1.bias"), copy.deepcopy(nets.G_B))
+    settings = LoopSettings(epochs=1, lambda_distill=10.0, pool_size=0, section="finetune")
+    trainer = CycleGANTrainer(nets, settings, tmp_path / "run", teacher=teacher)
+    x = torch.zeros(1, 3, 32, 32)
+    with pytest.raises(TrainingError) as info:
+        trainer.step(x, x, epoch=1)
+    message = str(info.value)
+    assert message.startswith("finetune: loss 'distill_A' = nan at epoch 1, step 1; the first non-finite tensor "
+                              "was teacher G_A(real_A) (NaN)")
+    assert "The teacher produces NaN/inf" in message and "no checkpoint had been written yet" in message
+
+
 # ----------------------------------------------------------------------------- images
 def _float_tiff(path: Path, value: float) -> Path:
     arr = np.full((32, 32), 0.5, dtype=np.float32)

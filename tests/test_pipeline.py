@@ -76,7 +76,11 @@ def test_report_measures_teacher_and_compressed_side_by_side(finished_run):
         assert (out / e["grid"]).is_file()
     assert isinstance(report["all_checks_pass"], bool)
     md = (out / "report.md").read_text()
-    assert "A->B" in md or "AtoB" in md
+    for direction, e in report["directions"].items():  # the numbers above, in the tables the reader sees
+        assert (f"| {direction} | coevo {e['generator']} | {e['coevo']['macs'] / 1e9:.3f} | "
+                f"{e['coevo']['params'] / 1e6:.3f} |") in md
+        assert f"| {direction} | {e['macs_ratio']:.3f} | {e['speedup']:.2f}x |" in md
+        assert f"![{direction}]({e['grid']})" in md
 
 
 def test_resume_skips_finished_stages(finished_run):

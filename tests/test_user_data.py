@@ -159,3 +159,19 @@ def test_resume_may_change_settings_of_unfinished_stages_only(user_run, tmp_path
     assert main(cli_args(photos, out, "--resume", "--set", "export.check_size=44")) == 0
     assert load_config(out / "config.yaml").export.check_size == 44
     assert [s for s in STAGES if (out / s / "stage.json").is_file()] == list(STAGES)
+
+
+def test_demo_on_your_photos_reports_them(user_run, tmp_path, capsys):
+    import shutil
+
+    photos, _, src = user_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    args = cli_args(photos, out, "--data", str(photos), "--resume")
+    args[0] = "demo"
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["root"] == str(photos.resolve()) and report["data"]["builtin"] is False
+    assert f"Data: {photos.resolve()} (your images" in (out / "report.md").read_text()
+    for entry in report["directions"].values():  # no ground truth in your photos: no PSNR check
+        assert entry["psnr_delta_db"] is None and not any("psnr" in k for k in entry["checks"])

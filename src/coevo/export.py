@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .models.generator import GeneratorArch, ResnetGenerator
+from .models.generator import MIN_SIZE, SIZE_MULTIPLE, GeneratorArch, ResnetGenerator
 from .files import PathLike, atomic_path, atomic_write_text
 from .models.exported import (  # noqa: F401  (re-exported: coevo.export is where users look)
     ARCH_EXTRA_FILE, ARCH_METADATA_KEY, TORCHSCRIPT_SUFFIXES, OnnxGenerator, load_exported, quiet_export,
@@ -49,12 +49,12 @@ class ExportError(CoevoError, RuntimeError):
 # ----------------------------------------------------------------------------- inputs
 def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
     """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
-    if check_size < 8 or check_size % 4:
+    if check_size < MIN_SIZE or check_size % SIZE_MULTIPLE:
         from .config import ConfigError
 
-        raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of 4 "
-                          f"and at least 8, got {check_size}")
-    short = max(4, int(round(check_size * 2 / 3 / 4)) * 4)
+        raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of "
+                          f"{SIZE_MULTIPLE} and at least {MIN_SIZE}, got {check_size}")
+    short = max(MIN_SIZE, int(round(check_size * 2 / 3 / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
     return [(1, 3, check_size, check_size), (2, 3, short, check_size)]
 
 
