@@ -166,6 +166,8 @@ def test_finetune_run_folder_rules(tmp_path, search_dir):
         finetune(search_dir, out, overrides=fast)
     with pytest.raises(ConfigError, match=r"finetune\.lr"):
         finetune(search_dir, out, resume=True, overrides=fast + ["finetune.lr=0.001"])
+    # the run's own config is read on resume: the --set values need not be repeated
+    assert finetune(search_dir, out, resume=True) == out
     assert finetune(search_dir, out, force=True, overrides=fast) == out
     with pytest.raises(ConfigError, match="val_fraction"):
         finetune(search_dir, tmp_path / "noval", overrides=fast + ["data.val_fraction=0"])

@@ -134,3 +134,16 @@ def test_discriminator_round_trip(tmp_path):
         loaded = load_discriminator(path)
         with torch.no_grad():
             assert torch.equal(loaded(x), disc(x))
+
+
+@pytest.mark.gpu
+def test_generator_gives_the_same_translation_on_cuda(tiny_arch):
+    """Skipped without CUDA (CI has none); benchmarks/gpu_check.sh runs it on a GPU machine."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    g = ResnetGenerator(tiny_arch).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        cpu = g(x)
+        gpu = g.cuda()(x.cuda()).cpu()
+    assert (cpu - gpu).abs().max().item() < 1e-3
