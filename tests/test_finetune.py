@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -211,3 +212,32 @@ def test_finetune_genomes_is_the_same_recipe_for_any_genomes(tmp_path, search_di
         finetune_genomes(cfg, teacher_paths, l1, out)
     with pytest.raises(ValueError, match="G_B"):
         finetune_genomes(cfg, teacher_paths, {"G_A": l1["G_A"]}, tmp_path / "one")
+
+
+def test_cli_finetune_any_genome_pair_by_the_same_recipe(tmp_path, search_dir, capsys):
+    """`coevo prune --method l1` genomes through `coevo finetune --teacher --genome-a --genome-b`:
+    the same code and settings as the searched pair, so baselines compare fairly."""
+    from coevo.cli import main
+    from coevo.config import dump_config, load_config
+
+    teacher = Path(json.loads((search_dir / "teacher.json").read_text())["G_A"]).parent
+    for g in ("G_A", "G_B"):
+        assert main(["prune", "--generator", str(teacher / f"{g}.pt"), "--method", "l1", "--macs-ratio", "0.5",
+                     "--out", str(tmp_path / f"{g}_l1.pt")]) == 0
+    cfg_file = dump_config(load_config(search_dir / "config.yaml"), tmp_path / "job.yaml")
+    fast = ["--set", "finetune.epochs=1", "--set", "finetune.epochs_decay=0", "--set", "finetune.max_steps_per_epoch=1"]
+    base = ["finetune", "--teacher", str(teacher), "--genome-a", str(tmp_path / "G_A_l1.genome.json"),
+            "--genome-b", str(tmp_path / "G_B_l1.genome.json"), "--config", str(cfg_file)]
+    out = tmp_path / "ft_l1"
+    assert main(base + ["--out", str(out)] + fast) == 0
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["method"] == {"G_A": "l1", "G_B": "l1"}
+    assert load_generator(out / "G_A.pt").arch.widths == Genome.load_json(tmp_path / "G_A_l1.genome.json").widths()
+    # the same settings as the searched pair's fine-tuning: one config, one recipe
+    searched = tmp_path / "ft_search"
+    assert main(["finetune", "--search", str(search_dir), "--out", str(searched)] + fast) == 0
+    assert load_config(searched / "config.yaml").finetune == load_config(out / "config.yaml").finetune
+    capsys.readouterr()
+    assert main(["finetune", "--genome-a", "a.json", "--genome-b", "b.json", "--out", str(tmp_path / "x")]) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert main(["finetune", "--search", str(search_dir), "--genome-a", "a.json", "--out", str(tmp_path / "y")]) == 2

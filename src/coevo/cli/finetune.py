@@ -1,10 +1,11 @@
-"""`coevo finetune`: fine-tune the compressed pair of a search run."""
+"""`coevo finetune`: fine-tune the compressed pair of a search run, or any genome pair (e.g. L1 baselines)."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
+from ._teacher import add_teacher_arguments, teacher_from_args
 from .common import add_data_arg, job_config, job_overrides
 
 
@@ -17,7 +18,15 @@ def add_parser(sub) -> None:
                     "with distillation from the teacher, "
                     "and keep the pair closest to the teacher on held-out training images (never test).",
     )
-    p.add_argument("--search", required=True, metavar="RUN_DIR", help="folder of a finished `coevo search`")
+    p.add_argument("--search", metavar="RUN_DIR", help="folder of a finished `coevo search` (its best pair, "
+                                                         "teacher and config)")
+    add_teacher_arguments(p, "instead of --search: the teacher (coevo run or folder of latest_net_G_A.pth ...), "
+                             "with --genome-a and --genome-b")
+    p.add_argument("--genome-a", metavar="JSON", help="instead of --search: G_A's genome, e.g. from "
+                                                      "`coevo prune --method l1|random` (same recipe as a searched pair)")
+    p.add_argument("--genome-b", metavar="JSON", help="instead of --search: G_B's genome")
+    p.add_argument("--config", help="with --genome-a/-b: YAML config (default: built-in defaults; on --resume: "
+                                    "the run's config.yaml). With --search: the search run's config is used")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the search run's config, e.g. --set finetune.epochs=3 (repeatable)")
@@ -27,6 +36,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
+    """``--teacher ... --genome-a A.json --genome-b B.json``: any pair, fine-tuned by the one recipe."""
+    from ..config import ConfigError
+    from ..prune import Genome
+    from ..train.finetune import finetune_genomes
+
+    if not (args.genome_a and args.genome_b):
+        raise ConfigError("give --search RUN_DIR, or --teacher (or --teacher-ab/--teacher-ba) with both "
+                          "--genome-a and --genome-b")
+    teacher = teacher_from_args(args)
+    if teacher is None:
+        raise ConfigError("--genome-a/--genome-b need the teacher they were cut from: --teacher DIR "
+                          "(or --teacher-ab FILE --teacher-ba FILE)")
+    genomes = {"G_A": Genome.load_json(args.genome_a), "G_B": Genome.load_json(args.genome_b)}
+    cfg = job_config(args, own if args.resume and own.is_file() else args.config)
+    source = {"genomes_from": {k: str(Path(f).resolve()) for k, f in (("G_A", args.genome_a), ("G_B", args.genome_b))},
+              "method": {k: g.meta.get("method") for k, g in genomes.items()}}
+    return finetune_genomes(cfg, teacher, genomes, args.out, resume=args.resume, force=args.force, source=source)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..train.finetune import finetune
@@ -34,10 +63,16 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
     own = Path(args.out) / "config.yaml"
-    config = own if args.resume and own.is_file() else Path(args.search) / "config.yaml"
-    if config.is_file():  # bad --set values fail here, and the run's threads apply unless --threads says
-        job_config(args, config)
-    out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
+    if args.search is not None:
+        if args.genome_a or args.genome_b or args.teacher or args.teacher_ab or args.teacher_ba or args.config:
+            raise ConfigError("--search takes the genomes, teacher and config of the search run; drop --genome-a/-b, "
+                              "--teacher* and --config, or drop --search")
+        config = own if args.resume and own.is_file() else Path(args.search) / "config.yaml"
+        if config.is_file():  # bad --set values fail here, and the run's threads apply unless --threads says
+            job_config(args, config)
+        out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
+    else:
+        out = _finetune_genomes(args, own)
     report = json.loads((out / "finetune.json").read_text())
     for name, m in report["models"].items():
         print(f"{name}: {m['student']['macs'] / 1e6:.1f}M MACs ({m['macs_ratio']:.1%} of the teacher), "
