@@ -147,12 +147,14 @@ def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> 
     import shutil
 
     from coevo.config import diff_configs
+    from coevo.runs import RUN_MARKER, check_removable, mark_run_dir, run_entries
 
     saved, teacher_file = args.work / "config.yaml", args.work / "teacher.json"
     if args.force and args.work.exists():
+        check_removable(args.work)  # only a --work this script created: never ., ~ or a folder of yours
         teacher_kept = not args.teacher and (args.work / "teacher" / "summary.json").is_file()
         for entry in args.work.iterdir():
-            if not (teacher_kept and entry.name in ("teacher", "data")):
+            if entry.name != RUN_MARKER and not (teacher_kept and entry.name in ("teacher", "data")):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     elif saved.is_file():
         diffs = diff_configs(load_config(saved), cfg, RESULT_SECTIONS)
@@ -163,6 +165,8 @@ def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> 
             raise SystemExit(f"frontier: {args.work} holds results of another teacher (see {teacher_file}); "
                              "pass --force or another --work")
     args.work.mkdir(parents=True, exist_ok=True)
+    if not run_entries(args.work):
+        mark_run_dir(args.work, "benchmarks/frontier.py")
     dump_config(cfg, saved)
     atomic_write_text(teacher_file, json.dumps(teacher_identity(paths), indent=2) + "\n")
 

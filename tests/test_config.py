@@ -163,7 +163,8 @@ def test_device_must_exist_here(monkeypatch):
     with pytest.raises(ConfigError, match="device=cuda but torch sees no CUDA device"):
         load_config(None, ["device=cuda"])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    with pytest.raises(ConfigError, match=r"device=cuda:7 but this machine has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+    with pytest.raises(ConfigError, match=r"device=cuda:7 but this machine has 2 CUDA device\(s\) "
+                                          r"\(cuda:0 to cuda:1\)"):
         load_config(None, ["device=cuda:7"])
     assert load_config(None, ["device=cuda:1"]).device == "cuda:1"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)

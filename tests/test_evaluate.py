@@ -14,7 +14,6 @@ from coevo.evaluate import evaluate_generator, translation_quality
 from coevo.metrics import INCEPTION_FILE, InceptionWeightsError
 from coevo.models import (
     DiscriminatorArch,
-    GeneratorArch,
     NLayerDiscriminator,
     ResnetGenerator,
     save_discriminator,

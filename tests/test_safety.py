@@ -132,6 +132,8 @@ def test_train_and_pipeline_force_refuse_user_folders(tmp_path):
         train_teacher(cfg, photos, force=True)
     with pytest.raises(RunDirError, match="did not create"):
         Pipeline(cfg, photos, force=True).prepare()
+    with pytest.raises(RunDirError, match="holds no coevo run"):  # resuming would replace stage folders
+        Pipeline(cfg, photos, resume=True).prepare()
     assert snapshot(photos) == before
 
 
@@ -381,3 +383,10 @@ def test_discriminator_file_given_as_generator_is_named(photos, tmp_path, capsys
     path = save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), tmp_path / "D_A.pt")
     assert main(translate_argv(path, photos, tmp_path / "out")) == 2
     assert "discriminator" in one_error_line(capsys, "translate")
+
+
+def test_prune_never_writes_over_its_input(generator_file, capsys):
+    before = generator_file.read_bytes()
+    assert main(["prune", "--generator", str(generator_file), "--out", str(generator_file), "--force"]) == 2
+    assert "input generator" in one_error_line(capsys, "prune")
+    assert generator_file.read_bytes() == before

@@ -3,6 +3,8 @@
 Protocol (see benchmarks/README.md):
 
 * one seeded random input ``batch x 3 x size x size`` in [-1, 1], built once per run;
+* before any timing, each model runs once on a ``1 x 3 x size x size`` input and must return
+  that shape: an exported file of another kind of network is refused, not timed;
 * ``warmup`` untimed rounds, then ``repeats`` timed rounds. Every round runs every
   (model, backend) once, in an order that rotates each round, so a slow spell of a
   shared machine hits all models alike and their ratios hold;

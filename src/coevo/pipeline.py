@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 from .config import Config, diff_configs, dump_config
 from .files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
-from .runs import RunDirError, mark_run_dir, remove_run_dir, run_entries
+from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,10 @@ class Pipeline:
                     f"{self.out} already exists and is not empty; pass --resume to continue that run, "
                     "--force to overwrite it, or choose another --out"
                 )
+            elif not (self.out / RUN_MARKER).exists() and not (self.out / "config.yaml").exists():
+                # Resuming replaces unfinished stage folders: only ever inside a coevo run.
+                raise RunDirError(f"cannot resume {self.out}: it holds no coevo run (no {RUN_MARKER} or "
+                                  "config.yaml); choose another --out to start one")
         self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             remove_orphan_temps(self.out)

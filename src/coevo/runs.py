@@ -59,8 +59,10 @@ def check_removable(path: str | Path) -> Path:
     cwd = Path.cwd().resolve()
     if real == Path(real.anchor):
         raise RunDirError(f"will not delete {path}: it is the root folder; {fix}")
-    if real == Path.home().resolve():
-        raise RunDirError(f"will not delete {path}: it is your home folder; {fix}")
+    home = Path.home().resolve()
+    if real == home or real in home.parents:
+        where = "your home folder" if real == home else "a parent of your home folder"
+        raise RunDirError(f"will not delete {path}: it is {where}; {fix}")
     if real == cwd or real in cwd.parents:
         where = "the current folder" if real == cwd else "a parent of the current folder"
         raise RunDirError(f"will not delete {path}: it is {where}; {fix}")

@@ -59,15 +59,15 @@ def os_error_message(e: OSError) -> Optional[str]:
     path = e.filename if e.filename is not None else e.filename2
     where = f" {_target(path)}" if path is not None else ""
     if e.errno == errno.ENOSPC:
-        return (f"disk full while writing{where}: free space on that disk, or write to another one "
-                "(--out); rerun with --resume where the command has it")
+        return (f"disk full while writing{where}: free space on that disk or choose an output folder on "
+                "another one; commands with --resume continue where they stopped")
     if e.errno == errno.EDQUOT:
-        return f"disk quota exceeded while writing{where}: free space, or write to another disk (--out)"
+        return f"disk quota exceeded while writing{where}: free space or choose an output folder on another disk"
     if e.errno == errno.EROFS:
-        return f"read-only file system:{where}; write to a folder on a writable disk (--out)"
+        return f"read-only file system:{where}; choose an output folder on a writable disk"
     if isinstance(e, PermissionError):
-        return (f"permission denied:{where}; choose a folder you can write to (--out) or change its "
-                "permissions (chmod u+rwx)")
+        return (f"permission denied:{where}; choose an output folder you can write to, or give yourself "
+                "write permission there (chmod u+rwx FOLDER)")
     if isinstance(e, NotADirectoryError) or (isinstance(e, FileExistsError) and path is not None
                                              and os.path.isfile(path)):
         return (f"a file is in the way:{where} (or a folder above it) is a file where a folder is needed; "

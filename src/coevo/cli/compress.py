@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
     add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--force", action="store_true", help="delete RUN_DIR first if it exists")
+    p.add_argument("--force", action="store_true", help="delete RUN_DIR first if it is an earlier coevo run")
     p.set_defaults(func=run)
 
 

@@ -26,7 +26,7 @@ def add_parser(sub):
     s.add_argument("--n-train", type=int, default=200, help="images per training domain (default: %(default)s)")
     s.add_argument("--n-test", type=int, default=40, help="images per test domain (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
-    s.add_argument("--force", action="store_true", help="replace an existing set in --out")
+    s.add_argument("--force", action="store_true", help="replace a synthetic set coevo wrote in --out")
 
     c = actions.add_parser("check", help="count images per split and list unreadable files",
                            description="Count the images of each split (trainA, trainB, testA, testB) and "

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
-    p.add_argument("--force", action="store_true", help="delete --out first if it exists")
+    p.add_argument("--force", action="store_true", help="delete --out first if it is an earlier coevo run")
     p.set_defaults(func=run)
 
 

@@ -22,8 +22,9 @@ def add_parser(sub) -> None:
                                                          "teacher and config)")
     add_teacher_arguments(p, "instead of --search: the teacher (coevo run or folder of latest_net_G_A.pth ...), "
                              "with --genome-a and --genome-b")
-    p.add_argument("--genome-a", metavar="JSON", help="instead of --search: G_A's genome, e.g. from "
-                                                      "`coevo prune --method l1|random` (same recipe as a searched pair)")
+    p.add_argument("--genome-a", metavar="JSON",
+                   help="instead of --search: G_A's genome, e.g. from `coevo prune --method l1|random` "
+                        "(fine-tuned by the same recipe as a searched pair)")
     p.add_argument("--genome-b", metavar="JSON", help="instead of --search: G_B's genome")
     p.add_argument("--config", help="with --genome-a/-b: YAML config (default: built-in defaults; on --resume: "
                                     "the run's config.yaml). With --search: the search run's config is used")

@@ -24,7 +24,7 @@ def add_parser(sub):
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
     add_data_arg(p)
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its last checkpoint")
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    p.add_argument("--force", action="store_true", help="delete --out first if it is an earlier coevo run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

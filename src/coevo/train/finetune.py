@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 
 # Config parts that determine the fine-tuned weights: resuming with other values is refused.
 FINETUNE_SECTIONS = ("seed", "data", "model", "finetune")
-SELECT_ON = ("val", "last")
 DIRECTIONS = ("G_A", "G_B")
 
 
@@ -247,8 +246,6 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     missing = [k for k in DIRECTIONS if k not in genomes]
     if missing:
         raise ValueError(f"finetune_genomes needs a genome for each of {DIRECTIONS}; missing {missing}")
-    if cfg.finetune.select_on not in SELECT_ON:
-        raise ConfigError(f"finetune.select_on must be one of {SELECT_ON}, got {cfg.finetune.select_on!r}")
     source = dict(source or {})
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
     cfg = copy.deepcopy(cfg)  # data.root is resolved below; the caller's config stays as it was
