@@ -175,3 +175,15 @@ def test_demo_on_your_photos_reports_them(user_run, tmp_path, capsys):
     assert f"Data: {photos.resolve()} (your images" in (out / "report.md").read_text()
     for entry in report["directions"].values():  # no ground truth in your photos: no PSNR check
         assert entry["psnr_delta_db"] is None and not any("psnr" in k for k in entry["checks"])
+
+
+def test_a_failed_start_leaves_nothing_that_blocks_a_rerun(tmp_path, capsys):
+    photos = make_photos(tmp_path / "p", n=2)
+    for f in (photos / "trainA").iterdir():
+        f.unlink()
+    out = tmp_path / "run"
+    assert main(cli_args(photos, out, "--data", str(photos))) == 2
+    assert "trainA" in capsys.readouterr().err
+    assert not out.exists()
+    make_photos(tmp_path / "q", n=2)
+    assert main(cli_args(tmp_path / "q", out, "--data", str(tmp_path / "q"), "--set", "search.generations=0")) == 0

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional
 from .config import Config, diff_configs, dump_config
 from .files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
-from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries
+from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries, undo_failed_start
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,11 @@ class Pipeline:
     def run(self) -> List[StageResult]:
         """Run every stage (CPU threads are the caller's: the CLI applies ``--threads``/``threads``)."""
         self.cfg.data.root = str(self.data_root())
-        self.prepare()
-        self._run_stage("data", self._data)
-        self._check_data()
+        # Bad data (or any failure) before the first real work leaves nothing that blocks a plain rerun.
+        with undo_failed_start(self.out, resume=self.resume):
+            self.prepare()
+            self._run_stage("data", self._data)
+            self._check_data()
         self._run_stage("teacher", self._teacher)
         self._run_stage("search", self._search)
         self._run_stage("finetune", self._finetune)
