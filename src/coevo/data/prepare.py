@@ -28,6 +28,30 @@ def resolve_root(cfg, run_dir: str | Path) -> str:
     return str(root.resolve())
 
 
+def run_data(cfg, run_dir: str | Path, resume: bool = False, saved_root: Optional[str] = None) -> Dict:
+    """The data of a run in ``run_dir``: resolve ``cfg.root`` in place, build the built-in set when
+    allowed, and return its :func:`~coevo.data.record.data_record`, written to ``run_dir/data.json``.
+
+    ``cfg.root`` unset: ``saved_root`` (the run's own, on resume), else ``run_dir/data``.
+    On ``resume`` other images than the run started with raise :class:`DataError`
+    naming the splits that changed.
+    """
+    from ..files import atomic_write_text
+    from .record import RECORD_NAME, check_same_data, data_record, short
+
+    if not cfg.root and saved_root:
+        cfg.root = saved_root
+    cfg.root = resolve_root(cfg, run_dir)
+    ensure_data_root(cfg)
+    record = data_record(cfg.root, cfg.skip_bad_images)
+    saved = Path(run_dir) / RECORD_NAME
+    if resume and saved.is_file():
+        check_same_data(json.loads(saved.read_text()), record, str(run_dir))
+    log.info("data: %s", short(record))
+    atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def _is_builtin(root: Path) -> bool:
     try:
         return json.loads((root / "meta.json").read_text()).get("generator") == "coevo.synthetic"

@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..config import Config, ConfigError, diff_configs, dump_config, load_config
-from ..data import check_same_data, data_record, ensure_data_root, resolve_root
-from ..data.record import RECORD_NAME
-from ..data.record import short as short_record
+from ..data.prepare import run_data
 from ..files import atomic_write_text
 from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
@@ -109,22 +107,6 @@ def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path | TeacherPaths
     return TeacherPaths.from_dict(json.loads(saved.read_text()))
 
 
-def _resolve_data(cfg: Config, run_dir: Path, resume: bool) -> Dict:
-    """Resolve ``cfg.data.root`` (the run's data/ when unset), build the built-in set if allowed, and
-    return the data record; on resume, refuse other data than the run started with."""
-    saved_cfg = run_dir / "config.yaml"
-    if resume and not cfg.data.root and saved_cfg.is_file():
-        cfg.data.root = load_config(saved_cfg).data.root
-    cfg.data.root = resolve_root(cfg.data, run_dir)
-    ensure_data_root(cfg.data)
-    record = data_record(cfg.data.root, cfg.data.skip_bad_images)
-    saved = run_dir / RECORD_NAME
-    if resume and saved.is_file():
-        check_same_data(json.loads(saved.read_text()), record, str(run_dir))
-    log.info("data: %s", short_record(record))
-    return record
-
-
 def teacher_image_size(paths: TeacherPaths) -> Optional[int]:
     """The image size a coevo teacher run trained at (its summary.json), None when unknown."""
     summary = Path(paths.G_A).parent / "summary.json"
@@ -176,11 +158,11 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     with undo_failed_start(out, resume):
         run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
         paths = teacher_paths_for(run_dir, teacher)
-        record = _resolve_data(cfg, run_dir, resume)
+        saved = run_dir / "config.yaml"
+        run_data(cfg.data, run_dir, resume, load_config(saved).data.root if resume and saved.is_file() else None)
         cfg.search.eval_size = eval_size_for(cfg, paths)
         ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
         _log_cost(ctx, cfg)
-        atomic_write_text(run_dir / RECORD_NAME, json.dumps(record, indent=2) + "\n")
         dump_config(cfg, run_dir / "config.yaml")
         atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
 

@@ -1,7 +1,6 @@
 """Pieces shared by teacher training and fine-tuning: run-folder config checks, data, fixed sample images."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict, Sequence
@@ -9,9 +8,8 @@ from typing import Dict, Sequence
 import torch
 
 from ..config import Config, ConfigError, diff_configs, dump_config, load_config
-from ..data import UnpairedImageDataset, check_same_data, data_record, ensure_data_root, resolve_root
-from ..data.record import RECORD_NAME, short
-from ..files import atomic_write_text
+from ..data import UnpairedImageDataset, ensure_data_root
+from ..data.prepare import run_data
 from ..runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -30,8 +28,6 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
     out = prepare_run_dir(out_dir, resume=resume, force=force, command=command)
     if resume:
         old = load_config(out / "config.yaml")
-        if not cfg.data.root:
-            cfg.data.root = old.data.root
         diffs = diff_configs(old, cfg, sections)
         if diffs:
             raise ConfigError(
@@ -39,14 +35,7 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
                 "Resume with the run's own settings (drop these --set values), or start a new run "
                 "(--force or another --out)"
             )
-    cfg.data.root = resolve_root(cfg.data, out)
-    ensure_data_root(cfg.data)
-    record = data_record(cfg.data.root, cfg.data.skip_bad_images)
-    saved = out / RECORD_NAME
-    if resume and saved.is_file():
-        check_same_data(json.loads(saved.read_text()), record, str(out))
-    log.info("data: %s", short(record))
-    atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
+    run_data(cfg.data, out, resume, saved_root=old.data.root if resume else None)
     dump_config(cfg, out / "config.yaml")
     return out
 
