@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -38,6 +37,26 @@ import torch
 
 HORSE2ZEBRA_STEPS_PER_EPOCH = 1334  # max(|trainA| = 1067, |trainB| = 1334), batch 1
 PAPER = {"population": 32, "generations": 50, "eval_images": 16, "teacher_epochs": 200}
+
+
+# Settings a user might run, and what they cost by the measured rates (see project()).
+PRESETS = {
+    "paper": {"population": 32, "generations": 50, "eval_images": 16, "finetune_epochs": 200},
+    "laptop": {"population": 16, "generations": 20, "eval_images": 4, "finetune_epochs": 5},
+}
+
+
+def project(result: dict, preset: dict) -> dict:
+    """Hours for ``preset`` from a result's measured rates: a search generation costs in proportion
+    to population x evaluation images (one forward of each candidate and of its cycle partner per
+    image); a fine-tuning epoch is ``steps_per_epoch`` steps."""
+    st = result["settings"]
+    gens = result["search_generation_s"]
+    per_gen = gens[-1] if len(gens) > 1 else gens[0]
+    scale = (preset["population"] * preset["eval_images"]) / (st["population"] * st["eval_images"])
+    steps = result["projection_basis"]["steps_per_epoch"]
+    return {"search_h": (gens[0] + per_gen * preset["generations"]) * scale / 3600,
+            "finetune_h": result["finetune_step_s"] * preset["finetune_epochs"] * steps / 3600}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -53,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=2, help="training steps per epoch (teacher and fine-tune; 2 epochs)")
     p.add_argument("--ft-epochs", type=int, default=200, help="fine-tuning epochs to project")
     p.add_argument("--n-train", type=int, default=12, help="built-in training images per domain")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted run in --work (stage times kept)")
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/paper_scale"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     return p.parse_args(argv)
@@ -92,11 +112,16 @@ def main(argv=None) -> int:
         print("paper_scale: no CUDA device here", file=sys.stderr)
         return 2
     run = args.work / f"run_{args.device.replace(':', '')}"
-    if run.exists():
+    if run.exists() and not args.resume:
         shutil.rmtree(run)  # the benchmark's own scratch folder
-    cfg = job_config(args)
+    if args.resume and (run / "config.yaml").is_file():
+        from coevo.config import load_config
+
+        cfg = load_config(run / "config.yaml")  # the run's own settings
+    else:
+        cfg = job_config(args)
     t0 = time.perf_counter()
-    stages = {r.name: round(r.seconds, 2) for r in Pipeline(cfg, run).run()}
+    stages = {r.name: round(r.seconds, 2) for r in Pipeline(cfg, run, resume=args.resume).run()}
     wall = time.perf_counter() - t0
 
     history = [json.loads(line) for line in (run / "search" / "history.jsonl").read_text().splitlines()]
@@ -114,10 +139,9 @@ def main(argv=None) -> int:
     }
     projection["total_without_teacher_h"] = (projection["search_h"] + projection["finetune_h"]
                                              + projection["export_and_bench_h"])
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    if args.device.startswith("cuda"):
-        machine["gpu"] = torch.cuda.get_device_name(0)
+    from coevo.bench import machine_info
+
+    machine = machine_info(args.device, torch.get_num_threads())
     result = {
         "benchmark": "paper_scale",
         "command": "python benchmarks/paper_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -134,6 +158,8 @@ def main(argv=None) -> int:
                              "finetune_epochs": args.ft_epochs},
         "projection_hours": {k: round(v, 2) for k, v in projection.items()},
     }
+    result["presets"] = {name: {**preset, **{k: round(v, 2) for k, v in project(result, preset).items()}}
+                         for name, preset in PRESETS.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"paper_scale_{args.device.split(':')[0]}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

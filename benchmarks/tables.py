@@ -189,12 +189,55 @@ def seeds_table() -> str:
     return "\n".join(lines)
 
 
+def paper_scale_table() -> str:
+    """Measured cost of the pipeline at paper scale (ngf 64, 9 blocks, 256 px) and the projected full job."""
+    runs = [(dev, _load(f"paper_scale_{dev}.json")) for dev in ("cpu", "cuda")]
+    runs = [(dev, d) for dev, d in runs if d is not None]
+    if not runs:
+        return "_no results yet: `python benchmarks/paper_scale.py`_"
+    b = runs[0][1]["projection_basis"]
+    lines = [
+        f"Projection: teacher {b['teacher_epochs']} epochs and fine-tuning {b['finetune_epochs']} epochs of "
+        f"{b['steps_per_epoch']} steps (horse2zebra, batch 1); the paper's search, population {b['population']}, "
+        f"{b['generations']} generations, {b['eval_images']} evaluation images per domain at 256 px.",
+        "",
+        "| machine | teacher step | fine-tune step | search generation (measured) | export + bench | "
+        "projected: teacher training | search | fine-tuning |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dev, d in runs:
+        st, pr = d["settings"], d["projection_hours"]
+        gen = d["search_generation_s"][-1]
+        lines.append(
+            f"| {_machine(d['machine'])} | {d['teacher_step_s']:.2f} s | {d['finetune_step_s']:.2f} s | "
+            f"{gen:.0f} s (P={st['population']}, {st['eval_images']} images) | "
+            f"{d['stage_seconds']['export'] + d['stage_seconds']['bench']:.0f} s | "
+            f"{_hours(pr['teacher_training_h'])} | {_hours(pr['search_h'])} | {_hours(pr['finetune_h'])} |")
+    lines += ["", "What a job costs by these measured rates (the search scales with population x images):", "",
+              "| machine | settings | search | fine-tuning |", "|---|---|---|---|"]
+    for dev, d in runs:
+        for name, pre in d.get("presets", {}).items():
+            lines.append(f"| {dev} | {name}: population {pre['population']}, {pre['generations']} generations, "
+                         f"{pre['eval_images']} images; {pre['finetune_epochs']} fine-tuning epochs | "
+                         f"{_hours(pre['search_h'])} | {_hours(pre['finetune_h'])} |")
+    if not any(dev == "cuda" for dev, _ in runs):
+        lines += ["", "GPU: not measured yet; `benchmarks/gpu_check.sh` runs `paper_scale.py --device cuda`."]
+    return "\n".join(lines)
+
+
+def _hours(h: float) -> str:
+    if h >= 48:
+        return f"{h / 24:.0f} days"
+    return f"{h:.1f} h" if h >= 1 else f"{h * 60:.0f} min"
+
+
 TABLES: Dict[str, Callable[[], str]] = {
     "demo": demo_table,
     "inference": inference_table,
     "search_cost": search_cost_table,
     "search_quality": search_quality_table,
     "frontier": frontier_table,
+    "paper_scale": paper_scale_table,
 }
 
 
