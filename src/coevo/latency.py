@@ -1,0 +1,286 @@
+"""Latency lookup tables: predict a slim generator's measured latency from per-layer timings.
+
+MACs are not time: InstanceNorm, padding and copies scale with activations, and a
+CPU's speed is a step function of channel counts. A :class:`LatencyTable` holds
+the measured latency of each layer unit of the generator (a convolution with its
+padding, norm and activation) on a grid of (input, output) channel counts, at
+one image size, on one target (torch eager on the CPU with N threads, or CUDA).
+A network's predicted latency is the sum of its units, each bilinearly
+interpolated on the grid, plus a constant calibrated on the full teacher.
+
+    table = measure_table(teacher.arch, size=256, target="cpu", threads=1)   # minutes, once per machine
+    table.save("latency_cpu1_256.json")                                      # with the machine's description
+    ms = table.predict(slim.arch)
+
+Units (names match :func:`coevo.models.generator.group_names`; ``S`` the image size):
+``stem`` 3->stem at S, ``down1`` stem->down1 at S->S/2, ``down2`` down1->trunk at
+S/2->S/4, ``block_in`` trunk->inner and ``block_out`` inner->trunk (+ residual
+add) at S/4, ``up1`` trunk->up1 at S/4->S/2, ``up2`` up1->up2 at S/2->S, ``head``
+up2->3 at S (+ tanh).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CoevoError
+from .files import atomic_write_text
+from .models.generator import GeneratorArch, ResnetGenerator, group_names
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMAT = "coevo.latency_table"
+TABLE_VERSION = 1
+TARGETS = ("cpu", "cuda")
+
+
+class LatencyTableError(CoevoError):
+    """A latency table that does not fit the network, target or size asked for; the message says which."""
+
+
+def _norm(c: int) -> nn.Module:
+    return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
+
+
+class _Residual(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _unit(kind: str, cin: int, cout: int) -> nn.Module:
+    """The layers of one unit, exactly as :class:`ResnetGenerator` builds them."""
+    if kind == "stem":
+        return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(cin, cout, 7), _norm(cout), nn.ReLU(True))
+    if kind in ("down1", "down2"):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), _norm(cout), nn.ReLU(True))
+    if kind == "block_in":
+        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), _norm(cout), nn.ReLU(True))
+    if kind == "block_out":  # the residual add needs cin == cout for the skip: time it as trunk -> trunk
+        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), _norm(cout))
+    if kind in ("up1", "up2"):
+        return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
+                             _norm(cout), nn.ReLU(True))
+    if kind == "head":
+        return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(cin, cout, 7), nn.Tanh())
+    raise ValueError(f"unknown unit {kind!r}")
+
+
+# unit -> (input channels, output channels, input size divisor) as functions of the widths
+def _units(arch: GeneratorArch) -> List[Tuple[str, Callable[[Mapping[str, int]], Tuple[int, int]], int]]:
+    out = [("stem", lambda w: (arch.in_channels, w["stem"]), 1),
+           ("down1", lambda w: (w["stem"], w["down1"]), 1),
+           ("down2", lambda w: (w["down1"], w["trunk"]), 2)]
+    for i in range(arch.n_blocks):
+        out.append(("block_in", lambda w, i=i: (w["trunk"], w[f"block{i}.inner"]), 4))
+        out.append(("block_out", lambda w, i=i: (w[f"block{i}.inner"], w["trunk"]), 4))
+    out += [("up1", lambda w: (w["trunk"], w["up1"]), 4),
+            ("up2", lambda w: (w["up1"], w["up2"]), 2),
+            ("head", lambda w: (w["up2"], arch.out_channels), 1)]
+    return out
+
+
+def _grid(full: int, points: int) -> List[int]:
+    """``points`` channel counts from 1 to ``full``, multiples of 8 where the range allows."""
+    raw = np.linspace(0, full, points + 1)[1:]
+    step = 8 if full >= 8 * points else 1
+    vals = sorted({max(1, int(round(v / step)) * step) for v in raw} | {1, full})
+    return [v for v in vals if v <= full]
+
+
+@dataclass
+class LatencyTable:
+    """Measured unit latencies (ms) on a channel grid; see the module docstring."""
+
+    target: str
+    threads: int
+    size: int
+    batch: int
+    teacher: Dict                       # GeneratorArch.to_dict() of the network the grid spans
+    grids: Dict[str, Dict[str, List[int]]]   # unit -> {"cin": [...], "cout": [...]}
+    ms: Dict[str, List[List[float]]]    # unit -> [cin index][cout index]
+    offset_ms: float = 0.0              # measured full network minus the sum of its units
+    machine: Dict = field(default_factory=dict)
+    format: str = TABLE_FORMAT
+    version: int = TABLE_VERSION
+
+    # -- prediction
+    def _interp(self, kind: str, cin: np.ndarray, cout: np.ndarray) -> np.ndarray:
+        g, t = self.grids[kind], np.asarray(self.ms[kind], dtype=np.float64)
+        xi, xo = np.asarray(g["cin"], dtype=np.float64), np.asarray(g["cout"], dtype=np.float64)
+        cin, cout = np.asarray(cin, dtype=np.float64), np.asarray(cout, dtype=np.float64)
+
+        def locate(grid: np.ndarray, v: np.ndarray):
+            if grid.size == 1:
+                return np.zeros(v.shape, dtype=np.int64), np.zeros(v.shape, dtype=np.int64), np.zeros(v.shape)
+            j = np.clip(np.searchsorted(grid, v) - 1, 0, grid.size - 2)
+            frac = np.clip((v - grid[j]) / (grid[j + 1] - grid[j]), 0.0, 1.0)
+            return j, j + 1, frac
+
+        i0, i1, fi = locate(xi, cin)
+        o0, o1, fo = locate(xo, cout)
+        return ((1 - fi) * (1 - fo) * t[i0, o0] + fi * (1 - fo) * t[i1, o0]
+                + (1 - fi) * fo * t[i0, o1] + fi * fo * t[i1, o1])
+
+    def predict(self, arch: GeneratorArch) -> float:
+        """Predicted latency (ms) of a generator cut from the table's teacher."""
+        self.check(arch)
+        return float(self(np.array([[arch.widths[n] for n in group_names(arch.n_blocks)]]))[0])
+
+    def __call__(self, widths: np.ndarray) -> np.ndarray:
+        """Predicted ms of width vectors ``[..., n_groups]`` (groups in :func:`group_names` order);
+        the same interface as :class:`coevo.prune.macs.MacTable`, so a budget can be in time."""
+        arch = GeneratorArch.from_dict(self.teacher)
+        names = group_names(arch.n_blocks)
+        widths = np.asarray(widths)
+        cols = {n: widths[..., i] for i, n in enumerate(names)}
+        total = np.full(widths.shape[:-1], float(self.offset_ms))
+        for kind, io, _ in _units(arch):
+            cin, cout = io(cols)
+            total = total + self._interp(kind, np.broadcast_to(cin, total.shape), np.broadcast_to(cout, total.shape))
+        return total
+
+    def check(self, arch: GeneratorArch) -> None:
+        t = GeneratorArch.from_dict(self.teacher)
+        if (arch.ngf, arch.n_blocks) != (t.ngf, t.n_blocks) or any(
+                arch.widths[n] > t.widths[n] for n in group_names(t.n_blocks)):
+            raise LatencyTableError(
+                f"the latency table was measured for an ngf {t.ngf}, {t.n_blocks}-block generator; this network "
+                f"(ngf {arch.ngf}, {arch.n_blocks} blocks) is not cut from it: measure a table for its teacher "
+                "(coevo bench --latency-table)")
+
+    # -- files
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise LatencyTableError(f"cannot read {path} as a latency table ({e}); measure it again") from e
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT:
+            raise LatencyTableError(f"{path} is not a coevo latency table (format {data.get('format')!r})"
+                                    if isinstance(data, dict) else f"{path} is not a coevo latency table")
+        if int(data.get("version", 0)) > TABLE_VERSION:
+            raise LatencyTableError(f"{path} was written by a newer coevo (version {data['version']}); upgrade")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise LatencyTableError(f"{path} is not a complete latency table ({e}); measure it again") from e
+
+
+def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
+    def run(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+        times = []
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                if target == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                module(x)
+                if target == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append((time.perf_counter() - t0) * 1000.0)
+        return statistics.median(times)
+    return run
+
+
+def measure_latency(model: nn.Module, size: int, target: str = "cpu", batch: int = 1, warmup: int = 3,
+                    repeats: int = 15, seed: int = 0) -> float:
+    """Median eager latency (ms) of ``model`` on one NCHW batch at ``size`` x ``size``."""
+    device = torch.device("cuda" if target == "cuda" else "cpu")
+    g = torch.Generator().manual_seed(int(seed))
+    x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
+    return _timer(target)(model.to(device).eval(), x, warmup, repeats)
+
+
+def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", threads: Optional[int] = None,
+                  batch: int = 1, points: int = 6, warmup: int = 3, repeats: int = 9, seed: int = 0,
+                  progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
+    """Measure every unit of ``teacher`` on a ``points`` x ``points`` channel grid (see the module docstring).
+
+    ``threads``: torch CPU threads while measuring (the table is only valid for that count).
+    Weights are random: time depends on shapes, not values.
+    """
+    if target not in TARGETS:
+        raise LatencyTableError(f"latency target must be one of {TARGETS}, got {target!r}")
+    if target == "cuda" and not torch.cuda.is_available():
+        raise LatencyTableError("target cuda: torch sees no CUDA device on this machine")
+    if size % 4 or size < 8:
+        raise LatencyTableError(f"size must be a multiple of 4 and at least 8, got {size}")
+    from .bench import machine_info
+
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        device = torch.device("cuda" if target == "cuda" else "cpu")
+        timer = _timer(target)
+        torch.manual_seed(int(seed))  # random weights for timing only; results do not depend on them
+        full = teacher.widths
+        spans = {  # unit -> (input channel choices, output channel choices, input size divisor)
+            "stem": ([teacher.in_channels], _grid(full["stem"], points), 1),
+            "down1": (_grid(full["stem"], points), _grid(full["down1"], points), 1),
+            "down2": (_grid(full["down1"], points), _grid(full["trunk"], points), 2),
+            "block_in": (_grid(full["trunk"], points), _grid(max(full[f"block{i}.inner"]
+                                                                  for i in range(teacher.n_blocks)), points), 4),
+            "block_out": (_grid(max(full[f"block{i}.inner"] for i in range(teacher.n_blocks)), points),
+                          _grid(full["trunk"], points), 4),
+            "up1": (_grid(full["trunk"], points), _grid(full["up1"], points), 4),
+            "up2": (_grid(full["up1"], points), _grid(full["up2"], points), 2),
+            "head": (_grid(full["up2"], points), [teacher.out_channels], 1),
+        }
+        total = sum(len(a) * len(b) for a, b, _ in spans.values())
+        done = 0
+        grids, ms = {}, {}
+        for kind, (cins, couts, div) in spans.items():
+            s = size // div
+            rows = []
+            for cin in cins:
+                x = torch.rand(batch, cin, s, s, device=device) * 2 - 1
+                row = []
+                for cout in couts:
+                    module = _unit(kind, cin, cout).to(device).eval()
+                    row.append(timer(module, x, warmup, repeats))
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                rows.append(row)
+            grids[kind], ms[kind] = {"cin": list(cins), "cout": list(couts)}, rows
+        table = LatencyTable(target, torch.get_num_threads(), int(size), int(batch), teacher.to_dict(), grids, ms,
+                             machine=machine_info(target, torch.get_num_threads()))
+        # the calibration point: longer warm-up and more runs than a grid point, it shifts every prediction
+        measured = measure_latency(ResnetGenerator(teacher), size, target, batch, 3 * warmup + 5, 3 * repeats, seed)
+        table.offset_ms = measured - float(table(np.array([[full[n] for n in group_names(teacher.n_blocks)]]))[0])
+        log.info("latency table: %d units x grid measured; full network %.1f ms, offset %.2f ms",
+                 len(spans), measured, table.offset_ms)
+        return table
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def table_key(teacher: GeneratorArch, size: int, target: str, threads: int, batch: int = 1) -> str:
+    """File name of a cached table: the target, threads, size and a hash of the teacher's widths."""
+    h = hashlib.sha256(json.dumps(teacher.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    return f"latency_{target}{threads}t_{size}px_b{batch}_{h}.json"
+
+
+__all__ = ["LatencyTable", "LatencyTableError", "measure_table", "measure_latency", "table_key", "TARGETS"]
