@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a rented CUDA machine (< 8 minutes with SKIP_TESTS=1): install coevo, check CUDA,
-# run the fast tests, the CUDA latency benchmark and the paper-scale pipeline benchmark. Run from the repository root:
+# run the fast tests (with SKIP_TESTS=1: the CUDA ones only), the CUDA latency benchmark, the CUDA
+# deploy benchmark (float16, CUDA graphs, torch.compile) and the paper-scale pipeline benchmark. From the repo root:
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh            # results land in $OUT
-#     SKIP_TESTS=1 bash benchmarks/gpu_check.sh                # benchmark only
+#     SKIP_TESTS=1 bash benchmarks/gpu_check.sh                # benchmarks and the gpu-marked tests only
 #
 # Uses the system python when it already has a CUDA torch (no multi-GB download);
 # otherwise makes a venv in .venv-gpu and pip-installs the repo into it.
@@ -54,15 +55,23 @@ PYEOF
 
 if [ -z "${SKIP_TESTS:-}" ] && "$PY" -c "import pytest" 2>/dev/null; then
     echo "== fast tests (not slow)"
-    timeout 240 "$PY" -m pytest -q -x -m "not slow" -p no:cacheprovider || echo "tests FAILED or timed out (continuing)"
+    timeout 200 "$PY" -m pytest -q -x -m "not slow" -p no:cacheprovider || echo "tests FAILED or timed out (continuing)"
+elif "$PY" -c "import pytest" 2>/dev/null; then
+    echo "== CUDA tests only (generator parity, CUDA-graph and compiled runners, the float16 export's parity)"
+    timeout 60 "$PY" -m pytest -q -k cuda -p no:cacheprovider tests/test_models.py tests/test_deploy.py \
+        || echo "CUDA tests FAILED or timed out (continuing)"
 fi
 
-echo "== CUDA benchmark"
-timeout 240 "$PY" benchmarks/inference.py --device cuda --out "$OUT"
+echo "== CUDA benchmark: does cutting MACs cut latency (eager, TorchScript)"
+timeout 90 "$PY" benchmarks/inference.py --device cuda --repeats 30 --warmup 5 --out "$OUT"
 status=$?
 
+echo "== CUDA deploy benchmark: float16 program, CUDA graphs and torch.compile vs the teacher in eager fp32"
+timeout 150 "$PY" benchmarks/deploy.py --device cuda --repeats 30 --warmup 5 --out "$OUT" --work /tmp/coevo_deploy \
+    || { echo "deploy benchmark FAILED or timed out (continuing)"; status=1; }
+
 echo "== paper-scale pipeline on CUDA (ngf 64, 9 blocks, 256 px; stages cut short, full cost projected)"
-timeout 150 "$PY" benchmarks/paper_scale.py --device cuda --out "$OUT" --work /tmp/coevo_paper_scale \
+timeout 110 "$PY" benchmarks/paper_scale.py --device cuda --out "$OUT" --work /tmp/coevo_paper_scale \
     || echo "paper_scale FAILED or timed out (continuing)"
 echo "== done (benchmark exit $status); files in $OUT:"
 ls -l "$OUT"

@@ -29,12 +29,12 @@ def _assert_matches(model, reloaded, size=40):
 
 def test_slim_export_round_trip(slim_generator, tmp_path):
     report = export_generator(slim_generator, tmp_path, "G_A", check_size=48)
-    assert set(report) == {"torchscript", "onnx", "safetensors"}
+    assert set(report) == {"torch-export", "onnx", "safetensors"}  # TorchScript only on request
     assert all(e["ok"] and e["max_abs_diff"] <= 1e-4 for e in report.values())
     assert report["onnx"]["exporter"] in ("dynamo", "legacy")
     on_disk = json.loads((tmp_path / "export_report.json").read_text())
     assert on_disk["G_A"]["onnx"]["max_abs_diff"] == report["onnx"]["max_abs_diff"]
-    for suffix in ("ts", "onnx", "safetensors"):
+    for suffix in ("pt2", "onnx", "safetensors"):
         reloaded = load_generator(tmp_path / f"G_A.{suffix}")
         assert reloaded.arch == slim_generator.arch
         _assert_matches(slim_generator, reloaded)

@@ -97,11 +97,11 @@ def with_nan(model: torch.nn.Module, name: str, value: float = float("nan")) -> 
     ("search.crossover=one_point", "search.crossover must be one of"),
     ("search.mutation=swap", "search.mutation must be one of"),
     ("search.repair=greedy", "search.repair must be one of ['importance', 'random'], got 'greedy'"),
-    ("search.compute=latency", "search.compute must be one of ['budget', 'reward'], got 'latency'"),
+    ("search.compute=speed", "search.compute must be one of ['budget', 'latency', 'reward'], got 'speed'"),
     ("search.perceptual=ssim", "search.perceptual must be one of"),
     ("search.lpips_net=squeeze", "search.lpips_net must be one of ['alex', 'vgg'], got 'squeeze'"),
-    ("export.formats=onnx,tflite", "export.formats must be one of ['torchscript', 'onnx', 'safetensors'], "
-                                   "got 'tflite'"),
+    ("export.formats=onnx,tflite", "export.formats must be one of ['torch-export', 'onnx', 'safetensors', "
+                                   "'torchscript'], got 'tflite'"),
     ("finetune.select_on=test", "finetune.select_on must be one of ['val', 'last'], got 'test'"),
     ("search.elitism=4", "search.elitism (4) must be smaller than search.population (4)"),
 ])

@@ -64,3 +64,77 @@ def test_bad_targets_and_sizes():
         measure_table(GeneratorArch.full(ngf=4, n_blocks=1), size=16, target="tpu")
     with pytest.raises(LatencyTableError, match="multiple of 4"):
         measure_table(GeneratorArch.full(ngf=4, n_blocks=1), size=30)
+
+
+def synthetic_table(arch: GeneratorArch, size: int = 32) -> LatencyTable:
+    """A latency table from a formula (0.05 ms + 1e-3 ms per channel pair): the search's logic, no timing."""
+    from coevo.latency import _grid
+
+    full = arch.widths
+    inner = max(full[f"block{i}.inner"] for i in range(arch.n_blocks))
+    spans = {"stem": ([3], _grid(full["stem"], 3)), "down1": (_grid(full["stem"], 3), _grid(full["down1"], 3)),
+             "down2": (_grid(full["down1"], 3), _grid(full["trunk"], 3)),
+             "block_in": (_grid(full["trunk"], 3), _grid(inner, 3)),
+             "block_out": (_grid(inner, 3), _grid(full["trunk"], 3)),
+             "up1": (_grid(full["trunk"], 3), _grid(full["up1"], 3)),
+             "up2": (_grid(full["up1"], 3), _grid(full["up2"], 3)), "head": (_grid(full["up2"], 3), [3])}
+    return LatencyTable("cpu", 1, size, 1, arch.to_dict(),
+                        {k: {"cin": a, "cout": b} for k, (a, b) in spans.items()},
+                        {k: [[0.05 + 1e-3 * i * o for o in b] for i in a] for k, (a, b) in spans.items()})
+
+
+def test_latency_budget_search_keeps_every_genome_under_the_predicted_cap(tmp_path):
+    import torch
+
+    from coevo.config import config_from_dict
+    from coevo.models import DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, save_discriminator
+    from coevo.models.io import save_generator
+    from coevo.search import run_search
+
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n=4, size=32)
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    torch.manual_seed(0)
+    arch = GeneratorArch.full(ngf=4, n_blocks=2)
+    for g in ("G_A", "G_B"):
+        save_generator(ResnetGenerator(arch), teacher / f"{g}.pt")
+    for d in ("D_A", "D_B"):
+        save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / f"{d}.pt")
+    table = synthetic_table(arch)
+    table_file = table.save(tmp_path / "table.json")
+    cfg = config_from_dict({
+        "data": {"root": str(data), "synthetic": False, "load_size": 32, "crop_size": 32},
+        "search": {"population": 4, "generations": 2, "eval_images": 2, "eval_size": 32, "compute": "latency",
+                   "latency_ratio": 0.5, "latency_table": str(table_file)}})
+    result = run_search(cfg, tmp_path / "run", teacher=teacher, progress=False)
+    lat = result.summary["latency"]
+    assert lat["budget_ms"] == pytest.approx(0.5 * table.predict(arch))
+    for d in ("G_A", "G_B"):
+        best = result.summary["best"][d]
+        assert best["predicted_ms"] <= lat["budget_ms"] + 1e-9
+        assert best["predicted_ms"] == pytest.approx(table.predict(arch.with_widths(best["widths"])))
+        assert best["macs"] > 0  # MACs stay reported
+    # an impossible latency budget fails before any evaluation, naming the keys to change
+    from coevo.prune import BudgetError
+
+    cfg.search.latency_ms = 1e-6
+    with pytest.raises(BudgetError, match="search.latency_ratio"):
+        run_search(cfg, tmp_path / "run2", teacher=teacher, progress=False)
+
+
+def test_cli_measures_a_table_into_the_search_cache(tmp_path, monkeypatch, capsys):
+    from coevo.cli import main
+    from coevo.latency import cache_path
+    from coevo.models import ResnetGenerator
+    from coevo.models.io import save_generator
+
+    monkeypatch.setenv("COEVO_CACHE", str(tmp_path / "cache"))
+    arch = GeneratorArch.full(ngf=4, n_blocks=1)
+    save_generator(ResnetGenerator(arch), tmp_path / "G.pt")
+    assert main(["bench", "--latency-table", "--model", str(tmp_path / "G.pt"), "--size", "16", "--threads", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    cached = cache_path(arch, 16, "cpu", 1)
+    assert cached.is_file() and (tmp_path / "out" / cached.name).is_file()
+    assert LatencyTable.load(cached).predict(arch) > 0

@@ -189,3 +189,32 @@ def test_demo_teacher_keeps_its_discriminators_for_search_and_finetune(finished_
     assert cfg.search.perceptual == "auto"
     assert json.loads((out / "search" / "search.json").read_text())["metric"] == "discriminator"
     assert json.loads((out / "finetune" / "finetune.json").read_text())["discriminators"] == "teacher"
+
+
+def test_export_deploys_for_the_cpu_and_the_speed_check_names_its_runtime(finished_run, tmp_path):
+    """With ONNX among the formats the export stage deploys for the CPU (INT8 calibrated on the run's
+    training images when it passes its check), and bench and report judge that runtime."""
+    import shutil
+
+    src, _, _ = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    shutil.rmtree(out / "export")
+    shutil.rmtree(out / "bench")
+    cfg = tiny_config("export.formats=[torch-export,onnx,safetensors]", "export.calibration_images=2")
+    Pipeline(cfg, out, resume=True).run()
+    report = json.loads((out / "export" / "export_report.json").read_text())
+    for g, domain in (("G_A", "trainA"), ("G_B", "trainB")):
+        deploy = report[g]["deploy"]
+        assert deploy["target"] == "cpu" and deploy["int8"]["calibration"]["folder"].endswith(domain)
+        assert deploy["deployed"]["backend"] == ("onnxruntime-int8" if deploy["int8"]["ok"] else "onnxruntime")
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    rows = {(r["name"], r["backend"]) for r in bench["results"]}
+    backend = report["G_A"]["deploy"]["deployed"]["backend"]
+    assert {("teacher G_A", "eager"), ("teacher G_A", backend), ("coevo G_A", "eager"),
+            ("coevo G_A deployed", backend)} <= rows
+    e = build_report(out, cfg)["directions"]["AtoB"]
+    assert e["speed"]["backend"] == backend and e["speed"]["batch"] == 1
+    assert f"speedup >= 3x ({backend}, batch 1, vs teacher eager)" in e["checks"]
+    assert e["speedup"] == pytest.approx(e["speed"]["teacher_eager_ms"] / e["speed"]["coevo_ms"])
+    assert f"| AtoB | {backend} | 1 |" in (out / "report.md").read_text()

@@ -390,3 +390,15 @@ def test_prune_never_writes_over_its_input(generator_file, capsys):
     assert main(["prune", "--generator", str(generator_file), "--out", str(generator_file), "--force"]) == 2
     assert "input generator" in one_error_line(capsys, "prune")
     assert generator_file.read_bytes() == before
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Atomic writes go through mkstemp (owner-only 0600); the result must be an ordinary file (0666 - umask)."""
+    import os
+
+    from coevo.files import atomic_write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write_text(tmp_path / "report.json", "{}")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

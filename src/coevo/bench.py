@@ -1,4 +1,7 @@
-"""Inference latency of generators, side by side, in eager PyTorch, TorchScript and ONNX Runtime.
+"""Inference latency of generators, side by side, on every runtime coevo deploys to.
+
+Backends (:mod:`coevo.backends`): eager PyTorch, TorchScript, torch.export, ONNX Runtime
+fp32 and INT8 on CPUs, float16/bfloat16 CUDA graphs or ``torch.compile`` on CUDA.
 
 Protocol (see benchmarks/README.md):
 
@@ -11,14 +14,16 @@ Protocol (see benchmarks/README.md):
 * CPU: wall clock (``time.perf_counter``) around the call; CUDA: ``torch.cuda.Event``
   pairs with a synchronise; reported: median and 90th percentile in ms;
 * ONNX Runtime sessions do not spin while idle, so they leave the cores to the next model;
-* ``speedup_vs_first``: median of the first model on the same backend divided by this one;
+* ``speedup_vs_first``: median of the first model on the same backend divided by this one
+  (with the teacher first: the speed-up on one runtime, what compression buys);
+  ``speedup_vs_first_eager``: median of the first model in eager PyTorch divided by this one
+  (compression and runtime together, what a user of the eager teacher gains);
 * MACs are exact counts from the architecture for one ``1 x 3 x size x size`` image,
   in both conventions (:data:`coevo.prune.macs.MAC_CONVENTIONS`); None when the model
   carries no architecture.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import platform
@@ -33,11 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backends import BACKENDS, backends_for, native_backend, on_device  # noqa: F401  (native_backend: public here too)
+from .errors import CoevoError
 from .files import PathLike, atomic_save_figure, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "torchscript", "onnxruntime")
 MEMORY_NOTE = {
     "cuda": "peak_mem_mb: most GPU memory allocated by one forward beyond what was allocated before it "
             "(activations, workspace, output; weights excluded), torch.cuda.max_memory_allocated; "
@@ -69,6 +75,8 @@ class BenchResult:
     batch: int = 1
     device: str = "cpu"
     threads: Optional[int] = None
+    speedup_vs_first_eager: Optional[float] = None  # None when the first model has no eager run
+    baseline: Optional[str] = None                  # the first model: what both speed-ups compare with
 
 
 @dataclass
@@ -79,89 +87,39 @@ class _Runner:
     model: nn.Module
     latencies: List[float] = field(default_factory=list)
     peak_bytes: Optional[int] = None
+    torch_timed: bool = True  # False: ONNX Runtime (wall clock, CUDA events cannot see its work)
 
 
 # ----------------------------------------------------------------------------- backends
-def native_backend(model: nn.Module) -> Optional[str]:
-    """The only backend an exported model can run on; None for a PyTorch (eager) module."""
-    from .export import OnnxGenerator
-
-    if isinstance(model, OnnxGenerator):
-        return "onnxruntime"
-    if isinstance(model, torch.jit.ScriptModule):
-        return "torchscript"
-    return None
-
-
-def _torchscript(model: nn.Module, device: torch.device) -> nn.Module:
-    from .export import quiet_export
-
-    with quiet_export():
-        scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(copy.deepcopy(model))
-        scripted = _on(scripted, device).eval()
-        try:
-            scripted = torch.jit.freeze(scripted)
-        except RuntimeError as e:  # an already frozen export cannot be frozen twice
-            log.debug("not freezing %s: %s", type(model).__name__, e)
-        return torch.jit.optimize_for_inference(scripted)
-
-
-def _ort_session(model: nn.Module, device: torch.device, threads: Optional[int], tmp_dir: str):
-    """An ONNX Runtime session for ``model`` (exported to ``tmp_dir`` first unless it is an ONNX file)."""
-    import onnxruntime as ort
-
-    from .export import OnnxGenerator, save_onnx
-
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return None
-        providers = ["CUDAExecutionProvider"]
-    if isinstance(model, OnnxGenerator):
-        path = model.path
-    else:
-        fd, path = tempfile.mkstemp(suffix=".onnx", dir=tmp_dir)
-        os.close(fd)
-        save_onnx(copy.deepcopy(model).cpu().eval(), path)
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    # ORT's idle workers spin after each run; interleaved with PyTorch they steal the cores the
-    # next model needs (measured: +50% on the next eager call on 2 busy cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
-
-
-def _on(model: nn.Module, device: torch.device) -> nn.Module:
-    """``model`` itself when it already lives on ``device``; else a copy moved there (the caller's stays put)."""
-    p = next(iter(model.parameters()), None)
-    if p is None or p.device.type == device.type:
-        return model
-    return copy.deepcopy(model).to(device)
-
-
 def _make_runner(name: str, model: nn.Module, backend: str, x: torch.Tensor, device: torch.device,
                  threads: Optional[int], tmp_dir: str) -> Optional[_Runner]:
-    if backend == "eager":
-        module = _on(model, device).eval()
-        return _Runner(name, backend, lambda: module(x), model)
-    if backend == "torchscript":
-        module = _torchscript(model, device)
-        return _Runner(name, backend, lambda: module(x), model)
-    if backend == "onnxruntime":
-        session = _ort_session(model, device, threads, tmp_dir)
-        if session is None:
-            log.warning("skipping %s on onnxruntime: this onnxruntime has no CUDAExecutionProvider "
-                        "(pip install onnxruntime-gpu)", name)
-            return None
-        feed = {session.get_inputs()[0].name: x.cpu().numpy()}
-        return _Runner(name, backend, lambda: session.run(None, feed), model)
-    raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    """A runner of ``model`` on ``backend``; None (logged) when the backend cannot run it here."""
+    from .backends import REGISTRY, BackendUnavailable, unavailable_reason
 
+    if backend not in REGISTRY:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    spec = REGISTRY[backend]
+    reason = unavailable_reason(backend, device)
+    try:
+        if reason is not None:
+            raise BackendUnavailable(reason)
+        call = spec.make(model, x, device, threads, tmp_dir)
+        for _ in range(spec.prime_calls):
+            call()
+    except BackendUnavailable as e:
+        log.warning("skipping %s on %s: %s", name, backend, e)
+        return None
+    except Exception as e:  # a runtime that fails to build here (no compiler for torch.compile, ...)
+        if backend == "eager":
+            raise
+        log.warning("skipping %s on %s: it failed to build or run (%s: %s)", name, backend, type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "")
+        return None
+    return _Runner(name, backend, call, model, torch_timed=spec.torch_timed)
 
 # ----------------------------------------------------------------------------- timing
 def _time_call(runner: _Runner, device: torch.device) -> float:
-    if device.type == "cuda" and runner.backend != "onnxruntime":
+    if device.type == "cuda" and runner.torch_timed:
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -190,6 +148,10 @@ def _interleaved(runners: Sequence[_Runner], device: torch.device, warmup: int, 
 
 
 # ----------------------------------------------------------------------------- entry point
+class BenchError(CoevoError, RuntimeError):
+    """Nothing could be timed: no requested backend can run the given models here."""
+
+
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
     from .config import ConfigError
@@ -212,11 +174,14 @@ def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: S
 def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int = 256, batch: int = 1,
                      threads: Optional[int] = None, device: str = "cpu",
                      backends: Sequence[str] = ("eager",), warmup: int = 3, repeats: int = 20,
-                     seed: int = 0) -> List[BenchResult]:
+                     seed: int = 0, only: Optional[Mapping[str, Sequence[str]]] = None) -> List[BenchResult]:
     """Time every model on every backend, interleaved (see the module docstring).
 
-    ``models``: name -> module, or a path :func:`coevo.load_generator` accepts. An exported
-    model (``.ts``, ``.onnx``) runs only on its own runtime, whatever ``backends`` says.
+    ``models``: name -> module, or a path :func:`coevo.load_generator` accepts. The first
+    model is the baseline of both speed-ups. An exported model (``.pt2``, ``.onnx``, ``.ts``)
+    runs only on the backends its format allows (:func:`coevo.backends.allowed_backends`).
+    ``only``: name -> backends, to time some models on fewer of ``backends``.
+    A backend that cannot run here (e.g. a CUDA backend without CUDA) is skipped and logged.
     ``threads``: ``torch.set_num_threads`` for the run (restored afterwards) and ONNX
     Runtime's ``intra_op_num_threads``. Returns one :class:`BenchResult` per (model, backend),
     models in the given order.
@@ -230,14 +195,15 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
         raise ValueError("benchmark_models needs at least one model")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for but torch sees no CUDA device")
+        raise BenchError("device 'cuda' asked for but torch sees no CUDA device")
     loaded = {name: (load_generator(m) if isinstance(m, (str, os.PathLike)) else m) for name, m in models.items()}
     with torch.inference_mode():
         for name, model in loaded.items():  # refuse any other kind of network before timing anything
             arch = getattr(model, "arch", None)
-            probe = _random_input(1, arch.in_channels if arch is not None else 3, size, seed, torch.device("cpu"))
+            # on the benchmark's device: a float16 program would crawl through the CPU's fp16 fallbacks
+            probe = _random_input(1, arch.in_channels if arch is not None else 3, size, seed, dev)
             source = models[name] if isinstance(models[name], (str, os.PathLike)) else f"model {name!r}"
-            check_image_to_image(_on(model, torch.device("cpu")), probe, source)
+            check_image_to_image(on_device(model, dev), probe, source)
 
     previous_threads = torch.get_num_threads()
     if threads:
@@ -248,12 +214,14 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
             for name, model in loaded.items():
                 arch = getattr(model, "arch", None)
                 x = _random_input(batch, arch.in_channels if arch is not None else 3, size, seed, dev)
-                for backend in _backends_for(name, model, backends):
+                wanted = [b for b in backends if only is None or name not in only or b in only[name]]
+                for backend in backends_for(name, model, wanted or backends, dev):
                     runner = _make_runner(name, model, backend, x, dev, threads, tmp)
                     if runner is not None:
                         runners.append(runner)
             if not runners:
-                raise RuntimeError("nothing to time: no model could run on the requested backends")
+                raise BenchError(f"nothing to time: no model could run on {', '.join(backends)} here "
+                                 "(see the warnings above)")
             log.info("timing %d model/backend pairs: %d warm-up + %d timed rounds, %s, batch %d, %dx%d, %d threads",
                      len(runners), warmup, repeats, dev, batch, size, size, torch.get_num_threads())
             _interleaved(runners, dev, warmup, repeats)
@@ -262,42 +230,55 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
         torch.set_num_threads(previous_threads)
 
 
-def _backends_for(name: str, model: nn.Module, backends: Sequence[str]) -> List[str]:
-    native = native_backend(model)
-    if native is None:
-        return list(dict.fromkeys(backends))
-    if list(backends) != [native]:
-        log.info("%s is an exported model: timing it on %s only", name, native)
-    return [native]
-
-
 def _random_input(batch: int, channels: int, size: int, seed: int, device: torch.device) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed))
     return (torch.rand((batch, channels, size, size), generator=g) * 2 - 1).to(device)
+
+
+def add_speedups(results: Sequence[BenchResult]) -> Sequence[BenchResult]:
+    """Fill both speed-ups of every result, in place; the first result's model is the baseline.
+
+    ``speedup_vs_first``: against the baseline on the same backend (against the first model
+    that ran on that backend when the baseline did not). ``speedup_vs_first_eager``:
+    against the baseline in eager PyTorch (None when it has no eager run).
+    """
+    if not results:
+        return results
+    baseline = results[0].name
+    same: Dict[str, float] = {}
+    for r in results:  # the baseline's own medians first, then the first model on each other backend
+        if r.name == baseline:
+            same.setdefault(r.backend, r.latency_ms_median)
+    for r in results:
+        same.setdefault(r.backend, r.latency_ms_median)
+    eager = same.get("eager") if any(r.name == baseline and r.backend == "eager" for r in results) else None
+    for r in results:
+        r.baseline = baseline
+        r.speedup_vs_first = same[r.backend] / r.latency_ms_median
+        r.speedup_vs_first_eager = eager / r.latency_ms_median if eager is not None else None
+    return results
 
 
 def _results(runners: Sequence[_Runner], size: int, batch: int, device: str, threads: int) -> List[BenchResult]:
     from .prune import count_macs, count_params
 
     results: List[BenchResult] = []
-    first: Dict[str, float] = {}
     for r in runners:
         arch = getattr(r.model, "arch", None)
         if arch is not None:
             params: Optional[int] = count_params(arch)
         else:
             params = sum(p.numel() for p in r.model.parameters()) or None
-        median = statistics.median(r.latencies)
-        first.setdefault(r.backend, median)
         results.append(BenchResult(
             name=r.name, backend=r.backend, params=params,
             macs_published=count_macs(arch, size, size, "published") if arch is not None else None,
             macs_flopcounter=count_macs(arch, size, size, "flopcounter") if arch is not None else None,
-            latency_ms_median=median, latency_ms_p90=float(np.percentile(r.latencies, 90)),
+            latency_ms_median=statistics.median(r.latencies), latency_ms_p90=float(np.percentile(r.latencies, 90)),
             latencies=list(r.latencies),
             peak_mem_mb=None if r.peak_bytes is None else r.peak_bytes / 2**20,
-            speedup_vs_first=first[r.backend] / median, size=size, batch=batch, device=device, threads=threads,
+            speedup_vs_first=1.0, size=size, batch=batch, device=device, threads=threads,
         ))
+    add_speedups(results)
     return results
 
 
@@ -367,8 +348,9 @@ def _fmt_count(n: Optional[float], unit: float, digits: int = 2) -> str:
 def format_table(results: Sequence[BenchResult]) -> str:
     """Markdown table(s), one per (device, size, batch), with MACs in the published convention.
 
-    ``MAC reduction`` and ``speedup`` are relative to the first model on the same backend;
+    ``speedup`` and ``MAC reduction`` are relative to the first model on the same backend;
     ``speedup / MAC reduction`` = 1 means the latency fell as much as the MACs did.
+    ``vs first, eager`` is relative to the first model in eager PyTorch.
     """
     groups: Dict[tuple, List[BenchResult]] = {}
     for r in results:
@@ -377,19 +359,21 @@ def format_table(results: Sequence[BenchResult]) -> str:
     for (device, size, batch, threads), rows in groups.items():
         first_macs: Dict[str, Optional[int]] = {}
         out.append(f"{device}, batch {batch}, {size}x{size}, {threads} threads. MACs: one 1x3x{size}x{size} image, "
-                   "published convention (transposed convs per output pixel); FlopCounterMode figures in the JSON.")
+                   "published convention (transposed convs per output pixel); FlopCounterMode figures in the JSON. "
+                   f"Speed-ups against {rows[0].baseline or rows[0].name}.")
         out.append("")
         out.append("| model | backend | MACs (G) | params (M) | median ms | p90 ms | speedup | MAC reduction "
-                   "| speedup / MAC reduction | peak MB |")
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                   "| speedup / MAC reduction | vs first, eager | peak MB |")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             base = first_macs.setdefault(r.backend, r.macs_published)
             reduction = base / r.macs_published if base and r.macs_published else None
             ratio = f"{r.speedup_vs_first / reduction:.2f}" if reduction else "?"
+            vs_eager = "n/a" if r.speedup_vs_first_eager is None else f"{r.speedup_vs_first_eager:.2f}x"
             out.append(
                 f"| {r.name} | {r.backend} | {_fmt_count(r.macs_published, 1e9)} | {_fmt_count(r.params, 1e6, 3)} "
                 f"| {r.latency_ms_median:.2f} | {r.latency_ms_p90:.2f} | {r.speedup_vs_first:.2f}x "
-                f"| {'?' if reduction is None else f'{reduction:.2f}x'} | {ratio} "
+                f"| {'?' if reduction is None else f'{reduction:.2f}x'} | {ratio} | {vs_eager} "
                 f"| {'n/a' if r.peak_mem_mb is None else f'{r.peak_mem_mb:.1f}'} |"
             )
         out.append("")

@@ -69,6 +69,7 @@ class TrainConfig:
     checkpoint_every: int = 1          # epochs between checkpoints
     log_every: int = 100               # steps between log.jsonl records
     init_gain: float = 0.02            # std of the N(0, gain) weight init (reference init_type='normal')
+    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.precision)
 
 
 @dataclass
@@ -107,13 +108,22 @@ class SearchConfig:
     lpips_net: str = "alex"            # lpips backbone: alex | vgg
     weight_perceptual: float = 1.0
     weight_cycle: float = 10.0
-    compute: str = "budget"            # budget (hard MAC cap) | reward (paper)
+    compute: str = "budget"            # budget (hard MAC cap) | latency (hard cap on measured time) | reward (paper)
     macs_ratio: float = 0.25           # budget: max MACs relative to the teacher
+    # latency: a cap on the latency a per-layer lookup table predicts (coevo.latency), measured once
+    # per machine, target and thread count and cached (or given as latency_table). MACs stay reported.
+    latency_ratio: float = 0.25        # latency: max latency relative to the teacher's
+    latency_ms: float = 0.0            # latency: an absolute cap in ms instead (0: use latency_ratio)
+    latency_target: str = "cpu"        # latency: cpu (torch eager) | cuda
+    latency_threads: int = 1           # latency: CPU threads the table is measured with
+    latency_size: int = 256            # latency: image size the table is measured at
+    latency_table: Optional[str] = None  # latency: a table file from `coevo bench --latency-table`
     weight_compute: float = 0.001      # reward: the paper's weight per dropped filter (x eval images / 500)
     eval_images: int = 16              # evaluation batch per domain, drawn from the training split
     # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
     # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.
     eval_size: int = 0
+    amp: str = "none"                  # none | bf16 (bfloat16 autocast of the evaluations; CUDA only)
 
 
 @dataclass
@@ -135,13 +145,19 @@ class FinetuneConfig:
     sample_images: int = 4             # rows of the sample grids (fixed training images)
     checkpoint_every: int = 1          # epochs between checkpoints
     log_every: int = 100               # steps between log.jsonl records
+    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.precision)
 
 
 @dataclass
 class ExportConfig:
-    formats: List[str] = field(default_factory=lambda: ["torchscript", "onnx", "safetensors"])
+    # torchscript is opt-in (torch.jit is deprecated); torch-export (.pt2) is the PyTorch format
+    formats: List[str] = field(default_factory=lambda: ["torch-export", "onnx", "safetensors"])
     check_size: int = 96               # parity check at a size other than the training size
     opset: int = 18                    # the dynamo ONNX exporter needs >= 18
+    target: str = "auto"               # cpu, cuda, or auto: cuda when device is cuda (coevo.deploy)
+    int8: bool = True                  # cpu target: try static INT8, deployed only if it passes its check
+    calibration_images: int = 32       # training images of the input domain that calibrate INT8
+    cuda_dtype: str = "float16"        # cuda target: float16 or bfloat16
 
 
 @dataclass
@@ -337,6 +353,9 @@ def _interval(low: float, high: float, ends: str = "[]") -> Rule:
     return ok, f"in {ends[0]}{low}, {high}{ends[1]}"
 
 
+# The sections with an ``amp`` key (mixed precision, see coevo.precision).
+AMP_SECTIONS = ("train", "finetune", "search")
+
 _MULTIPLE_OF_4: Rule = ((lambda v: v >= 4 and v % 4 == 0),
                         "a positive multiple of 4 (the generator down-samples twice)")
 _PROBABILITY = _interval(0, 1)
@@ -378,6 +397,10 @@ RULES: Dict[str, Rule] = {
     "search.weight_perceptual": _at_least(0),
     "search.weight_cycle": _at_least(0),
     "search.macs_ratio": _interval(0, 1, "(]"),
+    "search.latency_ratio": _interval(0, 1, "(]"),
+    "search.latency_ms": _at_least(0),
+    "search.latency_threads": _at_least(1),
+    "search.latency_size": _MULTIPLE_OF_4,
     "search.weight_compute": _at_least(0),
     "search.eval_images": _at_least(1),
     "search.eval_size": ((lambda v: v == 0 or (v >= 4 and v % 4 == 0)),
@@ -386,6 +409,7 @@ RULES: Dict[str, Rule] = {
     "finetune.lambda_distill": _at_least(0),
     "export.check_size": _MULTIPLE_OF_4,
     "export.opset": _interval(7, 23),  # what torch's ONNX exporters implement
+    "export.calibration_images": _at_least(1),
     "bench.size": _MULTIPLE_OF_4,
     "bench.batch": _at_least(1),
     "bench.threads": _at_least(0),
@@ -396,21 +420,27 @@ RULES: Dict[str, Rule] = {
 
 def _choices() -> Dict[str, Sequence[str]]:
     """Allowed names per key. Registries are read, not copied, so a new metric or operator is accepted."""
+    from .deploy import CUDA_DTYPES, TARGETS
     from .export import FORMATS
     from .perceptual import LPIPS_BACKBONES, available_metrics
+    from .precision import AMP_MODES
     from .search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
 
     return {
+        **{f"{section}.amp": AMP_MODES for section in AMP_SECTIONS},
         "search.selection": sorted(SELECTIONS),
         "search.crossover": sorted(CROSSOVERS),
         "search.mutation": sorted(MUTATIONS),
         "search.repair": ("importance", "random"),
-        "search.compute": ("budget", "reward"),
+        "search.compute": ("budget", "latency", "reward"),
+        "search.latency_target": ("cpu", "cuda"),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*available_metrics(), "auto"],
         "search.lpips_net": sorted(LPIPS_BACKBONES),
         "finetune.select_on": ("val", "last"),
         "export.formats": list(FORMATS),
+        "export.target": [*TARGETS, "auto"],
+        "export.cuda_dtype": sorted(CUDA_DTYPES),
     }
 
 
@@ -492,3 +522,8 @@ def validate(cfg: Config) -> None:
         if dataclasses.is_dataclass(section):
             validate_section(f.name, section)
     check_device(cfg.device)
+    for section in AMP_SECTIONS:
+        amp = getattr(cfg, section).amp
+        if amp != "none" and not str(cfg.device).startswith("cuda"):
+            raise ConfigError(f"{section}.amp={amp} needs device=cuda (bfloat16 autocast is for GPUs; on a CPU "
+                              f"it is slow and changes results); with device={cfg.device} set {section}.amp=none")

@@ -1,40 +1,45 @@
-"""Export a generator to TorchScript, ONNX and safetensors, each checked against eager PyTorch.
+"""Export a generator to torch.export, ONNX, safetensors (and TorchScript), each checked against eager PyTorch.
 
 Every exported file carries the generator's architecture, so loading needs no flags:
 
-* ``name.ts``: TorchScript (``torch.jit.script``); the architecture is the extra file
-  ``coevo_arch.json`` inside the archive.
+* ``name.pt2``: a ``torch.export`` program, the PyTorch format to use, with dynamic batch,
+  height and width; the architecture is the extra file ``coevo_arch.json`` in the archive.
 * ``name.onnx``: one self-contained file with dynamic batch, height and width axes;
   the architecture is the ``coevo_arch`` entry of the model's ``metadata_props``.
 * ``name.safetensors``: weights plus the architecture as metadata (:func:`coevo.save_generator`).
+* ``name.ts``: TorchScript (``torch.jit.script``), only when asked for (format ``torchscript``):
+  the pinned torch deprecates ``torch.jit``, and it is kept only while it still works.
 
 Each export is reloaded from disk and compared with the eager model on seeded random
 inputs in [-1, 1] at sizes other than the usual training sizes (``1x3xSxS`` and a
 non-square ``2x3x(2S/3)xS``). A difference above :data:`TOLERANCE` raises :class:`ExportError`.
+The deployment artifacts of a target (INT8 ONNX for CPUs, float16 programs for CUDA)
+are built on top of these by :mod:`coevo.deploy`.
 """
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .models.generator import MIN_SIZE, SIZE_MULTIPLE, GeneratorArch, ResnetGenerator
-from .files import PathLike, atomic_path, atomic_write_text
+from .files import PathLike, atomic_path, atomic_write_bytes, atomic_write_text
+from .translate import MAX_SIDE
 from .models.exported import (  # noqa: F401  (re-exported: coevo.export is where users look)
-    ARCH_EXTRA_FILE, ARCH_METADATA_KEY, TORCHSCRIPT_SUFFIXES, OnnxGenerator, load_exported, quiet_export,
+    ARCH_EXTRA_FILE, ARCH_METADATA_KEY, PROGRAM_EXTRA_FILE, TORCHSCRIPT_SUFFIXES, ExportedProgramGenerator,
+    OnnxGenerator, load_exported, quiet_export,
 )
 from .models.io import load_generator, save_generator
 from .errors import CoevoError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("torchscript", "onnx", "safetensors")
-SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx", "safetensors": ".safetensors"}
 TOLERANCE = 1e-4
 # torch's dynamo-based ONNX exporter implements opset 18 and newer only; asking it for
 # less makes it export 18 and then fail a down-conversion (ReflectionPad has no adapter).
@@ -78,6 +83,89 @@ def save_torchscript(model: ResnetGenerator, path: PathLike) -> Path:
         with atomic_path(path) as tmp:
             torch.jit.save(scripted, str(tmp), _extra_files={ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict())})
     return path
+
+
+def _dynamic_shape_specs() -> List[Tuple[str, Any]]:
+    """Dynamic-shape specs to try in order: H and W as multiples of 4 (what the generator
+    needs), then torch's own inference (``Dim.AUTO``)."""
+    from torch.export import Dim
+
+    side = MAX_SIDE // SIZE_MULTIPLE
+    derived = {0: Dim("batch", min=1, max=1024),
+               2: SIZE_MULTIPLE * Dim("height4", min=MIN_SIZE // SIZE_MULTIPLE, max=side),
+               3: SIZE_MULTIPLE * Dim("width4", min=MIN_SIZE // SIZE_MULTIPLE, max=side)}
+    auto = {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}
+    return [("multiple-of-4", derived), ("auto", auto)]
+
+
+def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = torch.float32,
+                      channels_last: bool = False, arch: Optional[GeneratorArch] = None,
+                      example_size: int = 64, static_shape: Optional[Tuple[int, int, int, int]] = None
+                      ) -> Dict[str, Any]:
+    """``torch.export`` ``model`` (CPU, eval) in ``dtype`` and save it as one ``.pt2`` archive.
+
+    Batch, height and width are dynamic (height and width multiples of 4). If torch cannot
+    export them dynamically, the program is exported for ``static_shape`` only (default
+    ``1 x C x example_size x example_size``) and the returned info says so. The archive
+    carries the architecture (``coevo_arch.json``) and ``coevo_program.json`` (dtype,
+    channels_last, dynamic). Returns ``{"dtype", "channels_last", "dynamic", "dynamic_shapes",
+    "static_shape", "fallback_reason"}``.
+    """
+    from .models.exported import DTYPES
+
+    path = Path(path)
+    arch = arch if arch is not None else getattr(model, "arch", None)
+    in_ch = arch.in_channels if arch is not None else 3
+    model = copy.deepcopy(model).cpu().eval().to(dtype)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def example(shape: Tuple[int, int, int, int]) -> Tuple[torch.Tensor]:
+        x = torch.zeros(shape, dtype=dtype)
+        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,)
+
+    # batch 2: torch.export specialises a dimension whose example size is 0 or 1
+    dyn_example = example((2, in_ch, example_size, example_size))
+    info: Dict[str, Any] = {"dtype": next(k for k, v in DTYPES.items() if v == dtype), "channels_last": channels_last,
+                            "dynamic": False, "dynamic_shapes": None, "static_shape": None, "fallback_reason": None}
+    program = None
+    reasons = []
+    with quiet_export(), torch.no_grad():
+        for label, spec in _dynamic_shape_specs():
+            try:
+                program = torch.export.export(model, dyn_example, dynamic_shapes=(spec,))
+            except Exception as e:  # constraint violations name the guard torch could not keep dynamic
+                reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            if _is_dynamic(program):
+                info.update(dynamic=True, dynamic_shapes=label)
+                break
+            reasons.append(f"{label}: torch specialised every dimension")
+            program = None
+        if program is None:
+            shape = static_shape or (1, in_ch, example_size, example_size)
+            log.warning("torch.export could not keep batch/height/width dynamic (%s); exporting %s only",
+                        "; ".join(reasons), "x".join(map(str, shape)))
+            program = torch.export.export(model, example(shape))
+            info.update(static_shape=list(shape), fallback_reason="; ".join(reasons))
+    extra = {ARCH_EXTRA_FILE: json.dumps(arch.to_dict()) if arch is not None else "",
+             PROGRAM_EXTRA_FILE: json.dumps({k: info[k] for k in ("dtype", "channels_last", "dynamic")})}
+    buffer = io.BytesIO()  # torch.export.save wants a .pt2 name; atomic_path's temporary file has none
+    with quiet_export():
+        torch.export.save(program, buffer, extra_files=extra)
+    atomic_write_bytes(path, buffer.getvalue())
+    return info
+
+
+def _is_dynamic(program: Any) -> bool:
+    """Whether the program's input has at least one symbolic dimension."""
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name not in program.graph_signature.inputs_to_parameters \
+                and node.name not in program.graph_signature.inputs_to_buffers:
+            val = node.meta.get("val")
+            if val is not None and any(not isinstance(d, int) for d in val.shape):
+                return True
+    return False
 
 
 def save_onnx(model: nn.Module, path: PathLike, opset: int = 17, exporter: str = "auto",
@@ -141,16 +229,50 @@ def _export_legacy(model: nn.Module, example: Tuple[torch.Tensor], path: Path, o
                           dynamic_axes={"input": axes, "output": axes})
 
 
+# ----------------------------------------------------------------------------- format registry
+def _write_torch_export(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+    return save_torch_export(model, path, static_shape=options["static_shape"])
+
+
+def _write_onnx(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+    return save_onnx(model, path, opset=options["opset"], exporter=options["onnx_exporter"])
+
+
+def _write_safetensors(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+    save_generator(model, path)
+    return {}
+
+
+def _write_torchscript(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+    save_torchscript(model, path)
+    return {}
+
+
+# format name -> (file suffix, writer(model, path, options) -> extra report fields)
+WRITERS: Dict[str, Tuple[str, Callable[[ResnetGenerator, Path, Dict[str, Any]], Dict[str, Any]]]] = {
+    "torch-export": (".pt2", _write_torch_export),
+    "onnx": (".onnx", _write_onnx),
+    "safetensors": (".safetensors", _write_safetensors),
+    "torchscript": (".ts", _write_torchscript),
+}
+FORMATS = tuple(WRITERS)
+SUFFIXES = {fmt: suffix for fmt, (suffix, _) in WRITERS.items()}
+# TorchScript is opt-in: torch.jit is deprecated in the pinned torch, torch.export replaces it.
+DEFAULT_FORMATS = ("torch-export", "onnx", "safetensors")
+
+
 # ----------------------------------------------------------------------------- export + check
 def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
-                     formats: Sequence[str] = FORMATS, check_size: int = 96, opset: int = 17,
+                     formats: Sequence[str] = DEFAULT_FORMATS, check_size: int = 96, opset: int = 17,
                      seed: int = 0, onnx_exporter: str = "auto") -> Dict[str, Dict[str, Any]]:
-    """Write ``out_dir/name.{ts,onnx,safetensors}`` and check each against eager PyTorch.
+    """Write ``out_dir/name.{pt2,onnx,safetensors}`` (and ``.ts``) and check each against eager PyTorch.
 
     Each file is reloaded from disk and run on seeded random inputs in [-1, 1] of shapes
     :func:`check_shapes` (``check_size`` should differ from the training size). Returns
     ``{format: {"path", "max_abs_diff", "ok", ...}}`` (ONNX adds ``exporter``, ``opset``,
-    ``fallback_reason``) and merges it under ``name`` into ``out_dir/export_report.json``.
+    ``fallback_reason``; torch-export adds ``dynamic`` and, for a program torch could not
+    keep dynamic, the one ``static_shape`` it runs and was checked on) and merges it under
+    ``name`` into ``out_dir/export_report.json``.
     Raises :class:`ExportError` when a difference exceeds :data:`TOLERANCE`.
     """
     unknown = [f for f in formats if f not in FORMATS]
@@ -165,23 +287,23 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     inputs = check_inputs(check_size, seed, model.arch.in_channels)
     with torch.inference_mode():
         reference = [model(x) for x in inputs]
+    options = {"opset": opset, "onnx_exporter": onnx_exporter, "static_shape": tuple(inputs[0].shape)}
 
     report: Dict[str, Dict[str, Any]] = {}
     for fmt in formats:
-        path = out_dir / f"{name}{SUFFIXES[fmt]}"
+        suffix, write = WRITERS[fmt]
+        path = out_dir / f"{name}{suffix}"
         entry: Dict[str, Any] = {"path": str(path)}
-        if fmt == "torchscript":
-            save_torchscript(model, path)
-        elif fmt == "onnx":
-            entry.update(save_onnx(model, path, opset=opset, exporter=onnx_exporter))
-        else:
-            save_generator(model, path)
+        entry.update(write(model, path, options))
         reloaded = load_exported(path) if fmt != "safetensors" else load_generator(path)
-        diff = _max_abs_diff(reloaded, reference, inputs)
+        # a static program (torch could not keep the shapes dynamic) runs its one shape only
+        pairs = [(x, ref) for x, ref in zip(inputs, reference)
+                 if entry.get("static_shape") is None or list(x.shape) == list(entry["static_shape"])]
+        diff = _max_abs_diff(reloaded, [ref for _, ref in pairs], [x for x, _ in pairs])
         entry.update(max_abs_diff=diff, ok=bool(diff <= TOLERANCE), size_bytes=path.stat().st_size,
-                     check_shapes=["x".join(map(str, s)) for s in check_shapes(check_size)])
+                     check_shapes=["x".join(map(str, x.shape)) for x, _ in pairs])
         report[fmt] = entry
-        log.info("%s -> %s: max |diff| %.2e on %s", fmt, path, diff, check_shapes(check_size))
+        log.info("%s -> %s: max |diff| %.2e on %s", fmt, path, diff, entry["check_shapes"])
 
     _merge_report(out_dir / REPORT_NAME, name, report)
     failed = {f: e["max_abs_diff"] for f, e in report.items() if not e["ok"]}
@@ -194,12 +316,24 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     return report
 
 
-def _merge_report(path: Path, name: str, report: Dict[str, Any]) -> None:
-    merged: Dict[str, Any] = {}
+def _read_report(path: Path) -> Dict[str, Any]:
     if path.exists():
         try:
-            merged = json.loads(path.read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError:
             log.warning("%s is not valid JSON; rewriting it", path)
+    return {}
+
+
+def _merge_report(path: Path, name: str, report: Dict[str, Any]) -> None:
+    merged = _read_report(path)
     merged[name] = report
+    atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+
+
+def merge_report_entry(path: PathLike, name: str, key: str, value: Any) -> None:
+    """Set ``report[name][key] = value`` in the export report at ``path`` (other entries are kept)."""
+    path = Path(path)
+    merged = _read_report(path)
+    merged.setdefault(name, {})[key] = value
     atomic_write_text(path, json.dumps(merged, indent=2, sort_keys=True) + "\n")

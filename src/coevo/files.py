@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 TEMP_SUFFIX = ".tmp"
+# mkstemp makes owner-only (0600) files; what coevo writes gets the usual mode (0666 minus the umask),
+# like any file the user's tools write: exported models are meant to be shared.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextmanager
@@ -38,6 +43,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

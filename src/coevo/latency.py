@@ -277,10 +277,19 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
         torch.set_num_threads(old_threads)
 
 
+def cache_path(teacher: GeneratorArch, size: int, target: str, threads: int, batch: int = 1) -> Path:
+    """Where the search looks for a measured table: ``$COEVO_CACHE`` (default ``~/.cache/coevo``)/latency/KEY."""
+    import os
+
+    root = Path(os.environ.get("COEVO_CACHE", Path.home() / ".cache" / "coevo"))
+    return root / "latency" / table_key(teacher, size, target, threads, batch)
+
+
 def table_key(teacher: GeneratorArch, size: int, target: str, threads: int, batch: int = 1) -> str:
     """File name of a cached table: the target, threads, size and a hash of the teacher's widths."""
     h = hashlib.sha256(json.dumps(teacher.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
     return f"latency_{target}{threads}t_{size}px_b{batch}_{h}.json"
 
 
-__all__ = ["LatencyTable", "LatencyTableError", "measure_table", "measure_latency", "table_key", "TARGETS"]
+__all__ = ["LatencyTable", "LatencyTableError", "measure_table", "measure_latency", "table_key", "cache_path",
+           "TARGETS"]

@@ -9,14 +9,19 @@ they are, never written into) or the built-in set (built in ``data/``). A
 resume on other images is refused; a resume may change settings only of
 stages that have not finished.
 
+Under torchrun (``torchrun --nproc_per_node N -m coevo compress ...``) every
+rank runs the pipeline: teacher training, search and fine-tuning run on all
+ranks (:mod:`coevo.distributed`); data, export and bench run on rank 0 while
+the others wait; rank 0 alone writes.
+
     RUN_DIR/
       config.yaml      resolved config of the whole job
       data/            the built-in data set (when data.root is not set; a folder you give is used where it is)
       teacher/         coevo training run (or teacher.json pointing at the user's checkpoints)
       search/          co-evolutionary search run
       finetune/        fine-tuned slim pair (G_A.pt, G_B.pt)
-      export/          TorchScript / ONNX / safetensors files with parity report
-      bench/           latency of teacher and compressed, side by side
+      export/          torch.export / ONNX (+ INT8) / safetensors files, parity and deploy report
+      bench/           latency of teacher and compressed, side by side (eager and the deployed runtime)
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from . import distributed
 from .config import Config, diff_configs, dump_config
 from .files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
@@ -37,6 +43,9 @@ from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_ent
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "teacher", "search", "finetune", "export", "bench")
+# Under torchrun these stages run on every rank; the others (cheap, or measuring one
+# process: data, export, bench) run on rank 0 while the other ranks wait.
+DISTRIBUTED_STAGES = ("teacher", "search", "finetune")
 # The config sections each stage reads first; top-level keys (seed, device) belong to every stage.
 STAGE_SECTIONS = {"data": ("data",), "teacher": ("model", "train"), "search": ("search",),
                   "finetune": ("finetune",), "export": ("export",), "bench": ("bench",)}
@@ -142,24 +151,37 @@ class Pipeline:
             )
 
     # -- stages
-    def _run_stage(self, name: str, fn: Callable[[Path, bool], Dict]) -> StageResult:
-        path = self.dir(name)
+    def _open_stage(self, name: str, path: Path):
+        """``(seconds, None)`` for a finished stage, else ``(None, resume)``; removes a stage folder
+        that was killed before its first write."""
         if stage_done(path):
-            result = StageResult(name, path, _stage_seconds(path), skipped=True)
+            return _stage_seconds(path), None
+        # A stage folder holding its config.yaml was interrupted mid-run: resume it.
+        # One without (killed before its first write) starts over.
+        resume = (path / "config.yaml").is_file()
+        if resume:
+            log.info("stage %s: resuming in %s", name, path)
+        elif path.exists():
+            shutil.rmtree(path)
+        return None, resume
+
+    def _run_stage(self, name: str, fn: Callable[[Path, bool], Dict]) -> StageResult:
+        """Run one stage. Under torchrun the stages in :data:`DISTRIBUTED_STAGES` run on every
+        rank; the others run on rank 0 while the rest wait. Rank 0 alone touches stage folders."""
+        path = self.dir(name)
+        done, resume = distributed.on_main(self._open_stage, name, path)
+        if done is not None:
+            result = StageResult(name, path, done, skipped=True)
         else:
-            # A stage folder holding its config.yaml was interrupted mid-run: resume it.
-            # One without (killed before its first write) starts over.
-            resume = (path / "config.yaml").is_file()
-            if resume:
-                log.info("stage %s: resuming in %s", name, path)
-            elif path.exists():
-                shutil.rmtree(path)
             t0 = time.perf_counter()
-            info = fn(path, resume) or {}
+            if name in DISTRIBUTED_STAGES:
+                info = fn(path, resume) or {}
+            else:
+                info = distributed.on_main(fn, path, resume) or {}
             seconds = time.perf_counter() - t0
             if self.data and "data" not in info:  # which images this stage saw (full record: data/stage.json)
                 info = {**info, "data_fingerprint": self.data["fingerprint_all"]}
-            _mark_done(path, name, seconds, info)
+            distributed.on_main(_mark_done, path, name, seconds, info)
             result = StageResult(name, path, seconds, info=info)
         self.results.append(result)
         self.on_stage(result)
@@ -181,19 +203,27 @@ class Pipeline:
         return Path(resolve_root(self.cfg.data, self.out) if not root else Path(root).resolve())
 
     def run(self) -> List[StageResult]:
-        """Run every stage (CPU threads are the caller's: the CLI applies ``--threads``/``threads``)."""
-        self.cfg.data.root = str(self.data_root())
-        # Bad data (or any failure) before the first real work leaves nothing that blocks a plain rerun.
-        with undo_failed_start(self.out, resume=self.resume):
-            self.prepare()
-            self._run_stage("data", self._data)
-            self._check_data()
+        """Run every stage (CPU threads are the caller's: the CLI applies ``--threads``/``threads``).
+
+        Under torchrun every rank calls it: see :data:`DISTRIBUTED_STAGES`.
+        """
+        self.cfg.data.root = str(distributed.on_main(self.data_root))
+        self.data, self.results = distributed.on_main(self._start)
         self._run_stage("teacher", self._teacher)
         self._run_stage("search", self._search)
         self._run_stage("finetune", self._finetune)
         self._run_stage("export", self._export)
         self._run_stage("bench", self._bench)
         return self.results
+
+    def _start(self):
+        """The run folder and the data stage (rank 0); returns the data record and the stage results."""
+        # Bad data (or any failure) before the first real work leaves nothing that blocks a plain rerun.
+        with undo_failed_start(self.out, resume=self.resume):
+            self.prepare()
+            self._run_stage("data", self._data)
+            self._check_data()
+        return self.data, self.results
 
     def _data(self, path: Path, resume: bool) -> Dict:
         """Use the given folder, or build the built-in set (only into a missing, empty or built-in folder)."""
@@ -216,14 +246,17 @@ class Pipeline:
 
     def _teacher(self, path: Path, resume: bool) -> Dict:
         if self.teacher_src is not None:
-            paths = self.teacher_src
-            path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path / "teacher.json", json.dumps(paths.to_dict(), indent=2))
-            return {"source": "given", "files": paths.to_dict()}
+            return distributed.on_main(self._given_teacher, path)
         from .train.teacher import train_teacher
 
         train_teacher(self.cfg, path, resume=resume)
         return {"source": "trained"}
+
+    def _given_teacher(self, path: Path) -> Dict:
+        paths = self.teacher_src
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path / "teacher.json", json.dumps(paths.to_dict(), indent=2))
+        return {"source": "given", "files": paths.to_dict()}
 
     def teacher_paths(self) -> TeacherPaths:
         path = self.dir("teacher")
@@ -249,23 +282,32 @@ class Pipeline:
 
     def _export(self, path: Path, resume: bool) -> Dict:
         from . import load_generator
-        from .export import export_generator
+        from .deploy import export_for_target, find_deploy_data, resolve_target
 
         if path.exists():
             shutil.rmtree(path)  # exporting is cheap and idempotent: redo rather than patch
         path.mkdir(parents=True)
+        e = self.cfg.export
+        target = resolve_target(e.target, self.cfg.device)
         report = {}
         for name in ("G_A", "G_B"):
             model = load_generator(self.dir("finetune") / f"{name}.pt")
-            report[name] = export_generator(model, path, name, formats=tuple(self.cfg.export.formats),
-                                            check_size=self.cfg.export.check_size, opset=self.cfg.export.opset,
-                                            seed=self.cfg.seed)
-        return {"max_abs_diff": {g: {f: r.get("max_abs_diff") for f, r in rep.items() if isinstance(r, dict)}
-                                 for g, rep in report.items()}}
+            # INT8 calibrates on the run's training images of the generator's input domain
+            report[name] = export_for_target(
+                model, path, name, target=target, data=find_deploy_data(self.cfg.data.root, name),
+                formats=tuple(e.formats), check_size=e.check_size, opset=e.opset, seed=self.cfg.seed,
+                int8=e.int8, calibration_images=e.calibration_images, cuda_dtype=e.cuda_dtype,
+                threads=self.cfg.bench.threads or None)
+        return {"target": target,
+                "deployed": {g: rep["deploy"]["deployed"] for g, rep in report.items()},
+                "max_abs_diff": {g: {f: r.get("max_abs_diff") for f, r in rep.items()
+                                     if isinstance(r, dict) and f != "deploy"} for g, rep in report.items()}}
 
     def _bench(self, path: Path, resume: bool) -> Dict:
+        """Teacher and compressed side by side: in eager PyTorch and on the runtime export deployed."""
         from . import load_generator
         from .bench import benchmark_models, machine_info, plot_results, save_results
+        from .deploy import deployed_artifact
 
         path.mkdir(parents=True, exist_ok=True)
         b = self.cfg.bench
@@ -277,13 +319,23 @@ class Pipeline:
                 f"teacher {name}": load_generator(getattr(teacher, name)),
                 f"coevo {name}": load_generator(self.dir("finetune") / f"{name}.pt"),
             }
+            deployed = deployed_artifact(self.dir("export"), name)
+            backends = ["eager"]
+            if deployed is not None and deployed["backend"] != "eager":
+                backends.append(deployed["backend"])
+                models[f"coevo {name} deployed"] = load_generator(deployed["path"])
             results = benchmark_models(models, size=b.size, batch=b.batch, threads=b.threads or None,
-                                       device=self.cfg.device, backends=("eager",), warmup=b.warmup,
-                                       repeats=b.repeats, seed=self.cfg.seed)
+                                       device=self.cfg.device, backends=backends, warmup=b.warmup,
+                                       repeats=b.repeats, seed=self.cfg.seed,
+                                       only={f"coevo {name}": ["eager"]})
             all_results += results
-            summary[name] = {r.name: {"latency_ms_median": r.latency_ms_median,
-                                      "speedup_vs_first": r.speedup_vs_first} for r in results}
-        save_results(all_results, path / "bench.json", machine_info())
+            summary[name] = {f"{r.name} [{r.backend}]": {"latency_ms_median": r.latency_ms_median,
+                                                          "speedup_vs_first": r.speedup_vs_first,
+                                                          "speedup_vs_first_eager": r.speedup_vs_first_eager}
+                             for r in results}
+            summary[name]["deployed_backend"] = backends[-1]
+        save_results(all_results, path / "bench.json", machine_info(self.cfg.device, b.threads or None),
+                     extra={"deployed_backend": {g: s["deployed_backend"] for g, s in summary.items()}})
         plot_results(all_results, path / "bench.png")
         return summary
 

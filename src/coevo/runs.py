@@ -16,9 +16,11 @@ import tempfile
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Optional
+from typing import Any, Iterator, List, Mapping, Optional, Tuple
 
 import torch
+
+from . import distributed
 from .errors import CoevoError
 from .files import atomic_write_text, is_orphan_temp, remove_orphan_temps
 
@@ -38,7 +40,40 @@ def mark_run_dir(path: str | Path, command: str) -> Path:
 
     record = {"format": "coevo.run", "command": command, "coevo": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    job = distributed.job_id()
+    if job is not None:  # a torchrun restart resumes only the runs its own job started
+        record["job"] = job
     return atomic_write_text(Path(path) / RUN_MARKER, json.dumps(record, indent=2) + "\n")
+
+
+def restart_flags(path: str | Path, resume: bool, force: bool,
+                  resume_file: str = "config.yaml") -> Tuple[bool, bool]:
+    """``(resume, force)`` for this attempt of a command that torchrun may restart (``--max-restarts``).
+
+    The first attempt keeps the flags it was given. A restarted one never deletes a
+    run its job did not start: when ``path`` holds a run whose marker names this job
+    (:func:`coevo.distributed.job_id`), it resumes it (``resume_file`` present) or,
+    killed before it could be resumed, starts it again; any other folder gets the
+    first attempt's flags without ``force``.
+    """
+    count = distributed.restart_count()
+    if count == 0:
+        return resume, force
+    path = Path(path)
+    try:
+        job = json.loads((path / RUN_MARKER).read_text()).get("job")
+    except (OSError, ValueError, AttributeError):
+        job = None
+    if job is None or job != distributed.job_id():
+        if force:
+            log.warning("torchrun restart %d: ignoring --force, %s was not started by this job", count, path)
+        return resume, False
+    if (path / resume_file).exists():
+        log.warning("torchrun restart %d: resuming %s", count, path)
+        return True, False
+    log.warning("torchrun restart %d: %s was started by this job but holds nothing to resume; starting it again",
+                count, path)
+    return False, True
 
 
 def run_entries(path: str | Path) -> List[Path]:

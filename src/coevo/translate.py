@@ -1,6 +1,6 @@
 """Apply a generator to image files and write the translations as PNGs.
 
-Works with any module :func:`coevo.load_generator` returns (eager, TorchScript or ONNX):
+Works with any module :func:`coevo.load_generator` returns (eager, torch.export, ONNX incl. INT8, TorchScript):
 each takes and returns NCHW RGB tensors in [-1, 1].
 """
 from __future__ import annotations

@@ -7,6 +7,7 @@ dependencies inside ``run`` so that ``coevo --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -20,6 +21,8 @@ SUBCOMMANDS = [
     "data", "train", "prune", "search", "finetune", "export",
     "translate", "compress", "demo", "bench", "evaluate",
 ]
+# The commands that run under torchrun (one process per rank; see coevo.distributed).
+DISTRIBUTED_COMMANDS = ("train", "search", "finetune", "compress")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,14 +88,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from .. import distributed
+
+    here = distributed.launch()
+    if here.world_size > 1 and args.command not in DISTRIBUTED_COMMANDS:
+        if here.rank == 0:
+            print(f"coevo {args.command}: error: runs in one process; start it without torchrun (torchrun "
+                  f"runs {', '.join(DISTRIBUTED_COMMANDS)})", file=sys.stderr)
+        return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if here.rank > 0 and not args.verbose:
+        level = logging.WARNING  # rank 0 tells the story; the others speak up only for problems
+    rank_tag = f"[rank {here.rank}] " if here.world_size > 1 else ""
+    logging.basicConfig(level=level, format=f"%(levelname)s {rank_tag}%(name)s: %(message)s")
     from ..errors import CoevoError
     from ..runs import apply_threads
 
     try:
         apply_threads(args.threads)
-        return int(args.func(args) or 0)
+        distributed.init()
+        with contextlib.ExitStack() as stack:
+            if here.rank > 0:  # results are printed once, by rank 0
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            code = int(args.func(args) or 0)
+        distributed.barrier()  # end together: gloo aborts a process that tears down while a peer still talks
+        return code
+    except distributed.PeerError:
+        return 2  # another rank failed and printed why
     except CoevoError as e:
         print(f"coevo {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
@@ -105,6 +127,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"coevo {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,14 +8,23 @@ from ..config import BenchConfig
 
 
 def add_parser(sub) -> None:
+    from ..backends import BACKENDS
+
     d = BenchConfig()
     p = sub.add_parser(
         "bench",
-        help="time generators side by side on CPU or CUDA",
+        help="time generators side by side on CPU or CUDA, on several runtimes",
         description="Time every --model on every --backend, interleaved round-robin after warm-up; print a "
-                    "table and write bench.json and bench.png into --out. The first --model is the baseline "
-                    "of the speedup column.",
+                    "table and write bench.json and bench.png into --out. The first --model (e.g. the teacher) is "
+                    "the baseline: each row gets its speed-up against it on the same backend and against it in "
+                    "eager PyTorch.",
     )
+    p.add_argument("--latency-table", action="store_true",
+                   help="instead of timing models: measure the per-layer latency table of the (first) --model's "
+                        "architecture on --target with --threads (a few minutes, once per machine) for "
+                        "`search.compute=latency`; saved in the search's cache and in --out")
+    p.add_argument("--target", choices=["cpu", "cuda"], default=None,
+                   help="--latency-table: where the table is measured (default: --device)")
     p.add_argument("--model", action="append", required=True, metavar="FILE",
                    help="generator file (repeatable); NAME=FILE sets the name shown (default: the file name)")
     p.add_argument("--size", type=int, default=d.size, help=f"square input size (default {d.size})")
@@ -24,8 +33,9 @@ def add_parser(sub) -> None:
                    help="torch and ONNX Runtime intra-op threads (default: their own default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--backend", default="eager",
-                   help="comma-separated subset of eager,torchscript,onnxruntime (default eager); "
-                        ".ts and .onnx files always run on their own runtime")
+                   help=f"comma-separated subset of {','.join(BACKENDS)} (default eager). Exported files run on "
+                        "the backends their format allows (.onnx: onnxruntime[-int8], .pt2: torch-export and the "
+                        "cuda-* ones, .ts: torchscript); cuda-* need --device cuda, onnxruntime-int8 the CPU")
     p.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed rounds first (default {d.warmup})")
     p.add_argument("--repeats", type=int, default=20, help="timed rounds (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
@@ -46,9 +56,40 @@ def _named(specs):
     return models
 
 
+def run_latency_table(args: argparse.Namespace) -> int:
+    from ..files import atomic_write_text
+    from ..latency import cache_path, measure_table
+    from ..models import ResnetGenerator, load_generator
+    from ..runs import writable_out_dir
+
+    target = args.target or ("cuda" if args.device.startswith("cuda") else "cpu")
+    model = load_generator(args.model[0])
+    if not isinstance(model, ResnetGenerator):
+        from ..models.io import CheckpointError
+
+        raise CheckpointError(f"{args.model[0]} is an exported model; a latency table needs the generator's "
+                              "architecture: give its .pt/.pth/.safetensors file")
+    out = writable_out_dir(args.out, "bench")
+    threads = args.threads or 1
+    print(f"measuring the latency table of {args.model[0]} on {target} with {threads} thread(s) at "
+          f"{args.size}px ...", flush=True)
+    table = measure_table(model.arch, size=args.size, target=target, threads=threads, batch=args.batch)
+    cached = cache_path(model.arch, args.size, target, threads, args.batch)
+    table.save(cached)
+    atomic_write_text(out / cached.name, cached.read_text())
+    print(f"teacher {table.predict(model.arch):.1f} ms; table: {out / cached.name} "
+          f"(and {cached}, where `search.compute=latency` finds it with search.latency_threads={threads}, "
+          f"latency_size={args.size}, latency_target={target})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
+    if args.latency_table:
+        return run_latency_table(args)
+
+    from ..backends import unavailable_reason
     from ..bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
     from ..runs import writable_out_dir
 
@@ -61,6 +102,14 @@ def run(args: argparse.Namespace) -> int:
             print("coevo bench: error: --device cuda but torch sees no CUDA device; use --device cpu",
                   file=sys.stderr)
             return 2
+    skipped = {b: unavailable_reason(b, args.device) for b in backends}
+    skipped = {b: why for b, why in skipped.items() if why}
+    for backend, why in skipped.items():
+        print(f"coevo bench: skipping backend {backend}: {why}", file=sys.stderr)
+    backends = [b for b in backends if b not in skipped]
+    if not backends:
+        print("coevo bench: error: none of the requested backends can run here", file=sys.stderr)
+        return 2
     models = _named(args.model)
     missing = [str(p) for p in models.values() if not p.exists()]
     if missing:
@@ -69,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
     results = benchmark_models(models, size=args.size, batch=args.batch, threads=args.threads,
                                device=args.device, backends=backends, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)
-    save_results(results, out / "bench.json", machine_info(args.device, args.threads))
+    save_results(results, out / "bench.json", machine_info(args.device, args.threads),
+                 extra={"skipped_backends": skipped} if skipped else None)
     plot_results(results, out / "bench.png")
     print(format_table(results))
     print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")

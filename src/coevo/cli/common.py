@@ -30,9 +30,20 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
     Applies its CPU thread count, so ``--threads`` and the config's ``threads`` mean
     the same for every command.
     """
+    from .. import distributed
     from ..config import load_config
     from ..runs import apply_threads
 
     cfg = load_config(path, job_overrides(args))
     apply_threads(cfg.threads)
+    distributed.check_device(cfg.device)
     return cfg
+
+
+def apply_restart(args: argparse.Namespace, resume_file: str = "config.yaml") -> None:
+    """Set ``args.resume``/``args.force`` for this attempt of a torchrun job (:func:`coevo.runs.restart_flags`):
+    a restarted job resumes the run it started and never deletes another. Rank 0 decides for every rank."""
+    from .. import distributed
+    from ..runs import restart_flags
+
+    args.resume, args.force = distributed.on_main(restart_flags, args.out, args.resume, args.force, resume_file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, job_config
+from .common import add_data_arg, apply_restart, job_config
 
 
 def add_parser(sub) -> None:
@@ -32,7 +32,9 @@ def print_stage(result) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import Pipeline
+    from ..runs import RUN_MARKER
 
+    apply_restart(args, resume_file=RUN_MARKER)
     teacher = teacher_from_args(args)  # a wrong teacher fails before any work
     cfg = job_config(args, args.config)
     pipe = Pipeline(cfg, args.out, teacher=teacher, resume=args.resume, force=args.force,

@@ -1,10 +1,12 @@
-"""`coevo export`: TorchScript / ONNX / safetensors files of a run's generators, each checked against eager."""
+"""`coevo export`: a run's generators as torch.export / ONNX / safetensors files, checked against eager,
+plus the deployment artifact of a target (INT8 ONNX for CPUs, a float16 program for CUDA)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ..config import ExportConfig
 
@@ -14,18 +16,35 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 def add_parser(sub) -> None:
+    from ..export import FORMATS
+
     d = ExportConfig()
     p = sub.add_parser(
         "export",
-        help="export generators to TorchScript, ONNX and safetensors with parity checks",
+        help="export generators (torch.export, ONNX, safetensors; INT8 or float16 per target) with parity checks",
         description="Export the generators of RUN_DIR (a fine-tune run with G_A.pt and G_B.pt, a folder of "
                     "generator files, or one generator file). Each export is reloaded and compared with "
-                    "eager PyTorch at a size other than the training size.",
+                    "eager PyTorch at a size other than the training size. --target adds what runs fastest "
+                    "there and records the file to ship under 'deploy' in export_report.json.",
     )
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="fine-tune run, folder of generators, or one file")
     p.add_argument("--out", required=True, help="output folder (must be new or empty unless --force)")
     p.add_argument("--formats", default=",".join(d.formats),
-                   help=f"comma-separated subset of torchscript,onnx,safetensors (default: {','.join(d.formats)})")
+                   help=f"comma-separated subset of {','.join(FORMATS)} (default: {','.join(d.formats)}; "
+                        "torchscript only on request: torch.jit is deprecated)")
+    p.add_argument("--target", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (default): ONNX, optimised by ONNX Runtime at load, and a static INT8 ONNX if it "
+                        "passes its quality check; cuda: a float16 channels_last torch.export program for the "
+                        "CUDA-graph runner, if it matches fp32 within tolerance")
+    p.add_argument("--calibration", metavar="DIR", default=None,
+                   help="INT8 calibration images: a data set (trainA/trainB, testA_gt_B/testB_gt_A for the "
+                        "ground-truth check) or a folder of the input domain's images. Default for a fine-tune "
+                        "run: the data it was trained on. Without any, the cpu target deploys fp32 ONNX")
+    p.add_argument("--calibration-images", type=int, default=d.calibration_images,
+                   help=f"training images that calibrate INT8 (default {d.calibration_images})")
+    p.add_argument("--no-int8", action="store_true", help="cpu target: skip INT8, deploy fp32 ONNX")
+    p.add_argument("--cuda-dtype", choices=["float16", "bfloat16"], default=d.cuda_dtype,
+                   help=f"cuda target: precision of the fast program (default {d.cuda_dtype})")
     p.add_argument("--check-size", type=int, default=d.check_size,
                    help=f"square size of the parity check; a 2/3-height non-square input is checked too "
                         f"(default {d.check_size})")
@@ -57,6 +76,15 @@ def find_generators(source: Path) -> List[Tuple[str, Path]]:
     return found
 
 
+def run_data_root(source: Path) -> Optional[Path]:
+    """The data set a fine-tune run was trained on (its data.json), when it still exists."""
+    try:
+        root = json.loads((source / "data.json").read_text()).get("root") if source.is_dir() else None
+    except (OSError, ValueError):
+        return None
+    return Path(root) if root and Path(root).is_dir() else None
+
+
 def _load_all(pairs: List[Tuple[str, Path]], single: bool):
     import logging
 
@@ -81,8 +109,44 @@ def _load_all(pairs: List[Tuple[str, Path]], single: bool):
     return models
 
 
+def _rows(name: str, report: dict) -> list:
+    rows = []
+    for fmt, entry in report.items():
+        if fmt == "deploy":
+            continue
+        note = f" ({entry['exporter']} exporter, opset {entry['opset']})" if fmt == "onnx" else ""
+        if fmt == "torch-export":
+            note = " (dynamic shapes)" if entry.get("dynamic") else f" (static {entry.get('static_shape')})"
+        rows.append((name, fmt + note, Path(entry["path"]).name, entry["size_bytes"], entry["max_abs_diff"]))
+    return rows
+
+
+def _deploy_line(name: str, deploy: dict) -> str:
+    deployed = deploy["deployed"]
+    if deployed is None:
+        return f"{name}: nothing deployed: {deploy.get('skipped')}"
+    line = (f"{name}: deploy {Path(deployed['path']).name} ({deployed['precision']}, "
+            f"bench backend {deployed['backend']})")
+    int8 = deploy.get("int8")
+    if int8 and int8.get("skipped"):
+        line += f"; INT8 skipped: {int8['skipped']}"
+    elif int8:
+        q = int8["quality"]
+        gt = "" if q["gt_drop_db"] is None else f", ground-truth PSNR drop {q['gt_drop_db']:+.3f} dB"
+        verdict = "passes" if int8["ok"] else "FAILS (" + "; ".join(int8["reasons"]) + ")"
+        line += f"; INT8 {verdict}: {q['psnr_vs_fp32_db']:.1f} dB to fp32{gt}"
+    fast = deploy.get("fast")
+    if fast:
+        par = fast["parity"]
+        line += (f"; {fast['dtype']} parity max |diff| {par['max_abs_diff']:.3g}, mean {par['mean_abs_diff']:.3g} "
+                 f"(tolerance {par['tolerance']['max_abs_diff']:g} / {par['tolerance']['mean_abs_diff']:g}, "
+                 f"measured on {par['measured_on']})")
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..export import FORMATS, ExportError, check_shapes, export_generator
+    from ..deploy import export_for_target, find_deploy_data
+    from ..export import FORMATS, ExportError, check_shapes
     from ..runs import RunDirError, prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -91,27 +155,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"coevo export: error: unknown format(s) {bad or formats}; choose from {','.join(FORMATS)}",
               file=sys.stderr)
         return 2
+    if args.calibration_images < 1:
+        print("coevo export: error: --calibration-images must be >= 1", file=sys.stderr)
+        return 2
     check_shapes(args.check_size)
     source = Path(args.run)
     pairs = find_generators(source)
     models = _load_all(pairs, single=source.is_file())
     if source.resolve() == Path(args.out).resolve() or Path(args.out).resolve() in source.resolve().parents:
         raise RunDirError(f"--out {args.out} holds the --run input {source}; choose another --out")
+    calibration = Path(args.calibration) if args.calibration else run_data_root(source)
+    if args.calibration and not calibration.is_dir():
+        print(f"coevo export: error: --calibration {calibration} is not a folder", file=sys.stderr)
+        return 2
+    if args.target == "cpu" and not args.no_int8 and calibration is None:
+        print("coevo export: no --calibration images: INT8 is skipped and fp32 ONNX is deployed "
+              "(pass --calibration DIR with training images of the input domain)")
     out = prepare_run_dir(args.out, force=args.force, command="export")
 
-    rows = []
+    rows, deploy_lines = [], []
     status = 0
     for name, path, model in models:
         try:
-            report = export_generator(model, out, name, formats=formats, check_size=args.check_size,
-                                      opset=args.opset, seed=args.seed, onnx_exporter=args.onnx_exporter)
+            report = export_for_target(
+                model, out, name, target=args.target, data=find_deploy_data(calibration, name), formats=formats,
+                check_size=args.check_size, opset=args.opset, seed=args.seed, onnx_exporter=args.onnx_exporter,
+                int8=not args.no_int8, calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
         except ExportError as e:
             print(f"coevo export: error: {e}", file=sys.stderr)
             status = 1
             continue
-        for fmt, entry in report.items():
-            note = f" ({entry['exporter']} exporter, opset {entry['opset']})" if fmt == "onnx" else ""
-            rows.append((name, fmt + note, Path(entry["path"]).name, entry["size_bytes"], entry["max_abs_diff"]))
+        rows += _rows(name, report)
+        deploy_lines.append(_deploy_line(name, report["deploy"]))
 
     if rows:
         print(f"{'model':<14} {'format':<38} {'file':<28} {'size':>10} {'max |diff|':>11}")
@@ -119,4 +194,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<14} {fmt:<38} {file:<28} {size / 2**20:>7.2f} MB {diff:>11.2e}")
         print(f"parity: checked on seeded random inputs in [-1, 1] at {args.check_size}x{args.check_size} and a "
               f"non-square batch of 2; report: {out / 'export_report.json'}")
+        print(f"target {args.target}:")
+        for line in deploy_lines:
+            print(f"  {line}")
     return status

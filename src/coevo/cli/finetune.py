@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, job_config, job_overrides
+from .common import add_data_arg, apply_restart, job_config, job_overrides
 
 
 def add_parser(sub) -> None:
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
+    apply_restart(args)
     own = Path(args.out) / "config.yaml"
     if args.search is not None:
         if args.genome_a or args.genome_b or args.teacher or args.teacher_ab or args.teacher_ba or args.config:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, job_config
+from .common import add_data_arg, apply_restart, job_config
 
 
 def add_parser(sub):
@@ -36,6 +36,7 @@ def run(args) -> int:
     out = Path(args.out)
     if args.resume and args.force:
         raise RunDirError("--resume and --force contradict each other; choose one")
+    apply_restart(args)
     teacher = teacher_from_args(args)  # on --resume, None: the run's teacher.json
     if args.resume:
         if not (out / "config.yaml").exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_data_arg, job_config
+from .common import add_data_arg, apply_restart, job_config
 
 
 def add_parser(sub) -> None:
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --config (e.g. --config configs/demo.yaml), or --resume to continue RUN_DIR")
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
+    apply_restart(args)
     config = args.config if args.config is not None else Path(args.out) / "config.yaml"
     cfg = job_config(args, config)
     out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)

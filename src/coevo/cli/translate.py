@@ -8,8 +8,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "translate",
         help="translate an image or a folder of images with a generator",
-        description="Apply any generator coevo loads (coevo .pt, latest_net_G_A.pth, .safetensors, .ts, .onnx) "
-                    "and write <name>.png per input into --output.",
+        description="Apply any generator coevo loads (coevo .pt, latest_net_G_A.pth, .safetensors, and the exports: "
+                    ".pt2 torch.export programs incl. float16 ones, .onnx incl. INT8 .int8.onnx, .ts) and write "
+                    "<name>.png per input into --output. A folder is translated in batches of --batch images "
+                    "of one size.",
     )
     p.add_argument("--model", required=True, help="generator file")
     p.add_argument("--input", required=True, help="image file or folder of images")

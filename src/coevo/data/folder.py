@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .errors import DataError
 from .images import LAYOUT_HINT, list_images, load_image, to_tensor
@@ -192,20 +192,58 @@ class SingleImageDataset(Dataset):
         return {"image": to_tensor(_resize(img, self._target_size(img, path))), "path": str(path)}
 
 
+def shuffle_generator(seed: int, epoch: int) -> torch.Generator:
+    """The torch generator behind the shuffle order of ``epoch``."""
+    state = np.random.SeedSequence([_STREAM_SHUFFLE, int(seed), int(epoch)]).generate_state(2)
+    generator = torch.Generator()
+    generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return generator
+
+
+class SeededDistributedSampler(DistributedSampler):
+    """A DistributedSampler over the one-process loader's permutation of ``(seed, epoch)``.
+
+    Rank ``r`` of ``W`` takes items ``r, r + W, ...`` of that permutation
+    (padded, as DistributedSampler pads, to a multiple of ``W``), so with
+    ``batch_size / W`` per rank the ``W`` shares of step ``k`` are batch ``k``
+    of a one-process run.
+    """
+
+    def __init__(self, dataset: Dataset, replicas: int, rank: int, seed: int, epoch: int) -> None:
+        super().__init__(dataset, num_replicas=replicas, rank=rank, shuffle=True, seed=seed)
+        self.set_epoch(epoch)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        generator = shuffle_generator(self.seed, self.epoch)
+        # A one-process DataLoader draws its workers' base seed from this generator before its sampler
+        # draws the permutation: draw it too, so that both orders agree (tests/test_distributed.py checks).
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(n, generator=generator).tolist()
+        pad = self.total_size - n
+        order += (order * (pad // n + 1))[:pad]
+        return iter(order[self.rank:self.total_size:self.num_replicas])
+
+
 def make_loader(dataset: Dataset, batch_size: int = 1, shuffle: bool = True, num_workers: int = 0,
-                seed: int = 0, epoch: int = 0, drop_last: bool = False) -> DataLoader:
+                seed: int = 0, epoch: int = 0, drop_last: bool = False, replicas: int = 1,
+                rank: int = 0) -> DataLoader:
     """A DataLoader for ``epoch`` whose order and samples are fixed by ``(seed, epoch)``.
 
     Sets the dataset's epoch when it has :meth:`set_epoch` and shuffles with a
     generator seeded from ``(seed, epoch)``, so a resumed run replays the same
-    batches. Build a new loader for each epoch.
+    batches. Build a new loader for each epoch. With ``replicas > 1`` (torchrun)
+    it yields rank ``rank``'s share through :class:`SeededDistributedSampler`
+    (``batch_size`` is then per rank).
     """
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    generator = None
-    if shuffle:
-        state = np.random.SeedSequence([_STREAM_SHUFFLE, int(seed), int(epoch)]).generate_state(2)
-        generator = torch.Generator()
-        generator.manual_seed(int(state[0]) << 32 | int(state[1]))
+    if replicas > 1:
+        if not shuffle:
+            raise ValueError("make_loader shards only shuffled data across processes")
+        sampler = SeededDistributedSampler(dataset, replicas, rank, seed, epoch)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                          generator=shuffle_generator(seed, epoch), drop_last=drop_last, persistent_workers=False)
+    generator = shuffle_generator(seed, epoch) if shuffle else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       generator=generator, drop_last=drop_last, persistent_workers=False)

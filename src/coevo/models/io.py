@@ -143,7 +143,7 @@ def load_generator(path: PathLike) -> nn.Module:
     """Load any generator coevo knows, with no flags. Returns a module in eval mode.
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
-    is a :class:`ResnetGenerator`; TorchScript and ONNX exports come back as modules
+    is a :class:`ResnetGenerator`; torch.export (.pt2), ONNX and TorchScript exports come back as modules
     that run the exported graph (see :mod:`coevo.models.exported`).
     """
     path = Path(path)
@@ -152,7 +152,7 @@ def load_generator(path: PathLike) -> nn.Module:
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         model = _load_safetensors_generator(path)
-    elif suffix in (".onnx", ".ts", ".torchscript", ".jit"):
+    elif suffix in (".onnx", ".pt2", ".ts", ".torchscript", ".jit"):
         from .exported import load_exported
 
         return load_exported(path)

@@ -81,6 +81,19 @@ def l1_genome_for_macs(generator: ResnetGenerator, macs_ratio: float, size: Size
     return genome
 
 
+def l1_genome_for_latency(generator: ResnetGenerator, table, max_ms: float, min_channels: int = 1,
+                          channel_multiple: int = 1, tied: bool = False) -> Genome:
+    """The L1 genome with the largest uniform keep ratio whose latency, as a
+    :class:`~coevo.latency.LatencyTable` predicts it, is ``<= max_ms``."""
+    arch = generator.arch
+    fitter = WidthFitter(arch, table.size, tied, min_channels, channel_multiple, cost=table)
+    ratio, widths = fitter.fit(fitter.full.astype(np.float64), fitter.full, float(max_ms), offset=0.5, s_max=1.0)
+    meta = {"method": "l1", "keep_ratio": ratio, "max_ms": float(max_ms), "latency_target": table.target,
+            "size": [table.size, table.size], "min_channels": int(min_channels),
+            "channel_multiple": int(channel_multiple)}
+    return genome_from_scores(arch, fitter.expand(widths), filter_importance(generator, tied), tied, meta)
+
+
 def random_genome_for_macs(arch: GeneratorArch, macs_ratio: float, size: Size, rng: np.random.Generator,
                            min_channels: int = 1, channel_multiple: int = 1, convention: str = "published",
                            tied: bool = False, density_range: tuple = (0.1, 1.0)) -> Genome:

@@ -57,7 +57,7 @@ class WidthFitter:
     """
 
     def __init__(self, arch: GeneratorArch, size: Size, tied: bool = False, min_channels: int = 1,
-                 channel_multiple: int = 1, convention: str = "published") -> None:
+                 channel_multiple: int = 1, convention: str = "published", cost=None) -> None:
         if int(min_channels) < 1:
             raise ValueError(f"min_channels must be >= 1, got {min_channels}")
         if int(channel_multiple) < 1:
@@ -70,14 +70,20 @@ class WidthFitter:
                                  for n in group_names(arch.n_blocks)])
         self.full = np.array([arch.widths[n] for n in self.names], dtype=np.int64)
         self.lo = np.minimum(self.min_channels, self.full)
-        self.table = MacTable(arch, size, convention)
+        # What the budget counts: MACs, or any table with MacTable's interface (width vectors in
+        # group order -> cost), such as a measured coevo.latency.LatencyTable (milliseconds).
+        self.table = MacTable(arch, size, convention) if cost is None else cost
+        self.unit = "MACs" if cost is None else "ms"
 
     def macs(self, widths: np.ndarray) -> np.ndarray:
-        """MACs of layout width vectors ``[..., n_layout]``."""
+        """Cost (MACs, or the ``cost`` table's unit) of layout width vectors ``[..., n_layout]``."""
         return self.table(np.asarray(widths)[..., self._expand])
 
+    def min_cost(self):
+        return self.macs(self.lo)
+
     def min_macs(self) -> int:
-        return int(self.macs(self.lo))
+        return int(self.min_cost())
 
     def widths_at(self, s: np.ndarray, base: np.ndarray, cap: np.ndarray, offset: float = 0.0) -> np.ndarray:
         """Widths ``max(lo, round(min(cap, floor(s * base + offset))))`` for scales ``s`` ``[S]`` -> ``[S, n_layout]``.
@@ -96,13 +102,13 @@ class WidthFitter:
         """
         base = np.asarray(base, dtype=np.float64)
         cap = np.asarray(cap, dtype=np.int64)
-        floor_macs = self.min_macs()
-        if floor_macs > budget:
+        floor_cost = self.min_cost()
+        if floor_cost > budget:
             h, w = self.size
             raise BudgetError(
-                f"no genome fits {budget:,} MACs at {h}x{w} ({self.convention}): keeping only "
-                f"{self.min_channels} channel(s) per group already costs {floor_macs:,}. "
-                "Raise the MAC ratio or lower min_channels"
+                f"no genome fits {budget:,} {self.unit} at {h}x{w} ({self.convention}): keeping only "
+                f"{self.min_channels} channel(s) per group already costs {floor_cost:,}. "
+                "Raise the budget or lower min_channels"
             )
         # Every scale where some group gains a channel: s = (m - offset) / base, m = 1..cap.
         steps = [(np.arange(1, c + 1) - offset) / b for b, c in zip(base, cap) if b > 0 and c > 0]
@@ -145,8 +151,11 @@ def random_scores(arch: GeneratorArch, rng: np.random.Generator, tied: bool = Fa
 
 def repair_to_budget(genome: Genome, max_macs: int, size: Size, rng: Optional[np.random.Generator] = None,
                      importance: Optional[Mapping[str, np.ndarray]] = None, min_channels: int = 1,
-                     channel_multiple: int = 1, convention: str = "published") -> Genome:
+                     channel_multiple: int = 1, convention: str = "published", cost=None) -> Genome:
     """A genome within ``max_macs`` that keeps only channels ``genome`` keeps (plus the minimum).
+
+    ``cost``: price genomes with this table instead of MACs (see :class:`WidthFitter`);
+    ``max_macs`` is then in its unit (milliseconds for a latency table).
 
     1. Groups keeping fewer than ``min_channels`` get their best dropped channels back.
     2. Kept counts are rounded down to ``channel_multiple`` where possible and, when over
@@ -165,11 +174,12 @@ def repair_to_budget(genome: Genome, max_macs: int, size: Size, rng: Optional[np
         scores = random_scores(arch, rng, tied)
     else:
         raise ValueError("repair_to_budget needs importance scores or an rng to choose which channels to drop")
-    fitter = WidthFitter(arch, size, tied, min_channels, channel_multiple, convention)
+    fitter = WidthFitter(arch, size, tied, min_channels, channel_multiple, convention, cost=cost)
     masks = {n: genome.masks[n] for n in fitter.names}
     counts = np.array([np.count_nonzero(masks[n]) for n in fitter.names], dtype=np.int64)
     grown = np.maximum(counts, fitter.lo)
-    _, widths = fitter.fit(grown.astype(np.float64), grown, int(max_macs), s_max=1.0)
+    _, widths = fitter.fit(grown.astype(np.float64), grown, max_macs if cost is not None else int(max_macs),
+                           s_max=1.0)
     new = {}
     for n, have, want in zip(fitter.names, counts, widths):
         m = masks[n]

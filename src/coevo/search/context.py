@@ -16,9 +16,11 @@ cycle goes back through ``G_B``.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +28,11 @@ import torch
 from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
 from ..models.teacher import TeacherPaths
 from ..perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
+from ..precision import autocast
 from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
+
+if TYPE_CHECKING:
+    from ..latency import LatencyTable
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +47,24 @@ _EVAL_STREAM = 3  # rng stream tag for picking evaluation images (distinct from 
 
 @dataclass
 class Budget:
-    """The compute constraint: ``max_macs`` (None in reward mode) at ``size`` x ``size``."""
+    """The compute constraint: ``max_macs`` (None in reward and latency mode) at ``size`` x ``size``.
+
+    Latency mode (``search.compute=latency``): ``max_ms`` caps the latency a
+    :class:`~coevo.latency.LatencyTable` predicts, ``teacher_ms`` is the teacher's.
+    """
 
     teacher_macs: int
     max_macs: Optional[int]
     macs_ratio: Optional[float]
     size: int = MACS_SIZE
     convention: str = MACS_CONVENTION
+    latency_table: Optional["LatencyTable"] = None
+    max_ms: Optional[float] = None
+    teacher_ms: Optional[float] = None
+
+    @property
+    def kind(self) -> str:
+        return "latency" if self.latency_table is not None else "macs" if self.max_macs is not None else "none"
 
 
 @dataclass
@@ -78,6 +95,7 @@ class SearchContext:
     budget: Budget
     metric_name: str
     device: torch.device
+    amp: str = "none"  # search.amp: bf16 autocast of every network forward (coevo.precision)
 
     def __getitem__(self, name: str) -> DirectionContext:
         return self.directions[name]
@@ -99,9 +117,49 @@ def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
     return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio))
 
 
+def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, latency_ms: float,
+                         min_channels: int) -> Budget:
+    """A latency cap from ``latency_ms`` (when > 0) or ``latency_ratio`` x the teacher's predicted latency;
+    :class:`BudgetError` up front when even the narrowest network is predicted slower."""
+    from ..prune.budget import WidthFitter
+
+    table.check(arch)
+    teacher_ms = table.predict(arch)
+    limit = float(latency_ms) if latency_ms and latency_ms > 0 else float(latency_ratio) * teacher_ms
+    floor = float(WidthFitter(arch, MACS_SIZE, min_channels=min_channels, cost=table).min_cost())
+    if floor > limit:
+        raise BudgetError(
+            f"the latency budget is {limit:.1f} ms ({table.target}, {table.threads} thread(s), {table.size}px) "
+            f"against a teacher predicted at {teacher_ms:.1f} ms, but keeping {min_channels} channel(s) in every "
+            f"group is already predicted at {floor:.1f} ms (ratio {floor / teacher_ms:.3f}). Raise "
+            "search.latency_ratio (or search.latency_ms) or lower search.min_channels.")
+    return Budget(teacher_macs=count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION), max_macs=None,
+                  macs_ratio=None, latency_table=table, max_ms=limit, teacher_ms=teacher_ms)
+
+
+def latency_table_for(arch, search_cfg) -> "LatencyTable":
+    """The search's latency table: ``search.latency_table`` when given, else measured once for this teacher,
+    size, target and thread count and cached in ``$COEVO_CACHE`` (default ``~/.cache/coevo``)/latency."""
+    from ..latency import LatencyTable, cache_path, measure_table
+
+    s = search_cfg
+    if s.latency_table:
+        return LatencyTable.load(s.latency_table)
+    path = cache_path(arch, s.latency_size, s.latency_target, s.latency_threads)
+    if path.is_file():
+        log.info("latency table: %s (cached)", path)
+        return LatencyTable.load(path)
+    log.info("measuring a latency table for this teacher (%s, %d thread(s), %dpx): a few minutes, once",
+             s.latency_target, s.latency_threads, s.latency_size)
+    table = measure_table(arch, size=s.latency_size, target=s.latency_target, threads=s.latency_threads)
+    table.save(path)
+    log.info("latency table saved to %s", path)
+    return table
+
+
 def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLayerDiscriminator],
                  D_B: Optional[NLayerDiscriminator], x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
-                 device: str | torch.device = "cpu") -> SearchContext:
+                 device: str | torch.device = "cpu", latency: Optional["LatencyTable"] = None) -> SearchContext:
     """Build the context from networks and evaluation batches (NCHW, [-1, 1]) already in memory.
 
     ``D_A``/``D_B`` are None for a teacher without discriminators; ``search_cfg.perceptual``
@@ -122,13 +180,17 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     perceptual = resolve_perceptual(s.perceptual, D_A is not None and D_B is not None, s.lpips_net)
     if s.compute == "budget":
         budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels)
+    elif s.compute == "latency":
+        table = latency if latency is not None else latency_table_for(G_A.arch, s)
+        budget = check_latency_budget(G_A.arch, table, s.latency_ratio, s.latency_ms, s.min_channels)
     elif s.compute == "reward":
         budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
     else:
         from ..config import ConfigError
 
-        raise ConfigError(f"search.compute must be 'budget' or 'reward', got {s.compute!r}")
+        raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
     device = torch.device(device)
+    amp = getattr(s, "amp", "none")
     directions = {}
     shared = None  # discriminator and teacher-features depend on the output domain
     if perceptual not in ("discriminator", "teacher-features"):
@@ -140,14 +202,17 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
             perceptual, discriminator=None if disc is None else disc.to(device).eval(),
             feature_generator=reader.to(device).eval(), device=device)
         x = x.to(device)
+        # The teacher's target at the candidates' precision: the all-keep genome scores 0 either way.
         with torch.inference_mode():
-            target = metric.embed(teacher(x))
+            with autocast(device, amp):
+                target = metric.embed(teacher(x))
+            target = [t.float() for t in target]
         directions[name] = DirectionContext(name, teacher, x, target, metric,
                                             filter_importance(teacher, tied=s.tied))
     metric_name = directions["G_A"].metric.name
     log.info("search context: %d+%d evaluation images at %dx%d, metric %s",
              x_A.shape[0], x_B.shape[0], x_A.shape[-2], x_A.shape[-1], metric_name)
-    return SearchContext(directions, budget, metric_name, device)
+    return SearchContext(directions, budget, metric_name, device, amp)
 
 
 def pick_eval_indices(train_indices: Sequence[int], k: int, seed: int, side: str = "A") -> List[int]:
@@ -212,12 +277,53 @@ def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
     return tuple(None if n is None else n.to(device).eval() for n in nets)
 
 
+def _config_error(message: str):
+    from ..config import ConfigError
+
+    return ConfigError(message)
+
+
+def teacher_image_size(paths: TeacherPaths) -> Optional[int]:
+    """The image size a coevo teacher run trained at (its summary.json), None when unknown."""
+    summary = Path(paths.G_A).parent / "summary.json"
+    try:
+        info = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    size = info.get("image_size") if info.get("stage") == "teacher" else None
+    return int(size) if size else None
+
+
+def eval_size_for(cfg, paths: TeacherPaths) -> int:
+    """``search.eval_size`` when set; else the teacher's training size; else ``data.crop_size``."""
+    if cfg.search.eval_size:
+        return int(cfg.search.eval_size)
+    size = teacher_image_size(paths) or int(cfg.data.crop_size)
+    if size % 4:
+        raise _config_error(f"the search would evaluate at {size}x{size}, which the generator cannot run "
+                          "(two stride-2 layers): set search.eval_size to a multiple of 4")
+    return size
+
+
 def build_context(cfg, teacher: TeacherPaths) -> SearchContext:
-    """Load the teacher and the evaluation batch named by ``cfg`` and build the context."""
+    """Load the teacher and the evaluation batch named by ``cfg`` and build the context.
+
+    ``search.eval_size`` 0 is resolved by :func:`eval_size_for` (the teacher's training size).
+    """
+    if not cfg.search.eval_size:
+        import copy
+
+        cfg = copy.deepcopy(cfg)
+        cfg.search.eval_size = eval_size_for(cfg, teacher)
     # A metric this teacher cannot serve fails before any network or image is read.
     resolve_perceptual(cfg.search.perceptual, teacher.has_discriminators, cfg.search.lpips_net)
     G_A, G_B, D_A, D_B = load_teacher(teacher, cfg.device)
+    latency = None
     if cfg.search.compute == "budget":  # fail before reading any image
         check_budget(G_A.arch, cfg.search.macs_ratio, cfg.search.min_channels)
+    elif cfg.search.compute == "latency":
+        latency = latency_table_for(G_A.arch, cfg.search)
+        check_latency_budget(G_A.arch, latency, cfg.search.latency_ratio, cfg.search.latency_ms,
+                             cfg.search.min_channels)
     x_A, x_B = eval_batch(cfg)
-    return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device)
+    return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device, latency=latency)

@@ -11,6 +11,10 @@ since no best exists yet. Every later generation ``g``:
 
 All randomness comes from one ``numpy.random.Generator`` seeded with the
 config's seed; its state is part of the checkpoint.
+
+Under torchrun every rank runs this loop: the :class:`Evaluator` shards each
+call's evaluations across the ranks and hands every rank every result, so the
+same seeded generator draws the same genomes on every rank; nothing else is sent.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from ..prune import Genome, l1_genome_for_macs
+from ..prune.baselines import l1_genome_for_latency
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, PARTNER, SearchContext
 from .fitness import Evaluator, FitnessTerms, Objective
 from .operators import Breeder
@@ -83,6 +88,10 @@ class CoevolutionSearch:
         s = self.cfg
         if not s.seed_with_l1:
             return []
+        budget = self.ctx.budget
+        if budget.latency_table is not None:
+            return [l1_genome_for_latency(self.ctx[direction].teacher, budget.latency_table, budget.max_ms,
+                                          s.min_channels, s.channel_multiple, tied=s.tied)]
         # In reward mode there is no cap; the seed still sits at macs_ratio.
         return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, MACS_SIZE, s.min_channels,
                                    s.channel_multiple, MACS_CONVENTION, tied=s.tied)]

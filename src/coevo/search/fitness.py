@@ -34,8 +34,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from .. import distributed
 from ..checks import NonFiniteError
 from ..models import ResnetGenerator
+from ..precision import autocast
 from ..prune import Genome, count_params, macs_of_genome, slim
 from .context import SearchContext
 
@@ -125,23 +127,28 @@ def slim_network(teacher: ResnetGenerator, genome: Genome) -> ResnetGenerator:
 
 
 def candidate_output(ctx: SearchContext, direction: str, genome: Genome) -> torch.Tensor:
-    """The candidate's translation of the evaluation batch, NCHW in [-1, 1]."""
+    """The candidate's translation of the evaluation batch, NCHW in [-1, 1], float32."""
     d = ctx[direction]
     net = slim_network(d.teacher, genome)
-    with torch.inference_mode():
-        return net(d.inputs)
+    with torch.inference_mode(), autocast(ctx.device, ctx.amp):
+        return net(d.inputs).float()
 
 
+# With search.amp=bf16 the networks run under autocast; the terms are reduced in float32.
 def perceptual_term(ctx: SearchContext, direction: str, output: torch.Tensor) -> float:
     d = ctx[direction]
     with torch.inference_mode():
-        return float(d.metric.distance(d.metric.embed(output), d.target).mean())
+        with autocast(ctx.device, ctx.amp):
+            embedding = d.metric.embed(output)
+        return float(d.metric.distance([e.float() for e in embedding], d.target).mean())
 
 
 def cycle_term(ctx: SearchContext, direction: str, output: torch.Tensor, partner: torch.nn.Module) -> float:
     d = ctx[direction]
     with torch.inference_mode():
-        return float((partner(output) - d.inputs).abs().mean())
+        with autocast(ctx.device, ctx.amp):
+            back = partner(output)
+        return float((back.float() - d.inputs).abs().mean())
 
 
 def compute_terms(genome: Genome) -> Tuple[int, int, int]:
@@ -180,6 +187,11 @@ def evaluate_genomes(ctx: SearchContext, direction: str, genomes: Sequence[Genom
     return out
 
 
+# What a candidate costs when its output must be computed (its forward, the metric, the partner's
+# forward), in units of one with its output cached (the partner's forward): how shard() balances ranks.
+NEW_OUTPUT_COST = 2.5
+
+
 class Evaluator:
     """:func:`evaluate_genomes` with caches; results are identical, only faster.
 
@@ -203,6 +215,9 @@ class Evaluator:
         self._output_cache_bytes = int(output_cache_mb * 2**20)
         self._cached_bytes = 0
         self._partners: "OrderedDict[str, ResnetGenerator]" = OrderedDict()
+        # Under torchrun: the rank that last computed each genome's output (and so may hold it in its cache).
+        self._owners: "OrderedDict[str, int]" = OrderedDict()
+        self._owners_size = max(1, self._output_cache_size) * distributed.world_size()
         self.evaluations = 0
         self.cache_hits = 0
         self.forward_passes = 0
@@ -231,23 +246,40 @@ class Evaluator:
                 self._cached_bytes -= old.element_size() * old.nelement()
         return value
 
+    def _score(self, direction: str, genome: Genome, gkey: str, partner: Genome, partner_key: str) -> FitnessTerms:
+        y, perceptual = self._output(direction, genome, gkey)
+        cycle = cycle_term(self.ctx, direction, y, self._partner_net(direction, partner, partner_key))
+        return check_terms(self.objective.score(perceptual, cycle, *compute_terms(genome)), direction, genome)
+
     def evaluate(self, direction: str, genomes: Sequence[Genome], partner: Genome) -> List[FitnessTerms]:
+        """The terms of each genome against ``partner``.
+
+        Under torchrun the genomes not in the fitness cache are split across the ranks
+        (:func:`coevo.distributed.shard`), each preferably on the rank that holds its
+        output; every rank gets every result, so the caches and counters stay the
+        same on every rank and equal to a one-process run's.
+        """
         partner_key = f"{self.ctx[direction].partner}:{genome_hex(partner)}"
-        results = []
-        for genome in genomes:
-            gkey = f"{direction}:{genome_hex(genome)}"
-            key = f"{gkey}|{partner_key}"
-            terms = self.fitness_cache.get(key)
-            if terms is None:
-                y, perceptual = self._output(direction, genome, gkey)
-                cycle = cycle_term(self.ctx, direction, y, self._partner_net(direction, partner, partner_key))
-                terms = check_terms(self.objective.score(perceptual, cycle, *compute_terms(genome)), direction, genome)
-                self.fitness_cache[key] = terms
-                self.evaluations += 1
-            else:
-                self.cache_hits += 1
-            results.append(terms)
-        return results
+        gkeys = [f"{direction}:{genome_hex(g)}" for g in genomes]
+        keys = [f"{g}|{partner_key}" for g in gkeys]
+        todo: Dict[str, int] = {}  # missing key -> index of its first occurrence
+        for i, key in enumerate(keys):
+            if key not in self.fitness_cache and key not in todo:
+                todo[key] = i
+        first = list(todo.values())
+        owners = [self._owners.get(gkeys[i]) for i in first]
+        terms, ranks = distributed.shard(
+            lambda i: self._score(direction, genomes[i], gkeys[i], partner, partner_key), first,
+            cost=lambda k, r: 1.0 if owners[k] == r else NEW_OUTPUT_COST)
+        for i, t, r in zip(first, terms, ranks):
+            self.fitness_cache[keys[i]] = t
+            self._owners[gkeys[i]] = r
+            self._owners.move_to_end(gkeys[i])
+        while len(self._owners) > self._owners_size:
+            self._owners.popitem(last=False)
+        self.evaluations += len(first)
+        self.cache_hits += len(keys) - len(first)
+        return [self.fitness_cache[k] for k in keys]
 
     # -- checkpointing: the fitness cache is part of the search state
     def cache_state(self) -> Dict[str, object]:

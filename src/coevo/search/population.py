@@ -79,7 +79,10 @@ class Repairer:
         self.arch, self.budget, self.tied = arch, budget, bool(tied)
         self.min_channels, self.channel_multiple = int(min_channels), int(channel_multiple)
         self.mode, self.importance = mode, importance
-        self.max_macs = budget.max_macs if budget.max_macs is not None else budget.teacher_macs
+        # the cap in the budget's unit: MACs, or predicted milliseconds (search.compute=latency)
+        self.max_macs = (budget.max_ms if budget.latency_table is not None
+                         else budget.max_macs if budget.max_macs is not None else budget.teacher_macs)
+        self.cost = budget.latency_table
 
     def __call__(self, bits: np.ndarray, rng: np.random.Generator) -> Genome:
         genome = Genome.from_bits(self.arch, np.asarray(bits, dtype=bool), tied=self.tied)
@@ -91,7 +94,7 @@ class Repairer:
             rng=rng if self.mode == "random" else None,
             importance=self.importance if self.mode == "importance" else None,
             min_channels=self.min_channels, channel_multiple=self.channel_multiple,
-            convention=MACS_CONVENTION,
+            convention=MACS_CONVENTION, cost=self.cost,
         )
         fixed.meta = {}
         return fixed

@@ -16,27 +16,38 @@ Resuming (``resume=True``) continues from ``state.pt`` with the folder's own
 config and teacher; it gives the same genomes and history as a run that was
 never interrupted (history lines after the checkpoint are dropped and redone).
 
+Under torchrun (:mod:`coevo.distributed`) every rank runs :func:`run_search` with
+the same arguments: each generation's evaluations are split across the ranks
+and gathered, every rank runs the same seeded GA step (a digest of the state is
+compared after every generation), and rank 0 alone writes the folder. Genomes,
+history and state equal a one-process run's with the same seed and thread count.
+
 :func:`read_search_run` reads a folder back (history, best genomes, summary).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
-from ..config import Config, ConfigError, diff_configs, dump_config, load_config
+import numpy as np
+
+from .. import distributed
+from ..config import Config, diff_configs, dump_config, load_config
 from ..data.prepare import run_data
 from ..files import atomic_write_text
 from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
 from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
+from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
-from .state import load_state, save_state
+from .state import SearchState, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -107,28 +118,6 @@ def teacher_paths_for(run_dir: Path, teacher: Optional[str | Path | TeacherPaths
     return TeacherPaths.from_dict(json.loads(saved.read_text()))
 
 
-def teacher_image_size(paths: TeacherPaths) -> Optional[int]:
-    """The image size a coevo teacher run trained at (its summary.json), None when unknown."""
-    summary = Path(paths.G_A).parent / "summary.json"
-    try:
-        info = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return None
-    size = info.get("image_size") if info.get("stage") == "teacher" else None
-    return int(size) if size else None
-
-
-def eval_size_for(cfg: Config, paths: TeacherPaths) -> int:
-    """``search.eval_size`` when set; else the teacher's training size; else ``data.crop_size``."""
-    if cfg.search.eval_size:
-        return int(cfg.search.eval_size)
-    size = teacher_image_size(paths) or int(cfg.data.crop_size)
-    if size % 4:
-        raise ConfigError(f"the search would evaluate at {size}x{size}, which the generator cannot run "
-                          "(two stride-2 layers): set search.eval_size to a multiple of 4")
-    return size
-
-
 def _log_cost(ctx, cfg: Config) -> None:
     from ..prune import count_macs
 
@@ -155,18 +144,47 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     """
     cfg = copy.deepcopy(cfg)  # data.root and eval_size are resolved below; the caller's stays as it was
     check_search_config(cfg.search)
-    with undo_failed_start(out, resume):
-        run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
-        paths = teacher_paths_for(run_dir, teacher)
-        saved = run_dir / "config.yaml"
-        run_data(cfg.data, run_dir, resume, load_config(saved).data.root if resume and saved.is_file() else None)
-        cfg.search.eval_size = eval_size_for(cfg, paths)
-        ctx = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
-        _log_cost(ctx, cfg)
-        dump_config(cfg, run_dir / "config.yaml")
-        atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+    built = {}  # rank 0's context, built (and checked) before anything else runs
 
+    def start():
+        with undo_failed_start(out, resume):
+            run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
+            paths = teacher_paths_for(run_dir, teacher)
+            saved = run_dir / "config.yaml"
+            run_data(cfg.data, run_dir, resume, load_config(saved).data.root if resume and saved.is_file() else None)
+            cfg.search.eval_size = eval_size_for(cfg, paths)
+            built["ctx"] = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
+            _log_cost(built["ctx"], cfg)
+            dump_config(cfg, run_dir / "config.yaml")
+            atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+        return run_dir, paths, cfg, *_restore_point(run_dir, cfg, resume)
+
+    # Under torchrun rank 0 prepares the folder and reads the resume point; every rank gets them.
+    run_dir, paths, cfg, state, records = distributed.on_main(start)
+    ctx = built["ctx"] if "ctx" in built else build_context(cfg, paths)
     search = CoevolutionSearch(ctx, cfg.search, cfg.seed)
+    if state is not None:
+        search.restore(state, records)
+        log.info("resumed %s after generation %d", run_dir, state.generation)
+
+    def checkpoint(s: CoevolutionSearch, record: Dict) -> None:
+        distributed.check_same(_digest(s), f"the search state after generation {s.generation}")
+        if distributed.is_main():
+            append_jsonl(run_dir / "history.jsonl", record)
+            _write_best(s, run_dir, cfg)
+            save_state(s.state(), run_dir / "state.pt")
+
+    target = cfg.search.generations if stop_after is None else min(cfg.search.generations, int(stop_after))
+    t0 = time.perf_counter()
+    best = search.run(target, callback=checkpoint, progress=progress and distributed.is_main())
+    log.info("search: %d generations in %.1fs this session", search.generation, time.perf_counter() - t0)
+    summary = _summary(search, cfg, paths)
+    distributed.on_main(_finish, search, run_dir, summary)
+    return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
+
+
+def _restore_point(run_dir: Path, cfg: Config, resume: bool) -> Tuple[Optional[SearchState], List[Dict]]:
+    """The saved state and the history lines up to it (``(None, [])`` for a new start)."""
     state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"
     if resume and state_path.exists():
         state = load_state(state_path)
@@ -176,29 +194,30 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
             log.warning("resuming with changed search settings %s: the result will differ from an "
                         "uninterrupted run", changed)
         truncate_jsonl(history_path, state.history_len)
-        search.restore(state, read_jsonl(history_path))
-        log.info("resumed %s after generation %d", run_dir, state.generation)
-    elif history_path.exists():
+        return state, read_jsonl(history_path)
+    if history_path.exists():
         history_path.unlink()  # a run killed before its first checkpoint starts over
+    return None, []
 
-    def checkpoint(s: CoevolutionSearch, record: Dict) -> None:
-        append_jsonl(history_path, record)
-        _write_best(s, run_dir, cfg)
-        save_state(s.state(), state_path)
 
-    target = cfg.search.generations if stop_after is None else min(cfg.search.generations, int(stop_after))
-    t0 = time.perf_counter()
-    best = search.run(target, callback=checkpoint, progress=progress)
-    log.info("search: %d generations in %.1fs this session", search.generation, time.perf_counter() - t0)
-    summary = _summary(search, cfg, paths)
+def _digest(search: CoevolutionSearch) -> str:
+    """A hash of everything the next generation depends on: populations, their terms, the rng."""
+    h = hashlib.sha256(json.dumps(search.rng.bit_generator.state, sort_keys=True, default=str).encode())
+    for d in DIRECTIONS:
+        pop = search.populations[d]
+        h.update(np.stack(pop.bits()).tobytes())
+        h.update(np.array([c.terms.to_row() for c in pop.members], dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _finish(search: CoevolutionSearch, run_dir: Path, summary: Dict) -> None:
     atomic_write_text(run_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     try:
         from .plots import plot_history
 
-        plot_history(search.history, {d: best[d].genome for d in DIRECTIONS}, run_dir / "plots")
+        plot_history(search.history, {d: search.best(d).genome for d in DIRECTIONS}, run_dir / "plots")
     except Exception as e:  # plots are a convenience; never lose a finished search over one
         log.warning("could not draw plots: %s", e)
-    return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
 
 
 def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
@@ -211,6 +230,7 @@ def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
             "generation": search.generation,
             "metric": search.ctx.metric_name,
             "macs_ratio": cfg.search.macs_ratio if cfg.search.compute == "budget" else None,
+            "max_ms": search.ctx.budget.max_ms,
             "size": [MACS_SIZE, MACS_SIZE],
             "convention": MACS_CONVENTION,
             "terms": cand.terms.to_dict(),
@@ -241,6 +261,10 @@ def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dic
         "teacher": paths.to_dict(),
         "best": {},
     }
+    table = budget.latency_table
+    if table is not None:
+        out["latency"] = {"target": table.target, "threads": table.threads, "size": table.size,
+                          "teacher_ms_predicted": budget.teacher_ms, "budget_ms": budget.max_ms}
     for d in DIRECTIONS:
         cand = search.best(d)
         teacher_arch = search.ctx[d].teacher.arch
@@ -251,4 +275,6 @@ def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dic
             "widths": cand.genome.widths(),
             "teacher_widths": dict(teacher_arch.widths),
         }
+        if table is not None:
+            out["best"][d]["predicted_ms"] = table.predict(cand.genome.arch.with_widths(cand.genome.widths()))
     return out

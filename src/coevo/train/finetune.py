@@ -34,6 +34,7 @@ from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
+from .. import distributed
 from ..config import Config, ConfigError, load_config
 from ..data import build_datasets, resolve_root
 from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, load_discriminator,
@@ -242,6 +243,8 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     :func:`finetune`. ``source``: JSON-able description of where the genomes
     come from, merged into ``finetune.json`` and the saved generators' extras.
     The genomes are also written to ``genomes/G_A.json`` / ``genomes/G_B.json``.
+    Under torchrun every rank calls it with the same arguments (DDP, see
+    :mod:`coevo.train.loop`); rank 0 selects the model and writes the folder.
     """
     missing = [k for k in DIRECTIONS if k not in genomes]
     if missing:
@@ -251,32 +254,48 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     cfg = copy.deepcopy(cfg)  # data.root is resolved below; the caller's config stays as it was
     cfg.data.root = resolve_root(cfg.data, out_dir)
     train_set, val, split = _split(cfg)
-    with undo_failed_start(out_dir, resume):
-        out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune")
-        for k in DIRECTIONS:
-            genomes[k].save_json(out / "genomes" / f"{k}.json")
+    built = {}  # rank 0's networks and model selection, built (and checked) before anything else runs
 
-        teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
-        selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
-                                      cfg.finetune.select_on, extra={"stage": "finetune", **source})
-        val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
-        trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
+    def start():
+        with undo_failed_start(out_dir, resume):
+            out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune")
+            for k in DIRECTIONS:
+                genomes[k].save_json(out / "genomes" / f"{k}.json")
+
+            teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
+            selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
+                                          cfg.finetune.select_on, extra={"stage": "finetune", **source})
+            val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
+        built.update(teacher=teacher, nets=nets, selector=selector)
+        return out, cfg, discriminators, val_before
+
+    # Under torchrun rank 0 prepares the folder and selects the model; every rank trains.
+    out, cfg, discriminators, val_before = distributed.on_main(start)
+    if built:
+        teacher, nets, selector = built["teacher"], built["nets"], built["selector"]
+    else:
+        (teacher, nets, _), selector = _slim_pair(teacher_paths, genomes, cfg), None
+    trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
         trainer.resume()
     log.info("fine-tuning the slim pair: %s; val before: %s", split, val_before)
-    result = trainer.fit(train_set, fixed_images(train_set.subset(augment=False), settings.sample_images))
-    selector.save_best(nets)
+    samples = fixed_images(train_set.subset(augment=False), settings.sample_images) if built else None
+    result = trainer.fit(train_set, samples)
+    header = {"stage": "finetune", **source, "teacher": teacher_paths.to_dict(), "discriminators": discriminators,
+              "val_before": val_before, "split": split}
+    distributed.on_main(_finish, out, cfg, result, selector, nets, teacher, header)
+    return out
 
+
+def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: CycleGANNets,
+            teacher: GeneratorPair, header: Dict[str, Any]) -> None:
+    """Rank 0: the kept pair and ``finetune.json`` (``header``: stage, source, teacher, val_before, ...)."""
+    selector.save_best(nets)
     report = {
-        "stage": "finetune",
-        **source,
-        "teacher": teacher_paths.to_dict(),
-        "discriminators": discriminators,
+        **header,
         "select_on": cfg.finetune.select_on,
         "best_epoch": selector.best_epoch,
         "val": selector.best_metrics,
-        "val_before": val_before,
-        "split": split,
         "epochs": result.epochs,
         "steps": result.global_step,
         "train_seconds": round(result.seconds, 2),
@@ -289,5 +308,4 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     }
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
     log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", result.seconds,
-             selector.best_epoch, val_before.get("val_l1"), selector.best_metrics.get("val_l1"))
-    return out
+             selector.best_epoch, header["val_before"].get("val_l1"), selector.best_metrics.get("val_l1"))

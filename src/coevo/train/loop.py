@@ -17,6 +17,19 @@ Exact resume: all randomness is either derived from (seed, epoch) -- data
 order and augmentation -- or held in generators whose state is checkpointed
 (the image pools). A run interrupted after epoch k and resumed with the same
 settings ends with bit-identical weights to an uninterrupted run.
+
+Under torchrun (:mod:`coevo.distributed`) with W processes, each step's losses
+are modules wrapped in ``DistributedDataParallel`` and every rank takes
+``batch_size / W`` images (``batch_size`` must be a multiple of W): rank r
+takes items r, r + W, ... of the permutation a one-process run draws for that
+epoch, so the W shares of step k are exactly the one-process batch k. Losses are
+means over images and InstanceNorm normalises each image alone, so with
+``pool_size: 0`` the averaged gradients are a one-process step's up to float
+rounding. What differs: each rank keeps its own image pool of ``pool_size``
+fakes (its own seed stream; all pools are checkpointed), and when the training
+set is not a multiple of W the sampler repeats up to W - 1 images per epoch.
+Rank 0 writes checkpoints, logs and samples; logged losses are means over the
+ranks. A resume with the same W is bit-identical to an uninterrupted W-process run.
 """
 from __future__ import annotations
 
@@ -30,14 +43,17 @@ from typing import Any, Callable, Dict, Mapping, Optional, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .. import distributed
 from ..config import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
 from ..files import atomic_torch_save
 from ..models.io import CheckpointError, safe_torch_load
+from ..precision import autocast
 from ..runs import append_jsonl, make_rng, truncate_jsonl
 from ..viz import save_grid
 from . import losses
@@ -88,11 +104,17 @@ class LoopSettings:
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"
+    amp: str = "none"             # none | bf16 autocast (coevo.precision)
     section: str = "train"        # config section name, used in error messages
 
     def __post_init__(self) -> None:
         s = self.section
+        world = distributed.world_size()
         checks = [
+            (self.batch_size % world == 0,
+             f"{s}.batch_size ({self.batch_size}) must be a multiple of the {world} processes torchrun started: "
+             f"each takes {s}.batch_size / {world} images per step, so that together they take a one-process "
+             f"run's batch (e.g. --set {s}.batch_size={world * max(1, -(-self.batch_size // world))})"),
             (self.epochs >= 0 and self.epochs_decay >= 0 and self.epochs + self.epochs_decay >= 1,
              f"{s}.epochs + {s}.epochs_decay must be >= 1 (both >= 0)"),
             (self.batch_size >= 1, f"{s}.batch_size must be >= 1"),
@@ -138,6 +160,63 @@ class GeneratorPair:
 
     G_A: nn.Module
     G_B: nn.Module
+
+
+class GeneratorLosses(nn.Module):
+    """Step 1's loss terms (see the module docstring) as one module whose parameters are G_A's and G_B's.
+
+    Under torchrun it is wrapped in DistributedDataParallel: one forward and one
+    backward per step, which reduce the generators' gradients across the ranks.
+    The discriminators (frozen for this update) and the teacher are read, not owned.
+    ``forward(real_A, real_B)`` (NCHW, [-1, 1]) returns the loss terms and the
+    tensors that produced them, in data-flow order.
+    """
+
+    def __init__(self, nets: CycleGANNets, settings: LoopSettings, identity: bool,
+                 teacher: Optional[GeneratorPair] = None) -> None:
+        super().__init__()
+        self.G_A, self.G_B = nets.G_A, nets.G_B
+        self.nets, self.teacher = nets, teacher  # plain attributes: not parameters of this module
+        self.s, self.identity = settings, identity
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
+        s, n = self.s, self.nets
+        fake_B = self.G_A(real_A)
+        rec_A = self.G_B(fake_B)
+        fake_A = self.G_B(real_B)
+        rec_B = self.G_A(fake_A)
+        terms = {
+            "G_A": losses.gan_loss(n.D_A(fake_B), True),
+            "G_B": losses.gan_loss(n.D_B(fake_A), True),
+            "cycle_A": losses.l1(rec_A, real_A) * s.lambda_cycle,
+            "cycle_B": losses.l1(rec_B, real_B) * s.lambda_cycle,
+        }
+        if self.identity and s.lambda_identity > 0:
+            terms["idt_A"] = losses.l1(self.G_A(real_B), real_B) * s.lambda_cycle * s.lambda_identity
+            terms["idt_B"] = losses.l1(self.G_B(real_A), real_A) * s.lambda_cycle * s.lambda_identity
+        outputs: Dict[str, torch.Tensor] = {}
+        if self.teacher is not None and s.lambda_distill > 0:
+            with torch.no_grad():
+                target_B, target_A = self.teacher.G_A(real_A), self.teacher.G_B(real_B)
+            outputs = {"teacher G_A(real_A)": target_B, "teacher G_B(real_B)": target_A}
+            terms["distill_A"] = losses.l1(fake_B, target_B) * s.lambda_distill
+            terms["distill_B"] = losses.l1(fake_A, target_A) * s.lambda_distill
+        outputs.update({"G_A(real_A)": fake_B, "G_B(real_B)": fake_A, "G_B(G_A(real_A))": rec_A,
+                        "G_A(G_B(real_B))": rec_B})
+        return terms, outputs
+
+
+class DiscriminatorLosses(nn.Module):
+    """Step 2's loss terms as one module whose parameters are D_A's and D_B's (DDP-wrapped under torchrun)."""
+
+    def __init__(self, nets: CycleGANNets) -> None:
+        super().__init__()
+        self.D_A, self.D_B = nets.D_A, nets.D_B
+
+    def forward(self, real_A: torch.Tensor, real_B: torch.Tensor, pooled_A: torch.Tensor,
+                pooled_B: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"D_A": losses.discriminator_loss(self.D_A(real_B), self.D_A(pooled_B)),
+                "D_B": losses.discriminator_loss(self.D_B(real_A), self.D_B(pooled_A))}
 
 
 @dataclass
@@ -193,10 +272,21 @@ class CycleGANTrainer:
         rule = linear_decay(s.epochs, s.epochs_decay)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
-        # D_A learns from fake B images, D_B from fake A images.
-        self.pool_fake_B = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_B)))
-        self.pool_fake_A = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_A)))
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.batch_per_rank = s.batch_size // self.world  # LoopSettings checks that it divides
+        # D_A learns from fake B images, D_B from fake A images. Under torchrun each rank
+        # pools its own fakes, from its own stream (rank 0's is a one-process run's).
+        rank_part = (self.rank,) if self.rank else ()
+        self.pool_fake_B = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_B, *rank_part)))
+        self.pool_fake_A = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_A, *rank_part)))
         self.identity = all(g.arch.in_channels == g.arch.out_channels for g in (nets.G_A, nets.G_B))
+        self.generator_losses: nn.Module = GeneratorLosses(nets, settings, self.identity, teacher)
+        self.discriminator_losses: nn.Module = DiscriminatorLosses(nets)
+        if self.world > 1:
+            ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+                if self.device.type == "cuda" else None
+            self.generator_losses = DistributedDataParallel(self.generator_losses, device_ids=ids)
+            self.discriminator_losses = DistributedDataParallel(self.discriminator_losses, device_ids=ids)
         self.epoch = 0                 # epochs completed
         self.global_step = 0
         self.log_records = 0
@@ -229,12 +319,26 @@ class CycleGANTrainer:
                      for k, net in self.nets.as_dict().items()},
             "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
-            "pools": {"fake_A": self.pool_fake_A.state_dict(), "fake_B": self.pool_fake_B.state_dict()},
+            "pools": self._pools(),
             "hook": self.hook.state_dict() if self.hook is not None else {},
+            "world_size": self.world,
         }
 
+    def _pools(self) -> Dict[str, Any]:
+        return {"fake_A": self.pool_fake_A.state_dict(), "fake_B": self.pool_fake_B.state_dict()}
+
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        """Every rank calls it (the ranks' image pools are gathered); rank 0 writes ``checkpoint.pt``.
+
+        The networks are saved bare (no DDP ``module.`` prefix): the file loads in one process.
+        """
+        pools = distributed.gather_to_main(self._pools())
+        if not distributed.is_main():
+            return
+        state = self.state_dict()
+        if self.world > 1:
+            state["rank_pools"] = pools
+        atomic_torch_save(state, self.checkpoint_path)
         log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -255,8 +359,15 @@ class CycleGANTrainer:
             self.opt_D.load_state_dict(ckpt["optimizers"]["D"])
             self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
             self.sched_D.load_state_dict(ckpt["schedulers"]["D"])
-            self.pool_fake_A.load_state_dict(ckpt["pools"]["fake_A"], self.device)
-            self.pool_fake_B.load_state_dict(ckpt["pools"]["fake_B"], self.device)
+            saved_world = int(ckpt.get("world_size", 1))
+            if saved_world != self.world:
+                log.warning("%s was written by %d process(es), this run has %d: the batches are shared out "
+                            "differently and the image pools do not carry over one to one, so the result will "
+                            "differ from an uninterrupted run", path, saved_world, self.world)
+            pools = ckpt.get("rank_pools") or [ckpt["pools"]]
+            if self.rank < len(pools):  # a rank the checkpoint did not know starts with an empty pool
+                self.pool_fake_A.load_state_dict(pools[self.rank]["fake_A"], self.device)
+                self.pool_fake_B.load_state_dict(pools[self.rank]["fake_B"], self.device)
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
         if self.hook is not None:
@@ -274,7 +385,8 @@ class CycleGANTrainer:
             log.info("resuming after epoch %d (step %d)", self.epoch, self.global_step)
         else:
             log.info("no checkpoint in %s yet: starting from the first epoch", self.run_dir)
-        truncate_jsonl(self.log_path, self.log_records)
+        if self.rank == 0:
+            truncate_jsonl(self.log_path, self.log_records)
 
     # ------------------------------------------------------------------ one step
     def _check_finite(self, terms: Mapping[str, torch.Tensor], epoch: int, update: str,
@@ -315,57 +427,47 @@ class CycleGANTrainer:
         s, n = self.s, self.nets
         n.D_A.requires_grad_(False)
         n.D_B.requires_grad_(False)
-        fake_B = n.G_A(real_A)
-        rec_A = n.G_B(fake_B)
-        fake_A = n.G_B(real_B)
-        rec_B = n.G_A(fake_A)
-        g_terms = {
-            "G_A": losses.gan_loss(n.D_A(fake_B), True),
-            "G_B": losses.gan_loss(n.D_B(fake_A), True),
-            "cycle_A": losses.l1(rec_A, real_A) * s.lambda_cycle,
-            "cycle_B": losses.l1(rec_B, real_B) * s.lambda_cycle,
-        }
-        if self.identity and s.lambda_identity > 0:
-            g_terms["idt_A"] = losses.l1(n.G_A(real_B), real_B) * s.lambda_cycle * s.lambda_identity
-            g_terms["idt_B"] = losses.l1(n.G_B(real_A), real_A) * s.lambda_cycle * s.lambda_identity
-        teacher_out: Dict[str, torch.Tensor] = {}
-        if self.teacher is not None and s.lambda_distill > 0:
-            with torch.no_grad():
-                target_B, target_A = self.teacher.G_A(real_A), self.teacher.G_B(real_B)
-            teacher_out = {"teacher G_A(real_A)": target_B, "teacher G_B(real_B)": target_A}
-            g_terms["distill_A"] = losses.l1(fake_B, target_B) * s.lambda_distill
-            g_terms["distill_B"] = losses.l1(fake_A, target_A) * s.lambda_distill
-        self._check_finite(g_terms, epoch, "generator", {
-            "real_A": real_A, "real_B": real_B, **teacher_out, "G_A(real_A)": fake_B, "G_B(real_B)": fake_A,
-            "G_B(G_A(real_A))": rec_A, "G_A(G_B(real_B))": rec_B})
+        with autocast(self.device, s.amp):
+            g_terms, outputs = self.generator_losses(real_A, real_B)
+        g_values = self._mean_over_ranks(g_terms)
+        self._check_finite(g_values, epoch, "generator", {"real_A": real_A, "real_B": real_B, **outputs})
         self.opt_G.zero_grad(set_to_none=True)
         sum(g_terms.values()).backward()
         self.opt_G.step()
 
         n.D_A.requires_grad_(True)
         n.D_B.requires_grad_(True)
-        pooled_B = self.pool_fake_B.query(fake_B.detach())
-        pooled_A = self.pool_fake_A.query(fake_A.detach())
-        d_terms = {
-            "D_A": losses.discriminator_loss(n.D_A(real_B), n.D_A(pooled_B)),
-            "D_B": losses.discriminator_loss(n.D_B(real_A), n.D_B(pooled_A)),
-        }
-        self._check_finite(d_terms, epoch, "discriminator",
+        # float(): under amp the fakes are bfloat16; the pools (and checkpoints) hold float32.
+        pooled_B = self.pool_fake_B.query(outputs["G_A(real_A)"].detach().float())
+        pooled_A = self.pool_fake_A.query(outputs["G_B(real_B)"].detach().float())
+        with autocast(self.device, s.amp):
+            d_terms = self.discriminator_losses(real_A, real_B, pooled_A, pooled_B)
+        d_values = self._mean_over_ranks(d_terms)
+        self._check_finite(d_values, epoch, "discriminator",
                            {"real_A": real_A, "real_B": real_B, "pooled fake_B": pooled_B, "pooled fake_A": pooled_A})
         self.opt_D.zero_grad(set_to_none=True)
         (d_terms["D_A"] + d_terms["D_B"]).backward()
         self.opt_D.step()
         self.global_step += 1
-        return {k: float(v.detach()) for k, v in {**g_terms, **d_terms}.items()}
+        return {k: float(v) for k, v in {**g_values, **d_values}.items()}
+
+    def _mean_over_ranks(self, terms: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Detached loss values, averaged over the ranks under torchrun: the whole batch's means,
+        the same on every rank (so a NaN stops every rank at the same step)."""
+        if self.world == 1:
+            return {k: v.detach() for k, v in terms.items()}
+        values = distributed.mean(torch.stack([v.detach().float() for v in terms.values()]))
+        return dict(zip(terms, values))
 
     # ------------------------------------------------------------------ epochs
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
         # Order and augmentation are functions of (seed, epoch): nothing to checkpoint.
-        return make_loader(dataset, batch_size=self.s.batch_size, shuffle=True, num_workers=self.s.num_workers,
-                           seed=self.s.seed, epoch=epoch)
+        return make_loader(dataset, batch_size=self.batch_per_rank, shuffle=True, num_workers=self.s.num_workers,
+                           seed=self.s.seed, epoch=epoch, replicas=self.world, rank=self.rank)
 
     def _log(self, record: Dict[str, Any]) -> None:
-        append_jsonl(self.log_path, record)
+        if self.rank == 0:
+            append_jsonl(self.log_path, record)
         self.log_records += 1
 
     @torch.no_grad()
@@ -389,7 +491,7 @@ class CycleGANTrainer:
         window: Dict[str, float] = {}
         in_window = 0
         bar = tqdm(total=steps, desc=f"{self.s.section} epoch {epoch + 1}/{self.s.total_epochs}",
-                   disable=None, leave=False, dynamic_ncols=True)
+                   disable=None if self.rank == 0 else True, leave=False, dynamic_ncols=True)
         try:
             for i, batch in enumerate(loader):
                 if i >= steps:
@@ -411,8 +513,13 @@ class CycleGANTrainer:
         return {k: v / max(steps, 1) for k, v in sums.items()}
 
     def fit(self, dataset: Dataset, sample_images: Optional[Mapping[str, torch.Tensor]] = None) -> LoopResult:
-        """Train from ``self.epoch`` to the last epoch. ``sample_images``: {"A": NCHW, "B": NCHW} in [-1, 1]."""
+        """Train from ``self.epoch`` to the last epoch. ``sample_images``: {"A": NCHW, "B": NCHW} in [-1, 1].
+
+        Under torchrun every rank calls it; rank 0 draws the samples and writes the files.
+        """
         s = self.s
+        if self.rank != 0:
+            sample_images = None
         for epoch in range(self.epoch, s.total_epochs):
             start = time.perf_counter()
             means = self.run_epoch(dataset, epoch)

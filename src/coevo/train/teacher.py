@@ -19,6 +19,7 @@ import json
 import logging
 from pathlib import Path
 
+from .. import distributed
 from ..config import Config, ModelConfig
 from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
 from ..files import atomic_write_text
@@ -76,21 +77,37 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     an uninterrupted run); ``force`` replaces an existing run. A non-empty
     ``out_dir`` without either is refused (:class:`coevo.runs.RunDirError`).
     Raises :class:`coevo.train.loop.TrainingError` when a loss becomes NaN/inf.
+    Under torchrun every rank calls it with the same arguments (DDP, see
+    :mod:`coevo.train.loop`); rank 0 writes the folder.
     """
     cfg = copy.deepcopy(cfg)  # open_run_dir resolves data.root; the caller's config stays as it was
     settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
-    with undo_failed_start(out_dir, resume):
-        out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS, command="train")
-        # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.
-        dataset = full_train_dataset(cfg)
-        samples = fixed_images(dataset.subset(augment=False), settings.sample_images)
-        nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
-        trainer = CycleGANTrainer(nets, settings, out)
+    built = {}  # rank 0's data and networks, built (and checked) before anything else runs
+
+    def start():
+        with undo_failed_start(out_dir, resume):
+            out = open_run_dir(cfg, out_dir, resume, force, TEACHER_SECTIONS, command="train")
+            # The whole training split, as the reference does; fine-tuning holds out data.val_fraction of it.
+            built["dataset"] = full_train_dataset(cfg)
+            built["samples"] = fixed_images(built["dataset"].subset(augment=False), settings.sample_images)
+            built["nets"] = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
+        return out, cfg
+
+    # Under torchrun rank 0 prepares the folder (and the data); the other ranks then read the same.
+    out, cfg = distributed.on_main(start)
+    dataset = built["dataset"] if built else full_train_dataset(cfg)
+    nets = built["nets"] if built else build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
+    trainer = CycleGANTrainer(nets, settings, out)
     if resume:
         trainer.resume()
     log.info("training teacher: %d images per domain (A %d, B %d), %d epochs, run folder %s",
              len(dataset), len(dataset.A_paths), len(dataset.B_paths), settings.total_epochs, out)
-    result = trainer.fit(dataset, samples)
+    result = trainer.fit(dataset, built.get("samples"))
+    distributed.on_main(_finish, nets, out, cfg, result)
+    return out
+
+
+def _finish(nets: CycleGANNets, out: Path, cfg: Config, result) -> None:
     save_teacher(nets, out)
     summary = {
         "stage": "teacher",
@@ -106,4 +123,3 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("teacher done in %.0f s: %s", result.seconds, out)
-    return out

@@ -1,0 +1,266 @@
+"""Per-target deployment: the fastest artifact that passed its check, recorded as "deployed".
+
+:func:`export_for_target` writes the usual exports (:func:`coevo.export.export_generator`)
+and then the target's own artifacts, and records under ``deploy`` in ``export_report.json``
+which file to ship and which ``coevo bench`` backend runs it:
+
+* ``cpu``: ``name.onnx`` (fp32; ONNX Runtime optimises the graph when it loads it) and
+  ``name.int8.onnx`` (static INT8, :mod:`coevo.quantize`), calibrated on training images of
+  the model's input domain. INT8 is deployed only if it passes its quality check
+  (PSNR >= 35 dB to the fp32 output; on data with ground truth a drop of at most 0.3 dB);
+  otherwise, or without calibration images, fp32 ONNX is deployed and the report says why.
+* ``cuda``: ``name.pt2`` (fp32) and ``name.fp16.pt2``, a ``torch.export`` program in float16
+  (or bfloat16) with channels_last weights, run by :class:`coevo.models.cuda_runner.CudaRunner`
+  as CUDA graphs. It is deployed if its output stays within
+  :data:`coevo.models.cuda_runner.PARITY_TOLERANCE` of fp32; else the fp32 program is.
+  Without a GPU the parity is measured on the CPU (the program in its own dtype) and the
+  report says where it was measured.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+
+from .export import (
+    DEFAULT_FORMATS, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
+)
+from .files import PathLike
+from .models.generator import ResnetGenerator
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("cpu", "cuda")
+CUDA_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# generator name -> (training folder of its input domain, test inputs, their ground truth)
+DOMAIN_FOLDERS = {"A": ("trainA", "testA", "testA_gt_B"), "B": ("trainB", "testB", "testB_gt_A")}
+
+
+@dataclass
+class DeployData:
+    """Where the images of a generator's input domain are: for INT8 calibration and its check.
+
+    ``calibration``: training images (never test images). ``test``: inputs the check
+    translates (falls back to ``calibration`` when None). ``ground_truth``: the exact
+    translations of ``test`` under the same file names, or None.
+    """
+
+    calibration: Optional[Path] = None
+    test: Optional[Path] = None
+    ground_truth: Optional[Path] = None
+
+
+def input_domain(name: str) -> Optional[str]:
+    """"A" for G_A (A->B) and reference names like latest_net_G_A; "B" likewise; None if the name says nothing."""
+    for domain in ("A", "B"):
+        if name == f"G_{domain}" or name.endswith(f"_G_{domain}") or name.endswith(f"net_G_{domain}"):
+            return domain
+    return None
+
+
+def find_deploy_data(root: Optional[PathLike], name: str) -> DeployData:
+    """The calibration/check folders for generator ``name`` under ``root``.
+
+    ``root`` is a data set (``trainA``, ``testA``, ``testA_gt_B``, ...: the domain follows
+    from the name, G_A reads A) or a plain folder of images (used for calibration and the
+    check). None, or a data set and a name that names no domain: an empty :class:`DeployData`.
+    """
+    if root is None:
+        return DeployData()
+    root = Path(root)
+    domain = input_domain(name)
+    if domain is not None and (root / DOMAIN_FOLDERS[domain][0]).is_dir():
+        train, test, gt = (root / f for f in DOMAIN_FOLDERS[domain])
+        return DeployData(train, test if test.is_dir() else None, gt if gt.is_dir() else None)
+    if (root / "trainA").is_dir() or (root / "trainB").is_dir():
+        log.warning("%s is a data set, but the name %r says not which domain the generator reads (G_A reads A, "
+                    "G_B reads B); give a folder of that domain's images instead", root, name)
+        return DeployData()
+    return DeployData(calibration=root)
+
+
+# ----------------------------------------------------------------------------- cpu
+def _deploy_cpu(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
+                options: Dict[str, Any]) -> Dict[str, Any]:
+    from .models.exported import OnnxGenerator
+    from .quantize import CalibrationError, calibration_inputs, int8_quality, int8_verdict, quantize_int8
+
+    fp32_path = Path(report["onnx"]["path"])
+    fp32 = {"format": "onnx", "path": str(fp32_path), "backend": "onnxruntime", "precision": "fp32"}
+    entry: Dict[str, Any] = {"target": "cpu", "deployed": fp32, "int8": None,
+                             "graph_optimisation": "ONNX Runtime ORT_ENABLE_ALL, applied when the file is loaded"}
+    if not options["int8"]:
+        entry["int8"] = {"skipped": "INT8 switched off (export.int8=false / --no-int8)"}
+        return entry
+    if data.calibration is None:
+        why = ("no calibration images: INT8 needs training images of the model's input domain "
+               "(coevo export --calibration DIR); deploying fp32 ONNX")
+        log.warning("%s: %s", name, why)
+        entry["int8"] = {"skipped": why}
+        return entry
+    try:
+        calib = calibration_inputs(data.calibration, options["calibration_images"])
+    except CalibrationError as e:
+        log.warning("%s: %s; deploying fp32 ONNX", name, e)
+        entry["int8"] = {"skipped": str(e)}
+        return entry
+    int8_path = out_dir / f"{name}.int8.onnx"
+    settings = quantize_int8(fp32_path, int8_path, calib)
+    threads = options.get("threads") or None
+    quality = int8_quality(OnnxGenerator(fp32_path, intra_op_num_threads=threads),
+                           OnnxGenerator(int8_path, intra_op_num_threads=threads),
+                           data.test or data.calibration, data.ground_truth)
+    reasons = int8_verdict(quality, options["min_psnr_db"], options["max_gt_drop_db"])
+    entry["int8"] = {"path": str(int8_path), "size_bytes": int8_path.stat().st_size,
+                     "calibration": {"folder": str(data.calibration), **settings},
+                     "quality": quality, "ok": not reasons, "reasons": reasons,
+                     "bounds": {"min_psnr_vs_fp32_db": options["min_psnr_db"],
+                                "max_gt_drop_db": options["max_gt_drop_db"]}}
+    if reasons:
+        log.warning("%s: INT8 fails its check (%s); deploying fp32 ONNX, keeping %s for inspection",
+                    name, "; ".join(reasons), int8_path.name)
+    else:
+        entry["deployed"] = {"format": "onnx-int8", "path": str(int8_path), "backend": "onnxruntime-int8",
+                             "precision": "int8"}
+        log.info("%s: INT8 passes (%.1f dB to fp32%s); deployed %s", name, quality["psnr_vs_fp32_db"],
+                 "" if quality["gt_drop_db"] is None else f", ground-truth drop {quality['gt_drop_db']:+.3f} dB",
+                 int8_path.name)
+    return entry
+
+
+# ----------------------------------------------------------------------------- cuda
+def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
+                 options: Dict[str, Any]) -> Dict[str, Any]:
+    from .models.cuda_runner import PARITY_TOLERANCE, CudaRunner
+    from .models.exported import load_exported
+
+    dtype_name = options["cuda_dtype"]
+    dtype = CUDA_DTYPES[dtype_name]
+    short = {"float16": "fp16", "bfloat16": "bf16"}[dtype_name]
+    path = out_dir / f"{name}.{short}.pt2"
+    info = save_torch_export(model, path, dtype=dtype, channels_last=True,
+                             static_shape=tuple(check_inputs(options["check_size"])[0].shape))
+    on_cuda = torch.cuda.is_available()
+    inputs = check_inputs(options["check_size"], options["seed"], model.arch.in_channels)
+    if not info["dynamic"]:
+        inputs = [x for x in inputs if list(x.shape) == list(info["static_shape"])]
+    program = load_exported(path)
+    device = torch.device("cuda" if on_cuda else "cpu")
+    where = "cuda" if on_cuda else "cpu"
+    runner_error = None
+    try:
+        runner = CudaRunner(program, dtype=dtype, mode="graph") if on_cuda else program
+        max_diff, mean_diff = _parity(model, runner, inputs, device)
+    except Exception as e:  # the graph capture is the part no CPU test reaches: say so, check without it
+        if not on_cuda:
+            raise
+        runner_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        log.warning("%s: capturing the float16 program as a CUDA graph failed (%s); checking it without", name,
+                    runner_error)
+        max_diff, mean_diff = _parity(model, CudaRunner(program, dtype=dtype, mode="eager"), inputs, device)
+    tol_max, tol_mean = PARITY_TOLERANCE[dtype]
+    ok = max_diff <= tol_max and mean_diff <= tol_mean
+    fast = {"path": str(path), "size_bytes": path.stat().st_size, **info,
+            "parity": {"max_abs_diff": max_diff, "mean_abs_diff": mean_diff, "measured_on": where,
+                       "tolerance": {"max_abs_diff": tol_max, "mean_abs_diff": tol_mean},
+                       "shapes": ["x".join(map(str, x.shape)) for x in inputs], "ok": ok},
+            "runner": f"coevo.models.cuda_runner.CudaRunner(dtype={dtype_name}, mode='graph')",
+            "runner_error": runner_error}
+    if not on_cuda:
+        fast["parity"]["note"] = ("no CUDA device here: the program ran on the CPU in its own dtype; "
+                                  "rerun the export on a GPU machine to check the CUDA kernels")
+    entry: Dict[str, Any] = {"target": "cuda", "fast": fast}
+    if ok and runner_error is None:
+        entry["deployed"] = {"format": f"torch-export-{short}", "path": str(path),
+                             "backend": f"cuda-{short}-graph", "precision": dtype_name}
+    else:
+        log.warning("%s: the %s program differs from fp32 by max %.3g / mean %.3g (tolerance %g / %g) or its "
+                    "CUDA graph failed; deploying the fp32 program", name, dtype_name, max_diff, mean_diff,
+                    tol_max, tol_mean)
+        entry["deployed"] = {"format": "torch-export", "path": report["torch-export"]["path"],
+                             "backend": "torch-export", "precision": "float32"}
+    return entry
+
+
+def _parity(model: ResnetGenerator, runner: torch.nn.Module, inputs, device: torch.device) -> tuple:
+    """(max, mean) |runner - model| over ``inputs`` (the largest of each), the model in fp32 on the CPU."""
+    max_diff, mean_diff = 0.0, 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            d = (runner(x.to(device)).float().cpu() - model(x)).abs()
+            max_diff, mean_diff = max(max_diff, float(d.max())), max(mean_diff, float(d.mean()))
+    return max_diff, mean_diff
+
+
+# target -> (the export formats it deploys from: they must be among the requested ones, deployer)
+DEPLOYERS: Dict[str, tuple] = {
+    "cpu": (("onnx",), _deploy_cpu),
+    "cuda": (("torch-export",), _deploy_cuda),
+}
+
+
+def resolve_target(target: str, device: str = "cpu") -> str:
+    """``auto`` becomes ``cuda`` for a CUDA device and ``cpu`` otherwise; others must be in :data:`TARGETS`."""
+    if target == "auto":
+        return "cuda" if str(device).startswith("cuda") else "cpu"
+    if target not in TARGETS:
+        from .config import ConfigError
+
+        raise ConfigError(f"export target must be one of {list(TARGETS)} or auto, got {target!r}")
+    return target
+
+
+def export_for_target(model: ResnetGenerator, out_dir: PathLike, name: str, target: str = "cpu",
+                      data: Optional[DeployData] = None, formats: Sequence[str] = DEFAULT_FORMATS,
+                      check_size: int = 96, opset: int = 18, seed: int = 0, onnx_exporter: str = "auto",
+                      int8: bool = True, calibration_images: int = 32, cuda_dtype: str = "float16",
+                      threads: Optional[int] = None) -> Dict[str, Any]:
+    """Export ``model`` in ``formats`` plus the artifacts of ``target``; record the deployed one.
+
+    Returns the :func:`coevo.export.export_generator` report with a ``deploy`` entry
+    (also merged into ``out_dir/export_report.json``): ``deployed`` (``format``, ``path``,
+    ``backend``: the ``coevo bench`` backend that runs it, ``precision``) and the target's
+    checks. Raises :class:`coevo.export.ExportError` if a plain export fails its parity check.
+    """
+    from .quantize import MAX_GT_DROP_DB, MIN_PSNR_VS_FP32_DB
+
+    target = resolve_target(target)
+    if cuda_dtype not in CUDA_DTYPES:
+        raise ValueError(f"cuda_dtype must be one of {list(CUDA_DTYPES)}, got {cuda_dtype!r}")
+    needed, deploy = DEPLOYERS[target]
+    out_dir = Path(out_dir)
+    model = copy.deepcopy(model).cpu().eval()
+    report: Dict[str, Any] = export_generator(model, out_dir, name, formats=formats, check_size=check_size,
+                                              opset=opset, seed=seed, onnx_exporter=onnx_exporter)
+    options = {"int8": int8, "calibration_images": calibration_images, "cuda_dtype": cuda_dtype,
+               "check_size": check_size, "seed": seed, "threads": threads,
+               "min_psnr_db": MIN_PSNR_VS_FP32_DB, "max_gt_drop_db": MAX_GT_DROP_DB}
+    missing = [f for f in needed if f not in report]
+    if missing:  # the formats asked for leave out what this target ships: nothing is deployed
+        why = f"the {target} target deploys from {', '.join(missing)}, which the export formats leave out"
+        log.info("%s: %s", name, why)
+        entry: Dict[str, Any] = {"target": target, "deployed": None, "skipped": why}
+    else:
+        entry = deploy(model, out_dir, name, report, data or DeployData(), options)
+    entry["data"] = {k: (str(v) if v is not None else None) for k, v in asdict(data or DeployData()).items()}
+    merge_report_entry(out_dir / REPORT_NAME, name, "deploy", entry)
+    return {**report, "deploy": entry}
+
+
+def deployed_artifact(export_dir: PathLike, name: str) -> Optional[Dict[str, Any]]:
+    """The ``deploy.deployed`` record of ``name`` in ``export_dir/export_report.json`` (None if absent)."""
+    path = Path(export_dir) / REPORT_NAME
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return ((report.get(name) or {}).get("deploy") or {}).get("deployed")
+
+
+__all__ = ["DeployData", "TARGETS", "deployed_artifact", "export_for_target", "find_deploy_data", "input_domain",
+           "resolve_target"]
