@@ -149,3 +149,30 @@ def test_cli_synthetic(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(args[:-1] + ["6", "--force"]) == 0
     assert main(["data", "check", str(out)]) == 0
+
+
+def test_dense_task_is_harder_and_keeps_exact_ground_truth(tmp_path):
+    """The second built-in task: more objects, finer stripes and texture; the snow task's files are unchanged."""
+    from coevo.data.synthetic import TASKS, _scene
+
+    snow, dense = render_scene(0, "testA", 3, 64), render_scene(0, "testA", 3, 64, task="dense")
+    assert not np.array_equal(snow["A"], dense["A"])
+    assert np.array_equal(dense["B"], render_scene(0, "testA", 3, 64, task="dense")["B"])  # deterministic
+
+    def detail(img):  # mean absolute difference between neighbouring pixels: texture and edges
+        x = img.astype(np.float64)
+        return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
+
+    n = 12
+    assert np.mean([detail(render_scene(0, "trainA", i, 64, "dense")["A"]) for i in range(n)]) > \
+        1.2 * np.mean([detail(render_scene(0, "trainA", i, 64)["A"]) for i in range(n)])
+    objects = [len(np.unique(_scene(np.random.default_rng(i), 64, TASKS["dense"])[0])) for i in range(3)]
+    assert all(k == 3 for k in objects)  # sky, field and objects in every scene
+    out = make_synthetic_dataset(tmp_path / "d", size=32, n_train=2, n_test=2, task="dense")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["task"] == "dense"
+    for name in ("0000.png", "0001.png"):  # the ground truth is the other domain's rendering of the same scene
+        truth = render_scene(0, "testA", int(name[:4]), 32, "dense")["B"]
+        assert np.array_equal(np.asarray(Image.open(out / "testA_gt_B" / name)), truth)
+    with pytest.raises(DataError, match="unknown built-in task"):
+        make_synthetic_dataset(tmp_path / "x", size=32, n_train=1, n_test=1, task="city")

@@ -33,6 +33,7 @@ class DataConfig:
     root: Optional[str] = None
     synthetic: bool = True             # build the built-in set at ``root`` when it is missing, empty or built-in
     synthetic_seed: int = 0            # the built-in set's scenes (fixed: every run seed sees the same data)
+    synthetic_task: str = "snow"       # snow (the demo's) | dense (harder: more, smaller, finer-striped objects)
     synthetic_n_train: int = 200
     synthetic_n_test: int = 40
     load_size: int = 64                # resize to this before cropping
@@ -420,6 +421,7 @@ RULES: Dict[str, Rule] = {
 
 def _choices() -> Dict[str, Sequence[str]]:
     """Allowed names per key. Registries are read, not copied, so a new metric or operator is accepted."""
+    from .data.synthetic import TASKS
     from .deploy import CUDA_DTYPES, TARGETS
     from .export import FORMATS
     from .perceptual import LPIPS_BACKBONES, available_metrics
@@ -434,6 +436,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.repair": ("importance", "random"),
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": ("cpu", "cuda"),
+        "data.synthetic_task": tuple(sorted(TASKS)),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*available_metrics(), "auto"],
         "search.lpips_net": sorted(LPIPS_BACKBONES),

@@ -26,6 +26,9 @@ def add_parser(sub):
     s.add_argument("--n-train", type=int, default=200, help="images per training domain (default: %(default)s)")
     s.add_argument("--n-test", type=int, default=40, help="images per test domain (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
+    s.add_argument("--task", choices=["snow", "dense"], default="snow",
+                   help="snow (the demo's) or dense (harder: more, smaller objects with finer stripes and "
+                        "texture); default: %(default)s")
     s.add_argument("--force", action="store_true", help="replace a synthetic set coevo wrote in --out")
 
     c = actions.add_parser("check", help="count images per split and list unreadable files",
@@ -53,7 +56,7 @@ def _synthetic(args) -> int:
 
     start = time.perf_counter()
     out = make_synthetic_dataset(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test,
-                                 seed=args.seed, force=args.force)
+                                 seed=args.seed, force=args.force, task=args.task)
     print(f"synthetic data set ready in {out} ({time.perf_counter() - start:.1f} s): "
           f"trainA/trainB {args.n_train} images each, testA/testB {args.n_test} each, "
           f"ground truth in testA_gt_B and testB_gt_A; {args.size}x{args.size} px, seed {args.seed}")

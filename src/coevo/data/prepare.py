@@ -87,7 +87,8 @@ def ensure_data_root(cfg) -> Path:
                         "coevo never writes into a folder of yours: fix the layout, or give another --data")
     if cfg.synthetic:
         return make_synthetic_dataset(root, size=_synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
-                                      n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=builtin)
+                                      n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=builtin,
+                                      task=cfg.synthetic_task)
     raise DataError(f"data folder {root} lacks {', '.join(missing)}; {LAYOUT_HINT}; "
                     "or pass --set data.synthetic=true to build the built-in set there")
 
@@ -99,9 +100,11 @@ def _warn_if_stale(root: Path, cfg) -> None:
         return
     if meta.get("generator") != "coevo.synthetic":
         return
-    want = {"version": SYNTHETIC_VERSION, "seed": cfg.synthetic_seed, "size": _synthetic_size(cfg.load_size),
+    want = {"task": cfg.synthetic_task, "version": SYNTHETIC_VERSION, "seed": cfg.synthetic_seed,
+            "size": _synthetic_size(cfg.load_size),
             "n_train": cfg.synthetic_n_train, "n_test": cfg.synthetic_n_test}
-    diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
+    found = {"task": "snow", **meta}  # sets from before tasks existed are the snow task
+    diff = {k: (found.get(k), v) for k, v in want.items() if found.get(k) != v}
     if diff:
         log.warning("the synthetic set in %s differs from the config (%s as found/asked); using it as it is. "
                     "Regenerate with `coevo data synthetic --out %s --force` to match.",

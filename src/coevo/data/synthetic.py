@@ -20,6 +20,11 @@ background whose brightness it carries. ``testA_gt_B`` holds the true B renderin
 of every ``testA`` image (same file name) and ``testB_gt_A`` the true A rendering
 of every ``testB`` image, so translations can be scored with PSNR/L1 against truth.
 
+A second, harder task, ``task="dense"``, renders the same two domains with more
+structure and texture to keep: 3-7 smaller objects with fine coat stripes (about
+twice the frequency), a finer and stronger field texture, and a one-pixel outline
+at 64 px. Its ground truth is exact in the same way.
+
 trainA, trainB, testA and testB come from four independent scene streams: the
 training sets are unpaired. Every image is seeded from ``(seed, split, index)``
 with its own ``numpy.random.default_rng``, so files are byte-identical between runs.
@@ -52,6 +57,14 @@ _ENTRIES = ("trainA", "trainB", "testA", "testB", "testA_gt_B", "testB_gt_A", "m
 _TAG = 0xC0E0  # keeps these streams apart from any other user of the same seed
 
 SKY, FIELD, OBJECT = 0, 1, 2
+
+# The built-in tasks: scene parameters that set how much structure and texture a generator must keep.
+TASKS = {
+    "snow": {"objects": (1, 4), "size": (0.10, 0.22), "stripes": (4.0, 6.0), "blades": (10, 28, 0.16),
+             "outline": 32},
+    "dense": {"objects": (3, 8), "size": (0.06, 0.13), "stripes": (9.0, 14.0), "blades": (18, 56, 0.24),
+              "outline": 64},
+}
 
 # Colour ramps: (L stop, RGB) pairs, every channel non-decreasing in L, so each
 # rendering is invertible per class and the two domains' classes never share colours.
@@ -113,17 +126,17 @@ def _ramp(L: np.ndarray, stops) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- scenes
 def _object(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
-            h0: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+            h0: float, task: Dict = TASKS["snow"]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mask, brightness L, shadow strength on the field) of one animal-like object standing below ``h0``."""
     kind = int(rng.integers(0, 3))
-    a = rng.uniform(0.10, 0.22)
+    a = rng.uniform(*task["size"])
     b = a * rng.uniform(0.5, 0.85)
     angle = rng.uniform(-0.4, 0.4)
     cx = rng.uniform(0.12, 0.88)
     cy = rng.uniform(h0 + 0.12, 0.88)
     phases = rng.uniform(0, 2 * np.pi, size=2)
     base = rng.uniform(0.4, 0.6)
-    stripe_freq = rng.uniform(4.0, 6.0)
+    stripe_freq = rng.uniform(*task["stripes"])
     stripe_grid = _lattice(rng)
     offset = rng.uniform(0, 16, size=2)
 
@@ -148,7 +161,8 @@ def _object(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,
     return r < 1, base + 0.2 * (light - 0.3) + 0.3 * stripes, shadow
 
 
-def _scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scene(rng: np.random.Generator, size: int,
+           task: Dict = TASKS["snow"]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class map HxW, brightness L HxW in [0, 1], outline mask HxW) of one random scene."""
     c = (np.arange(size) + 0.5) / size
     yy, xx = np.meshgrid(c, c, indexing="ij")
@@ -161,14 +175,15 @@ def _scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray,
     cloud_grid, coarse_grid, blade_grid = _lattice(rng), _lattice(rng), _lattice(rng)
     L_sky = 0.3 + 0.45 * np.clip(yy / horizon, 0, 1) + 0.25 * _value_noise(cloud_grid, yy * 6, xx * 3)
     depth = np.clip((yy - horizon) / (1 - horizon), 0, 1)
+    by, bx, strength = task["blades"]
     L_field = (0.55 - 0.2 * depth + 0.18 * _value_noise(coarse_grid, yy * 4, xx * 4)
-               + 0.16 * _value_noise(blade_grid, yy * 10, xx * 28))
+               + strength * _value_noise(blade_grid, yy * by, xx * bx))
 
     obj = np.zeros((size, size), dtype=bool)
     L_obj = np.zeros((size, size))
     shadow = np.zeros((size, size))
-    for _ in range(int(rng.integers(1, 4))):
-        inside, L_here, shadow_here = _object(rng, yy, xx, h0)
+    for _ in range(int(rng.integers(*task["objects"]))):
+        inside, L_here, shadow_here = _object(rng, yy, xx, h0, task)
         L_obj = np.where(inside, L_here, L_obj)  # later objects stand in front
         obj |= inside
         shadow = np.maximum(shadow, shadow_here)
@@ -176,7 +191,7 @@ def _scene(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray,
     L_field = L_field - 0.25 * shadow
     cls = np.where(obj, OBJECT, np.where(sky, SKY, FIELD)).astype(np.int8)
     L = np.where(obj, L_obj, np.where(sky, L_sky, L_field))
-    outline = _dilate(obj, max(1, round(size / 32))) & ~obj
+    outline = _dilate(obj, max(1, round(size / task["outline"]))) & ~obj
     return cls, np.clip(L, 0.0, 1.0), outline
 
 
@@ -190,19 +205,26 @@ def _render(cls: np.ndarray, L: np.ndarray, outline: np.ndarray, domain: str) ->
     return np.clip(np.floor(rgb + 0.5), 0, 255).astype(np.uint8)
 
 
-def render_scene(seed: int, split: str, index: int, size: int = 64) -> Dict[str, np.ndarray]:
+def render_scene(seed: int, split: str, index: int, size: int = 64, task: str = "snow") -> Dict[str, np.ndarray]:
     """Both renderings of scene ``index`` of ``split``: ``{"A": HxWx3 uint8, "B": HxWx3 uint8}``."""
     if split not in SPLIT_STREAMS:
         raise ValueError(f"split must be one of {sorted(SPLIT_STREAMS)}, got {split!r}")
-    rng = np.random.default_rng([_TAG, SYNTHETIC_VERSION, int(seed), SPLIT_STREAMS[split], int(index)])
-    cls, L, outline = _scene(rng, size)
+    if task not in TASKS:
+        raise DataError(f"unknown built-in task {task!r}; choose one of {sorted(TASKS)}")
+    stream = [_TAG, SYNTHETIC_VERSION, int(seed), SPLIT_STREAMS[split], int(index)]
+    if task != "snow":  # the first task's streams stay as they were: its files are unchanged
+        stream.append(sorted(TASKS).index(task) + 1)
+    cls, L, outline = _scene(np.random.default_rng(stream), size, TASKS[task])
     return {"A": _render(cls, L, outline, "A"), "B": _render(cls, L, outline, "B")}
 
 
 # ----------------------------------------------------------------------------- data set folders
-def _params(size: int, n_train: int, n_test: int, seed: int) -> Dict[str, int]:
-    return {"version": SYNTHETIC_VERSION, "seed": int(seed), "size": int(size),
-            "n_train": int(n_train), "n_test": int(n_test)}
+def _params(size: int, n_train: int, n_test: int, seed: int, task: str = "snow") -> Dict[str, int]:
+    params = {"version": SYNTHETIC_VERSION, "seed": int(seed), "size": int(size),
+              "n_train": int(n_train), "n_test": int(n_test)}
+    if task != "snow":  # sets of the first task carry no task key (as before tasks existed)
+        params["task"] = task
+    return params
 
 
 def _read_meta(out: Path) -> Dict:
@@ -223,7 +245,7 @@ def _write(arr: np.ndarray, path: Path) -> None:
 
 
 def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_test: int = 40,
-                           seed: int = 0, force: bool = False) -> Path:
+                           seed: int = 0, force: bool = False, task: str = "snow") -> Path:
     """Write the synthetic task to ``out`` and return ``out``.
 
     ``out/trainA``, ``trainB``, ``testA``, ``testB`` hold ``0000.png`` ... (size x size
@@ -241,7 +263,9 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     if int(n_train) < 1 or int(n_test) < 1:
         raise DataError(f"synthetic n_train and n_test must be >= 1, got {n_train} and {n_test}")
     out = Path(out)
-    params = _params(size, n_train, n_test, seed)
+    if task not in TASKS:
+        raise DataError(f"unknown built-in task {task!r}; choose one of {sorted(TASKS)}")
+    params = _params(size, n_train, n_test, seed, task)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
@@ -272,7 +296,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        _render_all(tmp, size, n_train, n_test, seed)
+        _render_all(tmp, size, n_train, n_test, seed, task)
         meta = dict(params, generator="coevo.synthetic", description=DESCRIPTION,
                     counts={"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test,
                             "testA_gt_B": n_test, "testB_gt_A": n_test},
@@ -295,7 +319,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     return out
 
 
-def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int) -> None:
+def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int, task: str = "snow") -> None:
     counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
     width = max(4, len(str(max(n_train, n_test) - 1)))
     for d in _ENTRIES[:-1]:
@@ -305,7 +329,7 @@ def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int) -> 
             domain = split[-1]
             other = "B" if domain == "A" else "A"
             for i in range(n):
-                pair = render_scene(seed, split, i, size)
+                pair = render_scene(seed, split, i, size, task)
                 name = f"{i:0{width}d}.png"
                 _write(pair[domain], root / split / name)
                 if split in GT_FOLDERS:
@@ -314,5 +338,5 @@ def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int) -> 
 
 
 def _describe(p: Dict) -> str:
-    return (f"version={p.get('version')}, seed={p.get('seed')}, size={p.get('size')}, "
-            f"n_train={p.get('n_train')}, n_test={p.get('n_test')}")
+    return (f"task={p.get('task', 'snow')}, version={p.get('version')}, seed={p.get('seed')}, "
+            f"size={p.get('size')}, n_train={p.get('n_train')}, n_test={p.get('n_test')}")
