@@ -241,3 +241,19 @@ def test_cli_finetune_any_genome_pair_by_the_same_recipe(tmp_path, search_dir, c
     assert main(["finetune", "--genome-a", "a.json", "--genome-b", "b.json", "--out", str(tmp_path / "x")]) == 2
     assert "--teacher" in capsys.readouterr().err
     assert main(["finetune", "--search", str(search_dir), "--genome-a", "a.json", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_feature_distillation_trains_and_checkpoints_its_adapters(tmp_path, search_dir):
+    """lambda_feature > 0: the loss has feature terms, the 1x1 adapters learn and are checkpointed."""
+    fast = ["finetune.epochs=2", "finetune.epochs_decay=0", "finetune.max_steps_per_epoch=2",
+            "finetune.sample_every=0", "finetune.lambda_feature=1.0"]
+    out = finetune(search_dir, tmp_path / "feat", overrides=fast)
+    steps = [r for r in read_jsonl(out / "log.jsonl") if r["kind"] == "epoch"]
+    assert all(r["feature_A"] > 0 and r["feature_B"] > 0 for r in steps)
+    ckpt = safe_torch_load(out / "checkpoint.pt")
+    assert ckpt["adapters"] and any(k.startswith("maps.G_A_block") for k in ckpt["adapters"])
+    assert finetune(search_dir, out, resume=True) == out  # the adapters load back from the checkpoint
+    assert json.loads((out / "finetune.json").read_text())["lambda_feature"] == 1.0
+    plain = finetune(search_dir, tmp_path / "plain", overrides=fast[:-1])
+    assert safe_torch_load(plain / "checkpoint.pt")["adapters"] == {}
+    assert "feature_A" not in [r for r in read_jsonl(plain / "log.jsonl") if r["kind"] == "epoch"][0]

@@ -139,6 +139,10 @@ class FinetuneConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5       # times lambda_cycle
     lambda_distill: float = 10.0       # L1 to the teacher's output; 0 disables (the paper has none)
+    # Intermediate-feature distillation (GAN Compression, OMGD): the student's activations after
+    # down2, the middle and last residual blocks and up1, mapped to the teacher's by learned 1x1
+    # convolutions, MSE; 0 disables (the default: measured in docs/search.md).
+    lambda_feature: float = 0.0
     pool_size: int = 50
     max_steps_per_epoch: int = 0       # 0: the whole epoch
     select_on: str = "val"             # model selection on the held-out training split, never test
@@ -408,6 +412,7 @@ RULES: Dict[str, Rule] = {
                          "0 (the teacher's training size) or a positive multiple of 4"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
     "finetune.lambda_distill": _at_least(0),
+    "finetune.lambda_feature": _at_least(0),
     "export.check_size": _MULTIPLE_OF_4,
     "export.opset": _interval(7, 23),  # what torch's ONNX exporters implement
     "export.calibration_images": _at_least(1),

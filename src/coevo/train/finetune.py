@@ -6,7 +6,10 @@ rebuilds each generator as a physically narrower network with the teacher's
 surviving weights (:func:`coevo.prune.slim`; dropped filters no longer exist,
 so they cannot regrow), and trains the pair with the CycleGAN losses against
 the teacher's discriminators (which keep training), plus distillation
-``lambda_distill * |G(x) - T(x)|`` towards the frozen teacher generators.
+``lambda_distill * |G(x) - T(x)|`` towards the frozen teacher generators, and
+optionally intermediate-feature distillation (``lambda_feature``, learned 1x1
+convolutions from the student's activations to the teacher's; see
+:class:`coevo.train.loop.FeatureAdapters`).
 A teacher given as its two generators only gets fresh discriminators
 (``model.ndf``, ``model.n_layers_d``, initialised as teacher training does,
 seeded by ``seed``); ``finetune.json`` records ``"discriminators": "teacher"`` or ``"fresh"``.
@@ -300,6 +303,7 @@ def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: 
         "steps": result.global_step,
         "train_seconds": round(result.seconds, 2),
         "lambda_distill": cfg.finetune.lambda_distill,
+        "lambda_feature": cfg.finetune.lambda_feature,
         "image_size": cfg.data.crop_size,
         "mac_convention": "published (transposed conv counted per output pixel)",
         "models": _sizes(teacher, nets, cfg.data.crop_size),

@@ -81,6 +81,52 @@ def derive_seed(*parts: int) -> int:
 # Stream ids for derive_seed, so no two uses of the run seed collide.
 STREAM_INIT, STREAM_POOL_A, STREAM_POOL_B = 1, 2, 3
 STREAM_FRESH_D = 4  # fine-tuning a teacher without discriminators: new ones
+STREAM_ADAPTERS = 5  # the 1x1 convolutions of feature distillation
+
+
+def feature_layers(n_blocks: int) -> Dict[str, int]:
+    """Where feature distillation reads the generators: name -> index into ``ResnetGenerator.model``."""
+    return {"down2": 9, f"block{n_blocks // 2}": 10 + n_blocks // 2, f"block{n_blocks - 1}": 9 + n_blocks,
+            "up1": 12 + n_blocks}
+
+
+def _channels(g: ResnetGenerator, name: str) -> int:
+    return g.arch.widths["up1"] if name == "up1" else g.arch.widths["trunk"]
+
+
+class FeatureAdapters(nn.Module):
+    """1x1 convolutions from each student feature map to the teacher's (per generator and layer)."""
+
+    def __init__(self, students: Mapping[str, ResnetGenerator], teachers: Mapping[str, ResnetGenerator],
+                 seed: int) -> None:
+        super().__init__()
+        g = make_rng(derive_seed(seed, STREAM_ADAPTERS))
+        self.layers = feature_layers(students["G_A"].arch.n_blocks)
+        self.maps = nn.ModuleDict()
+        for k in ("G_A", "G_B"):
+            for name in self.layers:
+                conv = nn.Conv2d(_channels(students[k], name), _channels(teachers[k], name), 1)
+                with torch.no_grad():
+                    conv.weight.normal_(0.0, 0.02, generator=g)
+                    conv.bias.zero_()
+                self.maps[f"{k}_{name}"] = conv
+
+    def loss(self, k: str, student: Mapping[int, torch.Tensor], teacher: Mapping[int, torch.Tensor]) -> torch.Tensor:
+        """Mean over layers of the MSE between mapped student and teacher activations."""
+        terms = [losses.mse(self.maps[f"{k}_{name}"](student[i]), teacher[i]) for name, i in self.layers.items()]
+        return sum(terms) / len(terms)
+
+
+def _forward_keeping(g: nn.Module, x: torch.Tensor, indices) -> tuple:
+    """``(g(x), {index: activation})``: one forward that also keeps the outputs of ``g.model[index]``."""
+    kept: Dict[int, torch.Tensor] = {}
+    handles = [g.model[i].register_forward_hook(lambda m, inp, out, i=i: kept.__setitem__(i, out)) for i in indices]
+    try:
+        y = g(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return y, kept
 
 
 @dataclass
@@ -95,6 +141,7 @@ class LoopSettings:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5
     lambda_distill: float = 0.0
+    lambda_feature: float = 0.0
     pool_size: int = 50
     max_steps_per_epoch: int = 0
     sample_every: int = 1
@@ -173,17 +220,19 @@ class GeneratorLosses(nn.Module):
     """
 
     def __init__(self, nets: CycleGANNets, settings: LoopSettings, identity: bool,
-                 teacher: Optional[GeneratorPair] = None) -> None:
+                 teacher: Optional[GeneratorPair] = None, adapters: Optional[FeatureAdapters] = None) -> None:
         super().__init__()
         self.G_A, self.G_B = nets.G_A, nets.G_B
+        self.adapters = adapters  # trained with the generators (feature distillation), or None
         self.nets, self.teacher = nets, teacher  # plain attributes: not parameters of this module
         self.s, self.identity = settings, identity
 
     def forward(self, real_A: torch.Tensor, real_B: torch.Tensor):
         s, n = self.s, self.nets
-        fake_B = self.G_A(real_A)
+        keep = list(self.adapters.layers.values()) if self.adapters is not None else []
+        fake_B, feats_A = _forward_keeping(self.G_A, real_A, keep)
         rec_A = self.G_B(fake_B)
-        fake_A = self.G_B(real_B)
+        fake_A, feats_B = _forward_keeping(self.G_B, real_B, keep)
         rec_B = self.G_A(fake_A)
         terms = {
             "G_A": losses.gan_loss(n.D_A(fake_B), True),
@@ -195,12 +244,17 @@ class GeneratorLosses(nn.Module):
             terms["idt_A"] = losses.l1(self.G_A(real_B), real_B) * s.lambda_cycle * s.lambda_identity
             terms["idt_B"] = losses.l1(self.G_B(real_A), real_A) * s.lambda_cycle * s.lambda_identity
         outputs: Dict[str, torch.Tensor] = {}
-        if self.teacher is not None and s.lambda_distill > 0:
+        if self.teacher is not None and (s.lambda_distill > 0 or self.adapters is not None):
             with torch.no_grad():
-                target_B, target_A = self.teacher.G_A(real_A), self.teacher.G_B(real_B)
+                target_B, t_feats_A = _forward_keeping(self.teacher.G_A, real_A, keep)
+                target_A, t_feats_B = _forward_keeping(self.teacher.G_B, real_B, keep)
             outputs = {"teacher G_A(real_A)": target_B, "teacher G_B(real_B)": target_A}
-            terms["distill_A"] = losses.l1(fake_B, target_B) * s.lambda_distill
-            terms["distill_B"] = losses.l1(fake_A, target_A) * s.lambda_distill
+            if s.lambda_distill > 0:
+                terms["distill_A"] = losses.l1(fake_B, target_B) * s.lambda_distill
+                terms["distill_B"] = losses.l1(fake_A, target_A) * s.lambda_distill
+            if self.adapters is not None:
+                terms["feature_A"] = self.adapters.loss("G_A", feats_A, t_feats_A) * s.lambda_feature
+                terms["feature_B"] = self.adapters.loss("G_B", feats_B, t_feats_B) * s.lambda_feature
         outputs.update({"G_A(real_A)": fake_B, "G_B(real_B)": fake_A, "G_B(G_A(real_A))": rec_A,
                         "G_A(G_B(real_B))": rec_B})
         return terms, outputs
@@ -265,7 +319,12 @@ class CycleGANTrainer:
                 t.to(self.device).eval().requires_grad_(False)
         self.hook = hook
         s = settings
-        self.opt_G = torch.optim.Adam(list(nets.G_A.parameters()) + list(nets.G_B.parameters()),
+        self.adapters = None
+        if teacher is not None and s.lambda_feature > 0:
+            self.adapters = FeatureAdapters({"G_A": nets.G_A, "G_B": nets.G_B},
+                                            {"G_A": teacher.G_A, "G_B": teacher.G_B}, s.seed).to(self.device)
+        extra = list(self.adapters.parameters()) if self.adapters is not None else []
+        self.opt_G = torch.optim.Adam(list(nets.G_A.parameters()) + list(nets.G_B.parameters()) + extra,
                                       lr=s.lr, betas=(s.beta1, 0.999))
         self.opt_D = torch.optim.Adam(list(nets.D_A.parameters()) + list(nets.D_B.parameters()),
                                       lr=s.lr, betas=(s.beta1, 0.999))
@@ -280,7 +339,7 @@ class CycleGANTrainer:
         self.pool_fake_B = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_B, *rank_part)))
         self.pool_fake_A = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_A, *rank_part)))
         self.identity = all(g.arch.in_channels == g.arch.out_channels for g in (nets.G_A, nets.G_B))
-        self.generator_losses: nn.Module = GeneratorLosses(nets, settings, self.identity, teacher)
+        self.generator_losses: nn.Module = GeneratorLosses(nets, settings, self.identity, teacher, self.adapters)
         self.discriminator_losses: nn.Module = DiscriminatorLosses(nets)
         if self.world > 1:
             ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
@@ -317,6 +376,8 @@ class CycleGANTrainer:
             "last_epoch": dict(self.last_epoch),
             "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
                      for k, net in self.nets.as_dict().items()},
+            "adapters": ({n: v.detach().cpu() for n, v in self.adapters.state_dict().items()}
+                         if self.adapters is not None else {}),
             "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
             "pools": self._pools(),
@@ -355,6 +416,8 @@ class CycleGANTrainer:
         try:
             for k, net in self.nets.as_dict().items():
                 net.load_state_dict(ckpt["nets"][k])
+            if self.adapters is not None:
+                self.adapters.load_state_dict(ckpt["adapters"])
             self.opt_G.load_state_dict(ckpt["optimizers"]["G"])
             self.opt_D.load_state_dict(ckpt["optimizers"]["D"])
             self.sched_G.load_state_dict(ckpt["schedulers"]["G"])

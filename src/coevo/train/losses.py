@@ -23,3 +23,8 @@ def discriminator_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> 
 def l1(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference; used for the cycle, identity and distillation terms."""
     return F.l1_loss(output, target)
+
+
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference; used for feature distillation (mapped student vs teacher activations)."""
+    return F.mse_loss(output, target)
