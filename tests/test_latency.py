@@ -24,10 +24,11 @@ def test_grid_spans_one_to_full_in_multiples_of_8_when_wide():
     assert _grid(6, 3) == [1, 2, 4, 6]
 
 
-def test_full_network_is_predicted_as_measured_by_construction(table):
+def test_prediction_is_the_calibrated_sum_of_units(table):
     teacher = GeneratorArch.from_dict(table.teacher)
-    units = table.predict(teacher) - table.offset_ms
+    units = float(table.unit_sum(widths_of(teacher))[0])
     assert units > 0
+    assert table.predict(teacher) == pytest.approx(table.scale * units + table.offset_ms)
     # on grid points the interpolation returns the measured value itself
     kind = "down1"
     g = table.grids[kind]

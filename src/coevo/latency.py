@@ -5,8 +5,12 @@ CPU's speed is a step function of channel counts. A :class:`LatencyTable` holds
 the measured latency of each layer unit of the generator (a convolution with its
 padding, norm and activation) on a grid of (input, output) channel counts, at
 one image size, on one target (torch eager on the CPU with N threads, or CUDA).
-A network's predicted latency is the sum of its units, each bilinearly
-interpolated on the grid, plus a constant calibrated on the full teacher.
+A network's predicted latency is ``scale * (sum of its units) + offset``: each
+unit is bilinearly interpolated on the grid, and ``scale`` and ``offset`` are fitted
+(least squares) to the measured latency of the teacher, three uniformly narrowed
+copies of it (1/4, 1/2, 3/4 of every width) and ``calibration`` networks of random
+widths (drawn from their own seeded stream). Units timed alone miss what
+joins them (the residual adds, memory traffic between layers); the fit absorbs that.
 
     table = measure_table(teacher.arch, size=256, target="cpu", threads=1)   # minutes, once per machine
     table.save("latency_cpu1_256.json")                                      # with the machine's description
@@ -112,7 +116,8 @@ class LatencyTable:
     teacher: Dict                       # GeneratorArch.to_dict() of the network the grid spans
     grids: Dict[str, Dict[str, List[int]]]   # unit -> {"cin": [...], "cout": [...]}
     ms: Dict[str, List[List[float]]]    # unit -> [cin index][cout index]
-    offset_ms: float = 0.0              # measured full network minus the sum of its units
+    offset_ms: float = 0.0              # calibration: predicted = scale * sum(units) + offset_ms
+    scale: float = 1.0
     machine: Dict = field(default_factory=dict)
     format: str = TABLE_FORMAT
     version: int = TABLE_VERSION
@@ -147,7 +152,14 @@ class LatencyTable:
         names = group_names(arch.n_blocks)
         widths = np.asarray(widths)
         cols = {n: widths[..., i] for i, n in enumerate(names)}
-        total = np.full(widths.shape[:-1], float(self.offset_ms))
+        return float(self.scale) * self.unit_sum(widths) + float(self.offset_ms)
+
+    def unit_sum(self, widths: np.ndarray) -> np.ndarray:
+        """Sum of the interpolated unit latencies (ms) of width vectors ``[..., n_groups]``, uncalibrated."""
+        arch = GeneratorArch.from_dict(self.teacher)
+        widths = np.asarray(widths)
+        cols = {n: widths[..., i] for i, n in enumerate(group_names(arch.n_blocks))}
+        total = np.zeros(widths.shape[:-1])
         for kind, io, _ in _units(arch):
             cin, cout = io(cols)
             total = total + self._interp(kind, np.broadcast_to(cin, total.shape), np.broadcast_to(cout, total.shape))
@@ -214,6 +226,7 @@ def measure_latency(model: nn.Module, size: int, target: str = "cpu", batch: int
 
 def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", threads: Optional[int] = None,
                   batch: int = 1, points: int = 6, warmup: int = 3, repeats: int = 9, seed: int = 0,
+                  calibration: int = 6,
                   progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
     """Measure every unit of ``teacher`` on a ``points`` x ``points`` channel grid (see the module docstring).
 
@@ -267,11 +280,23 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
             grids[kind], ms[kind] = {"cin": list(cins), "cout": list(couts)}, rows
         table = LatencyTable(target, torch.get_num_threads(), int(size), int(batch), teacher.to_dict(), grids, ms,
                              machine=machine_info(target, torch.get_num_threads()))
-        # the calibration point: longer warm-up and more runs than a grid point, it shifts every prediction
-        measured = measure_latency(ResnetGenerator(teacher), size, target, batch, 3 * warmup + 5, 3 * repeats, seed)
-        table.offset_ms = measured - float(table(np.array([[full[n] for n in group_names(teacher.n_blocks)]]))[0])
-        log.info("latency table: %d units x grid measured; full network %.1f ms, offset %.2f ms",
-                 len(spans), measured, table.offset_ms)
+        # Calibration: the teacher, uniformly narrowed copies and random-width networks, timed
+        # longer than a grid point.
+        names = group_names(teacher.n_blocks)
+        rng = np.random.default_rng([0xCA1B, int(seed)])
+        archs = [teacher.with_widths({n: max(1, int(round(full[n] * frac))) for n in names})
+                 for frac in (0.25, 0.5, 0.75, 1.0)]
+        archs += [teacher.with_widths({n: int(rng.integers(max(1, full[n] // 8), full[n] + 1)) for n in names})
+                  for _ in range(calibration)]
+        sums, measured = [], []
+        for arch in archs:
+            sums.append(float(table.unit_sum(np.array([[arch.widths[n] for n in names]]))[0]))
+            measured.append(measure_latency(ResnetGenerator(arch), size, target, batch, 3 * warmup + 5,
+                                            3 * repeats, seed))
+        teacher_ms = measured[3]
+        table.scale, table.offset_ms = (float(v) for v in np.polyfit(sums, measured, 1))
+        log.info("latency table: %d units x grid measured; teacher %.1f ms; calibration scale %.3f, offset %.2f ms",
+                 len(spans), teacher_ms, table.scale, table.offset_ms)
         return table
     finally:
         torch.set_num_threads(old_threads)
