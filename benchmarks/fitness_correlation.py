@@ -49,19 +49,12 @@ def spearman(x, y) -> float:
 
 
 def trained_terms(ctx, direction: str, genome, partner_net, objective, steps: int, lr: float):
-    """Fitness terms after ``steps`` of L1 distillation towards the teacher on the evaluation batch."""
-    from coevo.search.fitness import compute_terms, cycle_term, perceptual_term, slim_network
+    """Fitness terms after ``steps`` of L1 distillation towards the teacher on the evaluation batch:
+    ``search.fitness=trained`` (:func:`coevo.search.fitness.distil`), with a fixed partner."""
+    from coevo.search.fitness import compute_terms, cycle_term, distil, perceptual_term, slim_network
 
     d = ctx[direction]
-    net = slim_network(d.teacher, genome).train()
-    with torch.no_grad():
-        target = d.teacher(d.inputs)
-    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        (net(d.inputs) - target).abs().mean().backward()
-        opt.step()
-    net.eval()
+    net = distil(slim_network(d.teacher, genome), d.inputs, d.teacher_output, steps, lr)
     with torch.inference_mode():
         y = net(d.inputs)
     return objective.score(perceptual_term(ctx, direction, y), cycle_term(ctx, direction, y, partner_net),

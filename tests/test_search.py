@@ -333,3 +333,16 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(env, tmp_path):
                progress=False)
     assert history(tmp_path / "killed") == history(tmp_path / "whole")
     assert best_genomes(tmp_path / "killed") == best_genomes(tmp_path / "whole")
+
+
+def test_trained_fitness_distils_each_candidate_and_is_deterministic(env, tmp_path):
+    """search.fitness=trained: candidates are distilled before scoring; same seed, same result."""
+    cfg = make_cfg(env, generations=1, fitness="trained", trained_steps=2)
+    a = run_search(cfg, tmp_path / "a", teacher=env["teacher"], progress=False)
+    b = run_search(cfg, tmp_path / "b", teacher=env["teacher"], progress=False)
+    assert a.summary["fitness"] == "trained" and a.summary["trained_steps"] == 2
+    assert history(tmp_path / "a") == history(tmp_path / "b")
+    proxy = run_search(make_cfg(env, generations=1), tmp_path / "p", teacher=env["teacher"], progress=False)
+    assert proxy.summary["trained_steps"] == 0
+    # distillation moves the candidates towards the teacher: the trained perceptual terms differ
+    assert history(tmp_path / "a")[0]["G_A"]["best"] != history(tmp_path / "p")[0]["G_A"]["best"]

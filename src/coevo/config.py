@@ -121,6 +121,12 @@ class SearchConfig:
     latency_table: Optional[str] = None  # latency: a table file from `coevo bench --latency-table`
     weight_compute: float = 0.001      # reward: the paper's weight per dropped filter (x eval images / 500)
     eval_images: int = 16              # evaluation batch per domain, drawn from the training split
+    # proxy: score the inherited weights as they are | trained: first distil each candidate towards
+    # the teacher for trained_steps Adam steps (ranks genomes more like fine-tuning does, at a
+    # much higher cost; measured in docs/search.md, "Does the fitness predict the end result")
+    fitness: str = "proxy"
+    trained_steps: int = 20
+    trained_lr: float = 1e-3
     # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
     # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.
     eval_size: int = 0
@@ -408,6 +414,8 @@ RULES: Dict[str, Rule] = {
     "search.latency_size": _MULTIPLE_OF_4,
     "search.weight_compute": _at_least(0),
     "search.eval_images": _at_least(1),
+    "search.trained_steps": _at_least(1),
+    "search.trained_lr": _above(0),
     "search.eval_size": ((lambda v: v == 0 or (v >= 4 and v % 4 == 0)),
                          "0 (the teacher's training size) or a positive multiple of 4"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
@@ -441,6 +449,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.repair": ("importance", "random"),
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": ("cpu", "cuda"),
+        "search.fitness": ("proxy", "trained"),
         "data.synthetic_task": tuple(sorted(TASKS)),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*available_metrics(), "auto"],

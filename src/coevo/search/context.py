@@ -72,7 +72,8 @@ class DirectionContext:
     """One generator's side of the search.
 
     ``inputs``: evaluation images of the source domain, NCHW in [-1, 1];
-    ``target``: the metric's embedding of ``teacher(inputs)``.
+    ``target``: the metric's embedding of ``teacher(inputs)``; ``teacher_output``:
+    ``teacher(inputs)`` itself (what the trained fitness distils towards).
     """
 
     name: str
@@ -81,6 +82,7 @@ class DirectionContext:
     target: Embedding
     metric: PerceptualMetric
     importance: Dict[str, np.ndarray]
+    teacher_output: Optional[torch.Tensor] = None
 
     @property
     def partner(self) -> str:
@@ -96,6 +98,10 @@ class SearchContext:
     metric_name: str
     device: torch.device
     amp: str = "none"  # search.amp: bf16 autocast of every network forward (coevo.precision)
+    # search.fitness=trained: each candidate is first distilled towards the teacher for this
+    # many Adam steps on the evaluation batch (0: the proxy fitness, inherited weights as they are)
+    trained_steps: int = 0
+    trained_lr: float = 1e-3
 
     def __getitem__(self, name: str) -> DirectionContext:
         return self.directions[name]
@@ -205,14 +211,17 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
         # The teacher's target at the candidates' precision: the all-keep genome scores 0 either way.
         with torch.inference_mode():
             with autocast(device, amp):
-                target = metric.embed(teacher(x))
+                teacher_output = teacher(x)
+                target = metric.embed(teacher_output)
             target = [t.float() for t in target]
         directions[name] = DirectionContext(name, teacher, x, target, metric,
-                                            filter_importance(teacher, tied=s.tied))
+                                            filter_importance(teacher, tied=s.tied), teacher_output.float())
     metric_name = directions["G_A"].metric.name
     log.info("search context: %d+%d evaluation images at %dx%d, metric %s",
              x_A.shape[0], x_B.shape[0], x_A.shape[-2], x_A.shape[-1], metric_name)
-    return SearchContext(directions, budget, metric_name, device, amp)
+    trained = getattr(s, "fitness", "proxy") == "trained"
+    return SearchContext(directions, budget, metric_name, device, amp,
+                         trained_steps=int(s.trained_steps) if trained else 0, trained_lr=float(s.trained_lr))
 
 
 def pick_eval_indices(train_indices: Sequence[int], k: int, seed: int, side: str = "A") -> List[int]:

@@ -126,10 +126,30 @@ def slim_network(teacher: ResnetGenerator, genome: Genome) -> ResnetGenerator:
         return slim(teacher, genome).eval()
 
 
+def distil(net: ResnetGenerator, inputs: torch.Tensor, target: torch.Tensor, steps: int,
+           lr: float) -> ResnetGenerator:
+    """``net`` after ``steps`` Adam steps of L1 distillation towards ``target`` on ``inputs``
+    (NCHW, [-1, 1]); deterministic for given inputs. The trained fitness's short training."""
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    with torch.enable_grad():
+        for _ in range(int(steps)):
+            opt.zero_grad(set_to_none=True)
+            (net(inputs) - target).abs().mean().backward()
+            opt.step()
+    return net.eval()
+
+
 def candidate_output(ctx: SearchContext, direction: str, genome: Genome) -> torch.Tensor:
-    """The candidate's translation of the evaluation batch, NCHW in [-1, 1], float32."""
+    """The candidate's translation of the evaluation batch, NCHW in [-1, 1], float32.
+
+    With ``ctx.trained_steps`` (``search.fitness=trained``) the slim network is first
+    distilled towards the teacher from its inherited weights (:func:`distil`).
+    """
     d = ctx[direction]
     net = slim_network(d.teacher, genome)
+    if ctx.trained_steps:
+        net = distil(net, d.inputs, d.teacher_output, ctx.trained_steps, ctx.trained_lr)
     with torch.inference_mode(), autocast(ctx.device, ctx.amp):
         return net(d.inputs).float()
 

@@ -244,6 +244,8 @@ def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dic
     budget = search.ctx.budget
     out = {
         "metric": search.ctx.metric_name,
+        "fitness": cfg.search.fitness,
+        "trained_steps": search.ctx.trained_steps,
         "compute": cfg.search.compute,
         "macs_size": [MACS_SIZE, MACS_SIZE],
         "macs_convention": MACS_CONVENTION,
