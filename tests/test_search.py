@@ -340,7 +340,7 @@ def test_trained_fitness_distils_each_candidate_and_is_deterministic(env, tmp_pa
     cfg = make_cfg(env, generations=1, fitness="trained", trained_steps=2)
     a = run_search(cfg, tmp_path / "a", teacher=env["teacher"], progress=False)
     b = run_search(cfg, tmp_path / "b", teacher=env["teacher"], progress=False)
-    assert a.summary["fitness"] == "trained" and a.summary["trained_steps"] == 2
+    assert a.summary["fitness"] == b.summary["fitness"] == "trained" and a.summary["trained_steps"] == 2
     assert history(tmp_path / "a") == history(tmp_path / "b")
     proxy = run_search(make_cfg(env, generations=1), tmp_path / "p", teacher=env["teacher"], progress=False)
     assert proxy.summary["trained_steps"] == 0

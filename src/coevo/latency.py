@@ -31,7 +31,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -148,10 +148,6 @@ class LatencyTable:
     def __call__(self, widths: np.ndarray) -> np.ndarray:
         """Predicted ms of width vectors ``[..., n_groups]`` (groups in :func:`group_names` order);
         the same interface as :class:`coevo.prune.macs.MacTable`, so a budget can be in time."""
-        arch = GeneratorArch.from_dict(self.teacher)
-        names = group_names(arch.n_blocks)
-        widths = np.asarray(widths)
-        cols = {n: widths[..., i] for i, n in enumerate(names)}
         return float(self.scale) * self.unit_sum(widths) + float(self.offset_ms)
 
     def unit_sum(self, widths: np.ndarray) -> np.ndarray:
