@@ -402,3 +402,22 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     path = atomic_write_text(tmp_path / "report.json", "{}")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_remove_owned_deletes_only_inside_coevo_folders(tmp_path):
+    """The one deletion of coevo's own outputs refuses anything outside a run or built-in set."""
+    from coevo.files import remove_owned
+
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "sub" / "photo.png").write_bytes(b"precious")
+    with pytest.raises(PermissionError, match="not inside a folder coevo made"):
+        remove_owned(user / "sub", user)
+    with pytest.raises(PermissionError):
+        remove_owned(user)  # not a coevo temporary folder
+    run = prepare_run_dir(tmp_path / "run")
+    (run / "export").mkdir()
+    with pytest.raises(PermissionError):
+        remove_owned(run, run)  # the owner itself is never "inside" it
+    remove_owned(run / "export", run)
+    assert not (run / "export").exists() and (user / "sub" / "photo.png").read_bytes() == b"precious"

@@ -11,8 +11,10 @@ new one, never a mix. A kill during the write leaves only the temporary file;
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,6 +80,45 @@ def atomic_save_figure(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=fmt, **savefig_kwargs)
     return Path(path)
+
+
+# The marker every run folder coevo creates holds (see coevo.runs); a built-in data set is marked by
+# its meta.json. Only inside such folders, or in coevo's own temporary folders, does coevo delete.
+RUN_MARKER = ".coevo-run"
+PARTIAL_SUFFIX = ".partial"
+
+
+def coevo_owns(folder: PathLike) -> bool:
+    """True for a folder coevo made: a run folder (its ``.coevo-run`` marker) or a built-in data set
+    (``meta.json`` written by :mod:`coevo.data.synthetic`)."""
+    folder = Path(folder)
+    if (folder / RUN_MARKER).is_file():
+        return True
+    try:
+        return json.loads((folder / "meta.json").read_text()).get("generator") == "coevo.synthetic"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def remove_owned(path: PathLike, owner: PathLike | None = None) -> None:
+    """Delete ``path`` (folder or file): the one deletion of coevo's own outputs.
+
+    Allowed only for an entry strictly inside ``owner`` when :func:`coevo_owns` ``owner``, or,
+    without ``owner``, for a temporary folder coevo made (``.<name>.<random>.partial``).
+    Anything else raises ``PermissionError`` naming the path: a bug, never a user's folder lost.
+    """
+    path = Path(path)
+    if owner is not None:
+        owner_real, real = Path(owner).resolve(), path.parent.resolve() / path.name
+        ok = owner_real in real.parents and coevo_owns(owner)
+    else:
+        ok = path.name.startswith(".") and path.name.endswith(PARTIAL_SUFFIX)
+    if not ok:
+        raise PermissionError(f"coevo will not delete {path}: it is not inside a folder coevo made")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def is_orphan_temp(path: Path) -> bool:

@@ -161,7 +161,7 @@ def inception_extractor(weights: Optional[Union[str, os.PathLike]] = None) -> nn
     """
     path = find_inception_weights(weights)
     # Read once, with weights_only=True: torch-fidelity would read a path with
-    # weights_only=False (a file that runs code), so it gets the tensors instead.
+    # a full unpickling (a file that could run code), so it gets the tensors instead.
     state = safe_torch_load(path)
     if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
         raise InceptionWeightsError(
@@ -187,8 +187,8 @@ def inception_extractor(weights: Optional[Union[str, os.PathLike]] = None) -> nn
 def _inception_from_state_dict(state: dict) -> nn.Module:
     """torchmetrics' NoTrainInceptionV3 with the weights ``state``, without reading or downloading a file.
 
-    torch-fidelity's constructor takes either a path (which it reads with
-    ``torch.load(weights_only=False)``) or nothing, in which case it fetches its URL
+    torch-fidelity's constructor takes either a path (which it unpickles in full, so a
+    file could run code) or nothing, in which case it fetches its URL
     through ``load_state_dict_from_url``. That one name is swapped, for the duration
     of the constructor, for a function that returns ``state``.
     """

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import distributed
 from .config import Config, diff_configs, dump_config
-from .files import atomic_write_text, remove_orphan_temps
+from .files import atomic_write_text, remove_orphan_temps, remove_owned
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
 from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries, undo_failed_start
 
@@ -125,7 +124,8 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             remove_orphan_temps(self.out)
-        if not run_entries(self.out):
+        if not run_entries(self.out) or not (self.out / RUN_MARKER).exists():
+            # a new run, or a pipeline run from before markers (it holds its config.yaml, checked above)
             mark_run_dir(self.out, "compress")
         if self.resume and (self.out / "config.yaml").exists():
             self._check_resumable()
@@ -162,7 +162,7 @@ class Pipeline:
         if resume:
             log.info("stage %s: resuming in %s", name, path)
         elif path.exists():
-            shutil.rmtree(path)
+            remove_owned(path, self.out)
         return None, resume
 
     def _run_stage(self, name: str, fn: Callable[[Path, bool], Dict]) -> StageResult:
@@ -285,7 +285,7 @@ class Pipeline:
         from .deploy import export_for_target, find_deploy_data, resolve_target
 
         if path.exists():
-            shutil.rmtree(path)  # exporting is cheap and idempotent: redo rather than patch
+            remove_owned(path, self.out)  # exporting is cheap and idempotent: redo rather than patch
         path.mkdir(parents=True)
         e = self.cfg.export
         target = resolve_target(e.target, self.cfg.device)

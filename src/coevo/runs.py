@@ -22,9 +22,8 @@ import torch
 
 from . import distributed
 from .errors import CoevoError
-from .files import atomic_write_text, is_orphan_temp, remove_orphan_temps
+from .files import RUN_MARKER, atomic_write_text, is_orphan_temp, remove_orphan_temps, remove_owned
 
-RUN_MARKER = ".coevo-run"
 
 
 log = logging.getLogger(__name__)
@@ -165,9 +164,12 @@ def undo_failed_start(path: str | Path, resume: bool = False) -> Iterator[None]:
         yield
     except BaseException:
         if fresh and path.is_dir() and not path.is_symlink():
-            for entry in path.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            if not existed:
+            # everything after the marker was written by this start; without one, nothing was
+            if (path / RUN_MARKER).is_file():
+                for entry in [e for e in path.iterdir() if e.name != RUN_MARKER]:
+                    remove_owned(entry, path)
+                (path / RUN_MARKER).unlink()
+            if not existed and not any(path.iterdir()):
                 path.rmdir()
             log.debug("start failed: removed what it wrote into %s", path)
         raise

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, Tuple, Union
@@ -43,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..files import PARTIAL_SUFFIX, remove_owned
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
                         out, ", ".join(stray[:5]))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
     try:
         _render_all(tmp, size, n_train, n_test, seed, task)
         meta = dict(params, generator="coevo.synthetic", description=DESCRIPTION,
@@ -308,13 +308,12 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
         out.mkdir(parents=True, exist_ok=True)
         for name in _ENTRIES:  # meta.json last: a set without it is never taken as complete
             target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            if target.exists():  # only in a built-in set coevo wrote (checked above)
+                remove_owned(target, out)
             os.replace(tmp / name, target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            remove_owned(tmp)
     log.info("wrote synthetic data set to %s (%s)", out, _describe(params))
     return out
 
