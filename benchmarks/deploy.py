@@ -49,6 +49,9 @@ from coevo.deploy import DeployData, export_for_target, find_deploy_data
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.prune import count_macs, l1_genome_for_macs, slim
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import random_generator  # noqa: E402  (the same seeded stand-in the inference benchmark uses)
+
 REPO = Path(__file__).resolve().parents[1]
 CPU_GOAL, GPU_GOAL, GPU_SAME_RUNTIME_GOAL = 10.0, 10.0, 1.5
 
@@ -79,16 +82,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- pairs
-def random_generator(arch: GeneratorArch, seed: int) -> ResnetGenerator:
-    """N(0, 0.02) weights from a seeded generator (the CycleGAN init)."""
-    model = ResnetGenerator(arch).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
-
-
 def synthetic_data(work: Path, size: int) -> Path:
     """The built-in task rendered at ``size`` px (32 training, 8 test images per domain), for stand-ins."""
     from coevo.data.synthetic import make_synthetic_dataset

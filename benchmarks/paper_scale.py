@@ -129,16 +129,6 @@ def main(argv=None) -> int:
     per_gen = gen_seconds[-1] if len(gen_seconds) > 1 else gen_seconds[0]
     teacher_step = step_seconds(run / "teacher", args.steps)
     ft_step = step_seconds(run / "finetune", args.steps)
-    image_factor = PAPER["eval_images"] / args.eval_images
-    pop_factor = PAPER["population"] / args.population
-    projection = {
-        "teacher_training_h": teacher_step * PAPER["teacher_epochs"] * HORSE2ZEBRA_STEPS_PER_EPOCH / 3600,
-        "search_h": (gen_seconds[0] + per_gen * PAPER["generations"]) * image_factor * pop_factor / 3600,
-        "finetune_h": ft_step * args.ft_epochs * HORSE2ZEBRA_STEPS_PER_EPOCH / 3600,
-        "export_and_bench_h": (stages["export"] + stages["bench"]) / 3600,
-    }
-    projection["total_without_teacher_h"] = (projection["search_h"] + projection["finetune_h"]
-                                             + projection["export_and_bench_h"])
     from coevo.bench import machine_info
 
     machine = machine_info(args.device, torch.get_num_threads())
@@ -156,8 +146,13 @@ def main(argv=None) -> int:
         "search_generation_s": [round(s, 2) for s in gen_seconds],
         "projection_basis": {**PAPER, "steps_per_epoch": HORSE2ZEBRA_STEPS_PER_EPOCH,
                              "finetune_epochs": args.ft_epochs},
-        "projection_hours": {k: round(v, 2) for k, v in projection.items()},
     }
+    paper = {**PRESETS["paper"], "finetune_epochs": args.ft_epochs}
+    projection = {"teacher_training_h": teacher_step * PAPER["teacher_epochs"] * HORSE2ZEBRA_STEPS_PER_EPOCH / 3600,
+                  **project(result, paper), "export_and_bench_h": (stages["export"] + stages["bench"]) / 3600}
+    projection["total_without_teacher_h"] = (projection["search_h"] + projection["finetune_h"]
+                                             + projection["export_and_bench_h"])
+    result["projection_hours"] = {k: round(v, 2) for k, v in projection.items()}
     result["presets"] = {name: {**preset, **{k: round(v, 2) for k, v in project(result, preset).items()}}
                          for name, preset in PRESETS.items()}
     args.out.mkdir(parents=True, exist_ok=True)
