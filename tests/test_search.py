@@ -346,3 +346,28 @@ def test_trained_fitness_distils_each_candidate_and_is_deterministic(env, tmp_pa
     assert proxy.summary["trained_steps"] == 0
     # distillation moves the candidates towards the teacher: the trained perceptual terms differ
     assert history(tmp_path / "a")[0]["G_A"]["best"] != history(tmp_path / "p")[0]["G_A"]["best"]
+
+
+def test_rerank_picks_the_best_trained_fitness_among_the_top_and_the_l1_seed(env, tmp_path):
+    """search.rerank_top: the same GA (history unchanged), then the top-k distinct genomes and the L1
+    seed re-scored with the trained fitness; the chosen one is the argmax, saved as best_*.json, and a
+    resumed finished search chooses the same."""
+    cfg = make_cfg(env, generations=1, rerank_top=3, trained_steps=2)
+    result = run_search(cfg, tmp_path / "r", teacher=env["teacher"], progress=False)
+    plain = run_search(make_cfg(env, generations=1), tmp_path / "p", teacher=env["teacher"], progress=False)
+    assert history(tmp_path / "r") == history(tmp_path / "p")  # the GA itself is untouched
+    rerank = result.summary["rerank"]
+    for d in DIRECTIONS:
+        rows = rerank["candidates"][d]
+        assert 2 <= len(rows) <= 4 and sum("l1 seed" in r["source"] for r in rows) == 1
+        assert len({json.dumps(r["widths"], sort_keys=True) for r in rows}) <= len(rows)
+        chosen = [r for r in rows if r.get("chosen")]
+        assert len(chosen) == 1 and chosen[0]["trained_fitness"] == max(r["trained_fitness"] for r in rows)
+        saved = Genome.load_json(tmp_path / "r" / "genomes" / f"best_{d}.json")
+        assert saved.widths() == chosen[0]["widths"] == result.best[d].widths()
+        assert saved.meta["chosen_by"].startswith("trained fitness")
+        proxy = Genome.load_json(tmp_path / "r" / "genomes" / f"proxy_best_{d}.json")
+        assert proxy.widths() == plain.best[d].widths()
+        assert result.summary["best"][d]["fitness"] == chosen[0]["trained_fitness"]
+    again = run_search(cfg, tmp_path / "r", teacher=env["teacher"], resume=True, progress=False)
+    assert again.summary["rerank"]["candidates"] == rerank["candidates"]

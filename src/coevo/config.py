@@ -127,6 +127,11 @@ class SearchConfig:
     fitness: str = "proxy"
     trained_steps: int = 20
     trained_lr: float = 1e-3
+    # After the last generation, re-score the rerank_top best distinct genomes of each population
+    # (and the L1 seed) with the trained fitness and return the best by it: most of the trained
+    # fitness's better prediction of the fine-tuned result at a few evaluations' cost (0: off;
+    # measured in benchmarks/README.md, "Frontier")
+    rerank_top: int = 0
     # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
     # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.
     eval_size: int = 0
@@ -416,6 +421,7 @@ RULES: Dict[str, Rule] = {
     "search.eval_images": _at_least(1),
     "search.trained_steps": _at_least(1),
     "search.trained_lr": _above(0),
+    "search.rerank_top": _at_least(0),
     "search.eval_size": ((lambda v: v == 0 or (v >= 4 and v % 4 == 0)),
                          "0 (the teacher's training size) or a positive multiple of 4"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},

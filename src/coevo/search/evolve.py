@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -79,10 +79,56 @@ class CoevolutionSearch:
         self.generation = -1  # generations completed; 0 = initial populations scored
         self.history: List[Dict] = []
         self.elapsed_s = 0.0
+        self.final: Dict[str, Candidate] = {}  # set by rerank(): the result instead of each best
+        self.reranking: Dict[str, List[Dict]] = {}
 
     # ------------------------------------------------------------------ the algorithm
     def best(self, direction: str) -> Candidate:
+        """The result for ``direction``: the population's best, or after :meth:`rerank` its choice."""
+        if direction in self.final:
+            return self.final[direction]
         return self.populations[direction].best()
+
+    def rerank(self, top: int) -> Dict[str, List[Dict]]:
+        """Re-score the ``top`` best distinct genomes of each final population, and the L1 seed,
+        with the trained fitness (``search.trained_steps`` distillation steps from inherited weights,
+        then perceptual + cycle); the best by it becomes :meth:`best`. G_A is chosen against the
+        proxy best G_B, then G_B against the chosen G_A, as in a generation. Deterministic; returns
+        per direction the candidates with both fitnesses (also kept in ``self.reranking``).
+        """
+        s = self.cfg
+        trained = replace(self.ctx, trained_steps=int(s.trained_steps), trained_lr=float(s.trained_lr))
+        evaluator = Evaluator(trained, self.objective, output_cache_size=2 * (top + 1))
+        self.final, self.reranking = {}, {}
+        for d in DIRECTIONS:
+            pop = self.populations[d]
+            pool: Dict[bytes, Dict] = {}
+            for i in pop.ranking():
+                key = pop.members[i].genome.to_bits().tobytes()
+                if key not in pool and len(pool) < top:
+                    pool[key] = {"source": f"rank {len(pool) + 1}", "candidate": pop.members[i]}
+            for genome in self._seeds(d):
+                key = genome.to_bits().tobytes()
+                pool.setdefault(key, {"source": "l1 seed", "candidate": Candidate(genome)})
+                pool[key]["source"] += " = l1 seed" if pool[key]["source"] != "l1 seed" else ""
+            entries = list(pool.values())
+            partner = self.best(PARTNER[d]).genome
+            terms = evaluator.evaluate(d, [e["candidate"].genome for e in entries], partner)
+            rows = []
+            for e, t in zip(entries, terms):
+                proxy = e["candidate"].terms
+                rows.append({"source": e["source"], "widths": e["candidate"].genome.widths(),
+                             "proxy_fitness": None if proxy is None else proxy.fitness,
+                             "trained_fitness": t.fitness, "trained_perceptual": t.perceptual,
+                             "trained_cycle": t.cycle, "macs": t.macs})
+            pick = int(np.argmax([t.fitness for t in terms]))  # ties: the better proxy rank
+            rows[pick]["chosen"] = True
+            self.final[d] = Candidate(entries[pick]["candidate"].genome, terms[pick])
+            self.reranking[d] = rows
+            log.info("rerank %s: %d candidates by the trained fitness (%d steps); chose %s "
+                     "(trained fitness %.4g; the proxy best's %.4g)", d, len(rows), s.trained_steps,
+                     rows[pick]["source"], terms[pick].fitness, terms[0].fitness)
+        return self.reranking
 
     def _seeds(self, direction: str) -> List[Genome]:
         s = self.cfg

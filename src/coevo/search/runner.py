@@ -178,6 +178,16 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     t0 = time.perf_counter()
     best = search.run(target, callback=checkpoint, progress=progress and distributed.is_main())
     log.info("search: %d generations in %.1fs this session", search.generation, time.perf_counter() - t0)
+    if cfg.search.rerank_top and search.generation >= cfg.search.generations:
+        # Not checkpointed: a resumed finished search reranks again, with the same result.
+        t1 = time.perf_counter()
+        search.rerank(cfg.search.rerank_top)
+        search.elapsed_s += time.perf_counter() - t1
+        distributed.on_main(_write_best, search, run_dir, cfg)
+        best = {d: search.best(d) for d in DIRECTIONS}
+        if distributed.is_main():  # what the proxy fitness alone would have returned
+            for d in DIRECTIONS:
+                search.populations[d].best().genome.save_json(run_dir / "genomes" / f"proxy_best_{d}.json")
     summary = _summary(search, cfg, paths)
     distributed.on_main(_finish, search, run_dir, summary)
     return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
@@ -234,6 +244,7 @@ def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
             "size": [MACS_SIZE, MACS_SIZE],
             "convention": MACS_CONVENTION,
             "terms": cand.terms.to_dict(),
+            "chosen_by": "trained fitness (search.rerank_top)" if search.final else "fitness",
         }
         genome.save_json(run_dir / "genomes" / f"best_{d}.json")
 
@@ -263,6 +274,9 @@ def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dic
         "teacher": paths.to_dict(),
         "best": {},
     }
+    if search.reranking:
+        out["rerank"] = {"best_terms": "trained fitness of the chosen candidate", "top": cfg.search.rerank_top, "trained_steps": cfg.search.trained_steps,
+                         "candidates": search.reranking}
     table = budget.latency_table
     if table is not None:
         out["latency"] = {"target": table.target, "threads": table.threads, "size": table.size,
