@@ -1,40 +1,53 @@
-"""Is the search worth it? Translation quality against MACs: coevo vs L1-norm vs random genomes.
+"""Is the search worth it? Fine-tuned quality against MACs and latency: coevo vs L1-norm vs random.
 
-On the built-in synthetic "grass to snow" set (64x64, exact ground truth for every
-test image), one teacher pair is cut down to several MAC budgets by three methods:
+On a built-in synthetic task (64x64, exact ground truth for every test image: ``--task snow``,
+the demo's "grass to snow", or ``--task dense``, the harder one with more structure and
+texture), one teacher pair is cut down by several methods, each at several budgets and seeds:
 
-* ``coevo``: the co-evolutionary search (:func:`coevo.search.run_search`) at the budget;
+* ``coevo``: the co-evolutionary search (:func:`coevo.search.run_search`) at the MAC budget,
+  its final top genomes and the L1 seed re-ranked by the trained fitness (``search.rerank_top``);
+* ``coevo-proxy``: the same search's best by the proxy fitness alone (no extra search; its
+  fine-tune is skipped, and the ``coevo`` result reused, when both pick the same genomes);
 * ``l1``: one-shot L1-norm filter pruning (:func:`coevo.prune.l1_genome_for_macs`);
 * ``random``: one random genome per generator (:func:`coevo.prune.random_genome_for_macs`,
-  seeded ``numpy.random.Generator``).
+  seeded ``numpy.random.Generator``);
 
-Every method obeys the same constraints (``search.min_channels``, ``channel_multiple``,
-``tied``) and every pair is fine-tuned by the same code with the same settings
-(:func:`coevo.train.finetune.finetune_genomes`: CycleGAN losses + distillation, model
-selection on held-out training images). Each pair is scored on the test split, both
-directions, right after pruning (inherited weights) and after fine-tuning: PSNR and
-SSIM to the ground truth, L1 to the teacher's output. The teacher's own scores are the
-reference row. MACs: one 1x3x256x256 forward, published convention (the ratio to the
-teacher does not depend on the size).
+and at a latency budget (``--latency 0.25``: that fraction of the teacher's eager CPU time
+with one thread at 256 px, as the cached per-layer table predicts it):
 
-    python benchmarks/frontier.py                      # 3 methods x 0.5/0.25/0.1, ~45 min on 2 cores
-    python benchmarks/frontier.py --quick              # smoke run, a few minutes
-    python benchmarks/frontier.py --teacher runs/x/teacher --budgets 0.3,0.15 --set finetune.epochs=2
+* ``coevo-latency``: the search with ``search.compute=latency``;
+* ``coevo-mac``: the MAC-budgeted search at the MAC ratio that the latency budget allows
+  the L1 genome (so both pairs should take about the same time; measured, see below);
+* ``l1-latency``: the L1 genome at the latency budget.
 
-Teacher: ``--teacher DIR`` (a coevo training run); by default the demo's
-(``runs/demo/teacher`` with ``runs/demo/data``) when that run has finished it, else a
-demo teacher trained here from ``configs/demo.yaml``. Cells (method x budget) live
-in ``--work``, each with a ``result.json`` written last: an interrupted run resumes
-where it stopped (a search or fine-tune in progress resumes from its checkpoint) and
-finished cells are skipped. Writes ``frontier.json`` (results, settings, machine) and
-``frontier.png`` into ``--out`` (``frontier_quick.*`` with ``--quick``) and prints a
-Markdown table.
+Every method obeys the same constraints and every pair is fine-tuned by the same code with
+the same settings (:func:`coevo.train.finetune.finetune_genomes`: CycleGAN losses +
+distillation, model selection on held-out training images, never on test). Each pair is
+scored on the test split, both directions, right after pruning (inherited weights) and after
+fine-tuning: PSNR and SSIM to the ground truth, L1 to the teacher's output. Per (method,
+budget): mean and standard deviation over the seeds, per-seed numbers kept. The verdict: at
+each budget, coevo's mean PSNR minus each baseline's, against the pooled seed standard
+deviation (root mean of the compared cells' variances). The latency cells' pairs, and the
+0.25 MAC cells', are then timed against the teacher, interleaved, eager, one thread, 256 px
+(``--no-speed`` skips that). MACs: one 1x3x256x256 forward, published convention.
+
+    python benchmarks/frontier.py --task snow --threads 1      # 3 seeds x 3 budgets + latency
+    python benchmarks/frontier.py --task dense --threads 1
+    python benchmarks/frontier.py --quick                      # smoke run, a few minutes
+
+Teacher: ``--teacher DIR`` (a coevo training run, with ``--data``), else one trained in
+``--work`` from ``configs/demo.yaml`` on the task's built-in set. Cells live in ``--work``
+(default ``benchmarks/work/frontier-TASK``), each with a ``result.json`` written last: an
+interrupted run resumes where it stopped and finished cells are skipped. Writes
+``frontier_TASK.json`` (every number, settings, machine) and ``frontier_TASK.png`` into
+``--out`` (``frontier_quick.*`` with ``--quick``) and prints Markdown tables.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,11 +56,11 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from coevo.bench import machine_info
+from coevo.bench import benchmark_models, machine_info
 from coevo.config import Config, config_to_dict, dump_config, load_config
 from coevo.evaluate import translation_quality
-from coevo.models import load_generator
 from coevo.files import atomic_write_text
+from coevo.models import load_generator
 from coevo.models.teacher import TeacherPaths, find_teacher
 from coevo.prune import Genome, count_params, l1_genome_for_macs, macs_ratio_of, random_genome_for_macs, slim
 from coevo.search import MACS_CONVENTION, MACS_SIZE, run_search
@@ -55,85 +68,103 @@ from coevo.train.finetune import DIRECTIONS, finetune_genomes
 
 log = logging.getLogger("frontier")
 
-METHODS = ("coevo", "l1", "random")
-LABELS = {"coevo": "coevo search", "l1": "L1-norm", "random": "random"}
-COLORS = {"coevo": "tab:red", "l1": "tab:blue", "random": "tab:gray"}
+MAC_METHODS = ("coevo", "coevo-proxy", "l1", "random")
+LATENCY_METHODS = ("coevo-latency", "coevo-mac", "l1-latency")
+METHODS = MAC_METHODS + LATENCY_METHODS
+BASELINES = ("l1", "random")
+LABELS = {"coevo": "coevo search", "coevo-proxy": "coevo, proxy fitness only", "l1": "L1-norm", "random": "random",
+          "coevo-latency": "coevo, latency budget", "coevo-mac": "coevo, MAC budget of equal latency",
+          "l1-latency": "L1-norm, latency budget"}
+COLORS = {"coevo": "tab:red", "coevo-proxy": "tab:orange", "l1": "tab:blue", "random": "tab:gray"}
 EVAL = {"G_A": "AtoB", "G_B": "BtoA"}
-DEMO_TEACHER, DEMO_DATA = Path("runs/demo/teacher"), Path("runs/demo/data")
+TASKS = ("snow", "dense")
 # Sections whose values shape every cell's result: a work folder made with others is refused.
-RESULT_SECTIONS = ("seed", "data", "model", "search", "finetune")
+RESULT_SECTIONS = ("data", "model", "search", "finetune")
 
-# Chosen from timed --quick cells so 3 methods x 3 budgets stay under ~45 min on the shared
-# 2-core machine (see benchmarks/README.md): a shorter search than the paper's 32 x 50 and 2 of
-# the demo's 6 fine-tune epochs, the same for every method.
-# Any channel count (the demo config rounds to multiples of 8 for CPU latency; the frontier
-# compares how well each method spends MACs, so no rounding for anyone).
+# A shorter search than the paper's 32 x 50 and 2 of the demo's 6 fine-tune epochs, the same for
+# every method, so 3 seeds x 3 budgets x 4 methods and the latency cells fit in ~1.5 h per task
+# with one thread on the 2-core machine. Any channel count for the MAC cells (they compare how
+# well each method spends MACs); the latency cells round to 8, as the demo does for CPU speed.
 DEFAULTS = ["search.population=16", "search.generations=12", "search.channel_multiple=1",
-            "finetune.epochs=1", "finetune.epochs_decay=1"]
+            "search.rerank_top=4", "finetune.epochs=1", "finetune.epochs_decay=1"]
 QUICK = ["search.population=6", "search.generations=2", "search.eval_images=4", "search.channel_multiple=1",
-         "finetune.epochs=1", "finetune.epochs_decay=0", "finetune.max_steps_per_epoch=20",
-         "finetune.log_every=10"]
+         "search.rerank_top=2", "search.trained_steps=3", "finetune.epochs=1", "finetune.epochs_decay=0",
+         "finetune.max_steps_per_epoch=20", "finetune.log_every=10"]
 QUICK_TEACHER = ["train.epochs=1", "train.epochs_decay=0", "train.max_steps_per_epoch=40"]
+LATENCY_MULTIPLE = 8
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--teacher", help="coevo teacher run (default: runs/demo/teacher if finished, else train one)")
-    p.add_argument("--data", help="data folder with testA_gt_B/testB_gt_A (default: the teacher run's data.root)")
+    p.add_argument("--task", default="snow", choices=TASKS, help="built-in task (default snow, the demo's)")
+    p.add_argument("--teacher", help="coevo teacher run (default: train one in --work)")
+    p.add_argument("--data", help="data folder with testA_gt_B/testB_gt_A (default: the teacher's)")
     p.add_argument("--config", default="configs/demo.yaml", help="config YAML (default configs/demo.yaml)")
-    p.add_argument("--budgets", default="0.5,0.25,0.1", help="MAC ratios to the teacher (default 0.5,0.25,0.1)")
+    p.add_argument("--budgets", default="0.25,0.1,0.05", help="MAC ratios to the teacher (default 0.25,0.1,0.05)")
+    p.add_argument("--latency", type=float, default=0.25,
+                   help="latency budget, a fraction of the teacher's 1-thread CPU time (default 0.25; 0: none)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
-    p.add_argument("--work", help="cells, searches, fine-tunes (default benchmarks/work/frontier[-quick])")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of data order, search, random genomes (default 0,1,2)")
+    p.add_argument("--work", help="cells, searches, fine-tunes (default benchmarks/work/frontier-TASK)")
     p.add_argument("--out", default="benchmarks/results", help="output folder (default benchmarks/results)")
-    p.add_argument("--seed", type=int, default=None, help="seed of data order, search and random genomes "
-                                                          "(default: the config's)")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny search and fine-tune")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override after the benchmark's defaults, e.g. search.generations=20")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    p.add_argument("--force", action="store_true", help="start over: empty --work first")
+    p.add_argument("--no-speed", action="store_true", help="skip timing the pairs at the end")
+    p.add_argument("--speed-repeats", type=int, default=15, help="timed rounds per model (default 15)")
+    p.add_argument("--force", action="store_true", help="start over: empty --work first (keeps its teacher)")
     args = p.parse_args(argv)
     args.budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
-    if not args.budgets or not all(0.0 < b <= 1.0 for b in args.budgets):
+    if not all(0.0 < b <= 1.0 for b in args.budgets):
         p.error(f"--budgets must be MAC ratios in (0, 1], got {args.budgets}")
-    args.work = Path(args.work or f"benchmarks/work/frontier{'-quick' if args.quick else ''}")
+    if not 0.0 <= args.latency <= 1.0:
+        p.error(f"--latency must be a fraction in [0, 1], got {args.latency}")
+    if not args.seeds:
+        p.error("--seeds needs at least one seed")
+    args.work = Path(args.work or f"benchmarks/work/frontier-{'quick-' if args.quick else ''}{args.task}")
     return args
 
 
 # ----------------------------------------------------------------------------- setup
 def read_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     settings = QUICK if args.quick else DEFAULTS
-    seed = [] if args.seed is None else [f"seed={args.seed}"]
-    return load_config(args.config, [*settings, *seed, *extra, *args.overrides])
+    return load_config(args.config, [*settings, f"data.synthetic_task={args.task}", *extra, *args.overrides])
 
 
 def prepare_teacher(args: argparse.Namespace) -> Tuple[TeacherPaths, Path, Dict]:
-    """(teacher files, data root, description): the given teacher, the demo's, or one trained in --work."""
-    if args.teacher or (DEMO_TEACHER / "stage.json").is_file():
-        folder = Path(args.teacher or DEMO_TEACHER)
+    """(teacher files, data root, description): the given teacher, or one trained in --work."""
+    if args.teacher:
+        folder = Path(args.teacher)
         paths = find_teacher(folder)
         data = args.data
-        if data is None and args.teacher is None:
-            data = DEMO_DATA
         if data is None and (folder / "config.yaml").is_file():
             data = load_config(folder / "config.yaml").data.root
+        if data is None and (folder / "data" / "meta.json").is_file():
+            data = folder / "data"
         if data is None:
-            raise FileNotFoundError(f"{folder} holds no config.yaml naming its data: pass --data")
+            raise SystemExit(f"frontier: {folder} names no data folder: pass --data")
         return paths, Path(data), {"source": str(folder.resolve())}
 
     from coevo.data.synthetic import make_synthetic_dataset
+    from coevo.runs import mark_run_dir, run_entries
     from coevo.train.teacher import train_teacher
 
     data, folder = args.work / "data", args.work / "teacher"
     cfg = read_config(args, [f"data.root={data.resolve()}", *(QUICK_TEACHER if args.quick else [])])
-    make_synthetic_dataset(data, size=cfg.data.load_size, n_train=cfg.data.synthetic_n_train,
-                           n_test=cfg.data.synthetic_n_test, seed=cfg.seed)
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not run_entries(args.work):
+        mark_run_dir(args.work, "benchmarks/frontier.py")
+    if not (data / "meta.json").is_file():
+        make_synthetic_dataset(data, size=cfg.data.load_size, n_train=cfg.data.synthetic_n_train,
+                               n_test=cfg.data.synthetic_n_test, seed=cfg.data.synthetic_seed, task=args.task)
     if not (folder / "summary.json").is_file():
-        log.info("no finished demo teacher: training one in %s (%s)", folder, "quick" if args.quick else args.config)
+        log.info("training a %s teacher in %s (%s)", args.task, folder, "quick" if args.quick else args.config)
         train_teacher(cfg, folder, resume=(folder / "config.yaml").is_file())
     return find_teacher(folder), data, {"source": f"trained here ({folder})", "train": config_to_dict(cfg)["train"]}
 
@@ -144,18 +175,16 @@ def teacher_identity(paths: TeacherPaths) -> Dict:
 
 def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> None:
     """Create --work or check that its results were made with the same settings and teacher."""
-    import shutil
-
     from coevo.config import diff_configs
-    from coevo.runs import RUN_MARKER, check_removable, mark_run_dir, run_entries
+    from coevo.files import remove_owned
+    from coevo.runs import check_removable, mark_run_dir, run_entries
 
     saved, teacher_file = args.work / "config.yaml", args.work / "teacher.json"
-    if args.force and args.work.exists():
+    if args.force and (args.work / "cells").exists():
         check_removable(args.work)  # only a --work this script created: never ., ~ or a folder of yours
-        teacher_kept = not args.teacher and (args.work / "teacher" / "summary.json").is_file()
-        for entry in args.work.iterdir():
-            if entry.name != RUN_MARKER and not (teacher_kept and entry.name in ("teacher", "data")):
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        for name in ("cells", "config.yaml", "teacher.json"):
+            if (args.work / name).exists():
+                remove_owned(args.work / name)
     elif saved.is_file():
         diffs = diff_configs(load_config(saved), cfg, RESULT_SECTIONS)
         if diffs:
@@ -178,22 +207,6 @@ def constraints(cfg: Config) -> Dict:
             "convention": MACS_CONVENTION, "tied": s.tied}
 
 
-def search_genomes(cfg: Config, paths: TeacherPaths, budget: float, cell: Path) -> Tuple[Dict[str, Genome], Dict]:
-    folder = cell / "search"
-    if (folder / "search.json").is_file():
-        summary = json.loads((folder / "search.json").read_text())
-        best = {d: Genome.load_json(folder / "genomes" / f"best_{d}.json") for d in DIRECTIONS}
-    else:
-        resume = (folder / "state.pt").is_file()
-        result = run_search(_with(cfg, search__macs_ratio=budget), folder, teacher=Path(paths.G_A).parent,
-                            resume=resume, force=not resume)
-        best, summary = result.best, result.summary
-    keep = ("generations", "population", "evaluations", "cache_hits", "wall_time_s", "metric")
-    return best, {"search": {k: summary.get(k) for k in keep},
-                  "search_best": {d: {k: summary["best"][d].get(k) for k in ("fitness", "perceptual", "cycle")}
-                                  for d in DIRECTIONS}}
-
-
 def _with(cfg: Config, **values) -> Config:
     """A copy of ``cfg`` with ``section__key=value`` replaced."""
     from coevo.config import config_from_dict
@@ -205,16 +218,73 @@ def _with(cfg: Config, **values) -> Config:
     return config_from_dict(data)
 
 
+def search_genomes(cfg: Config, paths: TeacherPaths, folder: Path, proxy: bool = False) -> Tuple[Dict[str, Genome], Dict]:
+    """The search in ``folder`` (run or resumed, or read back): its result, or its proxy-only best."""
+    if not (folder / "search.json").is_file():
+        resume = (folder / "state.pt").is_file()
+        run_search(cfg, folder, teacher=Path(paths.G_A).parent, resume=resume, force=not resume, progress=False)
+    summary = json.loads((folder / "search.json").read_text())
+    name = "proxy_best" if proxy and (folder / "genomes" / "proxy_best_G_A.json").is_file() else "best"
+    best = {d: Genome.load_json(folder / "genomes" / f"{name}_{d}.json") for d in DIRECTIONS}
+    keep = ("generations", "population", "evaluations", "cache_hits", "wall_time_s", "metric", "compute")
+    info = {"search": {k: summary.get(k) for k in keep}, "search_folder": str(folder), "genomes_file": name}
+    if "rerank" in summary:
+        info["rerank"] = {d: [{k: r.get(k) for k in ("source", "proxy_fitness", "trained_fitness", "chosen")}
+                              for r in summary["rerank"]["candidates"][d]] for d in DIRECTIONS}
+    if "latency" in summary:
+        info["latency_budget"] = summary["latency"]
+    return best, info
+
+
+def latency_table(cfg: Config, teacher: Dict):
+    from coevo.search.context import latency_table_for
+
+    return latency_table_for(teacher["G_A"].arch, _with(cfg, search__compute="latency").search)
+
+
+def latency_macs_ratio(cfg: Config, teacher: Dict, fraction: float) -> float:
+    """The MAC ratio the latency budget allows the L1 genome (the larger of the two generators')."""
+    from coevo.prune.baselines import l1_genome_for_latency
+
+    table = latency_table(cfg, teacher)
+    max_ms = fraction * table.predict(teacher["G_A"].arch)
+    ratios = [macs_ratio_of(l1_genome_for_latency(teacher[d], table, max_ms, cfg.search.min_channels,
+                                                  LATENCY_MULTIPLE, tied=cfg.search.tied), MACS_SIZE, MACS_CONVENTION)
+              for d in DIRECTIONS]
+    return round(max(ratios), 4)
+
+
 def cell_genomes(method: str, budget: float, cfg: Config, paths: TeacherPaths, teacher: Dict,
-                 cell: Path) -> Tuple[Dict[str, Genome], Dict]:
-    if method == "coevo":
-        return search_genomes(cfg, paths, budget, cell)
+                 work: Path, args: argparse.Namespace) -> Tuple[Dict[str, Genome], Dict]:
+    seed = cfg.seed
+    searches = work / "searches"
+    if method in ("coevo", "coevo-proxy"):
+        return search_genomes(_with(cfg, search__macs_ratio=budget), paths, searches / f"macs_{budget:g}_s{seed}",
+                              proxy=method == "coevo-proxy")
     if method == "l1":
         return {d: l1_genome_for_macs(teacher[d], budget, MACS_SIZE, **constraints(cfg)) for d in DIRECTIONS}, {}
-    # One stream per budget, so a cell's genomes do not depend on which other cells ran.
-    rng = np.random.default_rng([cfg.seed, int(round(budget * 1e6))])
-    return {d: random_genome_for_macs(teacher[d].arch, budget, MACS_SIZE, rng, **constraints(cfg))
-            for d in DIRECTIONS}, {"rng": f"numpy default_rng([{cfg.seed}, {int(round(budget * 1e6))}])"}
+    if method == "random":
+        # One stream per (seed, budget), so a cell's genomes do not depend on which other cells ran.
+        rng = np.random.default_rng([seed, int(round(budget * 1e6))])
+        return {d: random_genome_for_macs(teacher[d].arch, budget, MACS_SIZE, rng, **constraints(cfg))
+                for d in DIRECTIONS}, {"rng": f"numpy default_rng([{seed}, {int(round(budget * 1e6))}])"}
+    # latency cells: `budget` is the latency fraction; channel counts rounded to 8 for CPU speed
+    lat = _with(cfg, search__channel_multiple=LATENCY_MULTIPLE)
+    if method == "coevo-latency":
+        return search_genomes(_with(lat, search__compute="latency", search__latency_ratio=budget), paths,
+                              searches / f"latency_{budget:g}_s{seed}")
+    if method == "coevo-mac":
+        ratio = latency_macs_ratio(cfg, teacher, budget)
+        genomes, info = search_genomes(_with(lat, search__macs_ratio=ratio), paths, searches / f"maclat_{ratio:g}_s{seed}")
+        return genomes, {**info, "macs_ratio_budget": ratio}
+    if method == "l1-latency":
+        from coevo.prune.baselines import l1_genome_for_latency
+
+        table = latency_table(cfg, teacher)
+        max_ms = budget * table.predict(teacher["G_A"].arch)
+        return {d: l1_genome_for_latency(teacher[d], table, max_ms, cfg.search.min_channels, LATENCY_MULTIPLE,
+                                         tied=cfg.search.tied) for d in DIRECTIONS}, {"max_ms_predicted": max_ms}
+    raise ValueError(method)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -229,114 +299,216 @@ def quality(models: Dict[str, torch.nn.Module], teacher: Dict[str, torch.nn.Modu
     return out
 
 
-def run_cell(method: str, budget: float, cfg: Config, paths: TeacherPaths, teacher: Dict, data: Path,
-             work: Path) -> Dict:
-    cell = work / "cells" / f"{method}_{budget:g}"
+def cell_name(method: str, budget: float, seed: int) -> str:
+    return f"{method}_{budget:g}_s{seed}"
+
+
+def run_cell(method: str, budget: float, seed: int, cfg: Config, paths: TeacherPaths, teacher: Dict, data: Path,
+             args: argparse.Namespace, done_cells: Dict[str, Dict]) -> Dict:
+    cell = args.work / "cells" / cell_name(method, budget, seed)
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    cfg = load_config_with_seed(cfg, seed)
     cell.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    genomes, info = cell_genomes(method, budget, cfg, paths, teacher, cell)
+    genomes, info = cell_genomes(method, budget, cfg, paths, teacher, args.work, args)
     t_genomes = time.perf_counter() - t0
+    widths = {d: genomes[d].widths() for d in DIRECTIONS}
+    base = {"method": method, "budget": budget, "seed": seed, "kind": "latency" if method in LATENCY_METHODS else "macs",
+            **info, "macs_ratio": {d: macs_ratio_of(genomes[d], MACS_SIZE, MACS_CONVENTION) for d in DIRECTIONS},
+            "params": {d: count_params(slim(teacher[d], genomes[d]).arch) for d in DIRECTIONS}, "widths": widths}
+    twin = done_cells.get(cell_name("coevo", budget, seed))
+    if method == "coevo-proxy" and twin is not None and twin["widths"] == widths and \
+            all(genomes[d].to_bits().tolist() == Genome.load_json(Path(twin["search_folder"]) / "genomes" /
+                                                                   f"best_{d}.json").to_bits().tolist()
+                for d in DIRECTIONS):
+        # the rerank kept the proxy's choice: same genomes, same seeded fine-tune, same result
+        record = {**base, "same_as": twin["cell"], **{k: twin[k] for k in ("before_finetune", "after_finetune",
+                                                                              "finetune", "finetune_folder")},
+                  "seconds": {"genomes": round(t_genomes, 2), "finetune": 0.0}, "cell": cell.name}
+        atomic_write_text(done, json.dumps(record, indent=2) + "\n")
+        return record
     before = quality({d: slim(teacher[d], genomes[d]) for d in DIRECTIONS}, teacher, data)
-
     t0 = time.perf_counter()
     ft = cell / "finetune"
     if not (ft / "finetune.json").is_file():
         resume = (ft / "config.yaml").is_file()
         finetune_genomes(cfg, paths, genomes, ft, resume=resume, force=not resume,
-                         source={"method": method, "macs_ratio_budget": budget})
+                         source={"method": method, "budget": budget, "seed": seed})
     t_finetune = time.perf_counter() - t0
     report = json.loads((ft / "finetune.json").read_text())
     after = quality({d: load_generator(ft / f"{d}.pt") for d in DIRECTIONS}, teacher, data)
-
-    record = {
-        "method": method, "budget": budget, **info,
-        "macs_ratio": {d: macs_ratio_of(genomes[d], MACS_SIZE, MACS_CONVENTION) for d in DIRECTIONS},
-        "params": {d: count_params(slim(teacher[d], genomes[d]).arch) for d in DIRECTIONS},
-        "widths": {d: genomes[d].widths() for d in DIRECTIONS},
-        "before_finetune": before, "after_finetune": after,
-        "finetune": {k: report.get(k) for k in ("best_epoch", "epochs", "steps", "train_seconds", "val", "val_before")},
-        "seconds": {"genomes": round(t_genomes, 2), "finetune": round(t_finetune, 2)},
-    }
+    record = {**base, "cell": cell.name, "finetune_folder": str(ft), "before_finetune": before, "after_finetune": after,
+              "finetune": {k: report.get(k) for k in ("best_epoch", "epochs", "steps", "train_seconds", "val",
+                                                      "val_before")},
+              "seconds": {"genomes": round(t_genomes, 2), "finetune": round(t_finetune, 2)}}
     atomic_write_text(done, json.dumps(record, indent=2) + "\n")
     return record
 
 
+def load_config_with_seed(cfg: Config, seed: int) -> Config:
+    from coevo.config import config_from_dict
+
+    data = config_to_dict(cfg)
+    data["seed"] = int(seed)
+    return config_from_dict(data)
+
+
+# ----------------------------------------------------------------------------- statistics
+def _psnr(record: Dict, direction: str) -> float:
+    scores = record["after_finetune"]
+    if direction == "mean":
+        return 0.5 * (scores["G_A"]["psnr"] + scores["G_B"]["psnr"])
+    return scores[direction]["psnr"]
+
+
+def summarise(records: List[Dict]) -> Dict[str, Dict]:
+    """Per (method, budget): per-seed fine-tuned PSNR (G_A, G_B, mean of both), mean and std over seeds."""
+    out: Dict[str, Dict] = {}
+    for r in sorted(records, key=lambda r: (r["kind"], -r["budget"], METHODS.index(r["method"]), r["seed"])):
+        key = f"{r['method']}@{r['budget']:g}"
+        entry = out.setdefault(key, {"method": r["method"], "budget": r["budget"], "kind": r["kind"], "seeds": [],
+                                     "per_seed": {d: [] for d in (*DIRECTIONS, "mean")},
+                                     "macs_ratio": {d: [] for d in DIRECTIONS}})
+        entry["seeds"].append(r["seed"])
+        for d in (*DIRECTIONS, "mean"):
+            entry["per_seed"][d].append(round(_psnr(r, d), 4))
+        for d in DIRECTIONS:
+            entry["macs_ratio"][d].append(round(r["macs_ratio"][d], 4))
+    for entry in out.values():
+        for d in (*DIRECTIONS, "mean"):
+            v = np.array(entry["per_seed"][d])
+            entry.setdefault("psnr_mean", {})[d] = round(float(v.mean()), 4)
+            entry.setdefault("psnr_std", {})[d] = round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)
+    return out
+
+
+def verdicts(summary: Dict[str, Dict]) -> Dict[str, Dict]:
+    """At each MAC budget: coevo minus each baseline, per direction and on the mean of both, against
+    the pooled seed std of the compared cells; ``beats`` when every margin exceeds its pooled std."""
+    out = {}
+    for key, c in summary.items():
+        if c["method"] != "coevo" or c["kind"] != "macs":
+            continue
+        b = c["budget"]
+        row = {}
+        for m in (*BASELINES, "coevo-proxy"):
+            other = summary.get(f"{m}@{b:g}")
+            if other is None:
+                continue
+            per = {}
+            for d in (*DIRECTIONS, "mean"):
+                margin = c["psnr_mean"][d] - other["psnr_mean"][d]
+                pooled = math.sqrt(0.5 * (c["psnr_std"][d] ** 2 + other["psnr_std"][d] ** 2))
+                per[d] = {"margin_db": round(margin, 4), "pooled_std_db": round(pooled, 4),
+                          "beats": bool(margin > pooled and len(c["seeds"]) > 1)}
+            row[m] = per
+        row["beats_both_baselines"] = all(row[m][d]["beats"] for m in BASELINES if m in row for d in DIRECTIONS) \
+            and all(m in row for m in BASELINES)
+        out[f"{b:g}"] = row
+    return out
+
+
+# ----------------------------------------------------------------------------- speed
+def measure_speed(records: List[Dict], teacher: Dict, fraction: float, repeats: int) -> Dict:
+    """The latency cells' fine-tuned pairs (and the 0.25 MAC cells') timed against the teacher:
+    interleaved, eager, one thread, 256 px, batch 1. Medians per generator; speed-up = teacher / model."""
+    timed = [r for r in records if r["kind"] == "latency" or (r["method"] in ("coevo", "l1") and r["budget"] == 0.25)]
+    timed = [r for r in timed if "same_as" not in r]
+    out = {"settings": "eager CPU, 1 thread, 256x256, batch 1, interleaved round-robin; median of "
+                       f"{repeats} rounds after 3 warm-up rounds", "pairs": {}}
+    for d in DIRECTIONS:
+        models = {"teacher": teacher[d]}
+        for r in timed:
+            models[r["cell"]] = load_generator(Path(r["finetune_folder"]) / f"{d}.pt")
+        results = benchmark_models(models, size=256, batch=1, threads=1, repeats=repeats, warmup=3)
+        t_ms = results[0].latency_ms_median
+        out.setdefault("teacher_ms", {})[d] = round(t_ms, 3)
+        for res in results[1:]:
+            out["pairs"].setdefault(res.name, {})[d] = {"ms": round(res.latency_ms_median, 3),
+                                                       "speedup": round(t_ms / res.latency_ms_median, 3)}
+    groups: Dict[str, List[float]] = {}
+    for r in timed:
+        p = out["pairs"][r["cell"]]
+        p["speedup_mean"] = round(0.5 * (p["G_A"]["speedup"] + p["G_B"]["speedup"]), 3)
+        groups.setdefault(f"{r['method']}@{r['budget']:g}", []).append(p["speedup_mean"])
+    out["speedup_by_cell"] = {k: {"per_seed": v, "mean": round(float(np.mean(v)), 3)} for k, v in groups.items()}
+    return out
+
+
+def latency_verdict(summary: Dict[str, Dict], speed: Dict, fraction: float) -> Dict:
+    lat, mac = summary.get(f"coevo-latency@{fraction:g}"), summary.get(f"coevo-mac@{fraction:g}")
+    if lat is None or mac is None:
+        return {}
+    s = speed.get("speedup_by_cell", {})
+    target = round(0.95 / fraction, 3)
+    out = {"speedup_target": target,
+           "coevo_latency_speedup": s.get(f"coevo-latency@{fraction:g}", {}).get("mean"),
+           "coevo_mac_speedup": s.get(f"coevo-mac@{fraction:g}", {}).get("mean")}
+    out["speedup_met"] = out["coevo_latency_speedup"] is not None and out["coevo_latency_speedup"] >= target
+    per = {}
+    for d in (*DIRECTIONS, "mean"):
+        margin = lat["psnr_mean"][d] - mac["psnr_mean"][d]
+        pooled = math.sqrt(0.5 * (lat["psnr_std"][d] ** 2 + mac["psnr_std"][d] ** 2))
+        per[d] = {"margin_db": round(margin, 4), "pooled_std_db": round(pooled, 4), "better": bool(margin > 0),
+                  "beyond_std": bool(margin > pooled)}
+    out["psnr_latency_minus_mac"] = per
+    return out
+
+
 # ----------------------------------------------------------------------------- reporting
-def _mean_psnr(scores: Dict) -> float:
-    return 0.5 * (scores["G_A"]["psnr"] + scores["G_B"]["psnr"])
-
-
-def format_table(teacher_scores: Dict, records: List[Dict]) -> str:
-    lines = ["| method | budget | MACs ratio A / B | params A / B | PSNR A->B before -> after | "
-             "PSNR B->A before -> after | SSIM A->B / B->A after | L1 to teacher A / B after |",
-             "|---|---|---|---|---|---|---|---|"]
+def format_tables(teacher_scores: Dict, summary: Dict[str, Dict], speed: Dict) -> str:
     t = teacher_scores["scores"]
-    params = teacher_scores["params"]
-    lines.append(f"| teacher | 1 | 1.000 / 1.000 | {params['G_A'] / 1e3:.1f}k / {params['G_B'] / 1e3:.1f}k | "
-                 f"{t['G_A']['psnr']:.2f} | {t['G_B']['psnr']:.2f} | "
-                 f"{t['G_A']['ssim']:.3f} / {t['G_B']['ssim']:.3f} | 0 / 0 |")
-    for r in sorted(records, key=lambda r: (-r["budget"], METHODS.index(r["method"]))):
-        b, a = r["before_finetune"], r["after_finetune"]
-        lines.append(
-            f"| {LABELS[r['method']]} | {r['budget']:g} | "
-            f"{r['macs_ratio']['G_A']:.3f} / {r['macs_ratio']['G_B']:.3f} | "
-            f"{r['params']['G_A'] / 1e3:.1f}k / {r['params']['G_B'] / 1e3:.1f}k | "
-            f"{b['G_A']['psnr']:.2f} -> **{a['G_A']['psnr']:.2f}** | "
-            f"{b['G_B']['psnr']:.2f} -> **{a['G_B']['psnr']:.2f}** | "
-            f"{a['G_A']['ssim']:.3f} / {a['G_B']['ssim']:.3f} | "
-            f"{a['G_A']['l1_to_teacher']:.4f} / {a['G_B']['l1_to_teacher']:.4f} |")
+    lines = ["| method | budget | MACs ratio A / B | seeds | PSNR A->B (mean ± std) | PSNR B->A | mean of both | speed-up |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| teacher | 1 | 1 / 1 | - | {t['G_A']['psnr']:.2f} | {t['G_B']['psnr']:.2f} | "
+             f"{0.5 * (t['G_A']['psnr'] + t['G_B']['psnr']):.2f} | 1.00x |"]
+    by_cell = speed.get("speedup_by_cell", {}) if speed else {}
+    for key, c in summary.items():
+        budget = f"{c['budget']:g} of MACs" if c["kind"] == "macs" else f"{c['budget']:g} of latency"
+        macs = " / ".join(f"{np.mean(c['macs_ratio'][d]):.3f}" for d in DIRECTIONS)
+        cols = [f"{c['psnr_mean'][d]:.2f} ± {c['psnr_std'][d]:.2f}" for d in (*DIRECTIONS, "mean")]
+        sp = by_cell.get(key, {}).get("mean")
+        lines.append(f"| {LABELS[c['method']]} | {budget} | {macs} | {len(c['seeds'])} | {' | '.join(cols)} | "
+                     f"{'-' if sp is None else f'{sp:.2f}x'} |")
     return "\n".join(lines)
 
 
-def plot(teacher_scores: Dict, records: List[Dict], path: Path) -> Path:
+def plot(teacher_scores: Dict, summary: Dict[str, Dict], path: Path, title: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    budgets = sorted({r["budget"] for r in records}) or [1.0]
+    cells = [c for c in summary.values() if c["kind"] == "macs"]
+    budgets = sorted({c["budget"] for c in cells}) or [1.0]
     fig = Figure(figsize=(10, 4.4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, d in zip(axes, DIRECTIONS):
         ax.axhline(teacher_scores["scores"][d]["psnr"], color="black", lw=1, ls=":", label="teacher")
-        for m in METHODS:
-            rows = sorted((r for r in records if r["method"] == m), key=lambda r: r["macs_ratio"][d])
+        for i, m in enumerate(MAC_METHODS):
+            rows = sorted((c for c in cells if c["method"] == m), key=lambda c: c["budget"])
             if not rows:
                 continue
-            x = [r["macs_ratio"][d] for r in rows]
-            ax.plot(x, [r["before_finetune"][d]["psnr"] for r in rows], ls="--", marker="o", mfc="none",
-                    color=COLORS[m], alpha=0.7, label=f"{LABELS[m]}, pruned")
-            ax.plot(x, [r["after_finetune"][d]["psnr"] for r in rows], ls="-", marker="o",
-                    color=COLORS[m], label=f"{LABELS[m]}, fine-tuned")
+            x = [c["budget"] * (1 + 0.03 * (i - 1.5)) for c in rows]  # side by side, error bars apart
+            ax.errorbar(x, [c["psnr_mean"][d] for c in rows], yerr=[c["psnr_std"][d] for c in rows],
+                        marker="o", capsize=3, color=COLORS[m], label=f"{LABELS[m]} (mean ± std over seeds)")
         ax.set_xscale("log")
         ax.set_xlim(min(budgets) * 0.8, max(budgets) * 1.25)
         ax.xaxis.set_major_locator(FixedLocator(budgets))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([f"{b:g}" for b in budgets])
-        ax.set_xlabel("MACs / teacher's MACs (log scale)")
-        ax.set_title(f"{EVAL[d].replace('to', ' -> ')} ({d})")
+        ax.set_xlabel("MAC budget / teacher's MACs (log scale)")
+        ax.set_title(f"{title}: {EVAL[d].replace('to', ' -> ')} ({d})")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("PSNR to ground truth (dB), test split")
+    axes[0].set_ylabel("PSNR to ground truth after fine-tuning (dB), test")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=90)
     return path
-
-
-def comparison(records: List[Dict]) -> Dict:
-    """Per budget: mean-of-directions PSNR after fine-tuning of coevo minus each baseline's."""
-    by = {(r["method"], r["budget"]): _mean_psnr(r["after_finetune"]) for r in records}
-    out = {}
-    for budget in sorted({r["budget"] for r in records}, reverse=True):
-        if ("coevo", budget) in by:
-            out[f"{budget:g}"] = {f"coevo_minus_{m}_db": round(by["coevo", budget] - by[m, budget], 3)
-                                  for m in ("l1", "random") if (m, budget) in by}
-    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -355,49 +527,57 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "files": paths.to_dict(), "arch": teacher["G_A"].arch.to_dict(),
                       "params": {d: count_params(teacher[d].arch) for d in DIRECTIONS}}
 
-    cells = [(m, b) for b in args.budgets for m in args.methods]
-    records = []
-    for i, (method, budget) in enumerate(cells, 1):
+    cells = [(m, b, s) for s in args.seeds for b in args.budgets for m in MAC_METHODS if m in args.methods]
+    if args.latency:
+        cells += [(m, args.latency, s) for s in args.seeds for m in LATENCY_METHODS if m in args.methods]
+    records: List[Dict] = []
+    done_cells: Dict[str, Dict] = {}
+    for i, (method, budget, seed) in enumerate(cells, 1):
         t0 = time.perf_counter()
-        log.info("cell %d/%d: %s at %g of the MACs", i, len(cells), method, budget)
-        records.append(run_cell(method, budget, cfg, paths, teacher, data, args.work))
+        log.info("cell %d/%d: %s at %g (%s), seed %d", i, len(cells), method, budget,
+                 "latency" if method in LATENCY_METHODS else "MACs", seed)
+        record = run_cell(method, budget, seed, cfg, paths, teacher, data, args, done_cells)
+        records.append(record)
+        done_cells[record["cell"]] = record
         log.info("cell %d/%d done in %.0f s: PSNR A->B %.2f, B->A %.2f after fine-tuning", i, len(cells),
-                 time.perf_counter() - t0, records[-1]["after_finetune"]["G_A"]["psnr"],
-                 records[-1]["after_finetune"]["G_B"]["psnr"])
+                 time.perf_counter() - t0, _psnr(record, "G_A"), _psnr(record, "G_B"))
+    summary = summarise(records)
+    speed = {} if args.no_speed else measure_speed(records, teacher, args.latency, args.speed_repeats)
     wall = time.perf_counter() - start
 
-    stem = "frontier_quick" if args.quick else "frontier"
-    if args.seed is not None or tuple(args.methods) != METHODS:
-        # a partial or re-seeded run must not overwrite the main results
-        stem += f"_{'-'.join(args.methods)}_seed{cfg.seed}"
+    stem = "frontier_quick" if args.quick else f"frontier_{args.task}"
     out = Path(args.out)
-    table = format_table(teacher_scores, records)
     result = {
-        "benchmark": "frontier", "version": 1, "command": " ".join(["python benchmarks/frontier.py", *sys.argv[1:]])
-        if argv is None else " ".join(["python benchmarks/frontier.py", *argv]),
+        "benchmark": "frontier", "version": 2, "task": args.task,
+        "command": " ".join(["python benchmarks/frontier.py", *(sys.argv[1:] if argv is None else argv)]),
         "wall_time_s": round(wall, 1),
         "note": "wall time of this invocation; cells finished by an earlier one were read back, "
                 "their own times are in cells[].seconds",
         "machine": machine_info("cpu"),
-        "settings": {"methods": args.methods, "budgets": args.budgets, "seed": cfg.seed, "quick": args.quick,
-                     "data_root": str(data.resolve()), "macs_size": MACS_SIZE, "macs_convention": MACS_CONVENTION,
-                     "constraints": constraints(cfg), "search": config_to_dict(cfg)["search"],
+        "settings": {"methods": args.methods, "budgets": args.budgets, "latency": args.latency, "seeds": args.seeds,
+                     "quick": args.quick, "data_root": str(data.resolve()), "macs_size": MACS_SIZE,
+                     "macs_convention": MACS_CONVENTION, "constraints": constraints(cfg),
+                     "latency_cells_channel_multiple": LATENCY_MULTIPLE, "search": config_to_dict(cfg)["search"],
                      "finetune": config_to_dict(cfg)["finetune"], "work": str(args.work)},
         "metrics": "test split, both directions: PSNR (dB) and SSIM to the exact ground truth "
-                   "(testA_gt_B, testB_gt_A), mean |G(x) - teacher(x)| in [-1, 1] units",
+                   "(testA_gt_B, testB_gt_A), mean |G(x) - teacher(x)| in [-1, 1] units; std over seeds with ddof=1",
         "teacher": teacher_scores,
+        "summary": summary,
+        "verdicts": verdicts(summary),
+        "speed": speed,
+        "latency_verdict": latency_verdict(summary, speed, args.latency) if args.latency else {},
         "cells": records,
-        "coevo_vs_baselines": comparison(records),
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
-    plot(teacher_scores, records, out / f"{stem}.png")
-    print(f"\nTest split of {data} ({records[0]['after_finetune']['G_A']['n_images'] if records else 0} images "
-          f"per direction); MACs at {MACS_SIZE}x{MACS_SIZE}, {MACS_CONVENTION} convention; fine-tune: "
-          f"{cfg.finetune.epochs}+{cfg.finetune.epochs_decay} epochs for every method\n")
-    print(table)
-    print(f"\ncoevo minus baselines, mean PSNR of both directions after fine-tuning (dB): "
-          f"{json.dumps(result['coevo_vs_baselines'])}")
+    plot(teacher_scores, summary, out / f"{stem}.png", args.task)
+    print(f"\n{args.task} task, test split of {data}; MACs at {MACS_SIZE}x{MACS_SIZE}, {MACS_CONVENTION} convention; "
+          f"fine-tune: {cfg.finetune.epochs}+{cfg.finetune.epochs_decay} epochs for every method; "
+          f"seeds {args.seeds}\n")
+    print(format_tables(teacher_scores, summary, speed))
+    print(f"\ncoevo minus baselines (dB, against the pooled seed std): {json.dumps(result['verdicts'])}")
+    if result["latency_verdict"]:
+        print(f"latency budget: {json.dumps(result['latency_verdict'])}")
     print(f"wall time {wall / 60:.1f} min; wrote {out / (stem + '.json')} and {out / (stem + '.png')}")
     return 0
 

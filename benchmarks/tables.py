@@ -154,50 +154,56 @@ def search_quality_table() -> str:
     return "\n".join(lines)
 
 
-def frontier_table() -> str:
-    d = _load("frontier.json")
-    if d is None:
-        return "_no results yet: `python benchmarks/frontier.py`_"
+def _frontier_module():
     from importlib import util
 
     spec = util.spec_from_file_location("frontier", ROOT / "benchmarks" / "frontier.py")
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    st = d["settings"]
-    s, f = st["search"], st.get("finetune", {})
-    head = (f"Machine: {_machine(d['machine'])}. Teacher: the demo's; test split, 40 images per direction. "
-            f"Search: population {s['population']}, {s['generations']} generations. Every method's pair is "
-            "fine-tuned by the same code with the same settings"
-            + (f" ({f.get('epochs')} + {f.get('epochs_decay')} decay epochs)" if f else "")
-            + f". PSNR in dB to ground truth, before -> **after** fine-tuning. Whole run: "
-              f"{d['wall_time_s'] / 60:.0f} min.")
-    gaps = ", ".join(f"{b}: {v['coevo_minus_l1_db']:+.2f} dB vs L1, {v['coevo_minus_random_db']:+.2f} dB vs random"
-                     for b, v in d["coevo_vs_baselines"].items())
-    return head + "\n\n" + mod.format_table(d["teacher"], d["cells"]) + (
-        f"\n\ncoevo minus baseline after fine-tuning (mean PSNR of both directions): {gaps}.") + seeds_table()
+    return mod
 
 
-def seeds_table() -> str:
-    """Mean PSNR after fine-tuning per (method, budget) over every seed run in results/."""
-    runs = [RESULTS / "frontier.json", *sorted(RESULTS.glob("frontier_*_seed*.json"))]
-    cells: Dict = {}
-    for path in runs:
-        if not path.is_file():
-            continue
-        d = json.loads(path.read_text())
-        seed = d["settings"]["seed"]
-        for c in d["cells"]:
-            a = c["after_finetune"]
-            cells.setdefault((c["method"], c["budget"]), {})[seed] = 0.5 * (a["G_A"]["psnr"] + a["G_B"]["psnr"])
-    if not any(len(v) > 1 for v in cells.values()):
-        return ""
-    lines = ["", "", "Seeds (data order, search and random genomes; `--seed N`): mean PSNR of both directions "
-             "after fine-tuning.", "", "| method | budget | per seed (dB) | mean | spread |", "|---|---|---|---|---|"]
-    for (method, budget), by_seed in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-        vals = [by_seed[k] for k in sorted(by_seed)]
-        per = ", ".join(f"{k}: {by_seed[k]:.2f}" for k in sorted(by_seed))
-        lines.append(f"| {method} | {budget:g} | {per} | {sum(vals) / len(vals):.2f} | {max(vals) - min(vals):.2f} |")
-    return "\n".join(lines)
+def frontier_table() -> str:
+    """Per task (frontier_snow.json, frontier_dense.json): mean ± std over seeds, verdicts, latency."""
+    runs = [(t, _load(f"frontier_{t}.json")) for t in ("snow", "dense")]
+    runs = [(t, d) for t, d in runs if d is not None]
+    if not runs:
+        return "_no results yet: `python benchmarks/frontier.py --task snow` (and `--task dense`)_"
+    mod = _frontier_module()
+    parts = []
+    for task, d in runs:
+        st = d["settings"]
+        s, f = st["search"], st["finetune"]
+        n = d["teacher"]["scores"]["G_A"]["n_images"]
+        parts.append(
+            f"**{task} task** ({'the demo' + chr(39) + 's grass to snow' if task == 'snow' else 'denser structure and texture'}). "
+            f"Machine: {_machine(d['machine'])}. Test split, {n} images per direction; seeds {st['seeds']}. "
+            f"Search: population {s['population']}, {s['generations']} generations, re-rank of the top "
+            f"{s['rerank_top']} and the L1 seed by the trained fitness ({s['trained_steps']} steps). Every pair is "
+            f"fine-tuned by the same code with the same settings ({f['epochs']} + {f['epochs_decay']} decay epochs). "
+            f"PSNR in dB to ground truth after fine-tuning, mean ± std over seeds (per-seed numbers in "
+            f"`benchmarks/results/frontier_{task}.json`). Speed-up: eager CPU, 1 thread, 256 px, against the teacher, "
+            f"interleaved.")
+        parts.append(mod.format_tables(d["teacher"], d["summary"], d.get("speed") or {}))
+        lines = []
+        for budget, v in d["verdicts"].items():
+            gaps = "; ".join(
+                f"vs {m}: " + ", ".join(f"{dd} {v[m][dd]['margin_db']:+.2f} (std {v[m][dd]['pooled_std_db']:.2f})"
+                                        for dd in ("G_A", "G_B"))
+                for m in ("l1", "random", "coevo-proxy") if m in v)
+            lines.append(f"- {budget} of the MACs: coevo minus {gaps}. "
+                         f"**{'Beats both beyond the pooled seed std' if v['beats_both_baselines'] else 'Not beyond the pooled seed std'}.**")
+        lv = d.get("latency_verdict") or {}
+        if lv:
+            p = lv["psnr_latency_minus_mac"]
+            lines.append(
+                f"- Latency budget {st['latency']:g}: the latency-aware pair's measured speed-up is "
+                f"{lv['coevo_latency_speedup']:.2f}x (target {lv['speedup_target']:.2f}x: "
+                f"{'met' if lv['speedup_met'] else 'missed'}), the MAC-budgeted pair's {lv['coevo_mac_speedup']:.2f}x; "
+                f"PSNR latency-aware minus MAC-budgeted: G_A {p['G_A']['margin_db']:+.2f}, G_B {p['G_B']['margin_db']:+.2f} "
+                f"(pooled std {p['G_A']['pooled_std_db']:.2f} / {p['G_B']['pooled_std_db']:.2f}).")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
 
 
 def paper_scale_table() -> str:
