@@ -439,3 +439,24 @@ def test_inception_file_that_needs_code_is_refused(tmp_path):
     torch.save({"Mixed_7c.branch_pool.conv.weight": torch.zeros(1), "hook": Path("x")}, evil)
     with pytest.raises(CheckpointError, match="cannot read"):
         inception_extractor(evil)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_checkpoint_on_a_full_disk_is_the_disk_full_error_naming_the_file(tmp_path, monkeypatch):
+    """torch.save to a file name hides ENOSPC in an opaque RuntimeError; coevo's saves do not."""
+    from contextlib import contextmanager
+
+    from coevo import files
+    from coevo.cli import os_error_message
+
+    @contextmanager
+    def full_disk(path):
+        yield Path("/dev/full")  # every write fails with ENOSPC
+
+    monkeypatch.setattr(files, "atomic_path", full_disk)
+    target = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(OSError) as info:
+        files.atomic_torch_save({"w": torch.zeros(10000)}, target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os_error_message(info.value).startswith(f"disk full while writing {target}")
+    assert not target.exists()

@@ -66,11 +66,20 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj)`` through :func:`atomic_path`: never a truncated checkpoint."""
+    """``torch.save(obj)`` through :func:`atomic_path`: never a truncated checkpoint.
+
+    Written through a Python file object, so a full disk is an ``OSError`` (ENOSPC) naming
+    ``path``, not torch's opaque "unexpected pos" RuntimeError of a save to a file name.
+    """
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(obj, f)
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
     return Path(path)
 
 
