@@ -356,8 +356,8 @@ def load_config_with_seed(cfg: Config, seed: int) -> Config:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _psnr(record: Dict, direction: str) -> float:
-    scores = record["after_finetune"]
+def _psnr(record: Dict, direction: str, stage: str = "after_finetune") -> float:
+    scores = record[stage]
     if direction == "mean":
         return 0.5 * (scores["G_A"]["psnr"] + scores["G_B"]["psnr"])
     return scores[direction]["psnr"]
@@ -369,11 +369,12 @@ def summarise(records: List[Dict]) -> Dict[str, Dict]:
     for r in sorted(records, key=lambda r: (r["kind"], -r["budget"], METHODS.index(r["method"]), r["seed"])):
         key = f"{r['method']}@{r['budget']:g}"
         entry = out.setdefault(key, {"method": r["method"], "budget": r["budget"], "kind": r["kind"], "seeds": [],
-                                     "per_seed": {d: [] for d in (*DIRECTIONS, "mean")},
+                                     "per_seed": {d: [] for d in (*DIRECTIONS, "mean")}, "before_per_seed": [],
                                      "macs_ratio": {d: [] for d in DIRECTIONS}})
         entry["seeds"].append(r["seed"])
         for d in (*DIRECTIONS, "mean"):
             entry["per_seed"][d].append(round(_psnr(r, d), 4))
+        entry["before_per_seed"].append(round(_psnr(r, "mean", "before_finetune"), 4))
         for d in DIRECTIONS:
             entry["macs_ratio"][d].append(round(r["macs_ratio"][d], 4))
     for entry in out.values():
@@ -381,6 +382,7 @@ def summarise(records: List[Dict]) -> Dict[str, Dict]:
             v = np.array(entry["per_seed"][d])
             entry.setdefault("psnr_mean", {})[d] = round(float(v.mean()), 4)
             entry.setdefault("psnr_std", {})[d] = round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 4)
+        entry["before_mean"] = round(float(np.mean(entry["before_per_seed"])), 4)
     return out
 
 
@@ -460,9 +462,10 @@ def latency_verdict(summary: Dict[str, Dict], speed: Dict, fraction: float) -> D
 # ----------------------------------------------------------------------------- reporting
 def format_tables(teacher_scores: Dict, summary: Dict[str, Dict], speed: Dict) -> str:
     t = teacher_scores["scores"]
-    lines = ["| method | budget | MACs ratio A / B | seeds | PSNR A->B (mean ± std) | PSNR B->A | mean of both | speed-up |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| teacher | 1 | 1 / 1 | - | {t['G_A']['psnr']:.2f} | {t['G_B']['psnr']:.2f} | "
+    lines = ["| method | budget | MACs ratio A / B | seeds | before fine-tuning, mean of both | "
+             "PSNR A->B (mean ± std) | PSNR B->A | mean of both | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| teacher | 1 | 1 / 1 | - | - | {t['G_A']['psnr']:.2f} | {t['G_B']['psnr']:.2f} | "
              f"{0.5 * (t['G_A']['psnr'] + t['G_B']['psnr']):.2f} | 1.00x |"]
     by_cell = speed.get("speedup_by_cell", {}) if speed else {}
     for key, c in summary.items():
@@ -470,7 +473,8 @@ def format_tables(teacher_scores: Dict, summary: Dict[str, Dict], speed: Dict) -
         macs = " / ".join(f"{np.mean(c['macs_ratio'][d]):.3f}" for d in DIRECTIONS)
         cols = [f"{c['psnr_mean'][d]:.2f} ± {c['psnr_std'][d]:.2f}" for d in (*DIRECTIONS, "mean")]
         sp = by_cell.get(key, {}).get("mean")
-        lines.append(f"| {LABELS[c['method']]} | {budget} | {macs} | {len(c['seeds'])} | {' | '.join(cols)} | "
+        lines.append(f"| {LABELS[c['method']]} | {budget} | {macs} | {len(c['seeds'])} | {c['before_mean']:.2f} | "
+                     f"{' | '.join(cols)} | "
                      f"{'-' if sp is None else f'{sp:.2f}x'} |")
     return "\n".join(lines)
 

@@ -15,7 +15,8 @@ SPEC.loader.exec_module(frontier)
 def record(method, budget, seed, a, b, kind="macs"):
     return {"method": method, "budget": budget, "seed": seed, "kind": kind, "cell": f"{method}_{budget:g}_s{seed}",
             "macs_ratio": {"G_A": budget, "G_B": budget},
-            "after_finetune": {"G_A": {"psnr": a}, "G_B": {"psnr": b}}}
+            "after_finetune": {"G_A": {"psnr": a}, "G_B": {"psnr": b}},
+            "before_finetune": {"G_A": {"psnr": a - 3}, "G_B": {"psnr": b - 3}}}
 
 
 def cells(method, budget, values_a, values_b, kind="macs"):
@@ -27,6 +28,7 @@ def test_summary_is_mean_and_sample_std_over_seeds_with_per_seed_numbers():
     assert s["per_seed"]["G_A"] == [10.0, 11.0, 12.0] and s["per_seed"]["mean"] == [15.0, 15.5, 16.0]
     assert s["psnr_mean"]["G_A"] == 11.0 and s["psnr_std"]["G_A"] == 1.0  # ddof=1
     assert s["psnr_std"]["G_B"] == 0.0 and s["seeds"] == [0, 1, 2]
+    assert s["before_per_seed"] == [12.0, 12.5, 13.0] and s["before_mean"] == 12.5
 
 
 @pytest.mark.parametrize("gap, beats", [(1.0, True), (0.3, False), (-1.0, False)])
