@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--ngf", type=int, default=32)
     p.add_argument("--blocks", type=int, default=6)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--target", default="cpu", choices=["cpu", "onnxruntime", "cuda"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--points", type=int, default=6, help="grid points per channel axis")
     p.add_argument("--networks", type=int, default=20)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "latency_table",
         "command": "python benchmarks/latency_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(args.target, args.threads),
+        "machine": machine_info("cuda" if args.target == "cuda" else "cpu", args.threads),
         "teacher": {"ngf": args.ngf, "blocks": args.blocks, "size": args.size, "latency_ms": t_full},
         "table": {"path": str(table_path), "points": args.points, "measure_seconds": round(table_s, 1)},
         "median_error": statistics.median(errors), "max_error": max(errors),

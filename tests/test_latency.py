@@ -139,3 +139,26 @@ def test_cli_measures_a_table_into_the_search_cache(tmp_path, monkeypatch, capsy
     cached = cache_path(arch, 16, "cpu", 1)
     assert cached.is_file() and (tmp_path / "out" / cached.name).is_file()
     assert LatencyTable.load(cached).predict(arch) > 0
+
+
+def test_onnxruntime_target_measures_every_unit_in_onnx_runtime(monkeypatch):
+    """target onnxruntime: units and calibration networks are exported and timed by ONNX Runtime (not eager)."""
+    pytest.importorskip("onnxruntime")
+    import coevo.backends as backends
+
+    calls = []
+    real = backends._ort_call
+    monkeypatch.setattr(backends, "_ort_call", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    arch = GeneratorArch.full(ngf=4, n_blocks=1)
+    t = measure_table(arch, size=16, target="onnxruntime", threads=1, points=1, warmup=0, repeats=1, calibration=1)
+    units = sum(len(g["cin"]) * len(g["cout"]) for g in t.grids.values())
+    assert t.target == "onnxruntime" and t.threads == 1 and len(calls) == units + 5  # + teacher, 3 narrowed, 1 random
+    assert t.predict(arch) > 0
+
+
+def test_config_accepts_the_onnxruntime_latency_target():
+    from coevo.config import ConfigError, config_from_dict
+
+    assert config_from_dict({"search": {"latency_target": "onnxruntime"}}).search.latency_target == "onnxruntime"
+    with pytest.raises(ConfigError, match="latency_target"):
+        config_from_dict({"search": {"latency_target": "tpu"}})

@@ -115,7 +115,7 @@ class SearchConfig:
     # per machine, target and thread count and cached (or given as latency_table). MACs stay reported.
     latency_ratio: float = 0.25        # latency: max latency relative to the teacher's
     latency_ms: float = 0.0            # latency: an absolute cap in ms instead (0: use latency_ratio)
-    latency_target: str = "cpu"        # latency: cpu (torch eager) | cuda
+    latency_target: str = "cpu"        # latency: cpu (torch eager) | onnxruntime (ONNX Runtime, CPU) | cuda
     latency_threads: int = 1           # latency: CPU threads the table is measured with
     latency_size: int = 256            # latency: image size the table is measured at
     latency_table: Optional[str] = None  # latency: a table file from `coevo bench --latency-table`
@@ -454,7 +454,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.mutation": sorted(MUTATIONS),
         "search.repair": ("importance", "random"),
         "search.compute": ("budget", "latency", "reward"),
-        "search.latency_target": ("cpu", "cuda"),
+        "search.latency_target": ("cpu", "onnxruntime", "cuda"),
         "search.fitness": ("proxy", "trained"),
         "data.synthetic_task": tuple(sorted(TASKS)),
         # auto: the teacher's discriminators when it has them, else a metric that needs none

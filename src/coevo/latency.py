@@ -4,7 +4,8 @@ MACs are not time: InstanceNorm, padding and copies scale with activations, and 
 CPU's speed is a step function of channel counts. A :class:`LatencyTable` holds
 the measured latency of each layer unit of the generator (a convolution with its
 padding, norm and activation) on a grid of (input, output) channel counts, at
-one image size, on one target (torch eager on the CPU with N threads, or CUDA).
+one image size, on one target (torch eager on the CPU with N threads, ONNX Runtime on the
+CPU with N intra-op threads, or torch eager on CUDA).
 A network's predicted latency is ``scale * (sum of its units) + offset``: each
 unit is bilinearly interpolated on the grid, and ``scale`` and ``offset`` are fitted
 (least squares) to the measured latency of the teacher, three uniformly narrowed
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "coevo.latency_table"
 TABLE_VERSION = 1
-TARGETS = ("cpu", "cuda")
+TARGETS = ("cpu", "onnxruntime", "cuda")  # torch eager on CPU, ONNX Runtime on CPU (fp32), torch eager on CUDA
 
 
 class LatencyTableError(CoevoError):
@@ -194,7 +195,34 @@ class LatencyTable:
             raise LatencyTableError(f"{path} is not a complete latency table ({e}); measure it again") from e
 
 
+def _ort_timer(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+    """Median latency (ms) of ``module`` exported to ONNX and run by ONNX Runtime on the CPU,
+    fp32, full graph optimisation, ``torch.get_num_threads()`` intra-op threads (as ``coevo bench``'s
+    ``onnxruntime`` backend runs it)."""
+    import tempfile
+
+    from .backends import _ort_call
+    from .models.exported import quiet_export
+
+    with tempfile.TemporaryDirectory(prefix="coevo-latency-") as tmp:
+        path = Path(tmp) / "unit.onnx"
+        with quiet_export():  # the TorchScript-based exporter: quick for one small module at a fixed shape
+            torch.onnx.export(module.cpu().eval(), (x.cpu(),), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["output"])
+        call = _ort_call(path, x, torch.device("cpu"), torch.get_num_threads())
+        times = []
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            call()
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000.0)
+    return statistics.median(times)
+
+
 def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
+    if target == "onnxruntime":
+        return _ort_timer
+
     def run(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
         times = []
         with torch.inference_mode():
@@ -213,7 +241,7 @@ def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
 
 def measure_latency(model: nn.Module, size: int, target: str = "cpu", batch: int = 1, warmup: int = 3,
                     repeats: int = 15, seed: int = 0) -> float:
-    """Median eager latency (ms) of ``model`` on one NCHW batch at ``size`` x ``size``."""
+    """Median latency (ms) of ``model`` on ``target`` (see :data:`TARGETS`) for one NCHW batch at ``size`` x ``size``."""
     device = torch.device("cuda" if target == "cuda" else "cpu")
     g = torch.Generator().manual_seed(int(seed))
     x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
@@ -226,7 +254,8 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
                   progress: Optional[Callable[[int, int], None]] = None) -> LatencyTable:
     """Measure every unit of ``teacher`` on a ``points`` x ``points`` channel grid (see the module docstring).
 
-    ``threads``: torch CPU threads while measuring (the table is only valid for that count).
+    ``threads``: torch CPU threads (ONNX Runtime intra-op threads for ``onnxruntime``) while
+    measuring; the table is only valid for that count.
     Weights are random: time depends on shapes, not values.
     """
     if target not in TARGETS:
@@ -275,7 +304,7 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
                 rows.append(row)
             grids[kind], ms[kind] = {"cin": list(cins), "cout": list(couts)}, rows
         table = LatencyTable(target, torch.get_num_threads(), int(size), int(batch), teacher.to_dict(), grids, ms,
-                             machine=machine_info(target, torch.get_num_threads()))
+                             machine=machine_info("cuda" if target == "cuda" else "cpu", torch.get_num_threads()))
         # Calibration: the teacher, uniformly narrowed copies and random-width networks, timed
         # longer than a grid point.
         names = group_names(teacher.n_blocks)

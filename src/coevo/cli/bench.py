@@ -23,8 +23,9 @@ def add_parser(sub) -> None:
                    help="instead of timing models: measure the per-layer latency table of the (first) --model's "
                         "architecture on --target with --threads (a few minutes, once per machine) for "
                         "`search.compute=latency`; saved in the search's cache and in --out")
-    p.add_argument("--target", choices=["cpu", "cuda"], default=None,
-                   help="--latency-table: where the table is measured (default: --device)")
+    p.add_argument("--target", choices=["cpu", "onnxruntime", "cuda"], default=None,
+                   help="--latency-table: where the table is measured: cpu (torch eager), onnxruntime (ONNX "
+                        "Runtime on the CPU, fp32) or cuda (default: --device)")
     p.add_argument("--model", action="append", required=True, metavar="FILE",
                    help="generator file (repeatable); NAME=FILE sets the name shown (default: the file name)")
     p.add_argument("--size", type=int, default=d.size, help=f"square input size (default {d.size})")
