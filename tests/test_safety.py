@@ -421,3 +421,24 @@ def test_remove_owned_deletes_only_inside_coevo_folders(tmp_path):
         remove_owned(run, run)  # the owner itself is never "inside" it
     remove_owned(run / "export", run)
     assert not (run / "export").exists() and (user / "sub" / "photo.png").read_bytes() == b"precious"
+
+
+def test_synthetic_set_clears_only_its_own_stale_partial_folders(tmp_path):
+    """A killed `coevo data synthetic` leaves .<name>.<random>.partial; the next render of the same set
+    removes it when stale, keeps a fresh one (another process may be rendering) and anything else."""
+    import os
+    import time
+
+    from coevo.data.synthetic import make_synthetic_dataset
+
+    stale, fresh = tmp_path / ".set.ab12.partial", tmp_path / ".set.cd34.partial"
+    other, mine = tmp_path / ".other.ef56.partial", tmp_path / "my.partial"
+    for p in (stale, fresh, other, mine):
+        p.mkdir()
+        (p / "x.png").write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    for p in (stale, other):
+        os.utime(p, (old, old))
+    make_synthetic_dataset(tmp_path / "set", size=16, n_train=2, n_test=1)
+    assert not stale.exists() and fresh.is_dir() and other.is_dir() and mine.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name, mine.name, "set"])

@@ -31,6 +31,7 @@ with its own ``numpy.random.default_rng``, so files are byte-identical between r
 """
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -294,6 +295,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
                         out, ", ".join(stray[:5]))
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
     try:
         _render_all(tmp, size, n_train, n_test, seed, task)
@@ -316,6 +318,21 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
             remove_owned(tmp)
     log.info("wrote synthetic data set to %s (%s)", out, _describe(params))
     return out
+
+
+# A render left for longer than this was killed (one at 256 px with thousands of images takes minutes).
+STALE_PARTIAL_S = 3600.0
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Delete the temporary folders (``.<name>.<random>.partial``) of earlier renders of ``out`` that
+    were killed; one younger than :data:`STALE_PARTIAL_S` may be another process's render and is kept."""
+    import time
+
+    for path in out.parent.glob(f".{glob.escape(out.name)}.*{PARTIAL_SUFFIX}"):
+        if path.is_dir() and not path.is_symlink() and time.time() - path.stat().st_mtime > STALE_PARTIAL_S:
+            log.info("removing %s, left by an interrupted render of %s", path, out)
+            remove_owned(path)
 
 
 def _render_all(root: Path, size: int, n_train: int, n_test: int, seed: int, task: str = "snow") -> None:
