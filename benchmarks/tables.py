@@ -187,12 +187,16 @@ def frontier_table() -> str:
         parts.append(mod.format_tables(d["teacher"], d["summary"], d.get("speed") or {}))
         lines = []
         for budget, v in d["verdicts"].items():
+            names = {"l1": "L1-norm", "random": "random", "coevo-proxy": "proxy-only coevo"}
             gaps = "; ".join(
-                f"vs {m}: " + ", ".join(f"{dd} {v[m][dd]['margin_db']:+.2f} (std {v[m][dd]['pooled_std_db']:.2f})"
+                f"{names[m]}: " + ", ".join(f"{dd} {v[m][dd]['margin_db']:+.2f} ({v[m][dd]['pooled_std_db']:.2f})"
                                         for dd in ("G_A", "G_B"))
                 for m in ("l1", "random", "coevo-proxy") if m in v)
-            lines.append(f"- {budget} of the MACs: coevo minus {gaps}. "
-                         f"**{'Beats both beyond the pooled seed std' if v['beats_both_baselines'] else 'Not beyond the pooled seed std'}.**")
+            verdict = ("beats L1-norm and random beyond the pooled seed std in both directions"
+                       if v["beats_both_baselines"] else
+                       "does not beat both L1-norm and random beyond the pooled seed std in both directions")
+            lines.append(f"- {budget} of the MACs, coevo minus {gaps} (dB; pooled seed std in brackets): "
+                         f"**{verdict}.**")
         lv = d.get("latency_verdict") or {}
         if lv:
             p = lv["psnr_latency_minus_mac"]
