@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from coevo.runs import prepare_run_dir
 
 
 def main(argv=None) -> int:
@@ -39,8 +40,8 @@ def main(argv=None) -> int:
     from coevo.train.finetune import finetune
 
     torch.set_num_threads(args.threads)
-    if args.work.exists():
-        shutil.rmtree(args.work)  # the benchmark's own scratch folder
+    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
+    prepare_run_dir(args.work, force=True, command="benchmarks/feature_distill.py")
     runs = {}
     for name, lam in (("output-only", 0.0), ("output+features", args.lambda_feature)):
         sets = [f"finetune.epochs={args.epochs}", "finetune.epochs_decay=0", "finetune.sample_every=0",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Dict, List
 
 import numpy as np
 import torch
+
+from coevo.runs import prepare_run_dir
 
 
 def spearman(x, y) -> float:
@@ -120,8 +121,8 @@ def main(argv=None) -> int:
     print(f"fitness per candidate: proxy {per_candidate['proxy'] * 1000:.0f} ms, "
           f"trained {per_candidate['trained'] * 1000:.0f} ms", flush=True)
 
-    if args.work.exists():
-        shutil.rmtree(args.work)  # the benchmark's own scratch folder
+    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
+    prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
     after = []
     t0 = time.perf_counter()
     for i in range(args.genomes):

@@ -208,13 +208,13 @@ def constraints(cfg: Config) -> Dict:
 
 
 def _with(cfg: Config, **values) -> Config:
-    """A copy of ``cfg`` with ``section__key=value`` replaced."""
+    """A copy of ``cfg`` with ``section__key=value`` (or a top-level ``key=value``) replaced."""
     from coevo.config import config_from_dict
 
     data = config_to_dict(cfg)
     for key, value in values.items():
-        section, name = key.split("__")
-        data[section][name] = value
+        section, _, name = key.rpartition("__")
+        (data[section] if section else data)[name] = value
     return config_from_dict(data)
 
 
@@ -255,7 +255,7 @@ def latency_macs_ratio(cfg: Config, teacher: Dict, fraction: float) -> float:
 
 
 def cell_genomes(method: str, budget: float, cfg: Config, paths: TeacherPaths, teacher: Dict,
-                 work: Path, args: argparse.Namespace) -> Tuple[Dict[str, Genome], Dict]:
+                 work: Path) -> Tuple[Dict[str, Genome], Dict]:
     seed = cfg.seed
     searches = work / "searches"
     if method in ("coevo", "coevo-proxy"):
@@ -309,10 +309,10 @@ def run_cell(method: str, budget: float, seed: int, cfg: Config, paths: TeacherP
     done = cell / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    cfg = load_config_with_seed(cfg, seed)
+    cfg = _with(cfg, seed=int(seed))
     cell.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    genomes, info = cell_genomes(method, budget, cfg, paths, teacher, args.work, args)
+    genomes, info = cell_genomes(method, budget, cfg, paths, teacher, args.work)
     t_genomes = time.perf_counter() - t0
     widths = {d: genomes[d].widths() for d in DIRECTIONS}
     base = {"method": method, "budget": budget, "seed": seed, "kind": "latency" if method in LATENCY_METHODS else "macs",
@@ -346,13 +346,6 @@ def run_cell(method: str, budget: float, seed: int, cfg: Config, paths: TeacherP
     atomic_write_text(done, json.dumps(record, indent=2) + "\n")
     return record
 
-
-def load_config_with_seed(cfg: Config, seed: int) -> Config:
-    from coevo.config import config_from_dict
-
-    data = config_to_dict(cfg)
-    data["seed"] = int(seed)
-    return config_from_dict(data)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import List
 
 import torch
+
+from coevo.runs import prepare_run_dir
 
 HORSE2ZEBRA_STEPS_PER_EPOCH = 1334  # max(|trainA| = 1067, |trainB| = 1334), batch 1
 PAPER = {"population": 32, "generations": 50, "eval_images": 16, "teacher_epochs": 200}
@@ -112,8 +113,8 @@ def main(argv=None) -> int:
         print("paper_scale: no CUDA device here", file=sys.stderr)
         return 2
     run = args.work / f"run_{args.device.replace(':', '')}"
-    if run.exists() and not args.resume:
-        shutil.rmtree(run)  # the benchmark's own scratch folder
+    if not args.resume:  # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
+        prepare_run_dir(run, force=True, command="benchmarks/paper_scale.py")
     if args.resume and (run / "config.yaml").is_file():
         from coevo.config import load_config
 

@@ -92,6 +92,22 @@ def stop(job: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
 
+def kill_a_rank_once(args, ready) -> str:
+    """Run ``coevo ARGS`` under torchrun with one restart allowed, SIGKILL rank 1 once ``ready()``,
+    and check the job restarted, resumed and succeeded; returns its output."""
+    job = subprocess.Popen(torchrun_cmd(args, launcher=["--master_port", str(free_port()), "--max-restarts", "1"]),
+                           env=PROC_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(ready, job)
+        os.kill(workers(job.pid)[1], signal.SIGKILL)
+        output, _ = job.communicate(timeout=120)
+    finally:
+        stop(job)
+    assert job.returncode == 0, output[-3000:]
+    assert "torchrun restart 1: resuming" in output
+    return output
+
+
 
 def wait_until(check, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.time() + timeout
@@ -315,17 +331,7 @@ def test_a_killed_rank_restarts_and_the_search_ends_as_uninterrupted(env, tmp_pa
     generations = 100
     cfg = search_yaml(env, tmp_path / "cfg.yaml", generations=generations)
     out = tmp_path / "killed"
-    job = subprocess.Popen(torchrun_cmd(search_args(env, cfg, out), launcher=[
-        "--master_port", str(free_port()), "--max-restarts", "1"]), env=PROC_ENV, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: safe_torch_load(out / "state.pt")["generation"] >= 2, job)
-        os.kill(workers(job.pid)[1], signal.SIGKILL)
-        output, _ = job.communicate(timeout=120)
-    finally:
-        stop(job)
-    assert job.returncode == 0, output[-3000:]
-    assert "torchrun restart 1: resuming" in output
+    kill_a_rank_once(search_args(env, cfg, out), lambda: safe_torch_load(out / "state.pt")["generation"] >= 2)
     torch.set_num_threads(1)
     whole = run_search(load_config(cfg), tmp_path / "whole", teacher=env["teacher"], progress=False)
     assert_same_search(out, whole.run_dir)
@@ -400,17 +406,8 @@ def test_train_resumes_under_torchrun_bit_identically(ddp_reference, tmp_path):
 def test_a_killed_rank_restarts_and_training_ends_as_uninterrupted(ddp_reference, tmp_path):
     cfg, whole = ddp_reference
     out = tmp_path / "run"
-    job = subprocess.Popen(torchrun_cmd(["train", "--config", str(cfg), "--out", str(out)], launcher=[
-        "--master_port", str(free_port()), "--max-restarts", "1"]), env=PROC_ENV, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until(lambda: 1 <= safe_torch_load(out / "checkpoint.pt")["epoch"] < 8, job)
-        os.kill(workers(job.pid)[1], signal.SIGKILL)
-        output, _ = job.communicate(timeout=120)
-    finally:
-        stop(job)
-    assert job.returncode == 0, output[-3000:]
-    assert "torchrun restart 1: resuming" in output
+    kill_a_rank_once(["train", "--config", str(cfg), "--out", str(out)],
+                     lambda: 1 <= safe_torch_load(out / "checkpoint.pt")["epoch"] < 8)
     assert_same_training(out, whole)
 
 

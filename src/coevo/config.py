@@ -128,9 +128,9 @@ class SearchConfig:
     trained_steps: int = 20
     trained_lr: float = 1e-3
     # After the last generation, re-score the rerank_top best distinct genomes of each population
-    # (and the L1 seed) with the trained fitness and return the best by it: most of the trained
-    # fitness's better prediction of the fine-tuned result at a few evaluations' cost (0: off;
-    # measured in benchmarks/README.md, "Frontier")
+    # (and the L1 seed) with the trained fitness and return the best by it, at 2 (top + 1) trained
+    # evaluations (0: off; measured against the proxy's own choice after fine-tuning, no consistent
+    # gain: benchmarks/README.md, "frontier.py")
     rerank_top: int = 0
     # Evaluation images are resized to eval_size x eval_size. 0: the teacher's training size
     # (recorded by coevo teacher runs), else data.crop_size. The search logs what it costs.

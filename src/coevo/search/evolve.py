@@ -109,8 +109,10 @@ class CoevolutionSearch:
                     pool[key] = {"source": f"rank {len(pool) + 1}", "candidate": pop.members[i]}
             for genome in self._seeds(d):
                 key = genome.to_bits().tobytes()
-                pool.setdefault(key, {"source": "l1 seed", "candidate": Candidate(genome)})
-                pool[key]["source"] += " = l1 seed" if pool[key]["source"] != "l1 seed" else ""
+                if key in pool:
+                    pool[key]["source"] += " = l1 seed"
+                else:
+                    pool[key] = {"source": "l1 seed", "candidate": Candidate(genome)}
             entries = list(pool.values())
             partner = self.best(PARTNER[d]).genome
             terms = evaluator.evaluate(d, [e["candidate"].genome for e in entries], partner)
