@@ -43,7 +43,7 @@ def test_pt2_round_trip_is_dynamic_and_keeps_arch(slim_generator, tmp_path):
     report = export_generator(slim_generator, tmp_path, "G_A", formats=("torch-export",), check_size=48)["torch-export"]
     assert report["ok"] and report["dynamic"] and report["max_abs_diff"] <= 1e-4
     assert report["check_shapes"] == ["1x3x48x48", "2x3x32x48"]  # two shapes, one program
-    model = load_generator(tmp_path / "G_A.pt2")
+    model = load_generator(tmp_path / "G_A.pt2", trust=True)
     assert isinstance(model, ExportedProgramGenerator) and model.arch == slim_generator.arch
     x = check_inputs(40, seed=3)[1]  # 2 x 3 x 28 x 40: a third shape
     with torch.inference_mode():
@@ -71,18 +71,18 @@ def test_pt2_archive_check_refuses_what_would_run_code(tiny_generator, tmp_path)
     calls_os = _rewrite_member(path, member, lambda t: t.replace("torch.ops.aten.conv2d.default",
                                                                  "torch.os.system", 1))
     with pytest.raises(UnsafeExportError, match="torch.os.system"):
-        load_generator(calls_os)
+        load_generator(calls_os, trust=True)
     pickled = _rewrite_member(path, "weights_config.json", lambda t: t.replace('"use_pickle": false',
                                                                              '"use_pickle": true', 1))
     with pytest.raises(UnsafeExportError, match="pickled"):
-        load_generator(pickled)
+        load_generator(pickled, trust=True)
     guarded = _rewrite_member(path, member, lambda t: t.replace('"guards_code": []',
                                                                 '"guards_code": ["__import__(\'os\')"]'))
     with pytest.raises(UnsafeExportError, match="guard code"):
-        load_generator(guarded)
+        load_generator(guarded, trust=True)
     expr = _rewrite_member(path, member, lambda t: t.replace("Symbol('s", "__import__('s", 1))
     with pytest.raises(UnsafeExportError, match="shape expression"):
-        load_generator(expr)
+        load_generator(expr, trust=True)
 
 
 # ----------------------------------------------------------------------------- cpu target: INT8
@@ -176,7 +176,7 @@ def test_cuda_target_builds_a_float16_program_and_checks_its_parity(slim_generat
     tol = PARITY_TOLERANCE[torch.float16]
     assert fast["parity"]["tolerance"] == {"max_abs_diff": tol[0], "mean_abs_diff": tol[1]}
     assert fast["parity"]["ok"] and deploy["deployed"]["backend"] == "cuda-fp16-graph"
-    program = load_generator(tmp_path / "G_A.fp16.pt2")
+    program = load_generator(tmp_path / "G_A.fp16.pt2", trust=True)
     assert program.dtype == torch.float16 and program.channels_last and program.arch == slim_generator.arch
     x = check_inputs(48)[0]
     with torch.inference_mode():
@@ -223,7 +223,7 @@ def test_backend_choice_for_exported_files(slim_generator, tmp_path):
     assert backends_for("g", fp32, ["eager", "onnxruntime-int8"], "cpu") == ["onnxruntime-int8"]
     assert backends_for("g", fp32, ["eager"], "cpu") == ["onnxruntime"]
     save_torch_export(slim_generator, tmp_path / "h.pt2", dtype=torch.float16, channels_last=True)
-    fp16 = load_generator(tmp_path / "h.pt2")
+    fp16 = load_generator(tmp_path / "h.pt2", trust=True)
     assert backends_for("h", fp16, ["eager"], "cpu") == ["torch-export"]  # its CUDA default cannot run here
     assert backends_for("h", fp16, ["eager"], "cuda") == ["cuda-fp16-graph"]
     assert "CUDA" in unavailable_reason("cuda-fp16-graph", "cpu")

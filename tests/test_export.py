@@ -55,7 +55,7 @@ def test_onnx_falls_back_to_legacy_exporter_and_reports_merge(tiny_generator, tm
     assert isinstance(onnx_model, OnnxGenerator) and onnx_model.arch == tiny_generator.arch
     assert onnx_model.providers == ["CPUExecutionProvider"]
     _assert_matches(tiny_generator, onnx_model)
-    assert load_exported(report["torchscript"]["path"]).arch == tiny_generator.arch
+    assert load_exported(report["torchscript"]["path"], trust=True).arch == tiny_generator.arch
 
 
 def test_export_without_arch_metadata_loads_with_arch_none(tiny_generator, tmp_path):
@@ -77,7 +77,7 @@ def test_parity_failure_raises_with_numbers(tiny_generator, tmp_path, monkeypatc
         def forward(self, x):
             return self.inner(x) + 1e-3
 
-    monkeypatch.setattr(export, "load_exported", lambda p: Off(real_load(p)))
+    monkeypatch.setattr(export, "load_exported", lambda p, **kw: Off(real_load(p, **kw)))
     with pytest.raises(ExportError, match=r"torchscript max \|diff\| 1\.0\d*e-03"):
         export_generator(tiny_generator, tmp_path, "G_A", formats=("torchscript",), check_size=48)
     assert json.loads((tmp_path / "export_report.json").read_text())["G_A"]["torchscript"]["ok"] is False

@@ -93,7 +93,7 @@ def _program(model: nn.Module, tmp: str) -> nn.Module:
         raise BackendUnavailable("torch-export needs a PyTorch generator or a .pt2 file")
     path = Path(tempfile.mkdtemp(dir=tmp)) / "model.pt2"
     save_torch_export(model, path)
-    return load_exported(path)
+    return load_exported(path, trust=True)  # written just now
 
 
 def _torch_export(model: nn.Module, x: torch.Tensor, device: torch.device, threads: Optional[int], tmp: str) -> Call:

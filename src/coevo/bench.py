@@ -174,7 +174,8 @@ def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: S
 def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int = 256, batch: int = 1,
                      threads: Optional[int] = None, device: str = "cpu",
                      backends: Sequence[str] = ("eager",), warmup: int = 3, repeats: int = 20,
-                     seed: int = 0, only: Optional[Mapping[str, Sequence[str]]] = None) -> List[BenchResult]:
+                     seed: int = 0, only: Optional[Mapping[str, Sequence[str]]] = None,
+                     trust: bool = False) -> List[BenchResult]:
     """Time every model on every backend, interleaved (see the module docstring).
 
     ``models``: name -> module, or a path :func:`coevo.load_generator` accepts. The first
@@ -183,8 +184,9 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
     ``only``: name -> backends, to time some models on fewer of ``backends``.
     A backend that cannot run here (e.g. a CUDA backend without CUDA) is skipped and logged.
     ``threads``: ``torch.set_num_threads`` for the run (restored afterwards) and ONNX
-    Runtime's ``intra_op_num_threads``. Returns one :class:`BenchResult` per (model, backend),
-    models in the given order.
+    Runtime's ``intra_op_num_threads``. ``trust``: paths to ``.pt2``/TorchScript files run their
+    program (see :func:`coevo.load_generator`); otherwise they are rebuilt and timed as PyTorch.
+    Returns one :class:`BenchResult` per (model, backend), models in the given order.
     """
     from .models.io import load_generator
 
@@ -196,7 +198,8 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise BenchError("device 'cuda' asked for but torch sees no CUDA device")
-    loaded = {name: (load_generator(m) if isinstance(m, (str, os.PathLike)) else m) for name, m in models.items()}
+    loaded = {name: (load_generator(m, trust=trust) if isinstance(m, (str, os.PathLike)) else m)
+              for name, m in models.items()}
     with torch.inference_mode():
         for name, model in loaded.items():  # refuse any other kind of network before timing anything
             arch = getattr(model, "arch", None)

@@ -149,7 +149,7 @@ def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
     inputs = check_inputs(options["check_size"], options["seed"], model.arch.in_channels)
     if not info["dynamic"]:
         inputs = [x for x in inputs if list(x.shape) == list(info["static_shape"])]
-    program = load_exported(path)
+    program = load_exported(path, trust=True)  # written above by this process
     device = torch.device("cuda" if on_cuda else "cpu")
     where = "cuda" if on_cuda else "cpu"
     runner_error = None

@@ -76,12 +76,17 @@ def _max_abs_diff(model: nn.Module, reference: Sequence[torch.Tensor], inputs: S
 
 # ----------------------------------------------------------------------------- writers
 def save_torchscript(model: ResnetGenerator, path: PathLike) -> Path:
-    """Script ``model`` (CPU, eval) and save it with its architecture as ``coevo_arch.json``."""
+    """Script ``model`` (CPU, eval) and save it with its architecture as ``coevo_arch.json`` and its weights
+    as ``coevo_weights.safetensors``, from which coevo rebuilds it without running the program."""
+    from .models.archive import TS_WEIGHTS_ENTRY, torchscript_weights_entry
+
     path = Path(path)
+    extra = {ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict()),
+             TS_WEIGHTS_ENTRY.split("/", 1)[1]: torchscript_weights_entry(model)}
     with quiet_export():
         scripted = torch.jit.script(model)
         with atomic_path(path) as tmp:
-            torch.jit.save(scripted, str(tmp), _extra_files={ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict())})
+            torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return path
 
 
@@ -295,7 +300,7 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
         path = out_dir / f"{name}{suffix}"
         entry: Dict[str, Any] = {"path": str(path)}
         entry.update(write(model, path, options))
-        reloaded = load_exported(path) if fmt != "safetensors" else load_generator(path)
+        reloaded = load_exported(path, trust=True) if fmt != "safetensors" else load_generator(path)  # just written
         # a static program (torch could not keep the shapes dynamic) runs its one shape only
         pairs = [(x, ref) for x, ref in zip(inputs, reference)
                  if entry.get("static_shape") is None or list(x.shape) == list(entry["static_shape"])]

@@ -323,7 +323,8 @@ class Pipeline:
             backends = ["eager"]
             if deployed is not None and deployed["backend"] != "eager":
                 backends.append(deployed["backend"])
-                models[f"coevo {name} deployed"] = load_generator(deployed["path"])
+                # the run's own export stage wrote it: its program is what the deployment runs
+                models[f"coevo {name} deployed"] = load_generator(deployed["path"], trust=True)
             results = benchmark_models(models, size=b.size, batch=b.batch, threads=b.threads or None,
                                        device=self.cfg.device, backends=backends, warmup=b.warmup,
                                        repeats=b.repeats, seed=self.cfg.seed,

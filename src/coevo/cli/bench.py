@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..config import BenchConfig
+from .options import add_trust_model
 
 
 def add_parser(sub) -> None:
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     p.add_argument("--out", default="bench_results", help="folder for bench.json and bench.png "
                                                           "(default ./bench_results; files in it are replaced)")
+    add_trust_model(p)
     p.set_defaults(func=run)
 
 
@@ -60,16 +62,16 @@ def _named(specs):
 def run_latency_table(args: argparse.Namespace) -> int:
     from ..files import atomic_write_text
     from ..latency import cache_path, measure_table
-    from ..models import ResnetGenerator, load_generator
+    from ..models import load_generator
     from ..runs import writable_out_dir
 
     target = args.target or ("cuda" if args.device.startswith("cuda") else "cpu")
-    model = load_generator(args.model[0])
-    if not isinstance(model, ResnetGenerator):
+    if Path(args.model[0]).suffix.lower() == ".onnx":  # decided from the name, before loading
         from ..models.io import CheckpointError
 
-        raise CheckpointError(f"{args.model[0]} is an exported model; a latency table needs the generator's "
-                              "architecture: give its .pt/.pth/.safetensors file")
+        raise CheckpointError(f"{args.model[0]} is an ONNX export; a latency table needs the generator's "
+                              "PyTorch weights (.pt, .safetensors, .pt2 or latest_net_G_*.pth)")
+    model = load_generator(args.model[0])  # any other file is rebuilt as a ResnetGenerator
     out = writable_out_dir(args.out, "bench")
     threads = args.threads or 1
     print(f"measuring the latency table of {args.model[0]} on {target} with {threads} thread(s) at "
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..backends import unavailable_reason
     from ..bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
+    from ..models.io import load_generator
     from ..runs import writable_out_dir
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
@@ -115,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(p) for p in models.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
+    # every model is loaded (and a refused file refused) before anything is written
+    models = {name: load_generator(path, trust=args.trust_model) for name, path in models.items()}
     out = writable_out_dir(args.out, command="bench")  # before the timing, not after it
     results = benchmark_models(models, size=args.size, batch=args.batch, threads=args.threads,
                                device=args.device, backends=backends, warmup=args.warmup,

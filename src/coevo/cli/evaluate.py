@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import add_trust_model
+
 # (label, key, format) of the printed table, in order.
 _ROWS = [
     ("FID", "fid", ".2f"),
@@ -45,6 +47,7 @@ def add_parser(sub) -> None:
                    help="images per KID subset (default: min(1000, #real, #translated))")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--out", metavar="FILE.json", help="write every number (and per-image PSNR/SSIM) as JSON")
+    add_trust_model(p)
     p.set_defaults(func=run)
 
 
@@ -75,6 +78,7 @@ def _table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_generator, save_json
+    from ..models.io import load_generator
 
     teacher, disc = _resolve_teacher(args)
     perceptual = args.perceptual
@@ -89,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         print("coevo evaluate: note: --perceptual is measured against a teacher; pass --teacher", file=sys.stderr)
 
     result = evaluate_generator(
-        args.model, args.data, args.direction, teacher=teacher, inception_weights=args.inception_weights,
+        load_generator(args.model, trust=args.trust_model), args.data, args.direction, teacher=teacher, inception_weights=args.inception_weights,
         perceptual=perceptual, discriminator=disc, size=args.size, batch_size=args.batch_size,
         compute_fid=not args.no_fid, kid_subset_size=args.kid_subset_size, device=args.device,
     )

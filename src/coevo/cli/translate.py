@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_trust_model
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable images, translate the others and list the skipped ones "
                         "(default: refuse before translating)")
+    add_trust_model(p)
     p.set_defaults(func=run)
 
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     paths = input_images(args.input)
     plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad)
-    model = load_generator(args.model)
+    model = load_generator(args.model, trust=args.trust_model)
     written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model)
     print(f"wrote {len(written)} image(s) to {args.output}")
     if plan.skipped:

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..files import PathLike
+from ..files import PathLike, regular_file
 from .generator import GeneratorArch
 from .io import CheckpointError
 
@@ -95,7 +95,7 @@ class OnnxGenerator(nn.Module):
                                   "truncated or not an ONNX model") from e
         self.input_name = self.session.get_inputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.arch = GeneratorArch.from_dict(json.loads(meta[ARCH_METADATA_KEY])) if ARCH_METADATA_KEY in meta else None
+        self.arch = _stored_arch(meta.get(ARCH_METADATA_KEY), self.path, ARCH_METADATA_KEY)
         # "int8" for coevo's quantised exports; files from elsewhere count as fp32
         self.precision = meta.get(PRECISION_METADATA_KEY, "fp32")
 
@@ -187,18 +187,25 @@ def check_pt2_archive(path: PathLike) -> None:
     """
     import io
 
+    from .archive import Archive, UntrustedArchiveError
+
     path = Path(path)
+    try:
+        Archive(path)  # one top folder, no duplicate or case-variant entry names, no zip bomb
+    except UntrustedArchiveError as e:
+        raise UnsafeExportError(str(e)) from e
     docs: Dict[str, Any] = {}
     try:
         with zipfile.ZipFile(path) as zf:
             for name in zf.namelist():
                 inner = _member(name)
-                if inner.startswith(("data/aotinductor/", "data/executorch/", "data/mtia/")) \
-                        or inner.endswith((".so", ".dll", ".dylib", ".cpp", ".pte")):
+                lower = inner.lower()
+                if lower.startswith(("data/aotinductor/", "data/executorch/", "data/mtia/")) \
+                        or lower.endswith((".so", ".dll", ".dylib", ".cpp", ".pte")):
                     raise UnsafeExportError(f"{path} holds compiled code ({inner}); coevo loads plain "
                                             "torch.export programs only")
-                if inner.endswith((".pt", ".pkl", ".pickle")):
-                    if not inner.startswith("data/sample_inputs/"):
+                if lower.endswith((".pt", ".pkl", ".pickle")):
+                    if inner != "data/sample_inputs/model.pt":
                         raise UnsafeExportError(f"{path} stores pickled data ({inner}); coevo loads archives "
                                                 "with raw tensors only: re-export the model")
                     try:
@@ -206,9 +213,11 @@ def check_pt2_archive(path: PathLike) -> None:
                     except Exception as e:
                         raise UnsafeExportError(f"{path}: its sample inputs ({inner}) are not plain tensors "
                                                 f"({type(e).__name__}); refusing to load it") from e
-                elif inner.endswith(".json") and inner.startswith(("models/", "data/weights/", "data/constants/")):
+                elif lower.endswith(".json"):  # every JSON document, whatever its folder or case
                     docs[inner] = json.loads(zf.read(name))
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except UnsafeExportError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, RecursionError) as e:
         raise CheckpointError(f"cannot read {path} as a torch.export archive ({e}); the file may be truncated "
                               "or not a .pt2 program") from e
     if not any(k.startswith("models/") for k in docs):
@@ -219,7 +228,7 @@ def check_pt2_archive(path: PathLike) -> None:
                 raise UnsafeExportError(f"{path}: {inner} marks a payload as pickled; refusing to load it")
             if key == "path_name" and isinstance(value, str) and not value.startswith(("weight_", "tensor_")):
                 raise UnsafeExportError(f"{path}: {inner} holds a constant that is no tensor ({value})")
-            if not isinstance(value, str) or not inner.startswith("models/"):
+            if not isinstance(value, str) or not inner.lower().startswith("models/"):
                 continue
             if key == "target" and not _SAFE_TARGET.match(value):
                 raise UnsafeExportError(f"{path} calls {value!r}; coevo loads programs of ATen operators only")
@@ -265,6 +274,23 @@ class ExportedProgramGenerator(nn.Module):
         return f"path={str(self.path)!r}, dtype={self.dtype}, channels_last={self.channels_last}"
 
 
+def _json_metadata(text: str, path: PathLike, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: its {what} metadata is not valid JSON ({e}); the file is corrupt or "
+                              "was not written by coevo; re-export it") from e
+
+
+def _stored_arch(text: Optional[str], path: PathLike, what: str) -> Optional[GeneratorArch]:
+    """The :class:`GeneratorArch` in an export's metadata entry ``what``; None when absent or empty."""
+    if not text:
+        return None
+    from .io import _arch_from_dict
+
+    return _arch_from_dict(GeneratorArch, _json_metadata(text, path, what), path)
+
+
 def load_pt2(path: PathLike) -> ExportedProgramGenerator:
     """Load a ``.pt2`` program written by :func:`coevo.export.save_torch_export`, after :func:`check_pt2_archive`."""
     path = Path(path)
@@ -275,8 +301,10 @@ def load_pt2(path: PathLike) -> ExportedProgramGenerator:
             program = torch.export.load(str(path), extra_files=extra)
     except Exception as e:
         raise CheckpointError(f"cannot read {path} as a torch.export program ({type(e).__name__}: {e})") from e
-    arch = GeneratorArch.from_dict(json.loads(extra[ARCH_EXTRA_FILE])) if extra[ARCH_EXTRA_FILE] else None
-    info: Dict[str, Any] = json.loads(extra[PROGRAM_EXTRA_FILE]) if extra[PROGRAM_EXTRA_FILE] else {}
+    arch = _stored_arch(extra[ARCH_EXTRA_FILE], path, ARCH_EXTRA_FILE)
+    info = _json_metadata(extra[PROGRAM_EXTRA_FILE], path, PROGRAM_EXTRA_FILE) if extra[PROGRAM_EXTRA_FILE] else {}
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: its {PROGRAM_EXTRA_FILE} is not a JSON object; re-export the model")
     dtype = DTYPES.get(info.get("dtype", "float32"), torch.float32)
     return ExportedProgramGenerator(program, path, arch=arch, dtype=dtype,
                                     channels_last=bool(info.get("channels_last", False)),
@@ -285,19 +313,28 @@ def load_pt2(path: PathLike) -> ExportedProgramGenerator:
 
 # ----------------------------------------------------------------------------- any export
 def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None,
-                  intra_op_num_threads: Optional[int] = None) -> nn.Module:
+                  intra_op_num_threads: Optional[int] = None, trust: bool = False) -> nn.Module:
     """Load a ``.pt2``, ``.onnx`` or ``.ts``/``.torchscript``/``.jit`` export as an eval-mode module with ``.arch``.
 
     ``.pt2`` runs through :class:`ExportedProgramGenerator` (checked by :func:`check_pt2_archive`
     first); ONNX through :class:`OnnxGenerator`; TorchScript loads on CPU (``torch.jit.load``).
     ``.arch`` is None for files exported without coevo's architecture entry.
+
+    Loading a ``.pt2`` or TorchScript program can run code the file holds, so those need
+    ``trust=True``: pass it only for files this process wrote or the user vouched for
+    (``--trust-model``). :func:`coevo.load_generator` rebuilds untrusted ones from their weights.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"exported model not found: {path}")
+    regular_file(path, "exported model")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxGenerator(path, providers=providers, intra_op_num_threads=intra_op_num_threads).eval()
+    if suffix in (PT2_SUFFIX, *TORCHSCRIPT_SUFFIXES) and not trust:
+        raise CheckpointError(f"{path}: running an exported program needs trust (it can hold code); pass "
+                              "--trust-model if you trust where the file came from, or load it with "
+                              "coevo.load_generator, which rebuilds the network from its weights")
     if suffix == PT2_SUFFIX:
         return load_pt2(path).eval()
     if suffix not in TORCHSCRIPT_SUFFIXES:
@@ -309,7 +346,7 @@ def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None,
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:
         raise CheckpointError(f"cannot read {path} as TorchScript ({e}); the file may be truncated") from e
-    module.arch = GeneratorArch.from_dict(json.loads(extra[ARCH_EXTRA_FILE])) if extra[ARCH_EXTRA_FILE] else None
+    module.arch = _stored_arch(extra[ARCH_EXTRA_FILE], path, ARCH_EXTRA_FILE)
     return module.eval()
 
 

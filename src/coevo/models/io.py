@@ -25,7 +25,7 @@ from .discriminator import DiscriminatorArch, NLayerDiscriminator, infer_discrim
 from .generator import GeneratorArch, ResnetGenerator, infer_arch_from_state_dict
 from ..checks import first_non_finite
 from ..errors import CoevoError
-from ..files import PathLike, atomic_path, atomic_torch_save
+from ..files import PathLike, atomic_path, atomic_torch_save, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def safe_torch_load(path: PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    regular_file(path, "checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated, or a pickle that needs code
@@ -139,23 +140,36 @@ def generator_from_state_dict(sd: Mapping[str, torch.Tensor], arch: GeneratorArc
     return model
 
 
-def load_generator(path: PathLike) -> nn.Module:
+EXPORTED_SUFFIXES = (".onnx", ".pt2", ".ts", ".torchscript", ".jit")
+PROGRAM_SUFFIXES = (".pt2", ".ts", ".torchscript", ".jit")  # archives whose loaders run what they hold
+
+
+def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
     """Load any generator coevo knows, with no flags. Returns a module in eval mode.
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
-    is a :class:`ResnetGenerator`; torch.export (.pt2), ONNX and TorchScript exports come back as modules
-    that run the exported graph (see :mod:`coevo.models.exported`).
+    is a :class:`ResnetGenerator`; ONNX exports come back as modules that run the exported
+    graph in ONNX Runtime (see :mod:`coevo.models.exported`).
+
+    torch.export (``.pt2``) and TorchScript archives can hold code that torch runs when it loads
+    them. Unless ``trust`` is True (the CLI's ``--trust-model``), coevo never hands them to torch:
+    it rebuilds the :class:`ResnetGenerator` from the tensors and architecture stored in the
+    archive (:mod:`coevo.models.archive`). With ``trust=True`` the exported program itself is
+    loaded (after :func:`~coevo.models.exported.check_pt2_archive` for ``.pt2``).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"generator file not found: {path}")
+    regular_file(path, "generator file")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         model = _load_safetensors_generator(path)
-    elif suffix in (".onnx", ".pt2", ".ts", ".torchscript", ".jit"):
+    elif suffix in PROGRAM_SUFFIXES and not trust:
+        model = _rebuild_from_archive(path, "pt2" if suffix == ".pt2" else "torchscript")
+    elif suffix in EXPORTED_SUFFIXES:
         from .exported import load_exported
 
-        return load_exported(path)
+        return load_exported(path, trust=trust)
     else:
         obj = safe_torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
@@ -173,6 +187,20 @@ def load_generator(path: PathLike) -> nn.Module:
             )
     _check_finite_weights(model, path)
     return model.eval()
+
+
+def _rebuild_from_archive(path: Path, kind: str) -> ResnetGenerator:
+    """The generator whose weights a .pt2 or TorchScript archive stores, read as data (nothing runs)."""
+    from .archive import UntrustedArchiveError, read_archive
+
+    try:
+        arch, sd = read_archive(path, kind)
+    except UntrustedArchiveError as e:
+        raise CheckpointError(str(e)) from e
+    model = generator_from_state_dict(sd, None if arch is None else _arch_from_dict(GeneratorArch, arch, path), path)
+    log.info("%s: rebuilt the generator from the weights stored in the file; its exported program is not run "
+             "(pass --trust-model to run the program itself)", path)
+    return model
 
 
 def _load_safetensors_generator(path: Path) -> ResnetGenerator:

@@ -139,16 +139,13 @@ def describe_arch(arch) -> str:
 def check_generator_pair(paths: TeacherPaths):
     """Load both teacher generators; :class:`CheckpointError` unless they are ResNet generators of
     one architecture (one MAC budget is priced from one architecture). Returns ``(G_A, G_B)``."""
-    from .generator import ResnetGenerator
     from .io import load_generator
 
-    nets = {}
-    for k in _GENERATORS:
-        net = load_generator(getattr(paths, k))
-        if not isinstance(net, ResnetGenerator):
-            raise CheckpointError(f"teacher {k} {getattr(paths, k)} is an exported model; the search and "
-                                  "fine-tuning need PyTorch weights (a state_dict or a coevo .pt)")
-        nets[k] = net
+    for k in _GENERATORS:  # decided from the name, before anything is loaded
+        if Path(getattr(paths, k)).suffix.lower() == ".onnx":
+            raise CheckpointError(f"teacher {k} {getattr(paths, k)} is an ONNX export; the search and fine-tuning "
+                                  "need PyTorch weights (a state_dict, a coevo .pt, .safetensors or .pt2)")
+    nets = {k: load_generator(getattr(paths, k)) for k in _GENERATORS}  # every other kind loads as a ResnetGenerator
     a, b = nets["G_A"].arch, nets["G_B"].arch
     if a.to_dict() != b.to_dict():
         raise CheckpointError(
