@@ -68,14 +68,19 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     """``torch.save(obj)`` through :func:`atomic_path`: never a truncated checkpoint.
 
-    Written through a Python file object, so a full disk is an ``OSError`` (ENOSPC) naming
-    ``path``, not torch's opaque "unexpected pos" RuntimeError of a save to a file name.
+    Serialised in memory first and written by Python, so a full disk is always an ``OSError``
+    (ENOSPC) naming ``path``: torch's own writer, given a file name or a file object, turns some
+    write failures into an opaque "unexpected pos" RuntimeError.
     """
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(obj, f)
+            f.write(buffer.getbuffer())
     except OSError as e:
         if e.filename is None:
             e.filename = os.fspath(path)

@@ -37,6 +37,8 @@ from . import distributed
 from .config import Config, diff_configs, dump_config
 from .files import atomic_write_text, remove_orphan_temps, remove_owned
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
+from .inputs import check_config_file, check_same_inputs, inputs_record, teacher_files, write_inputs
+from .runlock import check_not_running, lock_run_dir, releasing
 from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries, undo_failed_start
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class Pipeline:
         return self.out / stage
 
     def prepare(self) -> None:
+        check_not_running(self.out)  # before --force may delete it
         if run_entries(self.out):
             if self.force:
                 remove_run_dir(self.out)
@@ -127,9 +130,20 @@ class Pipeline:
         if not run_entries(self.out) or not (self.out / RUN_MARKER).exists():
             # a new run, or a pipeline run from before markers (it holds its config.yaml, checked above)
             mark_run_dir(self.out, "compress")
+        lock_run_dir(self.out)
         if self.resume and (self.out / "config.yaml").exists():
+            check_config_file(self.out)
             self._check_resumable()
+            check_same_inputs(self.out, self._teacher_files())
         dump_config(self.cfg, self.out / "config.yaml")
+        write_inputs(self.out, inputs_record(self.cfg, self._teacher_files()))
+
+    def _teacher_files(self) -> Dict[str, Path]:
+        """The given teacher's files (``--teacher`` now, or recorded by the teacher stage); none for a trained one."""
+        paths = self.teacher_src
+        if paths is None and (self.dir("teacher") / "teacher.json").is_file():
+            paths = TeacherPaths.from_dict(json.loads((self.dir("teacher") / "teacher.json").read_text()))
+        return teacher_files(paths) if paths is not None else {}
 
     def _check_resumable(self) -> None:
         """Refuse a resume whose config changes a setting of a stage that has already finished."""
@@ -202,6 +216,7 @@ class Pipeline:
             return self.dir("data").resolve()
         return Path(resolve_root(self.cfg.data, self.out) if not root else Path(root).resolve())
 
+    @releasing
     def run(self) -> List[StageResult]:
         """Run every stage (CPU threads are the caller's: the CLI applies ``--threads``/``threads``).
 

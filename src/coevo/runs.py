@@ -76,11 +76,13 @@ def restart_flags(path: str | Path, resume: bool, force: bool,
 
 
 def run_entries(path: str | Path) -> List[Path]:
-    """What ``path`` holds besides the marker and temporary files of interrupted writes."""
+    """What ``path`` holds besides the marker, the lock file and temporary files of interrupted writes."""
+    from .runlock import LOCK_NAME
+
     path = Path(path)
     if not path.is_dir():
         return []
-    return sorted(p for p in path.iterdir() if p.name != RUN_MARKER and not is_orphan_temp(p))
+    return sorted(p for p in path.iterdir() if p.name not in (RUN_MARKER, LOCK_NAME) and not is_orphan_temp(p))
 
 
 def check_removable(path: str | Path) -> Path:

@@ -43,6 +43,9 @@ from ..data.prepare import run_data
 from ..files import atomic_write_text
 from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
+from ..inputs import (InputsChangedError, check_config_file, check_same_inputs, inputs_record,
+                      teacher_files, write_inputs)
+from ..runlock import check_not_running, lock_run_dir, releasing
 from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
@@ -50,6 +53,11 @@ from .evolve import CoevolutionSearch, check_search_config
 from .state import SearchState, load_state, save_state
 
 log = logging.getLogger(__name__)
+
+# Config parts a search result depends on: a resume that changes them is refused, except
+# for the generation count (a finished search may be continued for more generations).
+SEARCH_SECTIONS = ("seed", "data", "search")
+RESUME_MAY_CHANGE = ("search.generations",)
 
 
 @dataclass
@@ -131,6 +139,7 @@ def _log_cost(ctx, cfg: Config) -> None:
              cfg.search.population, cfg.search.generations)
 
 
+@releasing
 def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | TeacherPaths] = None,
                resume: bool = False, force: bool = False, progress: bool = True,
                stop_after: Optional[int] = None) -> SearchResult:
@@ -148,16 +157,26 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
 
     def start():
         with undo_failed_start(out, resume):
+            check_not_running(out)  # before --force may delete it
             run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
+            lock_run_dir(run_dir)
+            if resume:
+                check_config_file(run_dir)
             paths = teacher_paths_for(run_dir, teacher)
+            if resume:
+                check_same_inputs(run_dir, teacher_files(paths))
             saved = run_dir / "config.yaml"
             run_data(cfg.data, run_dir, resume, load_config(saved).data.root if resume and saved.is_file() else None)
             cfg.search.eval_size = eval_size_for(cfg, paths)
+            if resume and saved.is_file():
+                _check_same_settings(run_dir, load_config(saved), cfg)
             built["ctx"] = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
             _log_cost(built["ctx"], cfg)
+            point = _restore_point(run_dir, cfg, resume)  # before config.yaml is rewritten: it may refuse
             dump_config(cfg, run_dir / "config.yaml")
+            write_inputs(run_dir, inputs_record(cfg, teacher_files(paths)))
             atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
-        return run_dir, paths, cfg, *_restore_point(run_dir, cfg, resume)
+        return run_dir, paths, cfg, *point
 
     # Under torchrun rank 0 prepares the folder and reads the resume point; every rank gets them.
     run_dir, paths, cfg, state, records = distributed.on_main(start)
@@ -193,16 +212,28 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
 
 
+def _check_same_settings(run_dir: Path, old: Config, cfg: Config) -> None:
+    """Refuse a resume whose config changes what the search computes (more generations are fine)."""
+    changed = diff_configs(old, cfg, SEARCH_SECTIONS, ignore=RESUME_MAY_CHANGE)
+    if changed:
+        raise InputsChangedError(
+            f"cannot resume {run_dir}: the config differs from the run's in {', '.join(changed)}; the result "
+            "would differ from an uninterrupted run. Resume with the run's settings (drop these --set values), "
+            "or start a new run (--force or another --out)")
+
+
 def _restore_point(run_dir: Path, cfg: Config, resume: bool) -> Tuple[Optional[SearchState], List[Dict]]:
     """The saved state and the history lines up to it (``(None, [])`` for a new start)."""
     state_path, history_path = run_dir / "state.pt", run_dir / "history.jsonl"
     if resume and state_path.exists():
         state = load_state(state_path)
         changed = diff_configs({"search": state.search_config}, {"search": asdict(cfg.search)},
-                               ignore=("search.generations",))
+                               ignore=RESUME_MAY_CHANGE)
         if changed:
-            log.warning("resuming with changed search settings %s: the result will differ from an "
-                        "uninterrupted run", changed)
+            raise InputsChangedError(
+                f"cannot resume {run_dir}: the search settings differ from the run's in {', '.join(changed)}; "
+                "the result would differ from an uninterrupted run. Resume with the run's settings (drop these "
+                "--set values), or start a new run")
         truncate_jsonl(history_path, state.history_len)
         return state, read_jsonl(history_path)
     if history_path.exists():

@@ -3,30 +3,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
 from ..config import Config, ConfigError, diff_configs, dump_config, load_config
 from ..data import UnpairedImageDataset, ensure_data_root
 from ..data.prepare import run_data
+from ..inputs import check_config_file, check_same_inputs, inputs_record, write_inputs
+from ..runlock import check_not_running, lock_run_dir
 from ..runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
 
 def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, sections: Sequence[str],
-                 command: str = "train") -> Path:
+                 command: str = "train", files: Mapping[str, Path] | None = None,
+                 genomes: Mapping[str, Any] | None = None) -> Path:
     """Create (or, for ``resume``, check) a run folder; write the resolved ``config.yaml`` and ``data.json``.
 
     ``cfg.data.root`` is resolved in place to an absolute folder (the run's own
     ``data/`` when unset) and the built-in set is built there when allowed.
     Resuming with a config that differs in ``sections``, or on other images,
     raises an error naming the keys or the splits: the run would no longer
-    reproduce an uninterrupted one.
+    reproduce an uninterrupted one. So does an edited ``config.yaml``, or ``files``
+    (e.g. the teacher's) and ``genomes`` other than the run started with (``inputs.json``,
+    :mod:`coevo.inputs`).
     """
+    check_not_running(out_dir)  # before --force may delete it
     out = prepare_run_dir(out_dir, resume=resume, force=force, command=command)
+    lock_run_dir(out)
     if resume:
+        check_config_file(out)
+        check_same_inputs(out, files or {}, genomes)
         old = load_config(out / "config.yaml")
         diffs = diff_configs(old, cfg, sections)
         if diffs:
@@ -37,6 +46,7 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
             )
     run_data(cfg.data, out, resume, saved_root=old.data.root if resume else None)
     dump_config(cfg, out / "config.yaml")
+    write_inputs(out, inputs_record(cfg, files or {}, genomes))
     return out
 
 

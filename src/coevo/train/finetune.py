@@ -39,13 +39,15 @@ import torch
 
 from .. import distributed
 from ..config import Config, ConfigError, load_config
-from ..data import build_datasets, resolve_root
+from ..data import build_datasets
 from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, load_discriminator,
                       load_generator, save_generator)
 from ..files import atomic_write_text
 from ..models.io import CheckpointError
 from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, count_params, slim
+from ..inputs import teacher_files
+from ..runlock import releasing
 from ..runs import make_rng, undo_failed_start
 from .common import fixed_images, open_run_dir
 from .init import init_weights
@@ -236,6 +238,7 @@ def finetune(search_dir: str | Path, out_dir: str | Path, resume: bool = False, 
                             source={"search_dir": str(search_dir.resolve())})
 
 
+@releasing
 def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[str, Genome],
                      out_dir: str | Path, resume: bool = False, force: bool = False,
                      source: Mapping[str, Any] | None = None) -> Path:
@@ -254,14 +257,16 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         raise ValueError(f"finetune_genomes needs a genome for each of {DIRECTIONS}; missing {missing}")
     source = dict(source or {})
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
-    cfg = copy.deepcopy(cfg)  # data.root is resolved below; the caller's config stays as it was
-    cfg.data.root = resolve_root(cfg.data, out_dir)
-    train_set, val, split = _split(cfg)
-    built = {}  # rank 0's networks and model selection, built (and checked) before anything else runs
+    cfg = copy.deepcopy(cfg)  # data.root is resolved by open_run_dir; the caller's config stays as it was
+    built = {}  # rank 0's data, networks and model selection, built (and checked) before anything else runs
 
     def start():
         with undo_failed_start(out_dir, resume):
-            out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune")
+            # the folder first: without data.root it builds the built-in set inside it, as train does
+            out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune",
+                               files=teacher_files(teacher_paths), genomes=genomes)
+            built["split"] = _split(cfg)
+            val = built["split"][1]
             for k in DIRECTIONS:
                 genomes[k].save_json(out / "genomes" / f"{k}.json")
 
@@ -274,6 +279,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
 
     # Under torchrun rank 0 prepares the folder and selects the model; every rank trains.
     out, cfg, discriminators, val_before = distributed.on_main(start)
+    train_set, val, split = built["split"] if built else _split(cfg)
     if built:
         teacher, nets, selector = built["teacher"], built["nets"], built["selector"]
     else:

@@ -25,6 +25,7 @@ from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, Resn
 from ..files import atomic_write_text
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..prune import count_macs, count_params
+from ..runlock import releasing
 from ..runs import make_rng, undo_failed_start
 from .common import fixed_images, full_train_dataset, open_run_dir
 from .init import init_weights
@@ -70,6 +71,7 @@ def _sizes(nets: CycleGANNets, size: int) -> dict:
     return out
 
 
+@releasing
 def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force: bool = False) -> Path:
     """Train a CycleGAN on ``cfg.data`` with ``cfg.model`` / ``cfg.train``; returns the run folder.
 

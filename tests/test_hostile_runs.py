@@ -1,0 +1,269 @@
+"""Hostile runs: two writers on one run folder, resumes on changed inputs, kills in the first seconds,
+failed starts, and the newcomer's path. Each test is named after its case; refusals exit 2 with one
+line ``coevo <cmd>: error: ...`` and no traceback. Tiny nets at 32 px, CLI called in-process."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from coevo.cli import main
+from coevo.config import load_config
+from coevo.models import (DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator,
+                          save_discriminator, save_generator)
+from coevo.prune import Genome
+from coevo.runlock import LOCK_NAME
+
+from conftest import make_image_folder
+from test_safety import one_error_line, snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+PROC_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+DATA = {"synthetic": False, "load_size": 32, "crop_size": 32, "val_fraction": 0.25}
+MODEL = {"ngf": 4, "n_blocks": 1, "ndf": 4}
+TRAIN = {"epochs": 1, "epochs_decay": 0, "max_steps_per_epoch": 2, "log_every": 1, "pool_size": 2,
+         "sample_images": 2}
+SEARCH = {"population": 4, "generations": 2, "eval_images": 3, "eval_size": 32}
+FINETUNE = {"epochs": 1, "epochs_decay": 0, "max_steps_per_epoch": 2, "log_every": 1, "pool_size": 2,
+            "sample_images": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Images, a (random) teacher with discriminators, half genomes of it, and a config file."""
+    root = tmp_path_factory.mktemp("hostile")
+    data = make_image_folder(root / "data", n=6, size=32)
+    teacher = root / "teacher"
+    teacher.mkdir()
+    torch.manual_seed(0)
+    arch = GeneratorArch.full(ngf=4, n_blocks=1)
+    for name in ("G_A", "G_B"):
+        save_generator(ResnetGenerator(arch), teacher / f"{name}.pt")
+    for name in ("D_A", "D_B"):
+        save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / f"{name}.pt")
+    genomes = {}
+    for i, name in enumerate(("G_A", "G_B")):
+        genome = Genome.from_kept(arch, {n: list(range(i % 2, w, 2)) for n, w in arch.widths.items()})
+        genomes[name] = genome.save_json(root / f"genome_{name}.json")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"data": {**DATA, "root": str(data)}, "model": MODEL, "train": TRAIN,
+                                      "search": SEARCH, "finetune": FINETUNE}))
+    return {"root": root, "data": data, "teacher": teacher, "genomes": genomes, "config": config, "arch": arch}
+
+
+def copy_teacher(env, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(env["teacher"], dest)
+    return dest
+
+
+def train_argv(env, out, *extra):
+    return ["train", "--config", str(env["config"]), "--out", str(out), *extra]
+
+
+def search_argv(env, out, *extra, teacher=None):
+    return ["search", "--config", str(env["config"]), "--teacher", str(teacher or env["teacher"]), "--out", str(out),
+            "--no-progress", *extra]
+
+
+def finetune_argv(env, out, *extra, teacher=None, genome_a=None):
+    return ["finetune", "--config", str(env["config"]), "--teacher", str(teacher or env["teacher"]),
+            "--genome-a", str(genome_a or env["genomes"]["G_A"]), "--genome-b", str(env["genomes"]["G_B"]),
+            "--out", str(out), *extra]
+
+
+def refused(capsys, argv, *words) -> str:
+    """``coevo ARGV`` exits 2 with one error line holding every one of ``words``."""
+    code = main([str(a) for a in argv])
+    line = one_error_line(capsys, argv[0])
+    assert code == 2, line
+    for w in words:
+        assert str(w) in line, (w, line)
+    return line
+
+
+def edit_yaml(path: Path, section: str, key: str, value) -> None:
+    d = yaml.safe_load(path.read_text())
+    d[section][key] = value
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+
+
+class LockHolder:
+    """Another process that holds a run folder's lock, as a running coevo command does."""
+
+    def __init__(self, folder: Path) -> None:
+        code = ("import sys, time\nfrom coevo.runlock import lock_run_dir\nlock_run_dir(sys.argv[1])\n"
+                "print('locked', flush=True)\ntime.sleep(120)\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=PROC_ENV,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "locked"
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+# ----------------------------------------------------------------------------- two writers
+def test_two_writers_second_resume_while_the_first_runs_is_refused(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_argv(env, out)) == 0
+    capsys.readouterr()
+    holder = LockHolder(out)
+    try:
+        before = snapshot(out)
+        refused(capsys, ["train", "--out", out, "--resume"], str(out), "in use by another coevo process")
+        refused(capsys, train_argv(env, out, "--force"), str(out), "in use")  # --force deletes nothing
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+    # the kernel dropped the killed process's lock: it never blocks a rerun
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("command", ["search", "finetune", "compress"])
+def test_two_writers_every_resumable_command_refuses_a_folder_in_use(env, tmp_path, capsys, command):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".coevo-run").write_text("{}")
+    (out / "config.yaml").write_text(env["config"].read_text())
+    holder = LockHolder(out)
+    try:
+        before = snapshot(out)
+        argv = {"search": ["search", "--out", out, "--resume", "--no-progress"],
+                "finetune": finetune_argv(env, out, "--resume"),
+                "compress": ["compress", "--config", env["config"], "--out", out, "--resume"]}[command]
+        refused(capsys, argv, str(out), "in use")
+        assert snapshot(out) == before
+    finally:
+        holder.kill()
+
+
+def test_two_writers_real_train_process_then_kill_9_then_resume(env, tmp_path, capsys):
+    """A real `coevo train` in another process: a second one is refused while it runs; after its
+    SIGKILL, --resume continues."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "coevo", "--threads", "1", *train_argv(env, out, "--set", "train.epochs=500")]
+    proc = subprocess.Popen(argv, env=PROC_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "checkpoint.pt").exists():
+            assert proc.poll() is None, "training ended early"
+            time.sleep(0.1)
+        refused(capsys, ["train", "--out", out, "--resume"], str(out), "in use")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # no lock left behind: the resume gets as far as comparing its settings with the run's
+    refused(capsys, ["train", "--out", out, "--resume", "--set", "train.lr=0.5"], "train.lr")
+    assert (out / LOCK_NAME).is_file()
+
+
+# ----------------------------------------------------------------------------- changed inputs
+def test_resume_refuses_an_edited_config_yaml_train(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_argv(env, out)) == 0
+    edit_yaml(out / "config.yaml", "train", "lr", 0.01)
+    capsys.readouterr()
+    refused(capsys, ["train", "--out", out, "--resume"], "config.yaml was edited", "train.lr")
+
+
+def test_resume_refuses_an_edited_config_yaml_search(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(search_argv(env, out, "--set", "search.generations=1")) == 0
+    edit_yaml(out / "config.yaml", "search", "mutation_prob", 0.5)
+    capsys.readouterr()
+    refused(capsys, ["search", "--out", out, "--resume", "--no-progress"], "config.yaml was edited",
+            "search.mutation_prob")
+
+
+def test_resume_refuses_an_edited_config_yaml_compress(env, tmp_path, capsys):
+    from coevo.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    cfg = load_config(env["config"])
+    pipe = Pipeline(cfg, out, teacher=env["teacher"])
+    pipe.cfg.data.root = str(pipe.data_root())
+    pipe._start()  # the run folder and its data stage, as a kill after the first seconds leaves them
+    edit_yaml(out / "config.yaml", "search", "population", 8)
+    refused(capsys, ["compress", "--config", env["config"], "--teacher", env["teacher"], "--out", out, "--resume"],
+            "config.yaml was edited", "search.population")
+
+
+def test_resume_refuses_set_search_population_on_a_running_search(env, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(search_argv(env, out, "--set", "search.generations=1")) == 0
+    capsys.readouterr()
+    before = snapshot(out)
+    refused(capsys, ["search", "--out", out, "--resume", "--no-progress", "--set", "search.population=8"],
+            "search.population")
+    assert snapshot(out) == before
+    # more generations are how a search is continued
+    assert main(["search", "--out", str(out), "--resume", "--no-progress", "--set", "search.generations=2"]) == 0
+
+
+def test_resume_refuses_replaced_teacher_weights_search(env, tmp_path, capsys):
+    teacher = copy_teacher(env, tmp_path / "teacher")
+    out = tmp_path / "run"
+    assert main(search_argv(env, out, "--set", "search.generations=1", teacher=teacher)) == 0
+    torch.manual_seed(1)
+    save_generator(ResnetGenerator(env["arch"]), teacher / "G_B.pt")
+    capsys.readouterr()
+    refused(capsys, ["search", "--out", out, "--resume", "--no-progress"], "teacher G_B", str(teacher / "G_B.pt"))
+
+
+def test_resume_refuses_replaced_teacher_weights_finetune(env, tmp_path, capsys):
+    teacher = copy_teacher(env, tmp_path / "teacher")
+    out = tmp_path / "run"
+    assert main(finetune_argv(env, out, teacher=teacher)) == 0
+    torch.manual_seed(1)
+    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / "D_A.pt")
+    capsys.readouterr()
+    refused(capsys, finetune_argv(env, out, "--resume", teacher=teacher), "teacher D_A", str(teacher / "D_A.pt"))
+
+
+def test_resume_refuses_an_edited_genome_finetune(env, tmp_path, capsys):
+    genome = tmp_path / "a.json"
+    genome.write_text(env["genomes"]["G_A"].read_text())
+    out = tmp_path / "run"
+    assert main(finetune_argv(env, out, genome_a=genome)) == 0
+    d = json.loads(genome.read_text())
+    group = next(iter(d["kept"]))
+    d["kept"][group] = d["kept"][group][:-1]
+    genome.write_text(json.dumps(d))
+    capsys.readouterr()
+    refused(capsys, finetune_argv(env, out, "--resume", genome_a=genome), "genome G_A")
+    # the original genome resumes
+    genome.write_text(env["genomes"]["G_A"].read_text())
+    assert main(finetune_argv(env, out, "--resume", genome_a=genome)) == 0
+
+
+# ----------------------------------------------------------------------------- finetune without --data
+def test_finetune_without_data_builds_the_builtin_set_in_its_own_folder(env, tmp_path, capsys):
+    """The documented `coevo finetune --config C --teacher T --genome-a A --genome-b B --out NEW`."""
+    config = tmp_path / "builtin.yaml"
+    config.write_text(yaml.safe_dump({"data": {"synthetic": True, "synthetic_n_train": 4, "synthetic_n_test": 2,
+                                               "load_size": 32, "crop_size": 32, "val_fraction": 0.25},
+                                      "model": MODEL, "finetune": FINETUNE}))
+    out = tmp_path / "new"
+    argv = ["finetune", "--config", str(config), "--teacher", str(env["teacher"]),
+            "--genome-a", str(env["genomes"]["G_A"]), "--genome-b", str(env["genomes"]["G_B"]), "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (out / "data" / "meta.json").is_file() and (out / "G_A.pt").is_file()
+    assert load_config(out / "config.yaml").data.root == str((out / "data").resolve())
+    assert main(argv + ["--resume"]) == 0
+    assert main(argv + ["--force"]) == 0
