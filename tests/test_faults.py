@@ -460,3 +460,42 @@ def test_checkpoint_on_a_full_disk_is_the_disk_full_error_naming_the_file(tmp_pa
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert os_error_message(info.value).startswith(f"disk full while writing {target}")
     assert not target.exists()
+
+
+@pytest.mark.parametrize("room", [0, 64, 4096, 60000])
+def test_checkpoint_on_a_disk_that_fills_midway_is_the_disk_full_error(tmp_path, monkeypatch, room):
+    """The disk fills after ``room`` bytes of the checkpoint: always ENOSPC naming the file, never torch's
+    "unexpected pos", and no file (temporary or final) is left."""
+    import builtins
+
+    from coevo import files
+
+    class FillingFile:
+        def __init__(self, path, mode):
+            self.real, self.left = builtins.open(path, mode), room
+
+        def write(self, data):
+            data = memoryview(data).cast("B")
+            if len(data) > self.left:
+                self.real.write(data[:self.left])
+                self.left = 0
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.real.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.real.close()
+            return False
+
+    monkeypatch.setattr(files, "open", FillingFile, raising=False)
+    target = tmp_path / "run" / "checkpoint.pt"
+    with pytest.raises(OSError) as info:
+        files.atomic_torch_save({"w": torch.zeros(30000), "step": 3}, target)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert list(target.parent.iterdir()) == []
