@@ -91,3 +91,11 @@ def test_bad_arguments(pair):
         benchmark_models(pair, backends=("tvm",))
     with pytest.raises(ValueError, match="multiple of 4"):
         benchmark_models(pair, size=30)
+
+
+def test_bench_labels_files_of_one_name_by_their_folders():
+    from coevo.cli.bench import _named
+
+    named = _named(["runs/teacher/G_A.pt", "runs/finetune/G_A.pt", "x/G_B.pt", "slim=y/G_A.pt"])
+    assert list(named) == ["teacher/G_A.pt", "finetune/G_A.pt", "G_B.pt", "slim"]
+    assert list(_named(["a/G_A.pt", "a/G_A.pt"])) == ["G_A.pt", "G_A.pt (2)"]  # one file given twice

@@ -47,15 +47,30 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _label(path: Path, others) -> str:
+    """The shortest tail of ``path`` (``G_A.pt``, ``finetune/G_A.pt``, ...) that no other path shares."""
+    parts = path.parts
+    for n in range(1, len(parts) + 1):
+        tail = "/".join(parts[-n:])
+        if not any(o != path and "/".join(o.parts[-n:]) == tail for o in others):
+            return tail
+    return str(path)
+
+
 def _named(specs):
-    models = {}
+    """name -> file of the --model arguments: NAME=FILE, or the file's name, with as many of its folders
+    as it takes to tell two files of one name apart (``teacher/G_A.pt`` and ``finetune/G_A.pt``)."""
+    pairs = []
     for spec in specs:
         name, sep, file = spec.partition("=")
-        if not sep or not name:
-            name, file = Path(spec).name, spec
+        pairs.append((name, Path(file)) if sep and name else (None, Path(spec)))
+    unnamed = [p for name, p in pairs if name is None]
+    models = {}
+    for name, path in pairs:
+        name = name or _label(path, unnamed)
         if name in models:
-            name = f"{name} ({len(models) + 1})"
-        models[name] = Path(file)
+            name = f"{name} ({len(models) + 1})"  # the same file given twice
+        models[name] = path
     return models
 
 
@@ -72,7 +87,7 @@ def run_latency_table(args: argparse.Namespace) -> int:
         raise CheckpointError(f"{args.model[0]} is an ONNX export; a latency table needs the generator's "
                               "PyTorch weights (.pt, .safetensors, .pt2 or latest_net_G_*.pth)")
     model = load_generator(args.model[0])  # any other file is rebuilt as a ResnetGenerator
-    out = writable_out_dir(args.out, "bench")
+    out = writable_out_dir(args.out, "bench", inputs={"--model file": args.model[0]})
     threads = args.threads or 1
     print(f"measuring the latency table of {args.model[0]} on {target} with {threads} thread(s) at "
           f"{args.size}px ...", flush=True)
@@ -97,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.io import load_generator
     from ..runs import writable_out_dir
 
+    from ..config import check_device
+
+    check_device(args.device)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     check_settings(size=args.size, batch=args.batch, warmup=args.warmup, repeats=args.repeats, backends=backends)
     if args.device.startswith("cuda"):
@@ -120,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
     # every model is loaded (and a refused file refused) before anything is written
     models = {name: load_generator(path, trust=args.trust_model) for name, path in models.items()}
-    out = writable_out_dir(args.out, command="bench")  # before the timing, not after it
+    # before the timing, not after it
+    out = writable_out_dir(args.out, command="bench", inputs={"--model file": list(_named(args.model).values())})
     results = benchmark_models(models, size=args.size, batch=args.batch, threads=args.threads,
                                device=args.device, backends=backends, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)

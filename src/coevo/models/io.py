@@ -176,7 +176,8 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
             arch, sd = _checkpoint_parts(obj, path)
             model = generator_from_state_dict(sd, _arch_from_dict(GeneratorArch, arch, path), path)
         elif isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
-            raise CheckpointError(f"{path} is a coevo discriminator, not a generator; use load_discriminator")
+            raise CheckpointError(f"{path} is a coevo discriminator (D_A/D_B), not a generator; give the G_A or G_B "
+                                  "file of the run")
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             model = generator_from_state_dict(obj, None, path)
             log.info("loaded reference checkpoint %s (inferred %s)", path, model.arch.to_dict())
