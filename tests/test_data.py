@@ -436,3 +436,19 @@ def test_download_rejects_bad_archives(download, tmp_path, capsys):
     assert download.main(["nope", "--out", str(out)]) == 2
     assert download.main(["cityscapes", "--out", str(out)]) == 2
     assert "gtFine_trainvaltest.zip" in capsys.readouterr().err
+
+
+def test_one_held_out_image_per_domain_is_warned_about(tmp_path, caplog):
+    from coevo.data.prepare import train_val_indices
+
+    class Full:
+        A_paths, B_paths = list(range(8)), list(range(40))
+
+    with caplog.at_level(logging.WARNING, logger="coevo.data.prepare"):
+        train_val_indices(Full(), 0.1, seed=0)  # 1 of A, 4 of B
+    assert "only 1 A" in caplog.text and "data.val_fraction" in caplog.text
+    caplog.clear()
+    Full.A_paths = list(range(40))
+    with caplog.at_level(logging.WARNING, logger="coevo.data.prepare"):
+        train_val_indices(Full(), 0.1, seed=0)
+    assert caplog.text == ""

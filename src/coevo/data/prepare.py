@@ -111,6 +111,10 @@ def _warn_if_stale(root: Path, cfg) -> None:
                     root, ", ".join(f"{k}={a}/{b}" for k, (a, b) in diff.items()), root)
 
 
+# Fewer held-out images per domain than this make selection and fitness noisy enough to warn about.
+MIN_HELD_OUT = 4
+
+
 @dataclass
 class DataSplits:
     """The three datasets a CycleGAN job uses. Items are dicts with A, B (3xHxW in [-1, 1]) and paths.
@@ -133,8 +137,15 @@ def train_val_indices(full: UnpairedImageDataset, val_fraction: float, seed: int
     count with the same ``seed``, so any stage can recompute it from
     ``len(list_images(root / "trainA", skip_bad))`` and get the same images.
     """
-    return {"A": split_train_val(len(full.A_paths), val_fraction, seed),
-            "B": split_train_val(len(full.B_paths), val_fraction, seed)}
+    split = {"A": split_train_val(len(full.A_paths), val_fraction, seed),
+             "B": split_train_val(len(full.B_paths), val_fraction, seed)}
+    few = {side: len(val) for side, (_, val) in split.items() if 0 < len(val) < MIN_HELD_OUT}
+    if few:
+        log.warning("data.val_fraction=%g holds out only %s training image(s); model selection and the "
+                    "search's fitness on so few images are noisy: raise data.val_fraction or add images "
+                    "(at least %d per domain is advised)", val_fraction,
+                    " and ".join(f"{n} {side}" for side, n in few.items()), MIN_HELD_OUT)
+    return split
 
 
 def build_datasets(cfg, seed: int = 0) -> DataSplits:
