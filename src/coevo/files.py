@@ -11,14 +11,18 @@ new one, never a mix. A kill during the write leaves only the temporary file;
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Union
+
+from .errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,41 @@ TEMP_SUFFIX = ".tmp"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
+
+
+class NotAFileError(CoevoError, ValueError):
+    """A path coevo should read as a file that is something else: a folder, a named pipe (FIFO), a device
+    or a socket. The message names the path."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def regular_file(path: PathLike, what: str = "file") -> Path:
+    """``path`` when it is a regular file (links followed); raise otherwise. Every reader calls it first.
+
+    The check is a ``stat``, made before any ``open``: opening a FIFO blocks until something writes
+    to it (forever), and a device such as /dev/zero never ends. Raises ``FileNotFoundError`` for a
+    missing path, :class:`NotAFileError` for a folder, FIFO, device or socket, and ``OSError``
+    (``ELOOP``, naming the path) for a symbolic link loop. ``what`` names the file in messages
+    (``"image"``, ``"config"``).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", os.fspath(path)) from None
+    except OSError as e:
+        if e.filename is None:
+            e.filename = os.fspath(path)
+        raise
+    if stat.S_ISREG(mode):
+        return path
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise NotAFileError(f"{what} {path} is {kind}, not a regular file; give a regular file "
+                        "(coevo reads no pipes, devices or sockets)" if kind != "a folder" else
+                        f"{what} {path} is a folder; give a file")
 
 
 @contextmanager
