@@ -31,8 +31,8 @@ def test_no_file_gives_defaults():
 
 @pytest.mark.parametrize("text, overrides, key", [
     ("train:\n  epoch: 3\n", [], "train.epoch"),
-    ("", ["finetune.lambda_distil=1"], "finetune.lambda_distil"),
-    ("", ["nosuchsection.x=1"], "nosuchsection"),
+    ("name: x\n", ["finetune.lambda_distil=1"], "finetune.lambda_distil"),
+    ("name: x\n", ["nosuchsection.x=1"], "nosuchsection"),
 ])
 def test_unknown_key_is_named(tmp_path, text, overrides, key):
     path = write(tmp_path / "c.yaml", text)

@@ -154,15 +154,15 @@ class BenchError(CoevoError, RuntimeError):
 
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
-    from .config import ConfigError
+    from .config import MAX_IMAGE_SIDE, ConfigError
     from .models.generator import MIN_SIZE, SIZE_MULTIPLE
 
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
         raise ConfigError(f"unknown backends {unknown or list(backends)}; choose from {list(BACKENDS)}")
-    if size < MIN_SIZE or size % SIZE_MULTIPLE:
+    if size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_IMAGE_SIDE:
         raise ConfigError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} (the generator "
-                          f"halves the image twice), got {size}")
+                          f"halves the image twice) and at most {MAX_IMAGE_SIDE}, got {size}")
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     if repeats < 1:

@@ -201,6 +201,41 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- machinery
+MAX_INT = 2 ** 63 - 1
+# Deeper YAML is no config: a deep enough one exhausts Python's recursion limit in any code that walks it.
+MAX_YAML_DEPTH = 16
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in ``value`` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in [*node.keys(), *node.values()])
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, depth + 1) for v in node)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+    return deepest
+
+
+def _load_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` with every failure a ConfigError naming ``where``: syntax errors, tags
+    such as ``!!python/object`` (the safe loader refuses them) and nesting too deep to be a config."""
+    try:
+        data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{where} nests lists or mappings too deeply to be a config") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+    if _depth(data) > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where} nests lists or mappings more than {MAX_YAML_DEPTH} levels deep; "
+                          "a config needs two (section, key)")
+    return data
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     origin = typing.get_origin(typ)
     if origin is typing.Union:  # Optional[X]
@@ -222,14 +257,20 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     if typ in (int, float):
         if isinstance(value, bool):
             raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
         try:
             out = typ(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
             raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from None
         if typ is int and isinstance(value, float) and value != int(value):
             raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        if typ is int and abs(out) > MAX_INT:  # torch and numpy take 64-bit integers
+            raise ConfigError(f"config key '{key}' is out of range: {value!r}")
         return out
     if typ is str:
+        if isinstance(value, (dict, list)):  # str() would make a path like "{'x': 1}"
+            raise ConfigError(f"config key '{key}' expects a single value, got {value!r}")
         return str(value)
     return value
 
@@ -240,7 +281,7 @@ def _apply(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(f"unknown config key '{full}'{hint}")
         current = getattr(obj, key)
@@ -257,10 +298,13 @@ def parse_override(text: str) -> Dict[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. search.macs_ratio=0.2")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _load_yaml(raw, f"the value of --set {key.strip()}") if raw.strip() else ""
     out: Dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
+    if not all(p.isidentifier() for p in parts):
+        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a config key; keys look like "
+                          "search.macs_ratio (a section and a name)")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
@@ -280,17 +324,25 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     data: Dict[str, Any] = {}
     if path is not None:
+        from .files import NotAFileError, regular_file
+
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
         if path.is_dir():
             raise ConfigError(f"config {path} is a folder; give a YAML file, e.g. {path / 'config.yaml'}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+            regular_file(path, "config")
+        except NotAFileError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path} is not a text (UTF-8) file; give a YAML config") from e
+        data = _load_yaml(text, str(path))
+        if data is None:
+            raise ConfigError(f"config {path} is empty; give a YAML config with at least one section, "
+                              "e.g. a copy of configs/demo.yaml")
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return config_from_dict(data, overrides)
@@ -372,8 +424,28 @@ def _interval(low: float, high: float, ends: str = "[]") -> Rule:
 # The sections with an ``amp`` key (mixed precision, see coevo.precision).
 AMP_SECTIONS = ("train", "finetune", "search")
 
-_MULTIPLE_OF_4: Rule = ((lambda v: v >= 4 and v % 4 == 0),
-                        "a positive multiple of 4 (the generator down-samples twice)")
+# The largest image side coevo works at, anywhere (training, search, export checks, benchmarks,
+# translation): one full-size generator pass at 4096 x 4096 already takes tens of GB.
+MAX_IMAGE_SIDE = 4096
+_MULTIPLE_OF_4: Rule = ((lambda v: 4 <= v <= MAX_IMAGE_SIDE and v % 4 == 0),
+                        f"a positive multiple of 4 (the generator down-samples twice) up to {MAX_IMAGE_SIDE}")
+
+
+def check_image_side(value: Any, name: str) -> int:
+    """``value`` when it is an image side coevo can work at (:data:`_MULTIPLE_OF_4`), else ConfigError
+    naming ``name`` (a flag such as ``--size``): the one size rule of every command."""
+    ok, allowed = _MULTIPLE_OF_4
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def discriminator_min_size(n_layers: int) -> int:
+    """The smallest square input (a multiple of 4) a PatchGAN discriminator with ``n_layers`` stride-2
+    convolutions scores: each halves the side, and the two 4x4 convolutions after them need a side of 3
+    (InstanceNorm needs more than one value per channel)."""
+    side = 3 * 2 ** n_layers
+    return side + (-side) % 4
 _PROBABILITY = _interval(0, 1)
 
 _LOOP_RULES: Dict[str, Rule] = {
@@ -389,7 +461,7 @@ RULES: Dict[str, Rule] = {
     "data.synthetic_seed": _at_least(0),
     "data.synthetic_n_train": _at_least(1),
     "data.synthetic_n_test": _at_least(1),
-    "data.load_size": _at_least(4),
+    "data.load_size": _interval(4, MAX_IMAGE_SIDE),
     "data.crop_size": _MULTIPLE_OF_4,
     "data.num_workers": _at_least(0),
     "data.val_fraction": _interval(0, 1, "[)"),
@@ -422,8 +494,8 @@ RULES: Dict[str, Rule] = {
     "search.trained_steps": _at_least(1),
     "search.trained_lr": _above(0),
     "search.rerank_top": _at_least(0),
-    "search.eval_size": ((lambda v: v == 0 or (v >= 4 and v % 4 == 0)),
-                         "0 (the teacher's training size) or a positive multiple of 4"),
+    "search.eval_size": ((lambda v: v == 0 or _MULTIPLE_OF_4[0](v)),
+                         f"0 (the teacher's training size) or {_MULTIPLE_OF_4[1]}"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
     "finetune.lambda_distill": _at_least(0),
     "finetune.lambda_feature": _at_least(0),
@@ -545,8 +617,72 @@ def validate(cfg: Config) -> None:
         if dataclasses.is_dataclass(section):
             validate_section(f.name, section)
     check_device(cfg.device)
+    min_side = discriminator_min_size(cfg.model.n_layers_d)
+    for key, side in (("data.crop_size", cfg.data.crop_size),):
+        if side < min_side:
+            raise ConfigError(f"{key}={side} is too small for the discriminator (model.n_layers_d="
+                              f"{cfg.model.n_layers_d} halves it {cfg.model.n_layers_d} times); give at least "
+                              f"{min_side}, or lower model.n_layers_d")
     for section in AMP_SECTIONS:
         amp = getattr(cfg, section).amp
         if amp != "none" and not str(cfg.device).startswith("cuda"):
             raise ConfigError(f"{section}.amp={amp} needs device=cuda (bfloat16 autocast is for GPUs; on a CPU "
                               f"it is slow and changes results); with device={cfg.device} set {section}.amp=none")
+
+
+# The stages a command runs, for check_resources: what it will need must be here before the first one.
+COMMAND_STAGES: Dict[str, Tuple[str, ...]] = {
+    "train": ("train",),
+    "search": ("search",),
+    "finetune": ("finetune",),
+    "compress": ("train", "search", "finetune", "export"),
+    "demo": ("train", "search", "finetune", "export"),
+}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_resources(cfg: Config, stages: Sequence[str]) -> None:
+    """ConfigError for a file or device the config names that the ``stages`` will need and this machine
+    lacks: the search's latency table file and the CUDA device it is measured on, the LPIPS backbone,
+    a CUDA export target. Checked before the first stage, so that a run never fails on one of these
+    after hours of teacher training. Kept out of :func:`validate`, which reads any run's config on any
+    machine (a run folder made on a GPU machine is still read on a laptop)."""
+    s = cfg.search
+    if "search" in stages and s.compute == "latency":
+        if s.latency_table:
+            from .files import NotAFileError, regular_file
+            from .latency import LatencyTable
+
+            try:
+                regular_file(s.latency_table, "search.latency_table")
+            except FileNotFoundError:
+                raise ConfigError(f"search.latency_table {s.latency_table} does not exist; measure one with "
+                                  "`coevo bench --latency-table`, or leave search.latency_table unset to measure "
+                                  "it at the start of the search") from None
+            except NotAFileError as e:
+                raise ConfigError(str(e)) from None
+            LatencyTable.load(s.latency_table)  # a file that is no table fails here, not after the teacher
+        elif s.latency_target == "cuda" and not _cuda_available():
+            raise ConfigError("search.latency_target=cuda but torch sees no CUDA device here; measure on this "
+                              "machine's CPU (search.latency_target=cpu or onnxruntime), run on a GPU machine, "
+                              "or give a table measured there (search.latency_table=FILE)")
+    if "search" in stages and s.perceptual == "lpips":
+        from .perceptual import check_lpips_weights
+
+        check_lpips_weights(s.lpips_net)
+    if "export" in stages:
+        check_export_target(cfg.export.target, cfg.device)
+
+
+def check_export_target(target: str, device: str = "cpu") -> None:
+    """ConfigError when the export target is cuda and this machine has no CUDA device: its float16
+    program would be checked on the CPU only, so nothing would say whether it runs on the GPU."""
+    if target == "cuda" and not _cuda_available():
+        raise ConfigError("export target cuda needs a CUDA device to check the float16 program on, and torch "
+                          "sees none here; use target cpu (--target cpu, export.target=cpu), or run the export "
+                          "on the GPU machine")

@@ -43,7 +43,7 @@ DIRECTIONS: Dict[str, Tuple[str, str, str]] = {
     "BtoA": ("testB", "A", "testB_gt_A"),
 }
 
-__all__ = ["DIRECTIONS", "evaluate_generator", "translation_quality", "save_json"]
+__all__ = ["DIRECTIONS", "check_request", "evaluate_generator", "translation_quality", "save_json"]
 
 
 def _check_direction(direction: str) -> Tuple[str, str, str]:
@@ -179,6 +179,29 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
     return result
 
 
+def check_request(data_root: PathLike, direction: str = "AtoB", size: Optional[int] = None, batch_size: int = 8,
+                  measures: Optional[Tuple[bool, bool]] = None) -> None:
+    """Settings and inputs that cannot work, before any weights are looked for or loaded. ``measures``:
+    (FID on, a teacher given) to also refuse a request that would measure nothing (no ground truth
+    either): the CLI's empty table; the library returns the image count even then."""
+    data_root = Path(data_root)
+    from .config import ConfigError, check_image_side
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"the batch size (--batch-size) must be an integer >= 1, got {batch_size!r}")
+    if size is not None:
+        check_image_side(size, "--size")
+    in_dir, _, gt_name = _check_direction(direction)
+    if not data_root.is_dir():
+        raise DataError(f"data folder {data_root} does not exist or is not a folder; give a data set with "
+                        f"{in_dir}/ (and trainA/trainB for FID)")
+    if not (data_root / in_dir).is_dir():
+        raise DataError(f"{data_root} has no {in_dir}/ folder of test inputs for {direction}")
+    if measures is not None and not (any(measures) or (data_root / gt_name).is_dir()):
+        raise ConfigError(f"nothing to measure: FID is off, there is no teacher and {data_root} has no ground "
+                          f"truth ({gt_name}/); drop --no-fid, pass --teacher, or use a data set with ground truth")
+
+
 def _real_folders(data_root: Path, domain: str) -> List[Path]:
     folders = [data_root / f"{split}{domain}" for split in ("train", "test")]
     found = [f for f in folders if f.is_dir()]
@@ -223,6 +246,7 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
     """
     data_root = Path(data_root)
     _, out_domain, _ = _check_direction(direction)
+    check_request(data_root, direction, size, batch_size)
     extractor = None
     fid_features = None
     if compute_fid:

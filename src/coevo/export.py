@@ -54,11 +54,13 @@ class ExportError(CoevoError, RuntimeError):
 # ----------------------------------------------------------------------------- inputs
 def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
     """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
-    if check_size < MIN_SIZE or check_size % SIZE_MULTIPLE:
+    from .config import MAX_IMAGE_SIDE
+
+    if check_size < MIN_SIZE or check_size % SIZE_MULTIPLE or check_size > MAX_IMAGE_SIDE:
         from .config import ConfigError
 
         raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of "
-                          f"{SIZE_MULTIPLE} and at least {MIN_SIZE}, got {check_size}")
+                          f"{SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_IMAGE_SIDE}, got {check_size}")
     short = max(MIN_SIZE, int(round(check_size * 2 / 3 / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
     return [(1, 3, check_size, check_size), (2, 3, short, check_size)]
 
@@ -67,6 +69,20 @@ def check_inputs(check_size: int, seed: int = 0, in_channels: int = 3) -> List[t
     """Seeded random NCHW inputs in [-1, 1] for the parity check."""
     g = torch.Generator().manual_seed(int(seed))
     return [torch.rand((n, in_channels, h, w), generator=g) * 2 - 1 for n, _, h, w in check_shapes(check_size)]
+
+
+def reference_outputs(model: nn.Module, name: str, check_size: int,
+                      seed: int = 0) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(inputs, eager outputs) of the parity check; :class:`~coevo.checks.NonFiniteError` when an output
+    holds NaN or inf, before anything is written: such a model has no export worth keeping."""
+    from .checks import check_finite
+
+    inputs = check_inputs(check_size, seed, model.arch.in_channels)
+    with torch.inference_mode():
+        reference = [check_finite(model(x), f"{name}'s output on the export's check inputs",
+                                  "its weights overflow float32 (a diverged or corrupt training run); "
+                                  "nothing was exported") for x in inputs]
+    return inputs, reference
 
 
 def _max_abs_diff(model: nn.Module, reference: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> float:
@@ -289,9 +305,7 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
-    inputs = check_inputs(check_size, seed, model.arch.in_channels)
-    with torch.inference_mode():
-        reference = [model(x) for x in inputs]
+    inputs, reference = reference_outputs(model, name, check_size, seed)
     options = {"opset": opset, "onnx_exporter": onnx_exporter, "static_shape": tuple(inputs[0].shape)}
 
     report: Dict[str, Dict[str, Any]] = {}

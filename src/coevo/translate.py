@@ -35,6 +35,10 @@ def input_images(path: PathLike) -> List[Path]:
     if path.is_dir():
         return list_images(path)
     if not path.exists():
+        if path.is_symlink():  # a link loop or a link to nothing: the OS error says which
+            from .files import regular_file
+
+            regular_file(path, "input")
         raise DataError(f"input not found: {path}; give an image file or a folder of images")
     return [path]
 
@@ -96,8 +100,9 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     """
     from .data import check_image
 
-    if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE):
-        raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE}, got {size}")
+    if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_SIDE):
+        raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_SIDE}, "
+                        f"got {size}")
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("no images to translate")

@@ -57,6 +57,11 @@ def _target(path) -> str:
     return str(p.with_name(m.group(1)) if m else p)
 
 
+def symlink_loop_message(where: str) -> str:
+    return (f"symbolic link loop:{where} (or a folder above it) is a link that leads back to itself; "
+            "fix or remove the link, or give another path")
+
+
 def os_error_message(e: OSError) -> Optional[str]:
     """One line naming the path and the fix for an OS error a user can fix; None for any other."""
     path = e.filename if e.filename is not None else e.filename2
@@ -66,6 +71,12 @@ def os_error_message(e: OSError) -> Optional[str]:
                 "another one; commands with --resume continue where they stopped")
     if e.errno == errno.EDQUOT:
         return f"disk quota exceeded while writing{where}: free space or choose an output folder on another disk"
+    if e.errno == errno.ELOOP:
+        return symlink_loop_message(where)
+    if (isinstance(e, FileExistsError) and path is not None and os.path.islink(path)
+            and not os.path.exists(path)):  # mkdir over a link that leads nowhere
+        return (f"{where.strip()} is a symbolic link that leads nowhere (a loop or a missing target); "
+                "fix or remove the link, or choose another path")
     if e.errno == errno.EROFS:
         return f"read-only file system:{where}; choose an output folder on a writable disk"
     if isinstance(e, PermissionError):
@@ -123,6 +134,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if message is None:  # not one a user can fix: a bug, keep the traceback
             raise
         print(f"coevo {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        # Path.resolve() reports a link loop as RuntimeError (Python < 3.13; later ones raise ELOOP)
+        match = re.fullmatch(r"Symlink loop from (.*)", str(e))
+        if match is None:
+            raise
+        print(f"coevo {args.command}: error: {symlink_loop_message(' ' + match.group(1).strip(chr(39)))}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coevo {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)

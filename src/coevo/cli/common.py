@@ -31,12 +31,13 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
     the same for every command.
     """
     from .. import distributed
-    from ..config import load_config
+    from ..config import COMMAND_STAGES, check_resources, load_config
     from ..runs import apply_threads
 
     cfg = load_config(path, job_overrides(args))
     apply_threads(cfg.threads)
     distributed.check_device(cfg.device)
+    check_resources(cfg, COMMAND_STAGES.get(getattr(args, "command", None), ()))
     return cfg
 
 

@@ -77,9 +77,13 @@ def _table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_generator, save_json
+    from ..config import check_device
+    from ..evaluate import check_request, evaluate_generator, save_json
     from ..models.io import load_generator
 
+    check_device(args.device)
+    check_request(args.data, args.direction, args.size, args.batch_size,
+                  measures=(not args.no_fid, args.teacher is not None))
     teacher, disc = _resolve_teacher(args)
     perceptual = args.perceptual
     if perceptual is None and teacher is not None and disc is not None:

@@ -144,9 +144,30 @@ def _deploy_line(name: str, deploy: dict) -> str:
     return line
 
 
+# Export options and the config keys whose rules (coevo.config) they follow.
+_FLAGS = {"export.check_size": "--check-size", "export.opset": "--opset",
+          "export.calibration_images": "--calibration-images", "export.cuda_dtype": "--cuda-dtype"}
+
+
+def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
+    """The options by the rules of the config keys they stand for, and the target against this machine."""
+    from ..config import ConfigError, check_export_target, validate_section
+
+    options = ExportConfig(formats=formats, check_size=args.check_size, opset=args.opset, target=args.target,
+                           calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
+    try:
+        validate_section("export", options)
+        check_export_target(args.target)
+    except ConfigError as e:
+        text = str(e)
+        for key, flag in _FLAGS.items():
+            text = text.replace(key, flag)
+        raise ConfigError(text.replace("export target cuda", "--target cuda")) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..deploy import export_for_target, find_deploy_data
-    from ..export import FORMATS, ExportError, check_shapes
+    from ..export import FORMATS, ExportError, check_shapes, reference_outputs
     from ..runs import RunDirError, prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -155,13 +176,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"coevo export: error: unknown format(s) {bad or formats}; choose from {','.join(FORMATS)}",
               file=sys.stderr)
         return 2
-    if args.calibration_images < 1:
-        print("coevo export: error: --calibration-images must be >= 1", file=sys.stderr)
-        return 2
+    _check_options(args, formats)
     check_shapes(args.check_size)
     source = Path(args.run)
     pairs = find_generators(source)
-    models = _load_all(pairs, single=source.is_file())
+    # a fine-tune run's G_A/G_B must all load; only a plain folder may hold other files
+    models = _load_all(pairs, single=source.is_file() or all(n in RUN_GENERATORS for n, _ in pairs))
+    for name, _, model in models:  # a NaN output fails here, before --out exists
+        reference_outputs(model.cpu().eval(), name, args.check_size, args.seed)
     if source.resolve() == Path(args.out).resolve() or Path(args.out).resolve() in source.resolve().parents:
         raise RunDirError(f"--out {args.out} holds the --run input {source}; choose another --out")
     calibration = Path(args.calibration) if args.calibration else run_data_root(source)
@@ -171,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
     if args.target == "cpu" and not args.no_int8 and calibration is None:
         print("coevo export: no --calibration images: INT8 is skipped and fp32 ONNX is deployed "
               "(pass --calibration DIR with training images of the input domain)")
+    from ..data.images import refuse_special_files
+
+    for name, _, _ in models:  # a FIFO among the images would block the export: fail before --out exists
+        for folder in vars(find_deploy_data(calibration, name)).values():
+            if folder is not None:
+                refuse_special_files(folder)
     out = prepare_run_dir(args.out, force=args.force, command="export")
 
     rows, deploy_lines = [], []

@@ -37,9 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..config import check_device
     from ..models.io import load_generator
     from ..translate import input_images, plan_translation, run_translation
 
+    check_device(args.device)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("coevo translate: error: --device cuda but torch sees no CUDA device; use --device cpu",
               file=sys.stderr)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..files import NotAFileError, regular_file
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,12 @@ def load_image(path: PathLike) -> Image.Image:
     and truncated files fail instead of coming back half grey.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}" + ("" if not path.exists() else " (it is a folder)"))
+    try:
+        regular_file(path, "image")
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except NotAFileError as e:
+        raise DataError(str(e)) from None
     try:
         with Image.open(path) as im:
             im.load()
@@ -146,6 +151,7 @@ def small_images(paths: Iterable[PathLike], min_side: int = MIN_IMAGE_SIDE) -> L
     small = []
     for p in paths:
         try:
+            regular_file(p)  # never open a FIFO: it blocks
             with Image.open(p) as im:
                 size = im.size
         except Exception:  # unreadable files are check_image's to report
@@ -164,6 +170,7 @@ def check_image(path: PathLike) -> Optional[str]:
     """
     path = Path(path)
     try:
+        regular_file(path, "image")  # a stat first: opening a FIFO would block forever
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
@@ -191,6 +198,27 @@ def _names(paths: Sequence[Path], k: int = 3) -> str:
     return shown + (f" and {len(paths) - k} more" if len(paths) > k else "")
 
 
+def _refuse_special_file(path: Path) -> None:
+    """DataError for an image name on a FIFO, device or socket, even with skip_bad: no data set holds
+    one by mistake, and reading it would block. A missing link target is a bad image like any other."""
+    try:
+        regular_file(path, "image")
+    except FileNotFoundError:
+        pass
+    except NotAFileError as e:
+        raise DataError(f"{e}; remove it from {path.parent}") from None
+
+
+def refuse_special_files(folder: PathLike) -> None:
+    """:func:`_refuse_special_file` for every image name directly inside ``folder`` (if it is one);
+    for a check before any output exists, without decoding a single image."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if is_image_file(entry) and not entry.is_dir():
+                _refuse_special_file(entry)
+
+
 def list_images(folder: PathLike, skip_bad: bool = False) -> List[Path]:
     """Image files directly inside ``folder``, sorted by name.
 
@@ -213,6 +241,7 @@ def list_images(folder: PathLike, skip_bad: bool = False) -> List[Path]:
         if entry.is_dir():
             subfolders.append(entry)
         elif is_image_file(entry):
+            _refuse_special_file(entry)
             images.append(entry)
         elif entry.suffix.lower() in _UNSUPPORTED_IMAGE_EXTENSIONS and not entry.name.startswith("."):
             unsupported.append(entry)

@@ -17,19 +17,29 @@ from .genome import Genome, GenomeError
 from .groups import conv_group_map
 
 
-def _check_match(generator: ResnetGenerator, genome: Genome) -> None:
-    a, b = generator.arch, genome.arch
-    if (a.n_blocks, a.in_channels, a.out_channels) != (b.n_blocks, b.in_channels, b.out_channels):
-        raise GenomeError(
-            f"genome is for a {b.n_blocks}-block {b.in_channels}->{b.out_channels} generator, "
-            f"this generator has {a.n_blocks} blocks and {a.in_channels}->{a.out_channels} channels"
-        )
-    diff = {n: (a.widths[n], b.widths[n]) for n in a.widths if a.widths[n] != b.widths[n]}
+def _describe(arch) -> str:
+    return (f"a {arch.n_blocks}-block {arch.in_channels}->{arch.out_channels} generator (ngf={arch.ngf}, "
+            f"norm={arch.norm}, padding={arch.padding})")
+
+
+def check_genome_fits(arch, genome: Genome, where: str = "this generator") -> None:
+    """GenomeError naming both architectures unless ``genome`` was cut from a network of ``arch``
+    (same blocks, channels, widths, normalisation and padding)."""
+    b = genome.arch
+    fields = ("n_blocks", "in_channels", "out_channels", "norm", "padding")
+    if any(getattr(arch, f) != getattr(b, f) for f in fields):
+        raise GenomeError(f"the genome is for {_describe(b)}, {where} is {_describe(arch)}; give a genome "
+                          "made from this network")
+    diff = {n: (arch.widths[n], b.widths[n]) for n in arch.widths if arch.widths[n] != b.widths[n]}
     if diff:
         raise GenomeError(
-            "genome masks do not fit this generator's widths "
-            f"{{group: (generator, genome)}} = {diff}; was the genome made for another network?"
+            f"the genome is for {_describe(b)}, {where} is {_describe(arch)} and its widths differ "
+            f"{{group: (generator, genome)}} = {diff}; give a genome made from this network"
         )
+
+
+def _check_match(generator: ResnetGenerator, genome: Genome) -> None:
+    check_genome_fits(generator.arch, genome)
 
 
 def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:

@@ -255,6 +255,10 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     missing = [k for k in DIRECTIONS if k not in genomes]
     if missing:
         raise ValueError(f"finetune_genomes needs a genome for each of {DIRECTIONS}; missing {missing}")
+    from ..prune.slim import check_genome_fits
+
+    for k in DIRECTIONS:  # before the run folder exists: a genome of another network is no start
+        check_genome_fits(_load_resnet(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
     source = dict(source or {})
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
     cfg = copy.deepcopy(cfg)  # data.root is resolved by open_run_dir; the caller's config stays as it was
