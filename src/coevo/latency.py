@@ -41,6 +41,7 @@ from torch import nn
 from .errors import CoevoError
 from .files import atomic_write_text
 from .models.generator import GeneratorArch, ResnetGenerator, group_names
+from .models.topology import ConvSpec, resnet_convs, unit_layers
 
 log = logging.getLogger(__name__)
 
@@ -53,48 +54,29 @@ class LatencyTableError(CoevoError):
     """A latency table that does not fit the network, target or size asked for; the message says which."""
 
 
-def _norm(c: int) -> nn.Module:
-    return nn.InstanceNorm2d(c, affine=False, track_running_stats=False)
-
-
-class _Residual(nn.Module):
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
+def _unit_spec(kind: str) -> ConvSpec:
+    """The layer-table row of latency unit ``kind`` (every block's units are alike)."""
+    for spec in resnet_convs(1):
+        if spec.unit == kind:
+            return spec
+    raise ValueError(f"unknown unit {kind!r}")
 
 
 def _unit(kind: str, cin: int, cout: int) -> nn.Module:
-    """The layers of one unit, exactly as :class:`ResnetGenerator` builds them."""
-    if kind == "stem":
-        return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(cin, cout, 7), _norm(cout), nn.ReLU(True))
-    if kind in ("down1", "down2"):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), _norm(cout), nn.ReLU(True))
-    if kind == "block_in":
-        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), _norm(cout), nn.ReLU(True))
-    if kind == "block_out":  # the residual add needs cin == cout for the skip: time it as trunk -> trunk
-        return nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3), _norm(cout))
-    if kind in ("up1", "up2"):
-        return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                             _norm(cout), nn.ReLU(True))
-    if kind == "head":
-        return nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(cin, cout, 7), nn.Tanh())
-    raise ValueError(f"unknown unit {kind!r}")
+    """The layers of one unit, exactly as :class:`ResnetGenerator` builds them (the residual add of
+    ``block_out`` is not timed here: the calibration fit absorbs it)."""
+    return nn.Sequential(*unit_layers(_unit_spec(kind), cin, cout))
 
 
 # unit -> (input channels, output channels, input size divisor) as functions of the widths
 def _units(arch: GeneratorArch) -> List[Tuple[str, Callable[[Mapping[str, int]], Tuple[int, int]], int]]:
-    out = [("stem", lambda w: (arch.in_channels, w["stem"]), 1),
-           ("down1", lambda w: (w["stem"], w["down1"]), 1),
-           ("down2", lambda w: (w["down1"], w["trunk"]), 2)]
-    for i in range(arch.n_blocks):
-        out.append(("block_in", lambda w, i=i: (w["trunk"], w[f"block{i}.inner"]), 4))
-        out.append(("block_out", lambda w, i=i: (w[f"block{i}.inner"], w["trunk"]), 4))
-    out += [("up1", lambda w: (w["trunk"], w["up1"]), 4),
-            ("up2", lambda w: (w["up1"], w["up2"]), 2),
-            ("head", lambda w: (w["up2"], arch.out_channels), 1)]
+    def channels(group: Optional[str], image: int) -> Callable[[Mapping[str, int]], int]:
+        return (lambda w: image) if group is None else (lambda w: w[group])
+
+    out = []
+    for spec in resnet_convs(arch.n_blocks):
+        cin, cout = channels(spec.cin, arch.in_channels), channels(spec.cout, arch.out_channels)
+        out.append((spec.unit, lambda w, cin=cin, cout=cout: (cin(w), cout(w)), spec.scale))
     return out
 
 

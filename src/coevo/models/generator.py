@@ -17,6 +17,8 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
+from .topology import resnet_convs, unit_layers
+
 ARCH_VERSION = 1
 # The generator halves height and width twice and doubles them twice, so both must be
 # multiples of 4; its reflection padding needs at least 2 pixels after the halvings.
@@ -126,28 +128,17 @@ class GeneratorArch:
         )
 
 
-def _norm(channels: int) -> nn.InstanceNorm2d:
-    # affine=False, no running stats: the reference CycleGAN's InstanceNorm.
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
-
-
 class ResnetBlock(nn.Module):
     """Residual block: x + norm(conv(relu(norm(conv(x))))), both convs 3x3 with reflection padding.
 
-    ``conv_block.1`` maps trunk -> inner channels, ``conv_block.5`` inner -> trunk.
+    ``conv_block.1`` maps trunk -> inner channels, ``conv_block.5`` inner -> trunk
+    (the layers of :func:`coevo.models.topology.resnet_convs`' ``block_in`` and ``block_out`` units).
     """
 
     def __init__(self, trunk: int, inner: int) -> None:
         super().__init__()
-        self.conv_block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(trunk, inner, 3, bias=True),
-            _norm(inner),
-            nn.ReLU(True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(inner, trunk, 3, bias=True),
-            _norm(trunk),
-        )
+        conv1, conv2 = resnet_convs(1)[3:5]
+        self.conv_block = nn.Sequential(*unit_layers(conv1, trunk, inner), *unit_layers(conv2, inner, trunk))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
@@ -162,32 +153,16 @@ class ResnetGenerator(nn.Module):
     def __init__(self, arch: GeneratorArch | None = None) -> None:
         super().__init__()
         self.arch = arch if arch is not None else GeneratorArch()
-        w = self.arch.widths
-        layers: List[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(self.arch.in_channels, w["stem"], 7, bias=True),
-            _norm(w["stem"]),
-            nn.ReLU(True),
-            nn.Conv2d(w["stem"], w["down1"], 3, stride=2, padding=1, bias=True),
-            _norm(w["down1"]),
-            nn.ReLU(True),
-            nn.Conv2d(w["down1"], w["trunk"], 3, stride=2, padding=1, bias=True),
-            _norm(w["trunk"]),
-            nn.ReLU(True),
-        ]
-        for i in range(self.arch.n_blocks):
-            layers.append(ResnetBlock(w["trunk"], w[f"block{i}.inner"]))
-        layers += [
-            nn.ConvTranspose2d(w["trunk"], w["up1"], 3, stride=2, padding=1, output_padding=1, bias=True),
-            _norm(w["up1"]),
-            nn.ReLU(True),
-            nn.ConvTranspose2d(w["up1"], w["up2"], 3, stride=2, padding=1, output_padding=1, bias=True),
-            _norm(w["up2"]),
-            nn.ReLU(True),
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(w["up2"], self.arch.out_channels, 7, bias=True),
-            nn.Tanh(),
-        ]
+        a = self.arch
+        width = {**a.widths, None: None}
+        layers: List[nn.Module] = []
+        for spec in resnet_convs(a.n_blocks):  # the layer table, in data-flow order
+            cin = a.in_channels if spec.cin is None else width[spec.cin]
+            cout = a.out_channels if spec.cout is None else width[spec.cout]
+            if spec.block is None:
+                layers += unit_layers(spec, cin, cout)
+            elif spec.name.endswith("conv1"):
+                layers.append(ResnetBlock(width["trunk"], cout))
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,11 +170,10 @@ class ResnetGenerator(nn.Module):
 
     # --- named access to the layers, so no caller indexes ``model`` by position ---
     def layer_index(self, name: str) -> int:
-        """Index into ``self.model`` of a named layer (see :meth:`named_convs`)."""
-        nb = self.arch.n_blocks
-        fixed = {"stem": 1, "down1": 4, "down2": 7, "up1": 10 + nb, "up2": 13 + nb, "head": 17 + nb}
-        if name in fixed:
-            return fixed[name]
+        """Index into ``self.model`` of a named conv outside the residual blocks (see :meth:`named_convs`)."""
+        for spec in resnet_convs(self.arch.n_blocks):
+            if spec.name == name and spec.sub is None:
+                return spec.seq
         raise KeyError(name)
 
     def named_convs(self) -> Iterator[Tuple[str, nn.Module]]:
@@ -207,16 +181,9 @@ class ResnetGenerator(nn.Module):
 
         Names: stem, down1, down2, block{i}.conv1, block{i}.conv2, up1, up2, head.
         """
-        yield "stem", self.model[self.layer_index("stem")]
-        yield "down1", self.model[self.layer_index("down1")]
-        yield "down2", self.model[self.layer_index("down2")]
-        for i in range(self.arch.n_blocks):
-            block = self.model[10 + i]
-            yield f"block{i}.conv1", block.conv_block[1]
-            yield f"block{i}.conv2", block.conv_block[5]
-        yield "up1", self.model[self.layer_index("up1")]
-        yield "up2", self.model[self.layer_index("up2")]
-        yield "head", self.model[self.layer_index("head")]
+        for spec in resnet_convs(self.arch.n_blocks):
+            module = self.model[spec.seq]
+            yield spec.name, module if spec.sub is None else module.conv_block[spec.sub]
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
         """Encoder activations of ``x`` (NCHW, [-1, 1]), one per name in ``layers``, in that order.
@@ -224,13 +191,13 @@ class ResnetGenerator(nn.Module):
         Names: ``stem``, ``down1``, ``down2`` (each after its ReLU) and ``block{i}`` (the
         output of residual block i). Runs the network only as far as the deepest layer asked for.
         """
-        fixed = {"stem": 3, "down1": 6, "down2": 9}
+        specs = resnet_convs(self.arch.n_blocks)
+        fixed = {s.name: s.end for s in specs if s.name in ("stem", "down1", "down2")}
+        fixed.update({f"block{s.block}": s.seq for s in specs if s.block is not None})
         index = {}
         for name in layers:
             if name in fixed:
                 index[name] = fixed[name]
-            elif name.startswith("block") and name[5:].isdigit() and int(name[5:]) < self.arch.n_blocks:
-                index[name] = 10 + int(name[5:])
             else:
                 raise KeyError(f"no feature layer {name!r}; choose stem, down1, down2 or block0..."
                                f"block{self.arch.n_blocks - 1}")
@@ -266,17 +233,18 @@ def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Genera
     if block_ids != list(range(10, 10 + len(block_ids))):
         raise ValueError(f"unexpected residual block indices {block_ids}; expected 10, 11, ...")
     nb = len(block_ids)
-    stem = state_dict["model.1.weight"]
-    widths = {
-        "stem": stem.shape[0],
-        "down1": state_dict["model.4.weight"].shape[0],
-        "trunk": state_dict["model.7.weight"].shape[0],
-        "up1": state_dict[f"model.{10 + nb}.weight"].shape[1],
-        "up2": state_dict[f"model.{13 + nb}.weight"].shape[1],
-    }
-    for i in range(nb):
-        widths[f"block{i}.inner"] = state_dict[f"model.{10 + i}.conv_block.1.weight"].shape[0]
-    head = state_dict[f"model.{17 + nb}.weight"]
+    specs = resnet_convs(nb)
+    missing = [f"{s.key}.weight" for s in specs if f"{s.key}.weight" not in keys]
+    if missing:
+        raise ValueError(f"this state_dict lacks {', '.join(repr(k) for k in missing[:3])} of a {nb}-block "
+                         f"ResNet generator (found {_sample_keys(keys)}); the file is incomplete or of "
+                         "another network")
+    widths: Dict[str, int] = {}
+    for s in specs:  # each group's width from its first producer
+        if s.cout is not None and s.cout not in widths:
+            widths[s.cout] = s.out_channels(tuple(state_dict[f"{s.key}.weight"].shape))
+    stem = state_dict[f"{specs[0].key}.weight"]
+    head = state_dict[f"{specs[-1].key}.weight"]
     ngf = widths["up2"] if widths["stem"] == widths["up2"] else widths["stem"]
     return GeneratorArch(
         ngf=int(ngf),

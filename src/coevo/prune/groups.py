@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from ..models.generator import GeneratorArch, group_names
+from ..models.topology import group_wiring, resnet_convs
 
 
 @dataclass
@@ -53,10 +54,7 @@ def channel_groups(arch: GeneratorArch) -> List[ChannelGroup]:
 
 def conv_names(n_blocks: int) -> List[str]:
     """Conv names in data-flow order, as :meth:`ResnetGenerator.named_convs` yields them."""
-    names = ["stem", "down1", "down2"]
-    for i in range(n_blocks):
-        names += [f"block{i}.conv1", f"block{i}.conv2"]
-    return names + ["up1", "up2", "head"]
+    return [spec.name for spec in resnet_convs(n_blocks)]
 
 
 def conv_group_map(arch: GeneratorArch) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
@@ -79,16 +77,6 @@ def conv_io(n_blocks: int) -> Tuple[Tuple[str, Tuple[Optional[str], Optional[str
 
 
 def _wiring(n_blocks: int) -> Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...]]]:
-    """``{group: (producer convs, consumer convs)}`` in group order."""
-    blocks = range(n_blocks)
-    wiring = {
-        "stem": (("stem",), ("down1",)),
-        "down1": (("down1",), ("down2",)),
-        "trunk": (("down2",) + tuple(f"block{i}.conv2" for i in blocks),
-                  tuple(f"block{i}.conv1" for i in blocks) + ("up1",)),
-        "up1": (("up1",), ("up2",)),
-        "up2": (("up2",), ("head",)),
-    }
-    for i in blocks:
-        wiring[f"block{i}.inner"] = ((f"block{i}.conv1",), (f"block{i}.conv2",))
+    """``{group: (producer convs, consumer convs)}`` in group order, from the layer table."""
+    wiring = group_wiring(n_blocks)
     return {name: wiring[name] for name in group_names(n_blocks)}

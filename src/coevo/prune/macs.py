@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from ..models.generator import GeneratorArch, group_names
+from ..models.topology import resnet_convs
 from .groups import conv_io
 from ..errors import CoevoError
 
@@ -41,12 +42,6 @@ MAC_CONVENTIONS: Dict[str, str] = {
 
 _IMAGE_IN = "<image in>"
 _IMAGE_OUT = "<image out>"
-# (kernel, kind) of every conv; kind: "same" (reflection padded, size kept),
-# "down" (stride 2, zero padding 1), "up" (transposed, stride 2, output_padding 1).
-_STEM = (7, "same")
-_DOWN = (3, "down")
-_BLOCK = (3, "same")
-_UP = (3, "up")
 
 
 class BudgetError(CoevoError, ValueError):
@@ -73,7 +68,9 @@ def _check_convention(convention: str) -> None:
 
 
 def _layer_shapes(n_blocks: int) -> Tuple[Tuple[int, str], ...]:
-    return (_STEM, _DOWN, _DOWN) + (_BLOCK,) * (2 * n_blocks) + (_UP, _UP, _STEM)
+    """(kernel, kind) of every conv in data-flow order; kind: "same" (reflection padded, size kept),
+    "down" (stride 2, zero padding 1), "up" (transposed, stride 2, output_padding 1)."""
+    return tuple((spec.kernel, spec.kind) for spec in resnet_convs(n_blocks))
 
 
 @lru_cache(maxsize=1024)
