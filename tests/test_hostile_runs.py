@@ -267,3 +267,176 @@ def test_finetune_without_data_builds_the_builtin_set_in_its_own_folder(env, tmp
     assert load_config(out / "config.yaml").data.root == str((out / "data").resolve())
     assert main(argv + ["--resume"]) == 0
     assert main(argv + ["--force"]) == 0
+
+
+# ----------------------------------------------------------------------------- kills and failed starts
+KILL_AFTER_DATA = """
+import os, signal, sys
+import coevo.data.prepare as prepare
+real = prepare.ensure_data_root
+def ensure_then_die(cfg):  # a SIGKILL right after the built-in set is built, before the run's config.yaml
+    root = real(cfg)
+    os.kill(os.getpid(), signal.SIGKILL)
+prepare.ensure_data_root = ensure_then_die
+from coevo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def builtin_config(tmp_path: Path) -> Path:
+    """The tiny config without data.root: the built-in set is built inside the run folder."""
+    config = tmp_path / "builtin.yaml"
+    config.write_text(yaml.safe_dump({"data": {"synthetic": True, "synthetic_n_train": 4, "synthetic_n_test": 2,
+                                               "load_size": 32, "crop_size": 32, "val_fraction": 0.25},
+                                      "model": MODEL, "train": TRAIN, "search": SEARCH, "finetune": FINETUNE}))
+    return config
+
+
+@pytest.mark.parametrize("command", ["train", "search", "finetune"])
+def test_kill_in_the_first_seconds_then_resume_continues(env, tmp_path, capsys, command):
+    out = tmp_path / "run"
+    config = builtin_config(tmp_path)
+    argv = {"train": ["train", "--config", config, "--out", out],
+            "search": ["search", "--config", config, "--teacher", env["teacher"], "--out", out, "--no-progress"],
+            "finetune": ["finetune", "--config", config, "--teacher", env["teacher"], "--genome-a",
+                         env["genomes"]["G_A"], "--genome-b", env["genomes"]["G_B"], "--out", out]}[command]
+    argv = [str(a) for a in argv]
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_DATA, "--threads", "1", *argv], env=PROC_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (out / ".coevo-run").is_file() and (out / "data" / "meta.json").is_file()
+    assert not (out / "config.yaml").exists()
+    assert main(argv + ["--resume"]) == 0, capsys.readouterr().err
+    assert (out / "config.yaml").is_file()
+    if command == "train":  # without --config there is no config to start it again with: said so
+        (out / "config.yaml").unlink()
+        (out / "checkpoint.pt").unlink()
+        capsys.readouterr()
+        refused(capsys, ["train", "--out", out, "--resume"], "--config")
+
+
+def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_train(env, tmp_path, capsys, monkeypatch):
+    from coevo.train.loop import CycleGANTrainer, TrainingError
+
+    def fails(self, *args, **kwargs):  # as a crop too small for the discriminator fails at the first step
+        raise TrainingError("the first step failed")
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(CycleGANTrainer, "fit", fails)
+        refused(capsys, train_argv(env, out), "the first step failed")
+    assert not out.exists()
+    assert main(train_argv(env, out)) == 0
+
+
+def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_compress(env, tmp_path, capsys, monkeypatch):
+    import coevo.search
+
+    def fails(*args, **kwargs):
+        raise coevo.search.runner.InputsChangedError("the search could not start")
+
+    monkeypatch.setattr(coevo.search, "run_search", fails)
+    out = tmp_path / "run"
+    config = builtin_config(tmp_path)
+    refused(capsys, ["compress", "--config", config, "--teacher", env["teacher"], "--out", out],
+            "the search could not start")
+    assert not out.exists()
+
+
+def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_search(env, tmp_path, capsys, monkeypatch):
+    from coevo.search.evolve import CoevolutionSearch
+
+    def fails(self, *args, **kwargs):
+        raise coevo_error("the first generation failed")
+
+    from coevo.train.loop import TrainingError as coevo_error
+
+    monkeypatch.setattr(CoevolutionSearch, "run", fails)
+    out = tmp_path / "run"
+    refused(capsys, search_argv(env, out), "the first generation failed")
+    assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- the newcomer's path
+# configs/demo.yaml shrunk as tests/test_pipeline.py does: 32 px, a ngf-8 two-block teacher, two generations
+TINY_DEMO = [
+    "data.load_size=32", "data.crop_size=32", "data.val_fraction=0.25",
+    "model.ngf=8", "model.n_blocks=2", "model.ndf=8",
+    "train.epochs=1", "train.epochs_decay=0", "train.log_every=4",
+    "search.population=4", "search.generations=1", "search.eval_images=3", "search.eval_size=32",
+    "finetune.epochs=1", "finetune.epochs_decay=0", "finetune.log_every=4",
+    "export.formats=[safetensors]", "export.check_size=32",
+    "bench.size=32", "bench.warmup=1", "bench.repeats=2", "bench.threads=1",
+]
+
+
+def tiny_sets() -> list:
+    return [a for s in TINY_DEMO for a in ("--set", s)]
+
+
+def mixed_size_photos(root: Path) -> Path:
+    """A user's data set whose test photos differ in size (and in aspect)."""
+    import numpy as np
+    from PIL import Image
+
+    make_image_folder(root, n=6, size=32, splits=("trainA", "trainB"))
+    rng = np.random.default_rng(1)
+    for split in ("testA", "testB"):
+        (root / split).mkdir(parents=True)
+        for i, (w, h) in enumerate([(32, 32), (48, 36), (30, 41)]):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / f"p{i}.jpg")
+    return root
+
+
+def test_compress_and_demo_on_photos_of_mixed_sizes_write_the_report(tmp_path, capsys):
+    """`coevo compress --data MYPHOTOS` writes report.md, grids and checks (as the README says), and
+    `coevo demo --data MYPHOTOS` (here resuming that run) no longer fails in the report on mixed sizes."""
+    photos = mixed_size_photos(tmp_path / "photos")
+    before = snapshot(photos)
+    out = tmp_path / "run"
+    config = REPO / "configs" / "demo.yaml"
+    argv = ["--threads", "1", "compress", "--config", str(config), "--out", str(out), "--data", str(photos),
+            *tiny_sets()]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report.md'}" in printed
+    for name in ("report.md", "report.json", "grid_AtoB.png", "grid_BtoA.png"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["root"] == str(photos.resolve()) and report["directions"]["AtoB"]["checks"]
+    (out / "report.md").unlink()
+    assert main(["--threads", "1", "demo", "--config", str(config), "--out", str(out), "--data", str(photos),
+                 "--resume", *tiny_sets()]) == 0, capsys.readouterr().err
+    assert (out / "report.md").is_file() and "demo finished" in capsys.readouterr().out
+    assert snapshot(photos) == before  # the user's photos are only read
+
+
+def test_demo_with_a_data_path_that_does_not_exist_is_an_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    typo = tmp_path / "my_photso"
+    refused(capsys, ["demo", "--out", out, "--data", typo], f"--data {typo} does not exist")
+    assert not typo.exists() and not out.exists()
+    (tmp_path / "file.txt").write_text("not a folder")
+    refused(capsys, ["compress", "--config", REPO / "configs" / "demo.yaml", "--out", out, "--data",
+                     tmp_path / "file.txt"], "is not a folder")
+    assert not out.exists()
+
+
+def test_help_does_not_load_torch():
+    """`coevo --help` answers in well under a second only if it never imports torch (timed in
+    benchmarks/cli_startup.py; here only whether torch is loaded)."""
+    code = ("import sys\nimport coevo\nfrom coevo.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
+    proc = subprocess.run([sys.executable, "-c", code], env=PROC_ENV, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout[:300]
+
+
+def test_help_names_every_export_format_and_bench_backend():
+    """The CLI spells out the format and backend names so that its help need not import torch."""
+    import coevo.backends
+    import coevo.cli.bench
+    import coevo.cli.export
+    import coevo.export
+
+    assert coevo.cli.export.FORMATS == coevo.export.FORMATS
+    assert coevo.cli.bench.BACKENDS == coevo.backends.BACKENDS

@@ -12,23 +12,10 @@ Public API (everything else is internal and may change)::
     from coevo import translate_images, translation_quality, psnr, ssim, make_grid_image
     from coevo import benchmark_models, machine_info, format_table
 
-The names below the models are imported on first use, so ``import coevo`` stays light.
+Every name is imported on first use, so ``import coevo`` (and ``coevo --help``) does not load torch.
 """
 import importlib
 import logging
-
-from .config import Config, ConfigError, load_config
-from .models import (
-    CheckpointError,
-    DiscriminatorArch,
-    GeneratorArch,
-    NLayerDiscriminator,
-    ResnetGenerator,
-    load_discriminator,
-    load_generator,
-    save_discriminator,
-    save_generator,
-)
 
 __version__ = "0.1.0"
 
@@ -36,6 +23,10 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # name -> submodule that defines it; resolved by __getattr__ on first access.
 _LAZY = {
+    "Config": "config", "ConfigError": "config", "load_config": "config",
+    "CheckpointError": "models", "DiscriminatorArch": "models", "GeneratorArch": "models",
+    "NLayerDiscriminator": "models", "ResnetGenerator": "models", "load_discriminator": "models",
+    "load_generator": "models", "save_discriminator": "models", "save_generator": "models",
     "Pipeline": "pipeline",
     "PipelineRun": "results", "open_run": "results",
     "SearchResult": "search.runner", "read_search_run": "search.runner", "run_search": "search.runner",
@@ -65,9 +56,6 @@ def __dir__():
 
 
 __all__ = [
-    "Config", "ConfigError", "load_config",
-    "CheckpointError", "DiscriminatorArch", "GeneratorArch", "NLayerDiscriminator", "ResnetGenerator",
-    "load_discriminator", "load_generator", "save_discriminator", "save_generator",
     *_LAZY,
     "__version__",
 ]

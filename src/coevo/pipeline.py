@@ -44,6 +44,9 @@ from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_ent
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "teacher", "search", "finetune", "export", "bench")
+# The first checkpoints of the stages that take long: a run that fails before any of them
+# holds nothing worth resuming (coevo.runs.undo_unstarted_run).
+UNSTARTED = ("teacher/checkpoint.pt", "search/state.pt", "finetune/checkpoint.pt", "finetune/stage.json")
 # Under torchrun these stages run on every rank; the others (cheap, or measuring one
 # process: data, export, bench) run on rank 0 while the other ranks wait.
 DISTRIBUTED_STAGES = ("teacher", "search", "finetune")

@@ -30,19 +30,40 @@ TARGET_PSNR_GAP_DB = 1.0
 TARGET_SPEEDUP = 3.0
 
 
-def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Path, n: int = 6) -> Optional[Path]:
-    from .data import list_images, load_image, to_tensor
+def _grid_images(files: List[Path], side: int) -> torch.Tensor:
+    """``files`` as one NCHW batch in [-1, 1]: at their own size (down to a multiple of 4, which the
+    generators need) when they all share it, else each resized to ``side`` x ``side``, as photos of
+    mixed sizes are (a grid has one row height and one column width)."""
+    from PIL import Image
+
+    from .data import load_image, to_tensor
+
+    images = [load_image(f) for f in files]
+    sizes = {(w - w % 4, h - h % 4) for w, h in (im.size for im in images)}
+    size = sizes.pop() if len(sizes) == 1 else (side, side)
+    return torch.stack([to_tensor(im if im.size == size else im.resize(size, Image.BICUBIC)) for im in images])
+
+
+def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Path, n: int = 6,
+          side: int = 256) -> Optional[Path]:
+    """Input, teacher, compressed (and ground truth when the data has it) for the first ``n`` test images;
+    ``side``: the square size images of mixed sizes are shown at."""
+    from .data import list_images
     from .viz import save_grid
 
     files = list_images(data_root / in_dir)[:n]
     if not files:
         return None
-    x = torch.stack([to_tensor(load_image(f)) for f in files])
+    x = _grid_images(files, side)
     with torch.inference_mode():
         cols = [("input", x), ("teacher", model_t(x)), ("coevo", model_s(x))]
     gt = [data_root / gt_dir / f.name for f in files]
     if all(g.exists() for g in gt):
-        cols.append(("ground truth", torch.stack([to_tensor(load_image(g)) for g in gt])))
+        truth = _grid_images(gt, side)
+        if truth.shape[-2:] != x.shape[-2:]:
+            truth = torch.nn.functional.interpolate(truth, size=tuple(x.shape[-2:]), mode="bicubic",
+                                                    align_corners=False).clamp(-1, 1)
+        cols.append(("ground truth", truth))
     save_grid(cols, path, max_rows=n)
     return path
 
@@ -108,7 +129,8 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
         if entry["psnr_delta_db"] is not None:  # only data with ground truth (the built-in set) has a PSNR
             entry["checks"][f"psnr at most {TARGET_PSNR_GAP_DB} dB below teacher"] = \
                 entry["psnr_delta_db"] >= -TARGET_PSNR_GAP_DB
-        grid = _grid(g_t, g_s, data_root, in_dir, gt_dir, run_dir / f"grid_{direction}.png")
+        grid = _grid(g_t, g_s, data_root, in_dir, gt_dir, run_dir / f"grid_{direction}.png",
+                     side=cfg.data.crop_size)
         entry["grid"] = grid.name if grid else None
         report["directions"][direction] = entry
     report["all_checks_pass"] = all(v for e in report["directions"].values() for v in e["checks"].values())

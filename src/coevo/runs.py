@@ -75,6 +75,21 @@ def restart_flags(path: str | Path, resume: bool, force: bool,
     return False, True
 
 
+def unstarted_resume(path: str | Path, resume: bool, force: bool,
+                     resume_file: str = "config.yaml") -> Tuple[bool, bool]:
+    """``(resume, force)`` for ``--resume`` of a run stopped in its first seconds.
+
+    A folder with coevo's marker but no ``resume_file`` yet (killed while it prepared its
+    data, say) holds nothing to continue: it is started again in place, replacing only
+    what coevo wrote there (:func:`remove_run_dir`). Any other case keeps the flags.
+    """
+    path = Path(path)
+    if not resume or (path / resume_file).exists() or not (path / RUN_MARKER).is_file():
+        return resume, force
+    log.warning("%s was stopped before its first checkpoint: nothing to resume, starting it again", path)
+    return False, True
+
+
 def run_entries(path: str | Path) -> List[Path]:
     """What ``path`` holds besides the marker, the lock file and temporary files of interrupted writes."""
     from .runlock import LOCK_NAME
@@ -174,6 +189,33 @@ def undo_failed_start(path: str | Path, resume: bool = False) -> Iterator[None]:
             if not existed and not any(path.iterdir()):
                 path.rmdir()
             log.debug("start failed: removed what it wrote into %s", path)
+        raise
+
+
+@contextmanager
+def undo_unstarted_run(path: str | Path, resume: bool = False,
+                       progress: Tuple[str, ...] = ("checkpoint.pt",)) -> Iterator[None]:
+    """:func:`undo_failed_start` for a whole job: an error before it wrote any of ``progress``
+    (its checkpoints, relative to ``path``) removes what the new run wrote.
+
+    Such a run holds nothing worth resuming, so a plain rerun must not be refused (a
+    crop too small for the discriminator fails only at the first step, say). An
+    interrupt keeps the folder: ``--resume`` then starts it again. Acts on rank 0 only.
+    """
+    path = Path(path)
+    fresh = not resume and not run_entries(path)
+    existed = path.exists()
+    try:
+        yield
+    except Exception:
+        if (fresh and distributed.is_main() and path.is_dir() and not path.is_symlink()
+                and (path / RUN_MARKER).is_file() and not any((path / p).exists() for p in progress)):
+            for entry in [e for e in path.iterdir() if e.name != RUN_MARKER]:
+                remove_owned(entry, path)
+            (path / RUN_MARKER).unlink()
+            if not existed and not any(path.iterdir()):
+                path.rmdir()
+            log.debug("run failed before its first checkpoint: removed what it wrote into %s", path)
         raise
 
 

@@ -8,9 +8,13 @@ from ..config import BenchConfig
 from .options import add_trust_model
 
 
-def add_parser(sub) -> None:
-    from ..backends import BACKENDS
+# coevo.backends.BACKENDS, spelled out: importing coevo.backends loads torch, and `coevo --help` must
+# not (tests/test_hostile_runs.py checks that the two agree)
+BACKENDS = ("eager", "torchscript", "torch-export", "onnxruntime", "onnxruntime-int8", "cuda-fp16-graph",
+            "cuda-fp16-compiled", "cuda-bf16-graph", "cuda-bf16-compiled")
 
+
+def add_parser(sub) -> None:
     d = BenchConfig()
     p = sub.add_parser(
         "bench",

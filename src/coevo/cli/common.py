@@ -14,10 +14,22 @@ def add_data_arg(p: argparse.ArgumentParser) -> None:
                         "the built-in set in the run folder")
 
 
+def _check_data_arg(data: str) -> None:
+    """``--data`` names the user's images: a missing folder is a typo, never a place to build the built-in set."""
+    path = Path(data)
+    if not path.is_dir():
+        from ..data.errors import DataError
+
+        what = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"--data {data} {what}; give a folder with trainA, trainB, testA, testB (or drop --data "
+                        "to use the built-in set)")
+
+
 def job_overrides(args: argparse.Namespace) -> List[str]:
     """``--set`` values plus the ones ``--data`` and the global ``--threads`` stand for (the flags win)."""
     out = list(getattr(args, "overrides", []) or [])
     if getattr(args, "data", None):
+        _check_data_arg(args.data)
         out.append(f"data.root={json.dumps(str(Path(args.data).resolve()))}")
     if getattr(args, "threads", None) is not None:
         out.append(f"threads={int(args.threads)}")
@@ -43,8 +55,14 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
 
 def apply_restart(args: argparse.Namespace, resume_file: str = "config.yaml") -> None:
     """Set ``args.resume``/``args.force`` for this attempt of a torchrun job (:func:`coevo.runs.restart_flags`):
-    a restarted job resumes the run it started and never deletes another. Rank 0 decides for every rank."""
+    a restarted job resumes the run it started and never deletes another. Rank 0 decides for every rank.
+    A ``--resume`` of a run stopped before it wrote ``resume_file`` starts it again
+    (:func:`coevo.runs.unstarted_resume`)."""
     from .. import distributed
-    from ..runs import restart_flags
+    from ..runs import restart_flags, unstarted_resume
 
-    args.resume, args.force = distributed.on_main(restart_flags, args.out, args.resume, args.force, resume_file)
+    def flags():
+        resume, force = restart_flags(args.out, args.resume, args.force, resume_file)
+        return unstarted_resume(args.out, resume, force, resume_file)
+
+    args.resume, args.force = distributed.on_main(flags)

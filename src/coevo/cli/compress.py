@@ -10,8 +10,9 @@ from .common import add_data_arg, apply_restart, job_config
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "compress",
-        help="run the whole pipeline: [train teacher] -> search -> fine-tune -> export -> bench",
-        description="Run every stage into RUN_DIR; finished stages are skipped on --resume.",
+        help="run the whole pipeline: [train teacher] -> search -> fine-tune -> export -> bench -> report",
+        description="Run every stage into RUN_DIR and write report.md/report.json and image grids there "
+                    "(as `coevo demo` does); finished stages are skipped on --resume.",
     )
     p.add_argument("--config", required=True, help="YAML config (e.g. configs/horse2zebra.yaml)")
     p.add_argument("--out", required=True, help="run folder")
@@ -31,15 +32,21 @@ def print_stage(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import Pipeline
-    from ..runs import RUN_MARKER
+    from .. import distributed
+    from ..pipeline import UNSTARTED, Pipeline
+    from ..report import build_report
+    from ..runs import RUN_MARKER, undo_unstarted_run
 
     apply_restart(args, resume_file=RUN_MARKER)
     teacher = teacher_from_args(args)  # a wrong teacher fails before any work
     cfg = job_config(args, args.config)
     pipe = Pipeline(cfg, args.out, teacher=teacher, resume=args.resume, force=args.force,
                     on_stage=print_stage)
-    pipe.run()
+    with undo_unstarted_run(args.out, args.resume, UNSTARTED):
+        pipe.run()
+    report = distributed.on_main(build_report, pipe.out, pipe.cfg)  # the one demo writes, for any data
     print(f"compressed pair: {pipe.dir('finetune') / 'G_A.pt'}, {pipe.dir('finetune') / 'G_B.pt'}")
     print(f"exports: {pipe.dir('export')}; benchmark: {pipe.dir('bench') / 'bench.json'}")
+    verdict = "all targets met" if report["all_checks_pass"] else "SOME TARGETS MISSED (see checks)"
+    print(f"report: {pipe.out / 'report.md'} ({verdict})")
     return 0

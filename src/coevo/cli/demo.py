@@ -37,14 +37,16 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..files import atomic_write_text
-    from ..pipeline import Pipeline
+    from ..pipeline import UNSTARTED, Pipeline
     from ..report import build_report
+    from ..runs import undo_unstarted_run
     from .compress import print_stage
 
     t0 = time.perf_counter()
     cfg = job_config(args, args.config or default_demo_config())
     pipe = Pipeline(cfg, args.out, resume=args.resume, force=args.force, on_stage=print_stage)
-    pipe.run()
+    with undo_unstarted_run(args.out, args.resume, UNSTARTED):
+        pipe.run()
     report = build_report(pipe.out, pipe.cfg)
     minutes = (time.perf_counter() - t0) / 60
     timing = {"wall_minutes": round(minutes, 2), "resumed": bool(args.resume),

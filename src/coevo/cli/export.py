@@ -15,9 +15,12 @@ RUN_GENERATORS = ("G_A", "G_B")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-def add_parser(sub) -> None:
-    from ..export import FORMATS
+# coevo.export.FORMATS, spelled out: importing coevo.export loads torch, and `coevo --help` must not
+# (tests/test_hostile_runs.py checks that the two agree)
+FORMATS = ("torch-export", "onnx", "safetensors", "torchscript")
 
+
+def add_parser(sub) -> None:
     d = ExportConfig()
     p = sub.add_parser(
         "export",

@@ -59,6 +59,7 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
+    from ..runs import undo_unstarted_run
     from ..train.finetune import finetune
 
     if args.resume and args.force:
@@ -72,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
         config = own if args.resume and own.is_file() else Path(args.search) / "config.yaml"
         if config.is_file():  # bad --set values fail here, and the run's threads apply unless --threads says
             job_config(args, config)
-        out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
+        with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
+            out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
     else:
-        out = _finetune_genomes(args, own)
+        with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
+            out = _finetune_genomes(args, own)
     report = json.loads((out / "finetune.json").read_text())
     for name, m in report["models"].items():
         print(f"{name}: {m['student']['macs'] / 1e6:.1f}M MACs ({m['macs_ratio']:.1%} of the teacher), "

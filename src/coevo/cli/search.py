@@ -30,7 +30,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..runs import RunDirError
+    from ..runs import RunDirError, undo_unstarted_run
     from ..search import run_search
 
     out = Path(args.out)
@@ -48,8 +48,9 @@ def run(args) -> int:
                               "--teacher-ba FILE")
         config_path = args.config
     cfg = job_config(args, config_path)
-    result = run_search(cfg, out, teacher=teacher, resume=args.resume, force=args.force,
-                        progress=not args.no_progress)
+    with undo_unstarted_run(out, args.resume, ("state.pt",)):
+        result = run_search(cfg, out, teacher=teacher, resume=args.resume, force=args.force,
+                            progress=not args.no_progress)
     s = result.summary
     print(f"search: {s['generations']} generations, metric {s['metric']}, "
           f"{s['evaluations']} evaluations ({s['cache_hits']} cache hits), {s['wall_time_s']:.1f}s")

@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import ConfigError
+    from ..runs import undo_unstarted_run
     from ..train.teacher import train_teacher
 
     if args.config is None and not args.resume:
@@ -34,8 +35,12 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.force:
         raise ConfigError("--resume and --force contradict each other: choose one")
     apply_restart(args)
+    if args.config is None and not args.resume:
+        raise ConfigError(f"{args.out} was stopped before it wrote its config.yaml: start it again with --config "
+                          "FILE --resume")
     config = args.config if args.config is not None else Path(args.out) / "config.yaml"
     cfg = job_config(args, config)
-    out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
+    with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
+        out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
     print(f"teacher: {out} (G_A.pt, G_B.pt, D_A.pt, D_B.pt; samples in {out / 'samples'})")
     return 0

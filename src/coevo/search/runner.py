@@ -173,9 +173,9 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
             built["ctx"] = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
             _log_cost(built["ctx"], cfg)
             point = _restore_point(run_dir, cfg, resume)  # before config.yaml is rewritten: it may refuse
-            dump_config(cfg, run_dir / "config.yaml")
             write_inputs(run_dir, inputs_record(cfg, teacher_files(paths)))
             atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+            dump_config(cfg, run_dir / "config.yaml")  # last: a folder with it holds a run to resume
         return run_dir, paths, cfg, *point
 
     # Under torchrun rank 0 prepares the folder and reads the resume point; every rank gets them.

@@ -45,8 +45,8 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
                 "(--force or another --out)"
             )
     run_data(cfg.data, out, resume, saved_root=old.data.root if resume else None)
-    dump_config(cfg, out / "config.yaml")
     write_inputs(out, inputs_record(cfg, files or {}, genomes))
+    dump_config(cfg, out / "config.yaml")  # last: a folder with it holds a run to resume
     return out
 
 
