@@ -61,7 +61,8 @@ def refuses(tmp_path, monkeypatch, capsys):
         capsys.readouterr()
         with deadline():
             rc = main(argv)
-        line = one_error_line(capsys, argv[0])
+        command = next(a for a in argv if not a.startswith("-") and not a.isdigit())  # after global options
+        line = one_error_line(capsys, command)
         assert rc == 2, line
         for word in words:
             assert word in line, (word, line)
@@ -407,3 +408,50 @@ def test_finetune_genome_of_another_architecture(refuses, model, data, tmp_path,
                     "--genome-b", genome, "--data", data, "--out", tmp_path / "run"])
     assert f"{other.n_blocks}-block" in line and f"ngf={other.ngf}" in line, line
     assert "2-block" in line and "ngf=4" in line, line
+
+
+def test_fifo_as_genome_file(refuses, model, data, tmp_path):
+    genome = fifo(tmp_path / "genome.json")
+    refuses(["finetune", "--config", TINY, "--teacher-ab", model, "--teacher-ba", model, "--genome-a", genome,
+             "--genome-b", genome, "--data", data, "--out", tmp_path / "run"], "genome.json", "named pipe")
+
+
+# ----------------------------------------------------------------------------- integers beyond any machine
+HUGE = str(10 ** 20)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--threads", HUGE, "data", "check", "."], "--threads"),
+    (["export", "--run", "G.pt", "--out", "exports", "--seed", HUGE], "--seed"),
+    (["translate", "--model", "G.pt", "--input", "photos", "--output", "out", "--batch", HUGE], "--batch"),
+    (["data", "synthetic", "--out", "synthetic", "--n-train", HUGE], "--n-train"),
+    (["evaluate", "--model", "G.pt", "--data", "data", "--kid-subset-size", HUGE], "--kid-subset-size"),
+])
+def test_integer_option_beyond_64_bits(refuses, argv, flag):
+    refuses(argv, flag, "out of range")
+
+
+def test_threads_beyond_any_machine(refuses, tmp_path):
+    refuses(["--threads", "1000000", "train", "--config", TINY, "--out", tmp_path / "run"], "threads", "at most")
+
+
+def test_threads_beyond_any_machine_in_config(refuses, tmp_path):
+    refuses(train_argv(tmp_path, "threads=1000000"), "threads", "1000000")
+
+
+def test_huge_synthetic_count(refuses, tmp_path):
+    refuses(["data", "synthetic", "--out", tmp_path / "synthetic", "--size", "16", "--n-train", "1000000000"],
+            "n_train", "at most")
+
+
+def test_huge_synthetic_count_in_config(refuses, tmp_path):
+    refuses(train_argv(tmp_path, "data.synthetic_n_train=1000000000"), "data.synthetic_n_train")
+
+
+def test_huge_bench_batch(refuses, model, tmp_path):
+    refuses(["bench", "--model", model, "--size", "16", "--batch", "1000000000", "--out", tmp_path / "bench"],
+            "--batch", "at most")
+
+
+def test_set_key_nested_thousands_deep(refuses, tmp_path):
+    refuses(train_argv(tmp_path, "data.root" + ".x" * 5000 + "=1"), "not a config key")

@@ -154,7 +154,7 @@ class BenchError(CoevoError, RuntimeError):
 
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
-    from .config import MAX_IMAGE_SIDE, ConfigError
+    from .config import MAX_BENCH_BATCH, MAX_IMAGE_SIDE, ConfigError
     from .models.generator import MIN_SIZE, SIZE_MULTIPLE
 
     unknown = [b for b in backends if b not in BACKENDS]
@@ -163,8 +163,8 @@ def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: S
     if size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_IMAGE_SIDE:
         raise ConfigError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} (the generator "
                           f"halves the image twice) and at most {MAX_IMAGE_SIDE}, got {size}")
-    if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if batch < 1 or batch > MAX_BENCH_BATCH:
+        raise ConfigError(f"--batch must be >= 1 and at most {MAX_BENCH_BATCH}, got {batch}")
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     if warmup < 0:

@@ -302,9 +302,10 @@ def parse_override(text: str) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     node = out
     parts = key.strip().split(".")
-    if not all(p.isidentifier() for p in parts):
-        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a config key; keys look like "
-                          "search.macs_ratio (a section and a name)")
+    if len(parts) > 2 or not all(p.isidentifier() for p in parts):
+        shown = key.strip() if len(key) <= 80 else key.strip()[:60] + "..."
+        raise ConfigError(f"override --set {shown!r} is not a config key; keys look like search.macs_ratio "
+                          "(a section and a name) or seed")
     for p in parts[:-1]:
         node = node.setdefault(p, {})
     node[parts[-1]] = value
@@ -427,6 +428,11 @@ AMP_SECTIONS = ("train", "finetune", "search")
 # The largest image side coevo works at, anywhere (training, search, export checks, benchmarks,
 # translation): one full-size generator pass at 4096 x 4096 already takes tens of GB.
 MAX_IMAGE_SIDE = 4096
+# Upper bounds that no real job reaches and that keep a typo from asking for memory, threads or
+# hours no machine has.
+MAX_THREADS = 1024
+MAX_BENCH_BATCH = 1024
+MAX_SYNTHETIC_IMAGES = 100_000
 _MULTIPLE_OF_4: Rule = ((lambda v: 4 <= v <= MAX_IMAGE_SIDE and v % 4 == 0),
                         f"a positive multiple of 4 (the generator down-samples twice) up to {MAX_IMAGE_SIDE}")
 
@@ -457,10 +463,10 @@ _LOOP_RULES: Dict[str, Rule] = {
 
 RULES: Dict[str, Rule] = {
     "seed": _at_least(0),
-    "threads": _at_least(0),
+    "threads": _interval(0, MAX_THREADS),
     "data.synthetic_seed": _at_least(0),
-    "data.synthetic_n_train": _at_least(1),
-    "data.synthetic_n_test": _at_least(1),
+    "data.synthetic_n_train": _interval(1, MAX_SYNTHETIC_IMAGES),
+    "data.synthetic_n_test": _interval(1, MAX_SYNTHETIC_IMAGES),
     "data.load_size": _interval(4, MAX_IMAGE_SIDE),
     "data.crop_size": _MULTIPLE_OF_4,
     "data.num_workers": _at_least(0),
@@ -487,7 +493,7 @@ RULES: Dict[str, Rule] = {
     "search.macs_ratio": _interval(0, 1, "(]"),
     "search.latency_ratio": _interval(0, 1, "(]"),
     "search.latency_ms": _at_least(0),
-    "search.latency_threads": _at_least(1),
+    "search.latency_threads": _interval(1, MAX_THREADS),
     "search.latency_size": _MULTIPLE_OF_4,
     "search.weight_compute": _at_least(0),
     "search.eval_images": _at_least(1),
@@ -503,8 +509,8 @@ RULES: Dict[str, Rule] = {
     "export.opset": _interval(7, 23),  # what torch's ONNX exporters implement
     "export.calibration_images": _at_least(1),
     "bench.size": _MULTIPLE_OF_4,
-    "bench.batch": _at_least(1),
-    "bench.threads": _at_least(0),
+    "bench.batch": _interval(1, MAX_BENCH_BATCH),
+    "bench.threads": _interval(0, MAX_THREADS),
     "bench.warmup": _at_least(0),
     "bench.repeats": _at_least(1),
 }

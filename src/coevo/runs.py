@@ -274,9 +274,11 @@ def apply_threads(threads: Optional[int]) -> None:
     """
     if threads is None or threads == 0:
         return
-    if threads < 0:
+    from .config import MAX_THREADS
+
+    if threads < 0 or threads > MAX_THREADS:
         from .config import ConfigError
 
-        raise ConfigError(f"threads must be >= 1 (or 0 for torch's default), got {threads}")
+        raise ConfigError(f"threads must be >= 1 (or 0 for torch's default) and at most {MAX_THREADS}, got {threads}")
     torch.set_num_threads(int(threads))
     log.info("torch CPU threads: %d", threads)

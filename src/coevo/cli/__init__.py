@@ -93,11 +93,27 @@ def os_error_message(e: OSError) -> Optional[str]:
     return None
 
 
+# torch, numpy and every C library below them take 64-bit integers; a larger option is a typo
+_MAX_INT = 2 ** 63 - 1
+
+
+def _out_of_range(args: argparse.Namespace) -> Optional[str]:
+    """Why an integer option is out of range, or None: one rule for every option of every command."""
+    for name, value in sorted(vars(args).items()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_INT:
+            return f"--{name.replace('_', '-')} {value} is out of range (at most {_MAX_INT})"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
+        return 2
+    too_large = _out_of_range(args)
+    if too_large is not None:
+        print(f"coevo {args.command}: error: {too_large}", file=sys.stderr)
         return 2
     from .. import distributed
 

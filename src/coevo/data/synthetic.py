@@ -259,13 +259,14 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     (its ``meta.json``); anything else in ``out`` is kept.
     Files appear only once the whole set is rendered.
     """
-    from ..config import MAX_IMAGE_SIDE
+    from ..config import MAX_IMAGE_SIDE, MAX_SYNTHETIC_IMAGES
 
     if int(size) < 16 or int(size) % 4 or int(size) > MAX_IMAGE_SIDE:
         raise DataError(f"synthetic image size must be a multiple of 4 and at least 16 and at most {MAX_IMAGE_SIDE}, "
                         f"got {size}")
-    if int(n_train) < 1 or int(n_test) < 1:
-        raise DataError(f"synthetic n_train and n_test must be >= 1, got {n_train} and {n_test}")
+    if not (1 <= int(n_train) <= MAX_SYNTHETIC_IMAGES and 1 <= int(n_test) <= MAX_SYNTHETIC_IMAGES):
+        raise DataError(f"synthetic n_train and n_test must be >= 1 and at most {MAX_SYNTHETIC_IMAGES}, got "
+                        f"{n_train} and {n_test}")
     out = Path(out)
     if task not in TASKS:
         raise DataError(f"unknown built-in task {task!r}; choose one of {sorted(TASKS)}")

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..models.generator import GeneratorArch, group_names
-from ..files import PathLike, atomic_write_text
+from ..files import PathLike, atomic_write_text, regular_file
 from ..errors import CoevoError
 
 GENOME_FORMAT = "coevo.genome"
@@ -272,6 +272,7 @@ class Genome:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"genome file not found: {path}")
+        regular_file(path, "genome file")
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
