@@ -24,7 +24,7 @@ on eager fp32, ``cuda-fp16-graph`` and ``cuda-fp16-compiled``.
     python benchmarks/deploy.py --device cuda                # GPU (benchmarks/gpu_check.sh)
 
 Writes ``deploy_{device}.json`` into --out and prints a table and the goal lines.
-Goals (issue 14): CPU, the deployed compressed model >= 10x faster than the teacher in
+Goals: CPU, the deployed compressed model >= 10x faster than the teacher in
 eager PyTorch; GPU, >= 10x at batch 1 against the teacher's eager fp32 and >= 1.5x
 against the teacher on the same fast runtime.
 """
@@ -117,15 +117,10 @@ def full_pair(work: Path, seed: int, size: int, quick: bool) -> Pair:
 # ----------------------------------------------------------------------------- profiles
 def ort_profile(path: Path, size: int, threads: Optional[int], runs: int = 5) -> Dict[str, Any]:
     """Where ONNX Runtime spends the time of one forward: ms per call by operator type, largest first."""
-    import onnxruntime as ort
+    from coevo.models.exported import ort_session
 
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    if threads:
-        options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
         x = (torch.rand(1, 3, size, size) * 2 - 1).numpy()
         name = session.get_inputs()[0].name
         session.run(None, {name: x})  # warm-up, also profiled: dropped below by counting the last runs only

@@ -1,4 +1,4 @@
-"""How well a latency lookup table predicts measured latency (issue: latency as the budget).
+"""How well a latency lookup table predicts measured latency, so that a search can budget time.
 
 Measures a :class:`coevo.latency.LatencyTable` for a teacher architecture, then
 times ``--networks`` random slim generators cut from it (widths in multiples of

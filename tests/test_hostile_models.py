@@ -236,9 +236,10 @@ def case_variant_pt2(pt2, tmp_path) -> Path:
 def _argv(command: str, model: Path, tmp: Path) -> list:
     photos = tmp / "photos"
     if not photos.exists():
-        photos.mkdir()
-        for i in range(2):
-            write_image(photos / f"{i}.png", seed=i)
+        for folder in (photos, photos / "data" / "testA", photos / "data" / "testA_gt_B"):
+            folder.mkdir(parents=True)
+            for i in range(2):
+                write_image(folder / f"{i}.png", size=32, seed=i)
     out = str(tmp / "out")
     return {
         "translate": ["translate", "--model", str(model), "--input", str(photos), "--output", out],
@@ -247,7 +248,8 @@ def _argv(command: str, model: Path, tmp: Path) -> list:
         "bench": ["bench", "--model", str(model), "--size", "32", "--repeats", "1", "--warmup", "0", "--out", out],
         "bench-trusted": ["bench", "--model", str(model), "--size", "32", "--repeats", "1", "--warmup", "0",
                           "--out", out, "--trust-model"],
-        "evaluate": ["evaluate", "--model", str(model), "--data", str(tmp), "--no-fid", "--out", out + ".json"],
+        "evaluate": ["evaluate", "--model", str(model), "--data", str(photos / "data"), "--no-fid",
+                     "--out", out + ".json"],
         "export": ["export", "--run", str(model), "--out", out, "--formats", "safetensors", "--check-size", "8"],
         "prune": ["prune", "--generator", str(model), "--out", out + ".pt", "--size", "32"],
         "search": ["search", "--teacher-ab", str(model), "--teacher-ba", str(model), "--out", out],

@@ -1,4 +1,5 @@
-"""Networks and checkpoints: the reference CycleGAN layout (REFERENCE.md section 3) and coevo's own files."""
+"""Networks and checkpoints: the reference CycleGAN layout (junyanz/pytorch-CycleGAN-and-pix2pix's
+``ResnetGenerator``, ``latest_net_G_A.pth``) and coevo's own files."""
 from __future__ import annotations
 
 import pytest
@@ -19,7 +20,8 @@ from coevo.models.io import save_reference_state_dict
 
 
 def reference_generator_shapes(ngf: int, n_blocks: int) -> dict:
-    """Expected state_dict of the reference ResnetGenerator, written out from REFERENCE.md section 3."""
+    """Expected state_dict of the reference ResnetGenerator, written out by hand from its published layout
+    (model.1 conv7x7, model.4/model.7 stride-2 convs, residual blocks model.10..., two transposed convs, model.26)."""
     c1, c2, c4 = ngf, 2 * ngf, 4 * ngf
     shapes = {
         "model.1.weight": (c1, 3, 7, 7), "model.1.bias": (c1,),

@@ -118,19 +118,14 @@ def _onnx_file(model: nn.Module, tmp: str) -> Path:
 def _ort_call(path: Path, x: torch.Tensor, device: torch.device, threads: Optional[int]) -> Call:
     import onnxruntime as ort
 
+    from .models.exported import ort_session
+
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise BackendUnavailable("this onnxruntime has no CUDAExecutionProvider (pip install onnxruntime-gpu)")
         providers = ["CUDAExecutionProvider"]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = int(threads)
-    # ORT's idle workers spin after each run; interleaved with PyTorch they steal the cores the
-    # next model needs (measured: +50% on the next eager call on 2 busy cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    session = ort_session(path, threads, providers)
     feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
     return lambda: session.run(None, feed)
 

@@ -85,8 +85,10 @@ def find_deploy_data(root: Optional[PathLike], name: str) -> DeployData:
 
 
 # ----------------------------------------------------------------------------- cpu
-def _deploy_cpu(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
+def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
                 options: Dict[str, Any]) -> Dict[str, Any]:
+    """INT8 from the fp32 ONNX file the export just checked (``_model``: unused, the deployers share one
+    signature)."""
     from .models.exported import OnnxGenerator
     from .quantize import CalibrationError, calibration_inputs, int8_quality, int8_verdict, quantize_int8
 

@@ -248,13 +248,15 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
         raise LatencyTableError(f"size must be a multiple of 4 and at least 8, got {size}")
     from .bench import machine_info
 
-    old_threads = torch.get_num_threads()
+    old_threads, old_rng = torch.get_num_threads(), torch.get_rng_state()
     if threads:
         torch.set_num_threads(int(threads))
     try:
         device = torch.device("cuda" if target == "cuda" else "cpu")
         timer = _timer(target)
-        torch.manual_seed(int(seed))  # random weights for timing only; results do not depend on them
+        # random weights for timing only (results do not depend on them): the modules draw them from
+        # torch's default generator, seeded here and restored below, so the caller's RNG is untouched
+        torch.manual_seed(int(seed))
         full = teacher.widths
         spans = {  # unit -> (input channel choices, output channel choices, input size divisor)
             "stem": ([teacher.in_channels], _grid(full["stem"], points), 1),
@@ -307,6 +309,7 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
         return table
     finally:
         torch.set_num_threads(old_threads)
+        torch.set_rng_state(old_rng)
 
 
 def cache_path(teacher: GeneratorArch, size: int, target: str, threads: int, batch: int = 1) -> Path:

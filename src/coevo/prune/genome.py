@@ -5,7 +5,8 @@ Masks index into ``genome.arch``, the architecture of the network being pruned
 
 * free (default): every group is searched on its own, including each residual
   block's inner channels (``block{i}.inner``);
-* tied (the paper's layout, REFERENCE.md section 1): each ``block{i}.inner`` mask
+* tied (the layout of the paper's official code, which shares one mask between the trunk
+  and every residual block's inner conv): each ``block{i}.inner`` mask
   equals the ``trunk`` mask, so the bit string is stem + down1 + trunk + up1 + up2
   (640 bits at ngf=64).
 
