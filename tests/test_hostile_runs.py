@@ -331,9 +331,10 @@ def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_train(env, tmp_pa
 
 def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_compress(env, tmp_path, capsys, monkeypatch):
     import coevo.search
+    from coevo.errors import CoevoError
 
-    def fails(*args, **kwargs):
-        raise coevo.search.runner.InputsChangedError("the search could not start")
+    def fails(*args, **kwargs):  # as a search whose first generation fails
+        raise CoevoError("the search could not start")
 
     monkeypatch.setattr(coevo.search, "run_search", fails)
     out = tmp_path / "run"
@@ -344,12 +345,11 @@ def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_compress(env, tmp
 
 
 def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_search(env, tmp_path, capsys, monkeypatch):
+    from coevo.errors import CoevoError
     from coevo.search.evolve import CoevolutionSearch
 
     def fails(self, *args, **kwargs):
-        raise coevo_error("the first generation failed")
-
-    from coevo.train.loop import TrainingError as coevo_error
+        raise CoevoError("the first generation failed")
 
     monkeypatch.setattr(CoevolutionSearch, "run", fails)
     out = tmp_path / "run"
