@@ -49,8 +49,7 @@ from coevo.deploy import DeployData, export_for_target, find_deploy_data
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.prune import count_macs, l1_genome_for_macs, slim
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference import random_generator  # noqa: E402  (the same seeded stand-in the inference benchmark uses)
+from _common import random_generator  # the seeded stand-in the inference benchmark uses too
 
 REPO = Path(__file__).resolve().parents[1]
 CPU_GOAL, GPU_GOAL, GPU_SAME_RUNTIME_GOAL = 10.0, 10.0, 1.5

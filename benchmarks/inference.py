@@ -33,6 +33,8 @@ from coevo.bench import BenchResult, benchmark_models, format_table, machine_inf
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.prune import count_macs, l1_genome_for_macs, slim
 
+from _common import random_generator
+
 BUDGETS = (0.5, 0.25, 0.1)
 MULTIPLES = (1, 8)
 GOAL_BUDGET, GOAL_EFFICIENCY = 0.25, 0.9  # eager speedup >= 0.9 x MAC reduction at 0.25 of the MACs
@@ -48,16 +50,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def random_generator(arch: GeneratorArch, seed: int) -> ResnetGenerator:
-    """A generator with N(0, 0.02) weights from a seeded generator (the CycleGAN init)."""
-    model = ResnetGenerator(arch).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-    return model
 
 
 def build_models(ngf: int, n_blocks: int, size: int, seed: int) -> Dict[str, ResnetGenerator]:

@@ -31,6 +31,22 @@ def make_image_folder(root: Path, n: int = 4, size: int = 32, seed: int = 0,
     return root
 
 
+def assert_same_tree(a, b, path="checkpoint"):
+    """Bit-identical nested dicts/lists of tensors and numbers (checkpoints, search states)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data")

@@ -33,7 +33,7 @@ from coevo.search import DIRECTIONS, run_search
 from coevo.train.finetune import finetune
 from coevo.train.teacher import train_teacher
 
-from conftest import make_image_folder
+from conftest import assert_same_tree, make_image_folder
 
 SEARCH = {"population": 5, "generations": 3, "eval_images": 3, "eval_size": 32}
 PROC_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -138,21 +138,6 @@ def assert_same_search(a, b) -> None:
         for k in ("bits", "terms"):
             assert torch.equal(sa["populations"][d][k], sb["populations"][d][k]), (d, k)
     assert sa["cache"]["keys"] == sb["cache"]["keys"] and torch.equal(sa["cache"]["rows"], sb["cache"]["rows"])
-
-
-def assert_same_tree(a, b, path="checkpoint"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def losses_only(run) -> List[Dict]:

@@ -18,6 +18,8 @@ from coevo.train.loop import CycleGANTrainer, LoopSettings, TrainingError, linea
 from coevo.train.pool import ImagePool
 from coevo.train.teacher import build_cyclegan, train_teacher
 
+from conftest import assert_same_tree
+
 TINY = {
     "data": {"synthetic": False, "load_size": 36, "crop_size": 32},
     "model": {"ngf": 4, "n_blocks": 1, "ndf": 4},
@@ -32,22 +34,6 @@ def tiny_config(root, **train):
     data["data"]["root"] = str(root)
     data["train"].update(train)
     return config_from_dict(data)
-
-
-def assert_same_tree(a, b, path="checkpoint"):
-    """Bit-identical nested dicts/lists of tensors and numbers."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_tree(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same_tree(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 def interrupt_after(monkeypatch, calls: int, exc=KeyboardInterrupt, value=None):
