@@ -35,11 +35,14 @@ from typing import Callable, Dict, List, Optional
 
 from . import distributed
 from .config import Config, diff_configs, dump_config
-from .files import atomic_write_text, remove_orphan_temps, remove_owned
+from .files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
 from .inputs import check_config_file, check_same_inputs, inputs_record, teacher_files, write_inputs
 from .runlock import check_not_running, lock_run_dir, releasing
-from .runs import RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, run_entries, undo_failed_start
+from .outputs import check_outputs_apart, data_input, teacher_input
+from .runs import (
+    RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, remove_run_entry, run_entries, undo_failed_start,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class Pipeline:
         return self.out / stage
 
     def prepare(self) -> None:
+        check_outputs_apart(self.out, {"data folder": data_input(self.cfg.data.root, self.out),
+                                       "teacher": teacher_input(self.teacher_src)})
         check_not_running(self.out)  # before --force may delete it
         if run_entries(self.out):
             if self.force:
@@ -179,7 +184,7 @@ class Pipeline:
         if resume:
             log.info("stage %s: resuming in %s", name, path)
         elif path.exists():
-            remove_owned(path, self.out)
+            remove_run_entry(path, self.out)
         return None, resume
 
     def _run_stage(self, name: str, fn: Callable[[Path, bool], Dict]) -> StageResult:
@@ -303,7 +308,7 @@ class Pipeline:
         from .deploy import export_for_target, find_deploy_data, resolve_target
 
         if path.exists():
-            remove_owned(path, self.out)  # exporting is cheap and idempotent: redo rather than patch
+            remove_run_entry(path, self.out)  # exporting is cheap and idempotent: redo rather than patch
         path.mkdir(parents=True)
         e = self.cfg.export
         target = resolve_target(e.target, self.cfg.device)

@@ -23,6 +23,7 @@ import torch
 from . import distributed
 from .errors import CoevoError
 from .files import RUN_MARKER, atomic_write_text, is_orphan_temp, remove_orphan_temps, remove_owned
+from .outputs import Inputs, check_outputs_apart, describe_foreign, foreign_entries, foreign_in_entry
 
 
 
@@ -126,7 +127,26 @@ def check_removable(path: str | Path) -> Path:
             f"which every coevo run folder has). Choose another --out, or delete the folder yourself "
             "if it is an old run you no longer need"
         )
+    foreign = foreign_entries(path)
+    if foreign:  # a marker says the folder was a run, not that everything in it is coevo's
+        raise RunDirError(
+            f"will not delete {path}: besides its {RUN_MARKER} marker it holds files coevo did not write "
+            f"({describe_foreign(path, foreign)}). Move them out of the folder, or choose another --out"
+        )
     return path
+
+
+def remove_run_entry(path: str | Path, owner: str | Path) -> None:
+    """Delete ``path``, an entry coevo wrote in the run folder ``owner`` (an unfinished stage folder, to
+    be redone); refuses with :class:`RunDirError` when it holds files coevo does not write there."""
+    path = Path(path)
+    foreign = foreign_in_entry(path)
+    if foreign:
+        raise RunDirError(
+            f"will not delete {path} to redo it: it holds files coevo did not write "
+            f"({describe_foreign(path.parent, foreign)}). Move them out, or start a new run with another --out"
+        )
+    remove_owned(path, owner)
 
 
 def remove_run_dir(path: str | Path) -> None:
@@ -219,14 +239,22 @@ def undo_unstarted_run(path: str | Path, resume: bool = False,
         raise
 
 
-def writable_out_dir(path: str | Path, command: str) -> Path:
+def writable_out_dir(path: str | Path, command: str, inputs: Optional[Inputs] = None) -> Path:
     """An output folder that files are replaced in (``coevo bench --out``): created and marked if missing.
 
-    Checks that a file can be created there, so that a long job fails before it starts, not at its end.
+    Refuses a folder holding any of ``inputs`` (:func:`coevo.outputs.check_outputs_apart`) and a
+    non-empty folder without the marker of a coevo run: its files are someone's, not coevo's
+    to replace. Checks that a file can be created there, so that a long job fails before it
+    starts, not at its end.
     """
+    check_outputs_apart(path, inputs or {})
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunDirError(f"--out {path} is a file, not a folder; choose another --out")
+    if run_entries(path) and not (path / RUN_MARKER).is_file():
+        shown = ", ".join(p.name for p in run_entries(path)[:5])
+        raise RunDirError(f"--out {path} holds files coevo did not write ({shown}; no {RUN_MARKER} marker): "
+                          "coevo replaces files only in its own folders. Choose a new or empty --out")
     new = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -89,16 +89,20 @@ class TranslationPlan:
 
 
 def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optional[int] = None,
-                     overwrite: bool = False, skip_bad: bool = False) -> TranslationPlan:
+                     overwrite: bool = False, skip_bad: bool = False,
+                     source: Optional[PathLike] = None) -> TranslationPlan:
     """Check every input and every output of a translation; write nothing.
 
-    Raises :class:`DataError` when an output would replace an input (``out_dir`` is a
-    folder of input images), when an output file exists and ``overwrite`` is False,
+    ``source``: the folder the images were listed from (``--input``), if any.
+    Raises :class:`~coevo.outputs.OutputError` when ``out_dir`` is, holds or lies inside
+    ``source``, or is or holds the folder of an image (links resolved, the links' own folders
+    too); :class:`DataError` when an output file exists and ``overwrite`` is False,
     when an input cannot be read and ``skip_bad`` is False (with it, such inputs are
     left out and listed in ``skipped``), or when an image is too large to translate
     at its own size (more than :data:`MAX_PIXELS`; pass ``size``).
     """
     from .data import check_image
+    from .outputs import Beside, check_outputs_apart
 
     if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_SIDE):
         raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_SIDE}, "
@@ -109,10 +113,11 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--output {out_dir} is a file; give a folder for the translated images")
-    sources = {p.resolve().parent for p in paths}
-    if out_dir.resolve() in sources:
-        raise DataError(f"--output {out_dir} is the folder of the input images: the translations would be "
-                        "written among (or over) the originals. Choose another --output folder")
+    # never into the --input folder or below it, nor among the images (or the links to them) or above them
+    folders = sorted({p.absolute().parent for p in paths} | {p.resolve().parent for p in paths})
+    given = [source] if source is not None and Path(source).is_dir() else []
+    check_outputs_apart(out_dir, {"folder of the input images": given + [Beside(f) for f in folders]},
+                        option="--output")
 
     skipped = []
     for p in paths:

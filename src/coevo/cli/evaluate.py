@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_request(args.data, args.direction, args.size, args.batch_size,
                   measures=(not args.no_fid, args.teacher is not None))
+    if args.out:  # checked before hours of work: never over an input, a device or a pipe
+        from ..outputs import check_outputs_apart
+
+        check_outputs_apart(args.out, {"--model file": args.model, "data folder": args.data,
+                                       "teacher": args.teacher, "--teacher-d file": args.teacher_d}, kind="file")
     teacher, disc = _resolve_teacher(args)
     perceptual = args.perceptual
     if perceptual is None and teacher is not None and disc is not None:

@@ -171,7 +171,8 @@ def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..deploy import export_for_target, find_deploy_data
     from ..export import FORMATS, ExportError, check_shapes, reference_outputs
-    from ..runs import RunDirError, prepare_run_dir
+    from ..outputs import check_outputs_apart
+    from ..runs import prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
@@ -182,14 +183,13 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args, formats)
     check_shapes(args.check_size)
     source = Path(args.run)
+    calibration = Path(args.calibration) if args.calibration else run_data_root(source)
+    check_outputs_apart(args.out, {"--run input": source, "calibration folder": calibration})
     pairs = find_generators(source)
     # a fine-tune run's G_A/G_B must all load; only a plain folder may hold other files
     models = _load_all(pairs, single=source.is_file() or all(n in RUN_GENERATORS for n, _ in pairs))
     for name, _, model in models:  # a NaN output fails here, before --out exists
         reference_outputs(model.cpu().eval(), name, args.check_size, args.seed)
-    if source.resolve() == Path(args.out).resolve() or Path(args.out).resolve() in source.resolve().parents:
-        raise RunDirError(f"--out {args.out} holds the --run input {source}; choose another --out")
-    calibration = Path(args.calibration) if args.calibration else run_data_root(source)
     if args.calibration and not calibration.is_dir():
         print(f"coevo export: error: --calibration {calibration} is not a folder", file=sys.stderr)
         return 2

@@ -58,8 +58,10 @@ def run(args) -> int:
         return _fail("--keep-ratio needs --method l1 and a value in (0, 1]")
     if args.size < 4 or args.size % 4:
         return _fail(f"--size must be a positive multiple of 4, got {args.size}")
-    if Path(args.generator).resolve() in (out.resolve(), genome_path.resolve()):
-        return _fail(f"--out {out} would write over the input generator {args.generator}; choose another --out")
+    from ..outputs import check_outputs_apart
+
+    for path in (out, genome_path):  # never over the input, a device or a pipe
+        check_outputs_apart(path, {"input generator": args.generator}, kind="file")
     existing = [str(p) for p in (out, genome_path) if p.exists()]
     if existing and not args.force:
         return _fail(f"{', '.join(existing)} already exist(s); pass --force to overwrite or choose another --out")

@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"coevo translate: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
     paths = input_images(args.input)
-    plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad)
+    plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad,
+                            source=args.input)
     model = load_generator(args.model, trust=args.trust_model)
     written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model)
     print(f"wrote {len(written)} image(s) to {args.output}")

@@ -37,7 +37,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -241,6 +241,23 @@ def _is_complete(out: Path, n_train: int, n_test: int) -> bool:
     return all((out / d).is_dir() and len(list((out / d).glob("*.png"))) == n for d, n in want.items())
 
 
+def foreign_in_set(out: Path) -> List[Path]:
+    """What a synthetic set folder holds besides what :func:`make_synthetic_dataset` writes: other
+    top-level entries, and anything in its image folders but the rendered ``0000.png`` files."""
+    from ..outputs import rendered_name
+
+    found = []
+    for entry in sorted(out.iterdir()):
+        if entry.name not in _ENTRIES or entry.is_symlink():
+            found.append(entry)
+        elif entry.is_dir():
+            found += [p for p in sorted(entry.iterdir())
+                      if p.is_symlink() or not p.is_file() or not rendered_name(p.name)]
+        elif entry.name != "meta.json":
+            found.append(entry)
+    return found
+
+
 def _write(arr: np.ndarray, path: Path) -> None:
     Image.fromarray(arr).save(path, format="PNG")
 
@@ -292,6 +309,15 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
                 f"will not replace {', '.join(replaced)} in {out}: the folder is not a coevo synthetic data set "
                 "(no meta.json written by coevo), so these may be your images. Choose another --out, "
                 "or move them away yourself"
+            )
+        # a meta.json alone does not make the images beside it coevo's: they must be the rendered ones
+        theirs = [p for p in foreign_in_set(out) if p.parent != out]
+        if theirs:
+            shown = ", ".join(str(p.relative_to(out)) for p in theirs[:5])
+            more = f" and {len(theirs) - 5} more" if len(theirs) > 5 else ""
+            raise DataError(
+                f"will not replace the image folders of {out}: they hold files coevo did not render "
+                f"({shown}{more}). Choose another --out, or move those files away yourself"
             )
         stray = sorted(p.name for p in out.iterdir() if p.name not in _ENTRIES)
         if stray:

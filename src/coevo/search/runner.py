@@ -46,6 +46,7 @@ from ..prune import Genome
 from ..inputs import (InputsChangedError, check_config_file, check_same_inputs, inputs_record,
                       teacher_files, write_inputs)
 from ..runlock import check_not_running, lock_run_dir, releasing
+from ..outputs import check_outputs_apart, data_input, teacher_input
 from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
@@ -157,6 +158,8 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
 
     def start():
         with undo_failed_start(out, resume):
+            check_outputs_apart(out, {"data folder": data_input(cfg.data.root, out),
+                                      "teacher": teacher_input(teacher)})
             check_not_running(out)  # before --force may delete it
             run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
             lock_run_dir(run_dir)

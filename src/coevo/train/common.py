@@ -12,6 +12,7 @@ from ..data import UnpairedImageDataset, ensure_data_root
 from ..data.prepare import run_data
 from ..inputs import check_config_file, check_same_inputs, inputs_record, write_inputs
 from ..runlock import check_not_running, lock_run_dir
+from ..outputs import Inputs, check_outputs_apart, data_input
 from ..runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, sections: Sequence[str],
                  command: str = "train", files: Mapping[str, Path] | None = None,
-                 genomes: Mapping[str, Any] | None = None) -> Path:
+                 genomes: Mapping[str, Any] | None = None, inputs: Inputs | None = None) -> Path:
     """Create (or, for ``resume``, check) a run folder; write the resolved ``config.yaml`` and ``data.json``.
 
     ``cfg.data.root`` is resolved in place to an absolute folder (the run's own
@@ -28,8 +29,11 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
     raises an error naming the keys or the splits: the run would no longer
     reproduce an uninterrupted one. So does an edited ``config.yaml``, or ``files``
     (e.g. the teacher's) and ``genomes`` other than the run started with (``inputs.json``,
-    :mod:`coevo.inputs`).
+    :mod:`coevo.inputs`). The folder never holds, is, or lies inside the data, ``files`` or
+    other ``inputs`` (``{label: path}``), with or without ``force``.
     """
+    check_outputs_apart(out_dir, {"data folder": data_input(cfg.data.root, out_dir), **(files or {}),
+                                  **(inputs or {})})
     check_not_running(out_dir)  # before --force may delete it
     out = prepare_run_dir(out_dir, resume=resume, force=force, command=command)
     lock_run_dir(out)

@@ -268,7 +268,9 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         with undo_failed_start(out_dir, resume):
             # the folder first: without data.root it builds the built-in set inside it, as train does
             out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune",
-                               files=teacher_files(teacher_paths), genomes=genomes)
+                               files=teacher_files(teacher_paths), genomes=genomes,
+                               inputs={"search run": source.get("search_dir"),
+                                       "genome file": list((source.get("genomes_from") or {}).values())})
             built["split"] = _split(cfg)
             val = built["split"][1]
             for k in DIRECTIONS:
