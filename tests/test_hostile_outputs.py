@@ -255,3 +255,28 @@ def test_outputs_next_to_inputs_still_work(generator_file, photos, tmp_path, cap
     assert main(translate_argv(generator_file, photos / "a.png", photos / "a_translated")) == 0
     assert [p.name for p in (photos / "a_translated").iterdir()] == ["a.png"]
     capsys.readouterr()
+
+
+def test_force_still_replaces_a_run_holding_only_what_coevo_writes(teacher, data, tmp_path, capsys):
+    """A teacher run with samples, its built-in data set and the leftovers of a kill is replaced; one
+    file of yours in it, at any depth, and it is not."""
+    from coevo.runs import RunDirError, check_removable
+
+    make_synthetic_dataset(teacher / "data", size=16, n_train=1, n_test=1)
+    (teacher / "samples").mkdir()
+    write_image(teacher / "samples" / "epoch_001.png")
+    (teacher / ".data.ab12.partial" / "trainA").mkdir(parents=True)  # a render a kill interrupted
+    (teacher / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")
+    assert check_removable(teacher) == teacher
+    (teacher / "samples" / "mine.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="samples/mine.txt"):
+        check_removable(teacher)
+    (teacher / "samples" / "mine.txt").unlink()
+    write_image(teacher / "data" / "testA" / "holiday.png")
+    with pytest.raises(RunDirError, match="data/testA/holiday.png"):
+        check_removable(teacher)
+    (teacher / "data" / "testA" / "holiday.png").unlink()
+    assert main(["train", "--config", DEMO, "--data", str(data), "--out", str(teacher), "--force", *TINY,
+                 "--set", "train.max_steps_per_epoch=1", "--set", "train.sample_every=0"]) == 0
+    assert (teacher / "G_A.pt").is_file() and not (teacher / "samples" / "epoch_001.png").exists()
+    capsys.readouterr()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
 from .errors import CoevoError
-from .files import RUN_MARKER, PathLike, is_orphan_temp
+from .files import PARTIAL_SUFFIX, RUN_MARKER, PathLike, is_orphan_temp
 
 
 class OutputError(CoevoError, RuntimeError):
@@ -169,7 +169,11 @@ def _foreign_in_data(folder: Path) -> List[Path]:
 
 
 def _entries(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.name not in _BOOKKEEPING and not is_orphan_temp(p))
+    """The entries to judge: not the marker and lock, nor the temporary files and render folders
+    (``.<name>.<random>.tmp`` / ``.partial``) that a killed write leaves and coevo cleans up."""
+    return sorted(p for p in folder.iterdir() if p.name not in _BOOKKEEPING and not is_orphan_temp(p)
+                  and not (p.name.startswith(".") and p.name.endswith(PARTIAL_SUFFIX) and p.is_dir()
+                           and not p.is_symlink()))
 
 
 def foreign_entries(folder: PathLike) -> List[Path]:
