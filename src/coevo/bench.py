@@ -225,8 +225,9 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
             if not runners:
                 raise BenchError(f"nothing to time: no model could run on {', '.join(backends)} here "
                                  "(see the warnings above)")
-            log.info("timing %d model/backend pairs: %d warm-up + %d timed rounds, %s, batch %d, %dx%d, %d threads",
-                     len(runners), warmup, repeats, dev, batch, size, size, torch.get_num_threads())
+            n = torch.get_num_threads()
+            log.info("timing %d model/backend pairs: %d warm-up + %d timed rounds, %s, batch %d, %dx%d, %d thread%s",
+                     len(runners), warmup, repeats, dev, batch, size, size, n, "" if n == 1 else "s")
             _interleaved(runners, dev, warmup, repeats)
         return _results(runners, size, batch, str(dev), threads or torch.get_num_threads())
     finally:

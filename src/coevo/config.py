@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ class Config:
     seed: int = 0
     device: str = "cpu"
     threads: int = 0                   # torch CPU threads for every stage; 0: torch's default (one per core)
+    log: str = "jsonl"                 # jsonl, or tensorboard: curves in RUN/tensorboard too (coevo.train.curves)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -204,21 +206,33 @@ class Config:
 MAX_INT = 2 ** 63 - 1
 # Deeper YAML is no config: a deep enough one exhausts Python's recursion limit in any code that walks it.
 MAX_YAML_DEPTH = 16
+MAX_CONFIG_BYTES = 2 ** 20
 
 
-def _depth(value: Any) -> int:
-    """How deeply lists and mappings nest in ``value`` (0 for a scalar), without recursion."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in [*node.keys(), *node.values()])
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, depth + 1) for v in node)
-        else:
-            continue
-        deepest = max(deepest, depth + 1)
-    return deepest
+def _depth(value: Any, limit: int) -> int:
+    """How deeply lists and mappings nest in ``value`` (0 for a scalar), counted up to ``limit + 1``.
+
+    Level by level, each object once per level: YAML aliases make shared (even self-containing)
+    objects, and a walk along every path through them takes exponential time (the billion laughs).
+    """
+    depth, frontier = 0, [value]
+    while depth <= limit:
+        containers = {id(n): n for n in frontier if isinstance(n, (dict, list, tuple))}
+        if not containers:
+            return depth
+        depth += 1
+        frontier = [c for n in containers.values() for c in ([*n.keys(), *n.values()] if isinstance(n, dict) else n)]
+    return depth
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 200, 200
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, cut short: a value can be a huge or self-containing structure."""
+    return _REPR.repr(value)
 
 
 def _load_yaml(text: str, where: str) -> Any:
@@ -230,7 +244,7 @@ def _load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} nests lists or mappings too deeply to be a config") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
-    if _depth(data) > MAX_YAML_DEPTH:
+    if _depth(data, MAX_YAML_DEPTH) > MAX_YAML_DEPTH:
         raise ConfigError(f"{where} nests lists or mappings more than {MAX_YAML_DEPTH} levels deep; "
                           "a config needs two (section, key)")
     return data
@@ -246,31 +260,31 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {_shown(value)}")
         return [_coerce(v, inner, key) for v in value]
     if typ is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
             return value.lower() in ("true", "yes", "1", "on")
-        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+        raise ConfigError(f"config key '{key}' expects true/false, got {_shown(value)}")
     if typ in (int, float):
         if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a number, got {_shown(value)}")
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {_shown(value)}")
         try:
             out = typ(value)
         except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
-            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from None
+            raise ConfigError(f"config key '{key}' expects {typ.__name__}, got {_shown(value)}") from None
         if typ is int and isinstance(value, float) and value != int(value):
-            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects an integer, got {_shown(value)}")
         if typ is int and abs(out) > MAX_INT:  # torch and numpy take 64-bit integers
-            raise ConfigError(f"config key '{key}' is out of range: {value!r}")
+            raise ConfigError(f"config key '{key}' is out of range: {_shown(value)}")
         return out
     if typ is str:
         if isinstance(value, (dict, list)):  # str() would make a path like "{'x': 1}"
-            raise ConfigError(f"config key '{key}' expects a single value, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a single value, got {_shown(value)}")
         return str(value)
     return value
 
@@ -287,7 +301,7 @@ def _apply(obj: Any, data: Dict[str, Any], prefix: str = "") -> None:
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{full}' is a section; give a mapping, got {value!r}")
+                raise ConfigError(f"config key '{full}' is a section; give a mapping, got {_shown(value)}")
             _apply(current, value, prefix=f"{full}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], full))
@@ -336,6 +350,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
             regular_file(path, "config")
         except NotAFileError as e:
             raise ConfigError(str(e)) from None
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path} is {path.stat().st_size / 2 ** 20:.1f} MB; a config is a few KB of "
+                              "YAML: give the right file")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -368,7 +385,7 @@ def flatten(d: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 # nor the schedule (where the data lies is checked by its fingerprint, not its path;
 # CPU threads change results only by float rounding).
 RESUME_SAFE_KEYS = frozenset({
-    "name", "threads", "data.root", "data.num_workers",
+    "name", "threads", "log", "data.root", "data.num_workers",
     "train.sample_every", "train.sample_images", "train.log_every",
     "finetune.sample_every", "finetune.sample_images", "finetune.log_every",
 })
@@ -442,7 +459,7 @@ def check_image_side(value: Any, name: str) -> int:
     naming ``name`` (a flag such as ``--size``): the one size rule of every command."""
     ok, allowed = _MULTIPLE_OF_4
     if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+        raise ConfigError(f"{name} must be {allowed}, got {_shown(value)}")
     return value
 
 
@@ -525,7 +542,10 @@ def _choices() -> Dict[str, Sequence[str]]:
     from .precision import AMP_MODES
     from .search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
 
+    from .train.curves import LOGGERS
+
     return {
+        "log": LOGGERS,
         **{f"{section}.amp": AMP_MODES for section in AMP_SECTIONS},
         "search.selection": sorted(SELECTIONS),
         "search.crossover": sorted(CROSSOVERS),
@@ -553,14 +573,14 @@ def _check_value(key: str, value: Any, choices: Dict[str, Sequence[str]]) -> Non
     if key in RULES:
         ok, allowed = RULES[key]
         if not ok(value):
-            raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+            raise ConfigError(f"{key} must be {allowed}, got {_shown(value)}")
     if key in choices:
         names = value if isinstance(value, list) else [value]
         if not names:
             raise ConfigError(f"{key} must name at least one of {list(choices[key])}")
         for name in names:
             if name not in choices[key]:
-                raise ConfigError(f"{key} must be one of {list(choices[key])}, got {name!r}")
+                raise ConfigError(f"{key} must be one of {list(choices[key])}, got {_shown(name)}")
 
 
 def _check_relations(section: str, s: Any) -> None:

@@ -45,6 +45,7 @@ TOLERANCE = 1e-4
 # less makes it export 18 and then fail a down-conversion (ReflectionPad has no adapter).
 DYNAMO_MIN_OPSET = 18
 REPORT_NAME = "export_report.json"
+_OPSET_RAISED: set = set()  # opsets already reported as raised to DYNAMO_MIN_OPSET
 
 
 class ExportError(CoevoError, RuntimeError):
@@ -232,8 +233,10 @@ def save_onnx(model: nn.Module, path: PathLike, opset: int = 17, exporter: str =
 
 def _export_dynamo(model: nn.Module, example: Tuple[torch.Tensor], path: Path, opset: int) -> None:
     if opset < DYNAMO_MIN_OPSET:
-        log.info("the dynamo ONNX exporter implements opset >= %d; exporting opset %d instead of %d",
-                 DYNAMO_MIN_OPSET, DYNAMO_MIN_OPSET, opset)
+        if opset not in _OPSET_RAISED:  # once per process, not once per file
+            _OPSET_RAISED.add(opset)
+            log.info("the dynamo ONNX exporter implements opset >= %d; exporting opset %d instead of %d",
+                     DYNAMO_MIN_OPSET, DYNAMO_MIN_OPSET, opset)
         opset = DYNAMO_MIN_OPSET
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     with quiet_export():
@@ -277,7 +280,6 @@ WRITERS: Dict[str, Tuple[str, Callable[[ResnetGenerator, Path, Dict[str, Any]], 
     "torchscript": (".ts", _write_torchscript),
 }
 FORMATS = tuple(WRITERS)
-SUFFIXES = {fmt: suffix for fmt, (suffix, _) in WRITERS.items()}
 # TorchScript is opt-in: torch.jit is deprecated in the pinned torch, torch.export replaces it.
 DEFAULT_FORMATS = ("torch-export", "onnx", "safetensors")
 

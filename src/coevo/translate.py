@@ -197,7 +197,7 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
         log.warning("skipped %d unreadable image(s): %s", len(plan.skipped),
                     _listed([f"{p} ({why})" for p, why in plan.skipped]))
     written = list(plan.targets.values())
-    log.info("wrote %d translated image(s) to %s", len(written), plan.out_dir)
+    log.debug("wrote %d translated image(s) to %s", len(written), plan.out_dir)  # the CLI says it
     return written
 
 

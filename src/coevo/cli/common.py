@@ -14,6 +14,13 @@ def add_data_arg(p: argparse.ArgumentParser) -> None:
                         "the built-in set in the run folder")
 
 
+def add_log_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", choices=["jsonl", "tensorboard"], default=None,
+                   help="tensorboard: also write the curves and sample grids of training, search and fine-tuning "
+                        "to RUN/tensorboard (needs pip install 'coevo[tensorboard]'); same as --set log=... "
+                        "(default: the config's log, jsonl: log.jsonl, history.jsonl and sample PNGs only)")
+
+
 def _check_data_arg(data: str) -> None:
     """``--data`` names the user's images: a missing folder is a typo, never a place to build the built-in set."""
     path = Path(data)
@@ -33,6 +40,8 @@ def job_overrides(args: argparse.Namespace) -> List[str]:
         out.append(f"data.root={json.dumps(str(Path(args.data).resolve()))}")
     if getattr(args, "threads", None) is not None:
         out.append(f"threads={int(args.threads)}")
+    if getattr(args, "log", None):
+        out.append(f"log={args.log}")
     return out
 
 
@@ -46,7 +55,10 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
     from ..config import COMMAND_STAGES, check_resources, load_config
     from ..runs import apply_threads
 
+    from ..train.curves import check_available
+
     cfg = load_config(path, job_overrides(args))
+    check_available(cfg.log)  # a missing tensorboard package is said now, not after the teacher trained
     apply_threads(cfg.threads)
     distributed.check_device(cfg.device)
     check_resources(cfg, COMMAND_STAGES.get(getattr(args, "command", None), ()))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, apply_restart, job_config
+from .common import add_data_arg, add_log_arg, apply_restart, job_config
 
 
 def add_parser(sub) -> None:
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
     add_data_arg(p)
+    add_log_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run")
     p.add_argument("--force", action="store_true", help="delete RUN_DIR first if it is an earlier coevo run")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .common import add_data_arg, job_config
+from .common import add_data_arg, add_log_arg, job_config
 
 
 def default_demo_config() -> Path:
@@ -30,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--config", default=None, help="config to use instead of configs/demo.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     add_data_arg(p)
+    add_log_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo")
     p.add_argument("--force", action="store_true", help="delete --out first if it is an earlier coevo run")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, apply_restart, job_config, job_overrides
+from .common import add_data_arg, add_log_arg, apply_restart, job_config, job_overrides
 
 
 def add_parser(sub) -> None:
@@ -32,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the search run's config, e.g. --set finetune.epochs=3 (repeatable)")
     add_data_arg(p)
+    add_log_arg(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
     p.set_defaults(func=run)

@@ -113,6 +113,7 @@ def _warn_if_stale(root: Path, cfg) -> None:
 
 # Fewer held-out images per domain than this make selection and fitness noisy enough to warn about.
 MIN_HELD_OUT = 4
+_WARNED: set = set()
 
 
 @dataclass
@@ -140,7 +141,9 @@ def train_val_indices(full: UnpairedImageDataset, val_fraction: float, seed: int
     split = {"A": split_train_val(len(full.A_paths), val_fraction, seed),
              "B": split_train_val(len(full.B_paths), val_fraction, seed)}
     few = {side: len(val) for side, (_, val) in split.items() if 0 < len(val) < MIN_HELD_OUT}
-    if few:
+    key = (len(full.A_paths), len(full.B_paths), val_fraction)
+    if few and key not in _WARNED:  # once per process: every stage of a run recomputes the split
+        _WARNED.add(key)
         log.warning("data.val_fraction=%g holds out only %s training image(s); model selection and the "
                     "search's fitness on so few images are noisy: raise data.val_fraction or add images "
                     "(at least %d per domain is advised)", val_fraction,

@@ -300,7 +300,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
             found = _describe(meta) if meta.get("generator") == "coevo.synthetic" else "other files"
             raise DataError(
                 f"{out} already holds {found}, not a synthetic set with {_describe(params)}; "
-                "pass --force (force=True) to replace it, or choose another --out"
+                "pass --force to replace it, or choose another --out"
             )
         replaced = sorted(p.name for p in out.iterdir() if p.name in _ENTRIES)
         if replaced and meta.get("generator") != "coevo.synthetic":

@@ -29,6 +29,7 @@ from ..files import PathLike, atomic_path, atomic_torch_save, regular_file
 
 log = logging.getLogger(__name__)
 
+_REPORTED: set = set()  # reference checkpoints whose inferred architecture was logged
 GEN_FORMAT = "coevo.generator"
 DISC_FORMAT = "coevo.discriminator"
 
@@ -180,7 +181,12 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
                                   "file of the run")
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             model = generator_from_state_dict(obj, None, path)
-            log.info("loaded reference checkpoint %s (inferred %s)", path, model.arch.to_dict())
+            a = model.arch
+            # said once per file: a run loads its teacher in every stage
+            (log.debug if str(path) in _REPORTED else log.info)(
+                "loaded reference checkpoint %s (inferred ngf %d, %d residual blocks%s)", path, a.ngf, a.n_blocks,
+                "" if a.is_full else ", channel-pruned")
+            _REPORTED.add(str(path))
         else:
             raise CheckpointError(
                 f"{path} is neither a coevo generator nor a CycleGAN state_dict "

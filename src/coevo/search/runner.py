@@ -48,6 +48,7 @@ from ..inputs import (InputsChangedError, check_config_file, check_same_inputs, 
 from ..runlock import check_not_running, lock_run_dir, releasing
 from ..outputs import check_outputs_apart, data_input, teacher_input
 from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
+from ..train.curves import Curves
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
@@ -189,17 +190,25 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
         search.restore(state, records)
         log.info("resumed %s after generation %d", run_dir, state.generation)
 
+    curves = Curves(run_dir, "search", cfg.log, enabled=distributed.is_main())
+
     def checkpoint(s: CoevolutionSearch, record: Dict) -> None:
         distributed.check_same(_digest(s), f"the search state after generation {s.generation}")
         if distributed.is_main():
             append_jsonl(run_dir / "history.jsonl", record)
+            curves.scalars(s.generation, record)
             _write_best(s, run_dir, cfg)
             save_state(s.state(), run_dir / "state.pt")
 
     target = cfg.search.generations if stop_after is None else min(cfg.search.generations, int(stop_after))
-    t0 = time.perf_counter()
-    best = search.run(target, callback=checkpoint, progress=progress and distributed.is_main())
-    log.info("search: %d generations in %.1fs this session", search.generation, time.perf_counter() - t0)
+    t0, first = time.perf_counter(), search.generation
+    try:
+        best = search.run(target, callback=checkpoint, progress=progress and distributed.is_main())
+    finally:
+        curves.close()
+    if search.generation > first:
+        log.info("search: %d generation(s) in %.1fs, now %d of %d", search.generation - max(first, 0),
+                 time.perf_counter() - t0, search.generation, cfg.search.generations)
     if cfg.search.rerank_top and search.generation >= cfg.search.generations:
         # Not checkpointed: a resumed finished search reranks again, with the same result.
         t1 = time.perf_counter()
@@ -211,6 +220,11 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
             for d in DIRECTIONS:
                 search.populations[d].best().genome.save_json(run_dir / "genomes" / f"proxy_best_{d}.json")
     summary = _summary(search, cfg, paths)
+    if "latency" in summary:  # a latency budget: say where the chosen pair lands against it
+        lat = summary["latency"]
+        log.info("latency budget %.2f ms (teacher %.2f ms predicted, %s, %d thread(s), %dpx): predicted %s",
+                 lat["budget_ms"], lat["teacher_ms_predicted"], lat["target"], lat["threads"], lat["size"],
+                 ", ".join(f"{d} {summary['best'][d]['predicted_ms']:.2f} ms" for d in DIRECTIONS))
     distributed.on_main(_finish, search, run_dir, summary)
     return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
 

@@ -60,6 +60,13 @@ FINETUNE_SECTIONS = ("seed", "data", "model", "finetune")
 DIRECTIONS = ("G_A", "G_B")
 
 
+def _short(value) -> str:
+    """A metric or a dict of metrics for a log line: 4 significant digits, not 17."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_short(v)}" for k, v in value.items()) or "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 # ----------------------------------------------------------------------------- inputs
 def read_search_dir(search_dir: Path, overrides: Sequence[str] = ()):
     """(config, teacher paths, {"G_A": genome, "G_B": genome}) of a search run."""
@@ -196,7 +203,8 @@ def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
         return load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B), "teacher"
     rng = make_rng(derive_seed(cfg.seed, STREAM_FRESH_D))
     arch = DiscriminatorArch(ndf=cfg.model.ndf, n_layers=cfg.model.n_layers_d)
-    log.info("the teacher has no discriminators: fine-tuning against fresh ones (%s)", arch.to_dict())
+    log.info("the teacher has no discriminators: fine-tuning against fresh ones (ndf %d, %d layers)", arch.ndf,
+             arch.n_layers)
     return (init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain),
             init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain), "fresh")
 
@@ -260,7 +268,8 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     for k in DIRECTIONS:  # before the run folder exists: a genome of another network is no start
         check_genome_fits(_load_resnet(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
     source = dict(source or {})
-    settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers)
+    settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers,
+                                         cfg.log)
     cfg = copy.deepcopy(cfg)  # data.root is resolved by open_run_dir; the caller's config stays as it was
     built = {}  # rank 0's data, networks and model selection, built (and checked) before anything else runs
 
@@ -293,7 +302,8 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
         trainer.resume()
-    log.info("fine-tuning the slim pair: %s; val before: %s", split, val_before)
+    log.info("fine-tuning the slim pair on %d+%d training images (%d+%d held out); held-out before: %s",
+             split["n_train_A"], split["n_train_B"], split["n_val_A"], split["n_val_B"], _short(val_before))
     samples = fixed_images(train_set.subset(augment=False), settings.sample_images) if built else None
     result = trainer.fit(train_set, samples)
     header = {"stage": "finetune", **source, "teacher": teacher_paths.to_dict(), "discriminators": discriminators,
@@ -324,4 +334,5 @@ def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: 
     }
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
     log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", result.seconds,
-             selector.best_epoch, header["val_before"].get("val_l1"), selector.best_metrics.get("val_l1"))
+             selector.best_epoch, _short(header["val_before"].get("val_l1")),
+             _short(selector.best_metrics.get("val_l1")))

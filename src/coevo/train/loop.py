@@ -52,6 +52,7 @@ from ..config import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
 from ..files import atomic_torch_save
+from .curves import Curves
 from ..models.io import CheckpointError, safe_torch_load
 from ..precision import autocast
 from ..runs import append_jsonl, make_rng, truncate_jsonl
@@ -85,9 +86,13 @@ STREAM_ADAPTERS = 5  # the 1x1 convolutions of feature distillation
 
 
 def feature_layers(n_blocks: int) -> Dict[str, int]:
-    """Where feature distillation reads the generators: name -> index into ``ResnetGenerator.model``."""
-    return {"down2": 9, f"block{n_blocks // 2}": 10 + n_blocks // 2, f"block{n_blocks - 1}": 9 + n_blocks,
-            "up1": 12 + n_blocks}
+    """Where feature distillation reads the generators: name -> index into ``ResnetGenerator.model``
+    (the end of the down2 and up1 units, and the middle and last residual blocks)."""
+    from ..models.topology import resnet_convs
+
+    spec = {s.name: s for s in resnet_convs(n_blocks)}
+    return {"down2": spec["down2"].end, f"block{n_blocks // 2}": spec[f"block{n_blocks // 2}.conv1"].seq,
+            f"block{n_blocks - 1}": spec[f"block{n_blocks - 1}.conv1"].seq, "up1": spec["up1"].end}
 
 
 def _channels(g: ResnetGenerator, name: str) -> int:
@@ -153,6 +158,7 @@ class LoopSettings:
     device: str = "cpu"
     amp: str = "none"             # none | bf16 autocast (coevo.precision)
     section: str = "train"        # config section name, used in error messages
+    log: str = "jsonl"            # jsonl | tensorboard (coevo.train.curves); log.jsonl is written either way
 
     def __post_init__(self) -> None:
         s = self.section
@@ -177,11 +183,12 @@ class LoopSettings:
                 raise ConfigError(message)
 
     @classmethod
-    def from_section(cls, section: Any, name: str, seed: int, device: str, num_workers: int = 0) -> "LoopSettings":
+    def from_section(cls, section: Any, name: str, seed: int, device: str, num_workers: int = 0,
+                     log: str = "jsonl") -> "LoopSettings":
         """Pick the fields this loop knows from a config section dataclass."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"log"}
         values = {k: v for k, v in dataclasses.asdict(section).items() if k in names}
-        return cls(**values, seed=seed, device=device, num_workers=num_workers, section=name)
+        return cls(**values, seed=seed, device=device, num_workers=num_workers, section=name, log=log)
 
     @property
     def total_epochs(self) -> int:
@@ -332,6 +339,7 @@ class CycleGANTrainer:
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
         self.world, self.rank = distributed.world_size(), distributed.rank()
+        self.curves = Curves(self.run_dir, settings.section, settings.log, enabled=self.rank == 0)
         self.batch_per_rank = s.batch_size // self.world  # LoopSettings checks that it divides
         # D_A learns from fake B images, D_B from fake A images. Under torchrun each rank
         # pools its own fakes, from its own stream (rank 0's is a one-process run's).
@@ -531,6 +539,8 @@ class CycleGANTrainer:
     def _log(self, record: Dict[str, Any]) -> None:
         if self.rank == 0:
             append_jsonl(self.log_path, record)
+            if record.get("kind") == "step":
+                self.curves.scalars(self.global_step, {k: v for k, v in record.items() if k != "kind"})
         self.log_records += 1
 
     @torch.no_grad()
@@ -598,13 +608,17 @@ class CycleGANTrainer:
             self.seconds += time.perf_counter() - start
             record["seconds"] = round(self.seconds, 3)
             self._log(record)
+            self.curves.scalars(self.global_step, {f"epoch/{k}": v for k, v in record.items() if k != "kind"})
             self.last_epoch = {k: v for k, v in record.items() if isinstance(v, (int, float))}
             log.info("%s epoch %d/%d: %s", s.section, self.epoch, s.total_epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in record.items()
                                if isinstance(v, float) and k not in ("lr", "seconds")))
             if sample_images is not None and s.sample_every and (self.epoch % s.sample_every == 0 or last):
-                self.save_samples(sample_images, self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png")
+                png = self.run_dir / "samples" / f"epoch_{self.epoch:03d}.png"
+                self.save_samples(sample_images, png)
+                self.curves.image("samples", png, self.global_step)
             if self.epoch % s.checkpoint_every == 0 or last:
                 self.save_checkpoint()
+        self.curves.close()
         return LoopResult(self.epoch, self.global_step, self.seconds, dict(self.last_epoch))
 

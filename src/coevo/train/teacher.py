@@ -83,7 +83,7 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     :mod:`coevo.train.loop`); rank 0 writes the folder.
     """
     cfg = copy.deepcopy(cfg)  # open_run_dir resolves data.root; the caller's config stays as it was
-    settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
+    settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers, cfg.log)
     built = {}  # rank 0's data and networks, built (and checked) before anything else runs
 
     def start():
@@ -102,8 +102,9 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     trainer = CycleGANTrainer(nets, settings, out)
     if resume:
         trainer.resume()
-    log.info("training teacher: %d images per domain (A %d, B %d), %d epochs, run folder %s",
-             len(dataset), len(dataset.A_paths), len(dataset.B_paths), settings.total_epochs, out)
+    log.info("training teacher: %d images per domain (A %d, B %d), %d epoch%s, run folder %s",
+             len(dataset), len(dataset.A_paths), len(dataset.B_paths), settings.total_epochs,
+             "" if settings.total_epochs == 1 else "s", out)
     result = trainer.fit(dataset, built.get("samples"))
     distributed.on_main(_finish, nets, out, cfg, result)
     return out
