@@ -455,3 +455,32 @@ def test_huge_bench_batch(refuses, model, tmp_path):
 
 def test_set_key_nested_thousands_deep(refuses, tmp_path):
     refuses(train_argv(tmp_path, "data.root" + ".x" * 5000 + "=1"), "not a config key")
+
+
+LAUGHS = "[&a0 [x, x, x, x, x, x, x, x, x], " + ", ".join(
+    f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)) + "]"  # 9**10 strings, through aliases
+
+
+def test_billion_laughs_in_set(refuses, tmp_path):
+    refuses(train_argv(tmp_path, f"train.epochs={LAUGHS}"), "train.epochs")  # within the deadline
+
+
+def test_billion_laughs_in_config_file(refuses, tmp_path):
+    config = tmp_path / "laughs.yaml"
+    config.write_text(f"export:\n  formats: {LAUGHS}\n")
+    refuses(["train", "--config", config, "--out", tmp_path / "run"], "export.formats")  # within the deadline
+
+
+def test_huge_config_file(refuses, tmp_path):
+    config = tmp_path / "huge.yaml"
+    config.write_text("# padding\n" * 200_000)
+    refuses(["train", "--config", config, "--out", tmp_path / "run"], "huge.yaml", "MB")
+
+
+@pytest.mark.parametrize("flag", ["--config", "--model"])
+def test_device_node_as_config_or_model(refuses, images, tmp_path, flag):
+    if flag == "--config":
+        refuses(["train", "--config", "/dev/zero", "--out", tmp_path / "run"], "/dev/zero", "device")
+    else:
+        refuses(["translate", "--model", "/dev/zero", "--input", images, "--output", tmp_path / "out"], "/dev/zero",
+                "device")
