@@ -315,6 +315,45 @@ def test_kill_in_the_first_seconds_then_resume_continues(env, tmp_path, capsys, 
         refused(capsys, ["train", "--out", out, "--resume"], "--config")
 
 
+KILL_WHILE_RENDERING = """
+import os, signal, sys
+import coevo.data.synthetic as synthetic
+real = synthetic._render_all
+def render_then_die(*args, **kwargs):  # a SIGKILL with the built-in set rendered into its temporary folder
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+synthetic._render_all = render_then_die
+from coevo.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "compress"])
+def test_kill_while_the_builtin_set_renders_then_resume_continues(tmp_path, capsys, command):
+    out = tmp_path / "run"
+    config = builtin_config(tmp_path)
+    argv = [command, "--config", str(config), "--out", str(out)]
+    if command == "compress":
+        argv += [*tiny_sets(), "--set", "data.synthetic_n_train=4", "--set", "data.synthetic_n_test=2"]
+    killed = subprocess.run([sys.executable, "-c", KILL_WHILE_RENDERING, "--threads", "1", *argv], env=PROC_ENV,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list(out.glob(".*.partial")), sorted(p.name for p in out.iterdir())
+    if command == "compress":  # stop after the teacher: the rest of the pipeline is tested elsewhere
+        import coevo.pipeline
+
+        def stop(self, path, resume):
+            raise KeyboardInterrupt
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(coevo.pipeline.Pipeline, "_search", stop)
+            assert main(argv + ["--resume"]) == 130
+        assert (out / "teacher" / "stage.json").is_file()
+    else:
+        assert main(argv + ["--resume"]) == 0, capsys.readouterr().err
+    assert not list(out.glob(".*.partial")) and (out / "data" / "meta.json").is_file()
+
+
 def test_failed_start_leaves_nothing_that_blocks_a_plain_rerun_train(env, tmp_path, capsys, monkeypatch):
     from coevo.train.loop import CycleGANTrainer, TrainingError
 

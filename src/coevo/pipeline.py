@@ -39,6 +39,7 @@ from .files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
 from .inputs import check_config_file, check_same_inputs, inputs_record, teacher_files, write_inputs
 from .runlock import check_not_running, lock_run_dir, releasing
+from .runs import remove_killed_renders
 from .outputs import check_outputs_apart, data_input, teacher_input
 from .runs import (
     RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, remove_run_entry, run_entries, undo_failed_start,
@@ -135,6 +136,7 @@ class Pipeline:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.resume:
             remove_orphan_temps(self.out)
+            remove_killed_renders(self.out)  # locked by check_not_running above
         if not run_entries(self.out) or not (self.out / RUN_MARKER).exists():
             # a new run, or a pipeline run from before markers (it holds its config.yaml, checked above)
             mark_run_dir(self.out, "compress")

@@ -76,6 +76,16 @@ def restart_flags(path: str | Path, resume: bool, force: bool,
     return False, True
 
 
+def remove_killed_renders(path: str | Path) -> None:
+    """Delete the temporary folders (``.<name>.<random>.partial``) of built-in sets whose rendering a kill
+    interrupted inside the run folder ``path``. Only for a folder this process has locked."""
+    from .files import PARTIAL_SUFFIX
+
+    for partial in sorted(Path(path).glob(f".*{PARTIAL_SUFFIX}")):
+        if partial.is_dir() and not partial.is_symlink():
+            remove_owned(partial)
+
+
 def unstarted_resume(path: str | Path, resume: bool, force: bool,
                      resume_file: str = "config.yaml") -> Tuple[bool, bool]:
     """``(resume, force)`` for ``--resume`` of a run stopped in its first seconds.
@@ -84,9 +94,13 @@ def unstarted_resume(path: str | Path, resume: bool, force: bool,
     data, say) holds nothing to continue: it is started again in place, replacing only
     what coevo wrote there (:func:`remove_run_dir`). Any other case keeps the flags.
     """
+    from .runlock import check_not_running
+
     path = Path(path)
     if not resume or (path / resume_file).exists() or not (path / RUN_MARKER).is_file():
         return resume, force
+    check_not_running(path)  # a start still running in it is never touched
+    remove_killed_renders(path)
     log.warning("%s was stopped before its first checkpoint: nothing to resume, starting it again", path)
     return False, True
 
