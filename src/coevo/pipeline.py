@@ -108,6 +108,9 @@ class Pipeline:
 
             resolve_perceptual(self.cfg.search.perceptual, self.teacher_src.has_discriminators,
                                self.cfg.search.lpips_net)
+        from .config import COMMAND_STAGES, check_resources
+
+        check_resources(self.cfg, COMMAND_STAGES["compress"])  # what later stages need, before the teacher
         self.resume = resume
         self.force = force
         self.on_stage = on_stage or (lambda r: None)
