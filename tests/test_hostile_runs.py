@@ -226,6 +226,20 @@ def test_resume_refuses_replaced_teacher_weights_search(env, tmp_path, capsys):
     refused(capsys, ["search", "--out", out, "--resume", "--no-progress"], "teacher G_B", str(teacher / "G_B.pt"))
 
 
+def test_resume_refuses_replaced_teacher_weights_compress(env, tmp_path, capsys):
+    from coevo.pipeline import Pipeline
+
+    teacher = copy_teacher(env, tmp_path / "teacher")
+    out = tmp_path / "run"
+    pipe = Pipeline(load_config(env["config"]), out, teacher=teacher)
+    pipe.cfg.data.root = str(pipe.data_root())
+    pipe._start()  # the run folder and its data stage
+    torch.manual_seed(1)
+    save_generator(ResnetGenerator(env["arch"]), teacher / "G_A.pt")
+    refused(capsys, ["compress", "--config", env["config"], "--teacher", teacher, "--out", out, "--resume"],
+            "teacher G_A", str(teacher / "G_A.pt"))
+
+
 def test_resume_refuses_replaced_teacher_weights_finetune(env, tmp_path, capsys):
     teacher = copy_teacher(env, tmp_path / "teacher")
     out = tmp_path / "run"
