@@ -258,8 +258,8 @@ def test_outputs_next_to_inputs_still_work(generator_file, photos, tmp_path, cap
 
 
 def test_force_still_replaces_a_run_holding_only_what_coevo_writes(teacher, data, tmp_path, capsys):
-    """A teacher run with samples, its built-in data set and the leftovers of a kill is replaced; one
-    file of yours in it, at any depth, and it is not."""
+    """A teacher run with samples, curves, its built-in data set and the leftovers of a kill is replaced;
+    with one file of yours in it, at any depth, it is not."""
     from coevo.runs import RunDirError, check_removable
 
     make_synthetic_dataset(teacher / "data", size=16, n_train=1, n_test=1)
@@ -267,6 +267,8 @@ def test_force_still_replaces_a_run_holding_only_what_coevo_writes(teacher, data
     write_image(teacher / "samples" / "epoch_001.png")
     (teacher / ".data.ab12.partial" / "trainA").mkdir(parents=True)  # a render a kill interrupted
     (teacher / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")
+    (teacher / "tensorboard" / "train").mkdir(parents=True)
+    (teacher / "tensorboard" / "train" / "events.out.tfevents.1733300000.host.1.0").write_bytes(b"curves")
     assert check_removable(teacher) == teacher
     (teacher / "samples" / "mine.txt").write_text("mine")
     with pytest.raises(RunDirError, match="samples/mine.txt"):

@@ -43,8 +43,10 @@ RUN_FILES = (
     # exports are named after the generator file they come from
     "*.pt2", "*.onnx", "*.ts", "*.safetensors",
 )
-# Folders with fixed names and what they hold (sample grids, genomes, search plots).
-RUN_FOLDERS = {"samples": ("*.png",), "genomes": ("*.json",), "plots": ("*.png",)}
+# Folders with fixed names and the files they hold, at any depth (sample grids, genomes, search plots,
+# TensorBoard event files of --log tensorboard, one folder per stage).
+RUN_FOLDERS = {"samples": ("*.png",), "genomes": ("*.json",), "plots": ("*.png",),
+               "tensorboard": ("events.out.tfevents.*",)}
 # Written next to the marker by coevo itself: the lock of a running job.
 _BOOKKEEPING = (RUN_MARKER, ".coevo-lock")
 _SHOWN = 5
@@ -196,8 +198,8 @@ def foreign_in_entry(entry: PathLike) -> List[Path]:
         return [entry]
     if entry.is_dir():
         if entry.name in RUN_FOLDERS:
-            return [p for p in sorted(entry.rglob("*"))
-                    if p.is_symlink() or not p.is_file() or not _listed(p.name, RUN_FOLDERS[entry.name])]
+            return [p for p in sorted(entry.rglob("*")) if p.is_symlink() or not p.is_dir() and (
+                not p.is_file() or not _listed(p.name, RUN_FOLDERS[entry.name]))]
         if entry.name == "data":
             return _foreign_in_data(entry)
         return foreign_entries(entry)
