@@ -237,7 +237,9 @@ def nan_torchscript(tmp_path, tiny_generator) -> Path:
 
 def test_translate_stops_on_a_non_finite_output(tmp_path, capsys, nan_torchscript, image):
     out = tmp_path / "out"
-    fails(capsys, ["translate", "--model", nan_torchscript, "--input", image, "--output", out],
+    # a TorchScript file from elsewhere runs only when trusted; untrusted it is refused before anything runs
+    fails(capsys, ["translate", "--model", nan_torchscript, "--input", image, "--output", out], "--trust-model")
+    fails(capsys, ["translate", "--model", nan_torchscript, "--input", image, "--output", out, "--trust-model"],
           f"the output of {nan_torchscript} for {image.name} has NaN values")
     assert not out.exists() or not any(out.iterdir())  # no PNG was written
 
@@ -247,7 +249,7 @@ def test_evaluate_stops_on_a_non_finite_output(tmp_path, capsys, nan_torchscript
     teacher = save_generator(ResnetGenerator(tiny_arch), tmp_path / "teacher.pt")
     json_out = tmp_path / "eval.json"
     fails(capsys, ["evaluate", "--model", nan_torchscript, "--data", data, "--no-fid", "--teacher", teacher,
-                   "--perceptual", "l1", "--out", json_out],
+                   "--perceptual", "l1", "--out", json_out, "--trust-model"],
           "the model's output for", "has NaN values")
     assert not json_out.exists()  # no PSNR next to L1=nan
 

@@ -263,12 +263,14 @@ def test_translate_and_bench_refuse_exports_of_other_networks(net, photos, tmp_p
     path = tmp_path / "other.ts"
     torch.jit.save(torch.jit.script(net()), str(path))
     out = tmp_path / "out"
-    assert main(translate_argv(path, photos, out)) == 2
+    assert main(translate_argv(path, photos, out)) == 2  # untrusted: refused before it runs
+    assert "--trust-model" in one_error_line(capsys, "translate")
+    assert main(translate_argv(path, photos, out, "--trust-model")) == 2  # trusted: refused by what it returns
     assert "not an image-to-image generator" in one_error_line(capsys, "translate")
     assert not any(out.glob("*.png"))
     bench_out = tmp_path / "bench"
     assert main(["bench", "--model", str(path), "--size", "16", "--repeats", "1", "--warmup", "0",
-                 "--out", str(bench_out)]) == 2
+                 "--out", str(bench_out), "--trust-model"]) == 2
     assert "not an image-to-image generator" in one_error_line(capsys, "bench")
     assert not (bench_out / "bench.json").exists()
 

@@ -322,5 +322,6 @@ def apply_threads(threads: Optional[int]) -> None:
         from .config import ConfigError
 
         raise ConfigError(f"threads must be >= 1 (or 0 for torch's default) and at most {MAX_THREADS}, got {threads}")
+    already = torch.get_num_threads() == int(threads)
     torch.set_num_threads(int(threads))
-    log.info("torch CPU threads: %d", threads)
+    (log.debug if already else log.info)("torch CPU threads: %d", threads)
