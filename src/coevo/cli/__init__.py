@@ -105,6 +105,17 @@ def _out_of_range(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
+def peer_lost(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank of the job went away (killed,
+    crashed): torch.distributed's backend and network errors, or gloo's closed connections."""
+    import torch.distributed as dist
+
+    kinds = tuple(getattr(dist, name) for name in ("DistBackendError", "DistNetworkError") if hasattr(dist, name))
+    text = str(e)
+    return isinstance(e, kinds) or any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
+                                                           "Broken pipe", "Socket Timeout"))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -152,6 +163,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"coevo {args.command}: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        if here.world_size > 1 and peer_lost(e):
+            why = re.sub(r"^\[[^\]]*\]\s*", "", _one_line(str(e)))[:160]  # gloo prefixes its source path
+            print(f"coevo {args.command}: error: rank {here.rank} lost another process of this torchrun job "
+                  f"({why}); torchrun restarts the job when --max-restarts allows, else rerun "
+                  "it with --resume", file=sys.stderr)
+            return 2
         # Path.resolve() reports a link loop as RuntimeError (Python < 3.13; later ones raise ELOOP)
         match = re.fullmatch(r"Symlink loop from (.*)", str(e))
         if match is None:
