@@ -11,7 +11,7 @@ Two teacher/compressed pairs, each at 256x256, batch 1 (CUDA: batch 1 and 16):
 * ``full``: the full CycleGAN generator (ngf 64, 9 blocks, random N(0, 0.02) weights)
   against its L1-pruned copy at 0.25 of the MACs, widths in multiples of 8.
 
-CPU: the compressed generator goes through ``coevo.deploy.export_for_target(target="cpu")``
+CPU: the compressed generator goes through ``coevo.deploy.targets.export_for_target(target="cpu")``
 (ONNX, INT8 calibrated on training images, its quality check), then teacher and
 compressed are timed interleaved on eager PyTorch, ONNX Runtime fp32 and INT8 (the
 teacher's INT8 calibrated on the benchmark input: timing only), with the deployed file
@@ -44,8 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from coevo import load_generator
-from coevo.bench import BenchResult, benchmark_models, format_table, machine_info, save_results
-from coevo.deploy import DeployData, export_for_target, find_deploy_data
+from coevo.deploy.bench import BenchResult, benchmark_models, format_table, machine_info, save_results
+from coevo.deploy.targets import DeployData, export_for_target, find_deploy_data
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.prune import count_macs, l1_genome_for_macs, slim
 
@@ -116,7 +116,7 @@ def full_pair(work: Path, seed: int, size: int, quick: bool) -> Pair:
 # ----------------------------------------------------------------------------- profiles
 def ort_profile(path: Path, size: int, threads: Optional[int], runs: int = 5) -> Dict[str, Any]:
     """Where ONNX Runtime spends the time of one forward: ms per call by operator type, largest first."""
-    from coevo.models.exported import ort_session
+    from coevo.deploy.exported import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         session = ort_session(path, threads, profile_prefix=str(Path(tmp) / "ort"))
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"script": "benchmarks/deploy.py", "quick": args.quick, "size": size, "repeats": repeats,
                 "warmup": warmup, "seconds": round(elapsed, 1), "goals": lines,
                 "note": "teacher INT8 rows are calibrated on the benchmark input (timing only); the deployed "
-                        "file is the one coevo.deploy checked on real images"}
+                        "file is the one coevo.deploy.targets checked on real images"}
     path = save_results(all_results, out / f"deploy_{args.device}{'_quick' if args.quick else ''}.json",
                         machine_info(args.device, args.threads), extra={"benchmark": settings, "pairs": per_pair})
     info = machine_info(args.device, args.threads)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from coevo.runs import prepare_run_dir
+from coevo.core.runs import prepare_run_dir
 
 
 def main(argv=None) -> int:
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from coevo import load_generator
-    from coevo.bench import machine_info
-    from coevo.evaluate import translation_quality
+    from coevo.deploy.bench import machine_info
+    from coevo.evaluation.evaluate import translation_quality
     from coevo.train.finetune import finetune
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from coevo.runs import prepare_run_dir
+from coevo.core.runs import prepare_run_dir
 
 
 def spearman(x, y) -> float:
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
 
-    from coevo.bench import machine_info
+    from coevo.deploy.bench import machine_info
     from coevo.config import load_config
     from coevo.models.teacher import find_teacher
     from coevo.prune import l1_genome_for_macs, random_genome_for_macs

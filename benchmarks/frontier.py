@@ -56,10 +56,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from coevo.bench import benchmark_models, machine_info
+from coevo.deploy.bench import benchmark_models, machine_info
 from coevo.config import Config, config_to_dict, dump_config, load_config
-from coevo.evaluate import translation_quality
-from coevo.files import atomic_write_text
+from coevo.evaluation.evaluate import translation_quality
+from coevo.core.files import atomic_write_text
 from coevo.models import load_generator
 from coevo.models.teacher import TeacherPaths, find_teacher
 from coevo.prune import Genome, count_params, l1_genome_for_macs, macs_ratio_of, random_genome_for_macs, slim
@@ -152,7 +152,7 @@ def prepare_teacher(args: argparse.Namespace) -> Tuple[TeacherPaths, Path, Dict]
         return paths, Path(data), {"source": str(folder.resolve())}
 
     from coevo.data.synthetic import make_synthetic_dataset
-    from coevo.runs import mark_run_dir, run_entries
+    from coevo.core.runs import mark_run_dir, run_entries
     from coevo.train.teacher import train_teacher
 
     data, folder = args.work / "data", args.work / "teacher"
@@ -176,8 +176,8 @@ def teacher_identity(paths: TeacherPaths) -> Dict:
 def prepare_work(args: argparse.Namespace, cfg: Config, paths: TeacherPaths) -> None:
     """Create --work or check that its results were made with the same settings and teacher."""
     from coevo.config import diff_configs
-    from coevo.files import remove_owned
-    from coevo.runs import check_removable, mark_run_dir, run_entries
+    from coevo.core.files import remove_owned
+    from coevo.core.runs import check_removable, mark_run_dir, run_entries
 
     saved, teacher_file = args.work / "config.yaml", args.work / "teacher.json"
     if args.force and (args.work / "cells").exists():

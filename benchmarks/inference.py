@@ -29,7 +29,7 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from coevo.bench import BenchResult, benchmark_models, format_table, machine_info, save_results
+from coevo.deploy.bench import BenchResult, benchmark_models, format_table, machine_info, save_results
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.prune import count_macs, l1_genome_for_macs, slim
 

@@ -1,6 +1,6 @@
 """How well a latency lookup table predicts measured latency, so that a search can budget time.
 
-Measures a :class:`coevo.latency.LatencyTable` for a teacher architecture, then
+Measures a :class:`coevo.deploy.latency.LatencyTable` for a teacher architecture, then
 times ``--networks`` random slim generators cut from it (widths in multiples of
 8, each group kept between 1/8 and all of its channels) and compares the
 prediction with the measurement: median and worst absolute relative error.
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--table", type=Path, default=None, help="where to write the table (default: --out)")
     args = p.parse_args(argv)
 
-    from coevo.bench import machine_info
-    from coevo.latency import measure_latency, measure_table, table_key
+    from coevo.deploy.bench import machine_info
+    from coevo.deploy.latency import measure_latency, measure_table, table_key
     from coevo.models.generator import GeneratorArch, ResnetGenerator
     from coevo.prune import count_macs
 

@@ -34,7 +34,7 @@ from typing import List
 
 import torch
 
-from coevo.runs import prepare_run_dir
+from coevo.core.runs import prepare_run_dir
 
 HORSE2ZEBRA_STEPS_PER_EPOCH = 1334  # max(|trainA| = 1067, |trainB| = 1334), batch 1
 PAPER = {"population": 32, "generations": 50, "eval_images": 16, "teacher_epochs": 200}
@@ -106,7 +106,7 @@ def step_seconds(run_dir: Path, steps: int) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from coevo.pipeline import Pipeline
-    from coevo.runs import apply_threads
+    from coevo.core.runs import apply_threads
 
     apply_threads(args.threads or None)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     per_gen = gen_seconds[-1] if len(gen_seconds) > 1 else gen_seconds[0]
     teacher_step = step_seconds(run / "teacher", args.steps)
     ft_step = step_seconds(run / "finetune", args.steps)
-    from coevo.bench import machine_info
+    from coevo.deploy.bench import machine_info
 
     machine = machine_info(args.device, torch.get_num_threads())
     result = {

@@ -84,7 +84,7 @@ def digest(search) -> str:
 
 
 def worker(args) -> None:
-    from coevo import distributed
+    from coevo.core import distributed
 
     torch.set_num_threads(1)
     distributed.init()
@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    from coevo.bench import machine_info
+    from coevo.deploy.bench import machine_info
 
     load_before = os.getloadavg()
     runs = {}

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from coevo import save_generator
-from coevo.bench import BenchResult, benchmark_models, format_table, machine_info, plot_results, save_results
+from coevo.deploy.bench import BenchResult, benchmark_models, format_table, machine_info, plot_results, save_results
 from coevo.cli import main
 from coevo.models import GeneratorArch, ResnetGenerator
 
@@ -69,7 +69,7 @@ def test_results_fields_and_reports(pair, tmp_path):
 
 
 def test_cli_bench_files_and_exported_models(pair, tmp_path, capsys):
-    from coevo.export import save_onnx
+    from coevo.deploy.export import save_onnx
 
     full = save_generator(pair["full"], tmp_path / "full.pt")
     onnx = tmp_path / "small.onnx"

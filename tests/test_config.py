@@ -100,7 +100,7 @@ def test_threads_setting_is_validated_and_applied():
     import torch
 
     from coevo.config import ConfigError, load_config
-    from coevo.runs import apply_threads
+    from coevo.core.runs import apply_threads
 
     with pytest.raises(ConfigError, match="threads"):
         load_config(None, ["threads=-1"])
@@ -143,7 +143,7 @@ def test_validate_names_key_value_and_range():
 
 
 def test_validate_accepts_every_registered_name(monkeypatch):
-    from coevo import perceptual
+    from coevo.evaluation import perceptual
     from coevo.search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
 
     for name in [*perceptual.available_metrics(), "auto"]:

@@ -10,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-import coevo.quantize as quantize
+import coevo.deploy.quantize as quantize
 from coevo import load_generator
-from coevo.backends import allowed_backends, backends_for, unavailable_reason
-from coevo.bench import BenchResult, add_speedups, benchmark_models
+from coevo.deploy.backends import allowed_backends, backends_for, unavailable_reason
+from coevo.deploy.bench import BenchResult, add_speedups, benchmark_models
 from coevo.cli import main
-from coevo.deploy import DeployData, deployed_artifact, export_for_target, find_deploy_data, input_domain
-from coevo.export import check_inputs, export_generator, save_torch_export
+from coevo.deploy.targets import DeployData, deployed_artifact, export_for_target, find_deploy_data, input_domain
+from coevo.deploy.export import check_inputs, export_generator, save_torch_export
 from coevo.models import GeneratorArch, ResnetGenerator
-from coevo.models.cuda_runner import PARITY_TOLERANCE, CudaRunner
-from coevo.models.exported import ExportedProgramGenerator, OnnxGenerator, UnsafeExportError, check_pt2_archive
+from coevo.deploy.cuda_runner import PARITY_TOLERANCE, CudaRunner
+from coevo.deploy.exported import ExportedProgramGenerator, OnnxGenerator, UnsafeExportError, check_pt2_archive
 
 from conftest import make_image_folder
 
@@ -98,7 +98,7 @@ def test_find_deploy_data(data_root, tmp_path):
 def test_narrow_convs_are_the_image_facing_ones(tiny_generator, tmp_path):
     import onnx
 
-    from coevo.export import save_onnx
+    from coevo.deploy.export import save_onnx
 
     save_onnx(tiny_generator, tmp_path / "g.onnx", exporter="legacy")
     model = onnx.load(str(tmp_path / "g.onnx"))
@@ -187,7 +187,7 @@ def test_cuda_target_builds_a_float16_program_and_checks_its_parity(slim_generat
 def test_cuda_runner_falls_back_to_the_module_on_cpu(tiny_generator, caplog):
     runner = CudaRunner(tiny_generator, mode="graph")
     x = torch.rand(1, 3, 32, 32) * 2 - 1
-    with torch.inference_mode(), caplog.at_level("INFO", logger="coevo.models.cuda_runner"):
+    with torch.inference_mode(), caplog.at_level("INFO", logger="coevo.deploy.cuda_runner"):
         assert torch.equal(runner(x), tiny_generator(x)) and torch.equal(runner(x), tiny_generator(x))
     assert sum("not CUDA" in r.message for r in caplog.records) == 1  # said once
     assert runner.arch == tiny_generator.arch and runner.eval() is runner
@@ -214,7 +214,7 @@ def test_cuda_runner_matches_fp32_on_a_gpu(slim_generator, mode):
 
 # ----------------------------------------------------------------------------- bench
 def test_backend_choice_for_exported_files(slim_generator, tmp_path):
-    from coevo.export import save_onnx
+    from coevo.deploy.export import save_onnx
 
     save_onnx(slim_generator, tmp_path / "g.onnx", exporter="legacy")
     fp32 = load_generator(tmp_path / "g.onnx")

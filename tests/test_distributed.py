@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from coevo import distributed
+from coevo.core import distributed
 from coevo.cli import main
 from coevo.config import ConfigError, config_from_dict, load_config
 from coevo.data.folder import make_loader
@@ -28,7 +28,7 @@ from coevo.models import (DiscriminatorArch, GeneratorArch, NLayerDiscriminator,
                           save_discriminator, save_generator)
 from coevo.models.io import safe_torch_load
 from coevo.prune import Genome
-from coevo.runs import RUN_MARKER, mark_run_dir, read_jsonl, restart_flags
+from coevo.core.runs import RUN_MARKER, mark_run_dir, read_jsonl, restart_flags
 from coevo.search import DIRECTIONS, run_search
 from coevo.train.finetune import finetune
 from coevo.train.teacher import train_teacher

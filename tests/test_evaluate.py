@@ -10,8 +10,8 @@ import torch
 
 from coevo.cli import main
 from coevo.data import list_images, load_image, to_image, to_tensor
-from coevo.evaluate import evaluate_generator, translation_quality
-from coevo.metrics import INCEPTION_FILE, InceptionWeightsError
+from coevo.evaluation.evaluate import evaluate_generator, translation_quality
+from coevo.evaluation.metrics import INCEPTION_FILE, InceptionWeightsError
 from coevo.models import (
     DiscriminatorArch,
     NLayerDiscriminator,

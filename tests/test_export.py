@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-import coevo.export as export
+import coevo.deploy.export as export
 from coevo import load_generator, save_generator
 from coevo.cli import main
-from coevo.export import ExportError, OnnxGenerator, check_inputs, export_generator, load_exported
+from coevo.deploy.export import ExportError, OnnxGenerator, check_inputs, export_generator, load_exported
 from coevo.models import GeneratorArch, ResnetGenerator
 
 

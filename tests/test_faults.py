@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from coevo.cli import main
-from coevo.models.exported import quiet_export
+from coevo.deploy.exported import quiet_export
 from coevo.models import (
     DiscriminatorArch,
     GeneratorArch,
@@ -413,7 +413,7 @@ def test_other_os_errors_are_not_swallowed(tmp_path, monkeypatch, tiny_generator
 # ----------------------------------------------------------------------------- inception weights
 def test_inception_weights_are_read_once_and_only_with_weights_only(tmp_path, monkeypatch):
     pytest.importorskip("torch_fidelity")
-    from coevo.metrics import InceptionWeightsError, inception_extractor
+    from coevo.evaluation.metrics import InceptionWeightsError, inception_extractor
 
     fake = tmp_path / "inception.pth"
     torch.save({"Mixed_7c.branch_pool.conv.weight": torch.zeros(192, 2048, 1, 1)}, fake)
@@ -434,7 +434,7 @@ def test_inception_weights_are_read_once_and_only_with_weights_only(tmp_path, mo
 
 
 def test_inception_file_that_needs_code_is_refused(tmp_path):
-    from coevo.metrics import inception_extractor
+    from coevo.evaluation.metrics import inception_extractor
     from coevo.models.io import CheckpointError
 
     evil = tmp_path / "inception.pth"
@@ -448,7 +448,7 @@ def test_checkpoint_on_a_full_disk_is_the_disk_full_error_naming_the_file(tmp_pa
     """torch.save to a file name hides ENOSPC in an opaque RuntimeError; coevo's saves do not."""
     from contextlib import contextmanager
 
-    from coevo import files
+    from coevo.core import files
     from coevo.cli import os_error_message
 
     @contextmanager
@@ -470,7 +470,7 @@ def test_checkpoint_on_a_disk_that_fills_midway_is_the_disk_full_error(tmp_path,
     "unexpected pos", and no file (temporary or final) is left."""
     import builtins
 
-    from coevo import files
+    from coevo.core import files
 
     class FillingFile:
         def __init__(self, path, mode):

@@ -14,7 +14,7 @@ from coevo.models import ResnetGenerator, load_generator
 from coevo.models.io import safe_torch_load
 from coevo.models.teacher import find_teacher
 from coevo.prune import Genome, l1_genome_for_macs
-from coevo.runs import RunDirError, read_jsonl
+from coevo.core.runs import RunDirError, read_jsonl
 from coevo.train import losses
 from coevo.train.finetune import finetune, finetune_genomes, read_search_dir
 from coevo.train.teacher import build_cyclegan, save_teacher

@@ -14,9 +14,9 @@ import torch
 from coevo import load_generator, save_generator
 from coevo.cli import main
 from coevo.errors import CoevoError
-from coevo.export import save_torch_export, save_torchscript
+from coevo.deploy.export import save_torch_export, save_torchscript
 from coevo.models import ResnetGenerator
-from coevo.models.exported import UnsafeExportError
+from coevo.deploy.exported import UnsafeExportError
 
 from test_safety import Hostile, one_error_line, snapshot, write_image
 
@@ -204,7 +204,7 @@ def test_torchscript_program_is_never_loaded_without_trust(tiny_generator, tmp_p
 def test_onnx_with_bad_arch_metadata_is_one_line(tiny_generator, tmp_path, capsys):
     import onnx
 
-    from coevo.export import save_onnx
+    from coevo.deploy.export import save_onnx
 
     path = tmp_path / "g.onnx"
     save_onnx(tiny_generator, path, exporter="legacy")

@@ -17,7 +17,7 @@ from coevo.data.synthetic import make_synthetic_dataset
 from coevo.models import load_generator
 from coevo.models.teacher import find_teacher
 from coevo.prune import Genome
-from coevo.runs import RUN_MARKER, mark_run_dir
+from coevo.core.runs import RUN_MARKER, mark_run_dir
 from coevo.train.teacher import build_cyclegan, save_teacher
 
 from conftest import make_image_folder
@@ -260,7 +260,7 @@ def test_outputs_next_to_inputs_still_work(generator_file, photos, tmp_path, cap
 def test_force_still_replaces_a_run_holding_only_what_coevo_writes(teacher, data, tmp_path, capsys):
     """A teacher run with samples, curves, its built-in data set and the leftovers of a kill is replaced;
     with one file of yours in it, at any depth, it is not."""
-    from coevo.runs import RunDirError, check_removable
+    from coevo.core.runs import RunDirError, check_removable
 
     make_synthetic_dataset(teacher / "data", size=16, n_train=1, n_test=1)
     (teacher / "samples").mkdir()

@@ -20,7 +20,7 @@ from coevo.config import load_config
 from coevo.models import (DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator,
                           save_discriminator, save_generator)
 from coevo.prune import Genome
-from coevo.runlock import LOCK_NAME
+from coevo.core.runlock import LOCK_NAME
 
 from conftest import make_image_folder
 from test_safety import one_error_line, snapshot
@@ -107,7 +107,7 @@ class LockHolder:
     """Another process that holds a run folder's lock, as a running coevo command does."""
 
     def __init__(self, folder: Path) -> None:
-        code = ("import sys, time\nfrom coevo.runlock import lock_run_dir\nlock_run_dir(sys.argv[1])\n"
+        code = ("import sys, time\nfrom coevo.core.runlock import lock_run_dir\nlock_run_dir(sys.argv[1])\n"
                 "print('locked', flush=True)\ntime.sleep(120)\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], env=PROC_ENV,
                                      stdout=subprocess.PIPE, text=True)
@@ -486,10 +486,10 @@ def test_help_does_not_load_torch():
 
 def test_help_names_every_export_format_and_bench_backend():
     """The CLI spells out the format and backend names so that its help need not import torch."""
-    import coevo.backends
+    import coevo.deploy.backends
     import coevo.cli.bench
     import coevo.cli.export
-    import coevo.export
+    import coevo.deploy.export
 
-    assert coevo.cli.export.FORMATS == coevo.export.FORMATS
-    assert coevo.cli.bench.BACKENDS == coevo.backends.BACKENDS
+    assert coevo.cli.export.FORMATS == coevo.deploy.export.FORMATS
+    assert coevo.cli.bench.BACKENDS == coevo.deploy.backends.BACKENDS

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from coevo.latency import LatencyTable, LatencyTableError, _grid, measure_table
+from coevo.deploy.latency import LatencyTable, LatencyTableError, _grid, measure_table
 from coevo.models.generator import GeneratorArch, group_names
 
 
@@ -69,7 +69,7 @@ def test_bad_targets_and_sizes():
 
 def synthetic_table(arch: GeneratorArch, size: int = 32) -> LatencyTable:
     """A latency table from a formula (0.05 ms + 1e-3 ms per channel pair): the search's logic, no timing."""
-    from coevo.latency import _grid
+    from coevo.deploy.latency import _grid
 
     full = arch.widths
     inner = max(full[f"block{i}.inner"] for i in range(arch.n_blocks))
@@ -127,7 +127,7 @@ def test_latency_budget_search_keeps_every_genome_under_the_predicted_cap(tmp_pa
 
 def test_cli_measures_a_table_into_the_search_cache(tmp_path, monkeypatch, capsys):
     from coevo.cli import main
-    from coevo.latency import cache_path
+    from coevo.deploy.latency import cache_path
     from coevo.models import ResnetGenerator
     from coevo.models.io import save_generator
 
@@ -144,7 +144,7 @@ def test_cli_measures_a_table_into_the_search_cache(tmp_path, monkeypatch, capsy
 def test_onnxruntime_target_measures_every_unit_in_onnx_runtime(monkeypatch):
     """target onnxruntime: units and calibration networks are exported and timed by ONNX Runtime (not eager)."""
     pytest.importorskip("onnxruntime")
-    import coevo.backends as backends
+    import coevo.deploy.backends as backends
 
     calls = []
     real = backends._ort_call

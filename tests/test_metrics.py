@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coevo.metrics import (
+from coevo.evaluation.metrics import (
     INCEPTION_FILE,
     PSNR_CAP_DB,
     InceptionWeightsError,

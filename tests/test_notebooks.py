@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from coevo import Genome, Pipeline, load_config, open_run, read_search_run
-from coevo.runs import RunDirError
+from coevo.core.runs import RunDirError
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "notebooks"

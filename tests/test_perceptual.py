@@ -7,7 +7,7 @@ import torch
 from coevo.config import ConfigError
 from coevo.models import DiscriminatorArch, NLayerDiscriminator
 from coevo.models.io import CheckpointError
-from coevo.perceptual import (
+from coevo.evaluation.perceptual import (
     LPIPS_BACKBONES,
     PerceptualWeightsError,
     available_metrics,

@@ -10,8 +10,8 @@ import torch
 from coevo import load_generator
 from coevo.config import load_config
 from coevo.pipeline import STAGES, Pipeline
-from coevo.report import build_report
-from coevo.runs import RunDirError
+from coevo.evaluation.report import build_report
+from coevo.core.runs import RunDirError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-import coevo.translate as translate_module
+import coevo.evaluation.translate as translate_module
 from coevo import save_generator
 from coevo.cli import main
 from coevo.errors import CoevoError
 from coevo.models import DiscriminatorArch, NLayerDiscriminator, save_discriminator
-from coevo.runs import RUN_MARKER, RunDirError, check_removable, prepare_run_dir
+from coevo.core.runs import RUN_MARKER, RunDirError, check_removable, prepare_run_dir
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -289,12 +289,12 @@ def test_bench_argument_errors(generator_file, tmp_path, capsys, args, words):
 
 
 def test_bench_checks_its_output_folder_before_timing(generator_file, tmp_path, capsys, monkeypatch):
-    import coevo.bench
+    import coevo.deploy.bench
 
     def never(*args, **kwargs):
         raise AssertionError("timed before checking --out")
 
-    monkeypatch.setattr(coevo.bench, "benchmark_models", never)
+    monkeypatch.setattr(coevo.deploy.bench, "benchmark_models", never)
     taken = tmp_path / "taken"
     taken.write_text("a file, not a folder")
     assert main(["bench", "--model", str(generator_file), "--size", "16", "--out", str(taken)]) == 2
@@ -398,7 +398,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     """Atomic writes go through mkstemp (owner-only 0600); the result must be an ordinary file (0666 - umask)."""
     import os
 
-    from coevo.files import atomic_write_text
+    from coevo.core.files import atomic_write_text
 
     umask = os.umask(0)
     os.umask(umask)
@@ -408,7 +408,7 @@ def test_written_files_get_the_usual_permissions(tmp_path):
 
 def test_remove_owned_deletes_only_inside_coevo_folders(tmp_path):
     """The one deletion of coevo's own outputs refuses anything outside a run or built-in set."""
-    from coevo.files import remove_owned
+    from coevo.core.files import remove_owned
 
     user = tmp_path / "mine"
     (user / "sub").mkdir(parents=True)

@@ -20,9 +20,9 @@ from coevo.models import (
     save_generator,
 )
 from coevo.models.io import safe_torch_load
-from coevo.perceptual import PerceptualWeightsError
+from coevo.evaluation.perceptual import PerceptualWeightsError
 from coevo.prune import BudgetError, Genome, macs_of_genome, random_genome_for_macs, slim
-from coevo.runs import RunDirError, read_jsonl
+from coevo.core.runs import RunDirError, read_jsonl
 from coevo.search import (
     DIRECTIONS,
     MACS_SIZE,

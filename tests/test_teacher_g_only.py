@@ -26,7 +26,7 @@ from coevo.models import (
 )
 from coevo.models.io import CheckpointError, save_reference_state_dict
 from coevo.models.teacher import TeacherPaths, find_teacher, resolve_teacher
-from coevo.perceptual import LPIPS_BACKBONES, TeacherFeatureMetric, build_perceptual, resolve_perceptual
+from coevo.evaluation.perceptual import LPIPS_BACKBONES, TeacherFeatureMetric, build_perceptual, resolve_perceptual
 from coevo.search import make_context, run_search
 from coevo.train.finetune import _discriminators
 
@@ -274,7 +274,7 @@ def job(tmp_path_factory):
 @pytest.mark.parametrize("form", ["folder", "files"])
 def test_compress_a_teacher_without_discriminators(job, form, capsys):
     from coevo.config import load_config
-    from coevo.report import build_report
+    from coevo.evaluation.report import build_report
 
     out = job["root"] / f"run_{form}"
     teacher = (["--teacher", str(job["folder"])] if form == "folder" else

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from coevo.latency import _unit, _units
+from coevo.deploy.latency import _unit, _units
 from coevo.models import GeneratorArch, ResnetGenerator
 from coevo.models.topology import group_wiring, resnet_convs
 from coevo.prune.groups import channel_groups

@@ -12,7 +12,7 @@ from coevo.config import ConfigError, config_from_dict, config_to_dict, load_con
 from coevo.models import ResnetGenerator, load_discriminator, load_generator
 from coevo.models.io import safe_torch_load
 from coevo.models.teacher import find_teacher
-from coevo.runs import RunDirError, read_jsonl
+from coevo.core.runs import RunDirError, read_jsonl
 from coevo.train import losses
 from coevo.train.loop import CycleGANTrainer, LoopSettings, TrainingError, linear_decay
 from coevo.train.pool import ImagePool

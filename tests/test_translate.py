@@ -9,7 +9,7 @@ from PIL import Image
 from coevo import save_generator
 from coevo.cli import main
 from coevo.data.errors import DataError
-from coevo.translate import translate_images
+from coevo.evaluation.translate import translate_images
 
 
 def _write(path, w, h, seed=0):
@@ -71,7 +71,7 @@ def test_cli_translate_single_file_with_safetensors(tiny_generator, mixed_folder
 
 def test_translate_with_onnx_export(tiny_generator, mixed_folder, tmp_path):
     from coevo import load_generator
-    from coevo.export import save_onnx
+    from coevo.deploy.export import save_onnx
 
     path = tmp_path / "g.onnx"
     save_onnx(tiny_generator, path, exporter="legacy")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from coevo.viz import make_grid_image, save_grid
+from coevo.evaluation.viz import make_grid_image, save_grid
 
 
 def _batch(n=3, h=16, w=20, value=0.0):

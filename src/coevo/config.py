@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
-from .errors import CoevoError
-
-
-class ConfigError(CoevoError, ValueError):
-    """A configuration value or key that coevo cannot use; the message names it."""
+from .core.limits import (  # noqa: F401  (re-exported: where the config's limits were always read)
+    MAX_BENCH_BATCH, MAX_IMAGE_SIDE, MAX_INT, MAX_SYNTHETIC_IMAGES, MAX_THREADS, check_image_side, image_side_ok,
+    image_side_rule,
+)
+from .errors import ConfigError  # noqa: F401  (ConfigError: re-exported, coevo.config is where users look)
 
 
 @dataclass
@@ -71,7 +71,7 @@ class TrainConfig:
     checkpoint_every: int = 1          # epochs between checkpoints
     log_every: int = 100               # steps between log.jsonl records
     init_gain: float = 0.02            # std of the N(0, gain) weight init (reference init_type='normal')
-    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.precision)
+    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.core.precision)
 
 
 @dataclass
@@ -112,7 +112,7 @@ class SearchConfig:
     weight_cycle: float = 10.0
     compute: str = "budget"            # budget (hard MAC cap) | latency (hard cap on measured time) | reward (paper)
     macs_ratio: float = 0.25           # budget: max MACs relative to the teacher
-    # latency: a cap on the latency a per-layer lookup table predicts (coevo.latency), measured once
+    # latency: a cap on the latency a per-layer lookup table predicts (coevo.deploy.latency), measured once
     # per machine, target and thread count and cached (or given as latency_table). MACs stay reported.
     latency_ratio: float = 0.25        # latency: max latency relative to the teacher's
     latency_ms: float = 0.0            # latency: an absolute cap in ms instead (0: use latency_ratio)
@@ -162,7 +162,7 @@ class FinetuneConfig:
     sample_images: int = 4             # rows of the sample grids (fixed training images)
     checkpoint_every: int = 1          # epochs between checkpoints
     log_every: int = 100               # steps between log.jsonl records
-    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.precision)
+    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.core.precision)
 
 
 @dataclass
@@ -171,7 +171,7 @@ class ExportConfig:
     formats: List[str] = field(default_factory=lambda: ["torch-export", "onnx", "safetensors"])
     check_size: int = 96               # parity check at a size other than the training size
     opset: int = 18                    # the dynamo ONNX exporter needs >= 18
-    target: str = "auto"               # cpu, cuda, or auto: cuda when device is cuda (coevo.deploy)
+    target: str = "auto"               # cpu, cuda, or auto: cuda when device is cuda (coevo.deploy.targets)
     int8: bool = True                  # cpu target: try static INT8, deployed only if it passes its check
     calibration_images: int = 32       # training images of the input domain that calibrate INT8
     cuda_dtype: str = "float16"        # cuda target: float16 or bfloat16
@@ -203,7 +203,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- machinery
-MAX_INT = 2 ** 63 - 1
 # Deeper YAML is no config: a deep enough one exhausts Python's recursion limit in any code that walks it.
 MAX_YAML_DEPTH = 16
 MAX_CONFIG_BYTES = 2 ** 20
@@ -339,7 +338,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     data: Dict[str, Any] = {}
     if path is not None:
-        from .files import NotAFileError, regular_file
+        from .core.files import NotAFileError, regular_file
 
         path = Path(path)
         if not path.exists():
@@ -411,7 +410,7 @@ def diff_configs(old: Config | Dict[str, Any], new: Config | Dict[str, Any],
 
 
 def dump_config(cfg: Config, path: str | Path) -> Path:
-    from .files import atomic_write_text
+    from .core.files import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     return Path(path)
@@ -439,28 +438,10 @@ def _interval(low: float, high: float, ends: str = "[]") -> Rule:
     return ok, f"in {ends[0]}{low}, {high}{ends[1]}"
 
 
-# The sections with an ``amp`` key (mixed precision, see coevo.precision).
+# The sections with an ``amp`` key (mixed precision, see coevo.core.precision).
 AMP_SECTIONS = ("train", "finetune", "search")
 
-# The largest image side coevo works at, anywhere (training, search, export checks, benchmarks,
-# translation): one full-size generator pass at 4096 x 4096 already takes tens of GB.
-MAX_IMAGE_SIDE = 4096
-# Upper bounds that no real job reaches and that keep a typo from asking for memory, threads or
-# hours no machine has.
-MAX_THREADS = 1024
-MAX_BENCH_BATCH = 1024
-MAX_SYNTHETIC_IMAGES = 100_000
-_MULTIPLE_OF_4: Rule = ((lambda v: 4 <= v <= MAX_IMAGE_SIDE and v % 4 == 0),
-                        f"a positive multiple of 4 (the generator down-samples twice) up to {MAX_IMAGE_SIDE}")
-
-
-def check_image_side(value: Any, name: str) -> int:
-    """``value`` when it is an image side coevo can work at (:data:`_MULTIPLE_OF_4`), else ConfigError
-    naming ``name`` (a flag such as ``--size``): the one size rule of every command."""
-    ok, allowed = _MULTIPLE_OF_4
-    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
-        raise ConfigError(f"{name} must be {allowed}, got {_shown(value)}")
-    return value
+_MULTIPLE_OF_4: Rule = (image_side_ok, image_side_rule())
 
 
 def discriminator_min_size(n_layers: int) -> int:
@@ -536,10 +517,10 @@ RULES: Dict[str, Rule] = {
 def _choices() -> Dict[str, Sequence[str]]:
     """Allowed names per key. Registries are read, not copied, so a new metric or operator is accepted."""
     from .data.synthetic import TASKS
-    from .deploy import CUDA_DTYPES, TARGETS
-    from .export import FORMATS
-    from .perceptual import LPIPS_BACKBONES, available_metrics
-    from .precision import AMP_MODES
+    from .deploy.targets import CUDA_DTYPES, TARGETS
+    from .deploy.export import FORMATS
+    from .evaluation.perceptual import LPIPS_BACKBONES, available_metrics
+    from .core.precision import AMP_MODES
     from .search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
 
     from .train.curves import LOGGERS
@@ -681,8 +662,8 @@ def check_resources(cfg: Config, stages: Sequence[str]) -> None:
     s = cfg.search
     if "search" in stages and s.compute == "latency":
         if s.latency_table:
-            from .files import NotAFileError, regular_file
-            from .latency import LatencyTable
+            from .core.files import NotAFileError, regular_file
+            from .deploy.latency import LatencyTable
 
             try:
                 regular_file(s.latency_table, "search.latency_table")
@@ -698,7 +679,7 @@ def check_resources(cfg: Config, stages: Sequence[str]) -> None:
                               "machine's CPU (search.latency_target=cpu or onnxruntime), run on a GPU machine, "
                               "or give a table measured there (search.latency_table=FILE)")
     if "search" in stages and s.perceptual == "lpips":
-        from .perceptual import check_lpips_weights
+        from .evaluation.perceptual import check_lpips_weights
 
         check_lpips_weights(s.lpips_net)
     if "export" in stages:

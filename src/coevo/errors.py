@@ -10,3 +10,11 @@ from __future__ import annotations
 
 class CoevoError(Exception):
     """Base of all errors coevo raises for bad input, bad state or a failed run."""
+
+
+class ConfigError(CoevoError, ValueError):
+    """A configuration value or key that coevo cannot use; the message names it."""
+
+
+class CheckpointError(CoevoError, ValueError):
+    """A file that cannot be loaded as the network asked for; the message says why and what to do."""

@@ -11,7 +11,7 @@ stages that have not finished.
 
 Under torchrun (``torchrun --nproc_per_node N -m coevo compress ...``) every
 rank runs the pipeline: teacher training, search and fine-tuning run on all
-ranks (:mod:`coevo.distributed`); data, export and bench run on rank 0 while
+ranks (:mod:`coevo.core.distributed`); data, export and bench run on rank 0 while
 the others wait; rank 0 alone writes.
 
     RUN_DIR/
@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from . import distributed
+from .core import distributed
 from .config import Config, diff_configs, dump_config
-from .files import atomic_write_text, remove_orphan_temps
+from .core.files import atomic_write_text, remove_orphan_temps
 from .models.teacher import TeacherPaths, find_teacher, resolve_teacher
-from .inputs import check_config_file, check_same_inputs, inputs_record, teacher_files, write_inputs
-from .runlock import check_not_running, lock_run_dir, releasing
-from .runs import remove_killed_renders
-from .outputs import check_outputs_apart, data_input, teacher_input
-from .runs import (
+from .core.inputs import check_config_file, check_same_inputs, inputs_record, teacher_files, write_inputs
+from .core.runlock import check_not_running, lock_run_dir, releasing
+from .core.runs import remove_killed_renders
+from .core.outputs import check_outputs_apart, data_input, teacher_input
+from .core.runs import (
     RUN_MARKER, RunDirError, mark_run_dir, remove_run_dir, remove_run_entry, run_entries, undo_failed_start,
 )
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("data", "teacher", "search", "finetune", "export", "bench")
 # The first checkpoints of the stages that take long: a run that fails before any of them
-# holds nothing worth resuming (coevo.runs.undo_unstarted_run).
+# holds nothing worth resuming (coevo.core.runs.undo_unstarted_run).
 UNSTARTED = ("teacher/checkpoint.pt", "search/state.pt", "finetune/checkpoint.pt", "finetune/stage.json")
 # Under torchrun these stages run on every rank; the others (cheap, or measuring one
 # process: data, export, bench) run on rank 0 while the other ranks wait.
@@ -104,7 +104,7 @@ class Pipeline:
         self.teacher_src: Optional[TeacherPaths] = (
             teacher if teacher is None or isinstance(teacher, TeacherPaths) else resolve_teacher(teacher))
         if self.teacher_src is not None:
-            from .perceptual import resolve_perceptual
+            from .evaluation.perceptual import resolve_perceptual
 
             resolve_perceptual(self.cfg.search.perceptual, self.teacher_src.has_discriminators,
                                self.cfg.search.lpips_net)
@@ -310,7 +310,7 @@ class Pipeline:
 
     def _export(self, path: Path, resume: bool) -> Dict:
         from . import load_generator
-        from .deploy import export_for_target, find_deploy_data, resolve_target
+        from .deploy.targets import export_for_target, find_deploy_data, resolve_target
 
         if path.exists():
             remove_run_entry(path, self.out)  # exporting is cheap and idempotent: redo rather than patch
@@ -334,8 +334,8 @@ class Pipeline:
     def _bench(self, path: Path, resume: bool) -> Dict:
         """Teacher and compressed side by side: in eager PyTorch and on the runtime export deployed."""
         from . import load_generator
-        from .bench import benchmark_models, machine_info, plot_results, save_results
-        from .deploy import deployed_artifact
+        from .deploy.bench import benchmark_models, machine_info, plot_results, save_results
+        from .deploy.targets import deployed_artifact
 
         path.mkdir(parents=True, exist_ok=True)
         b = self.cfg.bench

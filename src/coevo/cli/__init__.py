@@ -21,7 +21,7 @@ SUBCOMMANDS = [
     "data", "train", "prune", "search", "finetune", "export",
     "translate", "compress", "demo", "bench", "evaluate",
 ]
-# The commands that run under torchrun (one process per rank; see coevo.distributed).
+# The commands that run under torchrun (one process per rank; see coevo.core.distributed).
 DISTRIBUTED_COMMANDS = ("train", "search", "finetune", "compress")
 
 
@@ -49,8 +49,8 @@ def _one_line(text: str) -> str:
 
 def _target(path) -> str:
     """The file the user asked for when ``path`` is the temporary file of an atomic write
-    (``.<name>.<random>.tmp``, see :func:`coevo.files.atomic_path`), else ``path``."""
-    from ..files import TEMP_SUFFIX
+    (``.<name>.<random>.tmp``, see :func:`coevo.core.files.atomic_path`), else ``path``."""
+    from ..core.files import TEMP_SUFFIX
 
     p = Path(os.fsdecode(path))
     m = re.fullmatch(r"\.(.+)\.[^.]+" + re.escape(TEMP_SUFFIX), p.name)
@@ -126,7 +126,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if too_large is not None:
         print(f"coevo {args.command}: error: {too_large}", file=sys.stderr)
         return 2
-    from .. import distributed
+    from ..core import distributed
 
     here = distributed.launch()
     if here.world_size > 1 and args.command not in DISTRIBUTED_COMMANDS:
@@ -140,7 +140,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     rank_tag = f"[rank {here.rank}] " if here.world_size > 1 else ""
     logging.basicConfig(level=level, format=f"%(levelname)s {rank_tag}%(name)s: %(message)s")
     from ..errors import CoevoError
-    from ..runs import apply_threads
+    from ..core.runs import apply_threads
 
     try:
         apply_threads(args.threads)

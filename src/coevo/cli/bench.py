@@ -8,7 +8,7 @@ from ..config import BenchConfig
 from .options import add_trust_model
 
 
-# coevo.backends.BACKENDS, spelled out: importing coevo.backends loads torch, and `coevo --help` must
+# coevo.deploy.backends.BACKENDS, spelled out: importing coevo.deploy.backends loads torch, and `coevo --help` must
 # not (tests/test_hostile_runs.py checks that the two agree)
 BACKENDS = ("eager", "torchscript", "torch-export", "onnxruntime", "onnxruntime-int8", "cuda-fp16-graph",
             "cuda-fp16-compiled", "cuda-bf16-graph", "cuda-bf16-compiled")
@@ -79,14 +79,14 @@ def _named(specs):
 
 
 def run_latency_table(args: argparse.Namespace) -> int:
-    from ..files import atomic_write_text
-    from ..latency import cache_path, measure_table
+    from ..core.files import atomic_write_text
+    from ..deploy.latency import cache_path, measure_table
     from ..models import load_generator
-    from ..runs import writable_out_dir
+    from ..core.runs import writable_out_dir
 
     target = args.target or ("cuda" if args.device.startswith("cuda") else "cpu")
     if Path(args.model[0]).suffix.lower() == ".onnx":  # decided from the name, before loading
-        from ..models.io import CheckpointError
+        from ..errors import CheckpointError
 
         raise CheckpointError(f"{args.model[0]} is an ONNX export; a latency table needs the generator's "
                               "PyTorch weights (.pt, .safetensors, .pt2 or latest_net_G_*.pth)")
@@ -111,10 +111,10 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_table:
         return run_latency_table(args)
 
-    from ..backends import unavailable_reason
-    from ..bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
+    from ..deploy.backends import unavailable_reason
+    from ..deploy.bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
     from ..models.io import load_generator
-    from ..runs import writable_out_dir
+    from ..core.runs import writable_out_dir
 
     from ..config import check_device
 

@@ -51,9 +51,9 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
     Applies its CPU thread count, so ``--threads`` and the config's ``threads`` mean
     the same for every command.
     """
-    from .. import distributed
+    from ..core import distributed
     from ..config import COMMAND_STAGES, check_resources, load_config
-    from ..runs import apply_threads
+    from ..core.runs import apply_threads
 
     from ..train.curves import check_available
 
@@ -66,12 +66,12 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
 
 
 def apply_restart(args: argparse.Namespace, resume_file: str = "config.yaml") -> None:
-    """Set ``args.resume``/``args.force`` for this attempt of a torchrun job (:func:`coevo.runs.restart_flags`):
+    """Set ``args.resume``/``args.force`` for this attempt of a torchrun job (:func:`coevo.core.runs.restart_flags`):
     a restarted job resumes the run it started and never deletes another. Rank 0 decides for every rank.
     A ``--resume`` of a run stopped before it wrote ``resume_file`` starts it again
-    (:func:`coevo.runs.unstarted_resume`)."""
-    from .. import distributed
-    from ..runs import restart_flags, unstarted_resume
+    (:func:`coevo.core.runs.unstarted_resume`)."""
+    from ..core import distributed
+    from ..core.runs import restart_flags, unstarted_resume
 
     def flags():
         resume, force = restart_flags(args.out, args.resume, args.force, resume_file)

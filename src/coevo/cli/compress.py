@@ -33,10 +33,10 @@ def print_stage(result) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
+    from ..core import distributed
     from ..pipeline import UNSTARTED, Pipeline
-    from ..report import build_report
-    from ..runs import RUN_MARKER, undo_unstarted_run
+    from ..evaluation.report import build_report
+    from ..core.runs import RUN_MARKER, undo_unstarted_run
 
     apply_restart(args, resume_file=RUN_MARKER)
     teacher = teacher_from_args(args)  # a wrong teacher fails before any work

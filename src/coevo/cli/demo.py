@@ -13,7 +13,7 @@ def default_demo_config() -> Path:
     """configs/demo.yaml of the source tree (coevo is installed editable from a clone)."""
     repo = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
     if not repo.exists():
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"{repo} not found; run the demo from a clone of coevo or pass --config FILE")
     return repo
@@ -37,10 +37,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..files import atomic_write_text
+    from ..core.files import atomic_write_text
     from ..pipeline import UNSTARTED, Pipeline
-    from ..report import build_report
-    from ..runs import undo_unstarted_run
+    from ..evaluation.report import build_report
+    from ..core.runs import undo_unstarted_run
     from .compress import print_stage
 
     t0 = time.perf_counter()

@@ -78,14 +78,14 @@ def _table(result: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import check_device
-    from ..evaluate import check_request, evaluate_generator, save_json
+    from ..evaluation.evaluate import check_request, evaluate_generator, save_json
     from ..models.io import load_generator
 
     check_device(args.device)
     check_request(args.data, args.direction, args.size, args.batch_size,
                   measures=(not args.no_fid, args.teacher is not None))
     if args.out:  # checked before hours of work: never over an input, a device or a pipe
-        from ..outputs import check_outputs_apart
+        from ..core.outputs import check_outputs_apart
 
         check_outputs_apart(args.out, {"--model file": args.model, "data folder": args.data,
                                        "teacher": args.teacher, "--teacher-d file": args.teacher_d}, kind="file")

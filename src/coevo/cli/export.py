@@ -15,7 +15,7 @@ RUN_GENERATORS = ("G_A", "G_B")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
-# coevo.export.FORMATS, spelled out: importing coevo.export loads torch, and `coevo --help` must not
+# coevo.deploy.export.FORMATS, spelled out: importing coevo.deploy.export loads torch, and `coevo --help` must not
 # (tests/test_hostile_runs.py checks that the two agree)
 FORMATS = ("torch-export", "onnx", "safetensors", "torchscript")
 
@@ -63,7 +63,7 @@ def add_parser(sub) -> None:
 
 def find_generators(source: Path) -> List[Tuple[str, Path]]:
     """(name, file) pairs to export: a fine-tune run's G_A/G_B, every generator file in a folder, or one file."""
-    from ..models.io import CheckpointError
+    from ..errors import CheckpointError
 
     if not source.exists():
         raise FileNotFoundError(f"--run {source} does not exist")
@@ -92,7 +92,8 @@ def _load_all(pairs: List[Tuple[str, Path]], single: bool):
     import logging
 
     from ..models import ResnetGenerator
-    from ..models.io import CheckpointError, load_generator
+    from ..errors import CheckpointError
+    from ..models.io import load_generator
 
     log = logging.getLogger(__name__)
     models = []
@@ -154,7 +155,8 @@ _FLAGS = {"export.check_size": "--check-size", "export.opset": "--opset",
 
 def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
     """The options by the rules of the config keys they stand for, and the target against this machine."""
-    from ..config import ConfigError, check_export_target, validate_section
+    from ..errors import ConfigError
+    from ..config import check_export_target, validate_section
 
     options = ExportConfig(formats=formats, check_size=args.check_size, opset=args.opset, target=args.target,
                            calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
@@ -169,10 +171,10 @@ def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..deploy import export_for_target, find_deploy_data
-    from ..export import FORMATS, ExportError, check_shapes, reference_outputs
-    from ..outputs import check_outputs_apart
-    from ..runs import prepare_run_dir
+    from ..deploy.targets import export_for_target, find_deploy_data
+    from ..deploy.export import FORMATS, ExportError, check_shapes, reference_outputs
+    from ..core.outputs import check_outputs_apart
+    from ..core.runs import prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]

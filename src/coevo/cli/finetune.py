@@ -40,7 +40,7 @@ def add_parser(sub) -> None:
 
 def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
     """``--teacher ... --genome-a A.json --genome-b B.json``: any pair, fine-tuned by the one recipe."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from ..prune import Genome
     from ..train.finetune import finetune_genomes
 
@@ -59,8 +59,8 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..runs import undo_unstarted_run
+    from ..errors import ConfigError
+    from ..core.runs import undo_unstarted_run
     from ..train.finetune import finetune
 
     if args.resume and args.force:

@@ -58,7 +58,7 @@ def run(args) -> int:
         return _fail("--keep-ratio needs --method l1 and a value in (0, 1]")
     if args.size < 4 or args.size % 4:
         return _fail(f"--size must be a positive multiple of 4, got {args.size}")
-    from ..outputs import check_outputs_apart
+    from ..core.outputs import check_outputs_apart
 
     for path in (out, genome_path):  # never over the input, a device or a pipe
         check_outputs_apart(path, {"input generator": args.generator}, kind="file")

@@ -31,7 +31,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..runs import RunDirError, undo_unstarted_run
+    from ..core.runs import RunDirError, undo_unstarted_run
     from ..search import run_search
 
     out = Path(args.out)

@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import ConfigError
-    from ..runs import undo_unstarted_run
+    from ..errors import ConfigError
+    from ..core.runs import undo_unstarted_run
     from ..train.teacher import train_teacher
 
     if args.config is None and not args.resume:

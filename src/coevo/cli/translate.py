@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import check_device
     from ..models.io import load_generator
-    from ..translate import input_images, plan_translation, run_translation
+    from ..evaluation.translate import input_images, plan_translation, run_translation
 
     check_device(args.device)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

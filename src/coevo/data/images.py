@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..files import NotAFileError, regular_file
+from ..core.files import NotAFileError, regular_file
 from .errors import DataError
 
 log = logging.getLogger(__name__)

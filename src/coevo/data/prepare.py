@@ -36,7 +36,7 @@ def run_data(cfg, run_dir: str | Path, resume: bool = False, saved_root: Optiona
     On ``resume`` other images than the run started with raise :class:`DataError`
     naming the splits that changed.
     """
-    from ..files import atomic_write_text
+    from ..core.files import atomic_write_text
     from .record import RECORD_NAME, check_same_data, data_record, short
 
     if not cfg.root and saved_root:

@@ -35,6 +35,7 @@ import glob
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
@@ -43,7 +44,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..files import PARTIAL_SUFFIX, remove_owned
+from ..core.files import PARTIAL_SUFFIX, remove_owned
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ SYNTHETIC_VERSION = 1
 SPLIT_STREAMS = {"trainA": 0, "trainB": 1, "testA": 2, "testB": 3}
 GT_FOLDERS = {"testA": "testA_gt_B", "testB": "testB_gt_A"}
 _ENTRIES = ("trainA", "trainB", "testA", "testB", "testA_gt_B", "testB_gt_A", "meta.json")
+_RENDERED = re.compile(r"[0-9]+\.png")  # the image names the set renders
 _TAG = 0xC0E0  # keeps these streams apart from any other user of the same seed
 
 SKY, FIELD, OBJECT = 0, 1, 2
@@ -241,11 +243,14 @@ def _is_complete(out: Path, n_train: int, n_test: int) -> bool:
     return all((out / d).is_dir() and len(list((out / d).glob("*.png"))) == n for d, n in want.items())
 
 
+def rendered_name(name: str) -> bool:
+    """A file name the built-in data set renders (``0000.png``)."""
+    return bool(_RENDERED.fullmatch(name))
+
+
 def foreign_in_set(out: Path) -> List[Path]:
     """What a synthetic set folder holds besides what :func:`make_synthetic_dataset` writes: other
     top-level entries, and anything in its image folders but the rendered ``0000.png`` files."""
-    from ..outputs import rendered_name
-
     found = []
     for entry in sorted(out.iterdir()):
         if entry.name not in _ENTRIES or entry.is_symlink():
@@ -276,7 +281,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     (its ``meta.json``); anything else in ``out`` is kept.
     Files appear only once the whole set is rendered.
     """
-    from ..config import MAX_IMAGE_SIDE, MAX_SYNTHETIC_IMAGES
+    from ..core.limits import MAX_IMAGE_SIDE, MAX_SYNTHETIC_IMAGES
 
     if int(size) < 16 or int(size) % 4 or int(size) > MAX_IMAGE_SIDE:
         raise DataError(f"synthetic image size must be a multiple of 4 and at least 16 and at most {MAX_IMAGE_SIDE}, "

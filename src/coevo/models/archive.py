@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..files import PathLike
+from ..core.files import PathLike
 from .generator import ResnetGenerator
 
 ARCH_ENTRY = "extra/coevo_arch.json"
@@ -117,6 +117,19 @@ class Archive:
             return json.loads(self.read(name, MAX_JSON_BYTES))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise UntrustedArchiveError(f"{self.path}: {self.top}/{name} is not valid JSON ({e})") from e
+
+
+def arch_from_dict(cls: Any, d: Any, path: PathLike) -> Any:
+    """``cls.from_dict(d)`` for a :class:`GeneratorArch` or discriminator arch stored in a file; missing or
+    malformed metadata is a CheckpointError naming the file."""
+    from ..errors import CheckpointError
+
+    try:
+        return cls.from_dict(d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        reason = f"no key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{path} has unusable architecture metadata ({reason}); the file is corrupt "
+                              "or was not written by this coevo; re-save or re-export it") from e
 
 
 def _arch(archive: Archive) -> Optional[Dict[str, Any]]:

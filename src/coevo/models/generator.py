@@ -17,13 +17,10 @@ from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..core.limits import MIN_SIZE, SIZE_MULTIPLE  # noqa: F401  (re-exported: the generator's size needs)
 from .topology import resnet_convs, unit_layers
 
 ARCH_VERSION = 1
-# The generator halves height and width twice and doubles them twice, so both must be
-# multiples of 4; its reflection padding needs at least 2 pixels after the halvings.
-SIZE_MULTIPLE = 4
-MIN_SIZE = 8
 
 
 def group_names(n_blocks: int) -> List[str]:

@@ -7,7 +7,7 @@ Formats understood by :func:`load_generator` (chosen by content and suffix):
   the architecture (ngf, blocks, even pruned widths) is inferred from the shapes
 * safetensors (``.safetensors``) with the architecture as JSON metadata
 * TorchScript (``.ts``/``.torchscript``/``.jit``) and ONNX (``.onnx``) exports,
-  written by :mod:`coevo.export`, read by :mod:`coevo.models.exported`
+  written by :mod:`coevo.deploy.export`, read by :mod:`coevo.deploy.exported`
 
 All ``torch.load`` calls use ``weights_only=True``: a checkpoint cannot run code.
 """
@@ -23,19 +23,16 @@ from torch import nn
 
 from .discriminator import DiscriminatorArch, NLayerDiscriminator, infer_discriminator_arch
 from .generator import GeneratorArch, ResnetGenerator, infer_arch_from_state_dict
-from ..checks import first_non_finite
-from ..errors import CoevoError
-from ..files import PathLike, atomic_path, atomic_torch_save, regular_file
+from ..core.guards import first_non_finite
+from ..errors import CheckpointError
+from ..core.files import PathLike, atomic_path, atomic_torch_save, regular_file
+from .archive import arch_from_dict
 
 log = logging.getLogger(__name__)
 
 _REPORTED: set = set()  # reference checkpoints whose inferred architecture was logged
 GEN_FORMAT = "coevo.generator"
 DISC_FORMAT = "coevo.discriminator"
-
-
-class CheckpointError(CoevoError, ValueError):
-    """A file that cannot be loaded as the network asked for; the message says why and what to do."""
 
 
 def safe_torch_load(path: PathLike) -> Any:
@@ -73,15 +70,6 @@ def _load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], path: PathLike)
     except RuntimeError as e:
         raise CheckpointError(f"weights in {path} do not fit the architecture: {e}") from e
 
-
-def _arch_from_dict(cls: Any, d: Any, path: PathLike) -> Any:
-    """``cls.from_dict(d)``; missing or malformed metadata is a CheckpointError naming the file."""
-    try:
-        return cls.from_dict(d)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        reason = f"no key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{path} has unusable architecture metadata ({reason}); the file is corrupt "
-                              "or was not written by this coevo; re-save or re-export it") from e
 
 
 def _checkpoint_parts(obj: Mapping[str, Any], path: PathLike) -> Tuple[Any, Mapping[str, torch.Tensor]]:
@@ -150,13 +138,13 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
     is a :class:`ResnetGenerator`; ONNX exports come back as modules that run the exported
-    graph in ONNX Runtime (see :mod:`coevo.models.exported`).
+    graph in ONNX Runtime (see :mod:`coevo.deploy.exported`).
 
     torch.export (``.pt2``) and TorchScript archives can hold code that torch runs when it loads
     them. Unless ``trust`` is True (the CLI's ``--trust-model``), coevo never hands them to torch:
     it rebuilds the :class:`ResnetGenerator` from the tensors and architecture stored in the
     archive (:mod:`coevo.models.archive`). With ``trust=True`` the exported program itself is
-    loaded (after :func:`~coevo.models.exported.check_pt2_archive` for ``.pt2``).
+    loaded (after :func:`~coevo.deploy.exported.check_pt2_archive` for ``.pt2``).
     """
     path = Path(path)
     if not path.exists():
@@ -168,14 +156,14 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
     elif suffix in PROGRAM_SUFFIXES and not trust:
         model = _rebuild_from_archive(path, "pt2" if suffix == ".pt2" else "torchscript")
     elif suffix in EXPORTED_SUFFIXES:
-        from .exported import load_exported
+        from ..deploy.exported import load_exported
 
         return load_exported(path, trust=trust)
     else:
         obj = safe_torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
             arch, sd = _checkpoint_parts(obj, path)
-            model = generator_from_state_dict(sd, _arch_from_dict(GeneratorArch, arch, path), path)
+            model = generator_from_state_dict(sd, arch_from_dict(GeneratorArch, arch, path), path)
         elif isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
             raise CheckpointError(f"{path} is a coevo discriminator (D_A/D_B), not a generator; give the G_A or G_B "
                                   "file of the run")
@@ -204,7 +192,7 @@ def _rebuild_from_archive(path: Path, kind: str) -> ResnetGenerator:
         arch, sd = read_archive(path, kind)
     except UntrustedArchiveError as e:
         raise CheckpointError(str(e)) from e
-    model = generator_from_state_dict(sd, None if arch is None else _arch_from_dict(GeneratorArch, arch, path), path)
+    model = generator_from_state_dict(sd, None if arch is None else arch_from_dict(GeneratorArch, arch, path), path)
     log.info("%s: rebuilt the generator from the weights stored in the file; its exported program is not run "
              "(pass --trust-model to run the program itself)", path)
     return model
@@ -227,7 +215,7 @@ def _load_safetensors_generator(path: Path) -> ResnetGenerator:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} has malformed architecture metadata (not JSON: {e}); the file is "
                                   "corrupt or was not written by coevo; re-export it") from e
-        arch = _arch_from_dict(GeneratorArch, arch, path)
+        arch = arch_from_dict(GeneratorArch, arch, path)
     return generator_from_state_dict(sd, arch, path)
 
 
@@ -248,7 +236,7 @@ def load_discriminator(path: PathLike) -> NLayerDiscriminator:
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
         arch, sd = _checkpoint_parts(obj, path)
-        arch = _arch_from_dict(DiscriminatorArch, arch, path)
+        arch = arch_from_dict(DiscriminatorArch, arch, path)
     elif isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
         raise CheckpointError(f"{path} is a coevo generator, not a discriminator")
     elif isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):

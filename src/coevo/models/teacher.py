@@ -4,7 +4,7 @@ or the two official single-direction generator files.
 Most users hold only the two generators (the junyanz pretrained models ship
 ``horse2zebra_pretrained/latest_net_G.pth`` and ``zebra2horse_pretrained/latest_net_G.pth``,
 no discriminators). The discriminators are therefore optional: without them the
-search uses another perceptual metric (see :func:`coevo.perceptual.resolve_perceptual`)
+search uses another perceptual metric (see :func:`coevo.evaluation.perceptual.resolve_perceptual`)
 and fine-tuning trains fresh discriminators.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
-from .io import CheckpointError
+from ..errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def resolve_teacher(folder: Optional[str | Path] = None, g_ab: Optional[str | Pa
     as ResNet generators and share one architecture (:func:`check_generator_pair`).
     Raises :class:`~coevo.config.ConfigError` for a wrong combination of arguments.
     """
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if folder is not None and (g_ab is not None or g_ba is not None):
         raise ConfigError("give the teacher either as a folder (--teacher) or as two generator files "

@@ -10,7 +10,7 @@ state_dict. From this one table:
   its convolutions by name;
 * :mod:`coevo.prune.groups` derives which convolutions produce and consume each channel group;
 * :mod:`coevo.prune.macs` prices a network (kernel, stride and group of every convolution);
-* :mod:`coevo.latency` builds and times each unit exactly as the generator builds it;
+* :mod:`coevo.deploy.latency` builds and times each unit exactly as the generator builds it;
 * :func:`coevo.models.generator.infer_arch_from_state_dict` reads each group's width from the
   state_dict key of one of its producers.
 

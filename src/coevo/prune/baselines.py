@@ -84,7 +84,7 @@ def l1_genome_for_macs(generator: ResnetGenerator, macs_ratio: float, size: Size
 def l1_genome_for_latency(generator: ResnetGenerator, table, max_ms: float, min_channels: int = 1,
                           channel_multiple: int = 1, tied: bool = False) -> Genome:
     """The L1 genome with the largest uniform keep ratio whose latency, as a
-    :class:`~coevo.latency.LatencyTable` predicts it, is ``<= max_ms``."""
+    :class:`~coevo.deploy.latency.LatencyTable` predicts it, is ``<= max_ms``."""
     arch = generator.arch
     fitter = WidthFitter(arch, table.size, tied, min_channels, channel_multiple, cost=table)
     ratio, widths = fitter.fit(fitter.full.astype(np.float64), fitter.full, float(max_ms), offset=0.5, s_max=1.0)

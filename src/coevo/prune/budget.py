@@ -71,7 +71,7 @@ class WidthFitter:
         self.full = np.array([arch.widths[n] for n in self.names], dtype=np.int64)
         self.lo = np.minimum(self.min_channels, self.full)
         # What the budget counts: MACs, or any table with MacTable's interface (width vectors in
-        # group order -> cost), such as a measured coevo.latency.LatencyTable (milliseconds).
+        # group order -> cost), such as a measured coevo.deploy.latency.LatencyTable (milliseconds).
         self.table = MacTable(arch, size, convention) if cost is None else cost
         self.unit = "MACs" if cost is None else "ms"
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..models.generator import GeneratorArch, group_names
-from ..files import PathLike, atomic_write_text, regular_file
+from ..core.files import PathLike, atomic_write_text, regular_file
 from ..errors import CoevoError
 
 GENOME_FORMAT = "coevo.genome"

@@ -27,12 +27,12 @@ import torch
 
 from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
 from ..models.teacher import TeacherPaths
-from ..perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
-from ..precision import autocast
+from ..evaluation.perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
+from ..core.precision import autocast
 from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
 
 if TYPE_CHECKING:
-    from ..latency import LatencyTable
+    from ..deploy.latency import LatencyTable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Budget:
     """The compute constraint: ``max_macs`` (None in reward and latency mode) at ``size`` x ``size``.
 
     Latency mode (``search.compute=latency``): ``max_ms`` caps the latency a
-    :class:`~coevo.latency.LatencyTable` predicts, ``teacher_ms`` is the teacher's.
+    :class:`~coevo.deploy.latency.LatencyTable` predicts, ``teacher_ms`` is the teacher's.
     """
 
     teacher_macs: int
@@ -97,7 +97,7 @@ class SearchContext:
     budget: Budget
     metric_name: str
     device: torch.device
-    amp: str = "none"  # search.amp: bf16 autocast of every network forward (coevo.precision)
+    amp: str = "none"  # search.amp: bf16 autocast of every network forward (coevo.core.precision)
     # search.fitness=trained: each candidate is first distilled towards the teacher for this
     # many Adam steps on the evaluation batch (0: the proxy fitness, inherited weights as they are)
     trained_steps: int = 0
@@ -146,7 +146,7 @@ def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, late
 def latency_table_for(arch, search_cfg) -> "LatencyTable":
     """The search's latency table: ``search.latency_table`` when given, else measured once for this teacher,
     size, target and thread count and cached in ``$COEVO_CACHE`` (default ``~/.cache/coevo``)/latency."""
-    from ..latency import LatencyTable, cache_path, measure_table
+    from ..deploy.latency import LatencyTable, cache_path, measure_table
 
     s = search_cfg
     if s.latency_table:
@@ -169,13 +169,13 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     """Build the context from networks and evaluation batches (NCHW, [-1, 1]) already in memory.
 
     ``D_A``/``D_B`` are None for a teacher without discriminators; ``search_cfg.perceptual``
-    is resolved by :func:`coevo.perceptual.resolve_perceptual` (``auto`` -> a concrete metric).
+    is resolved by :func:`coevo.evaluation.perceptual.resolve_perceptual` (``auto`` -> a concrete metric).
     Raises :class:`~coevo.prune.BudgetError` (budget mode) before anything is computed
     when the MAC budget is below the narrowest allowed network.
     """
     s = search_cfg
     if G_A.arch.to_dict() != G_B.arch.to_dict():
-        from ..models.io import CheckpointError
+        from ..errors import CheckpointError
         from ..models.teacher import describe_arch
 
         # One budget is priced from one architecture; the reference CycleGAN's pair always matches.
@@ -192,7 +192,7 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     elif s.compute == "reward":
         budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
     else:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
     device = torch.device(device)
@@ -276,7 +276,7 @@ def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
     nets = [load_generator(paths.G_A), load_generator(paths.G_B)]
     for n in nets:
         if not isinstance(n, ResnetGenerator):
-            from ..models.io import CheckpointError
+            from ..errors import CheckpointError
 
             raise CheckpointError("the search needs the teacher as PyTorch weights, not an exported model")
     if paths.has_discriminators:
@@ -287,7 +287,7 @@ def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
 
 
 def _config_error(message: str):
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     return ConfigError(message)
 

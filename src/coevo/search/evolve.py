@@ -236,7 +236,7 @@ class CoevolutionSearch:
     def restore(self, state: SearchState, history: Optional[List[Dict]] = None) -> None:
         """Continue from ``state`` (and the history lines written up to it)."""
         if state.tied != bool(self.cfg.tied):
-            from ..config import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError("search.tied differs from the run being resumed; it cannot change mid-search")
         self.rng.bit_generator.state = state.rng_state

@@ -34,10 +34,10 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import distributed
-from ..checks import NonFiniteError
+from ..core import distributed
+from ..core.guards import NonFiniteError
 from ..models import ResnetGenerator
-from ..precision import autocast
+from ..core.precision import autocast
 from ..prune import Genome, count_params, macs_of_genome, slim
 from .context import SearchContext
 
@@ -275,7 +275,7 @@ class Evaluator:
         """The terms of each genome against ``partner``.
 
         Under torchrun the genomes not in the fitness cache are split across the ranks
-        (:func:`coevo.distributed.shard`), each preferably on the rank that holds its
+        (:func:`coevo.core.distributed.shard`), each preferably on the rank that holds its
         output; every rank gets every result, so the caches and counters stay the
         same on every rank and equal to a one-process run's.
         """

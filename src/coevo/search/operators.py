@@ -144,7 +144,7 @@ MUTATIONS: Dict[str, Callable[..., Mutation]] = {
 
 def _lookup(registry: Dict[str, Callable], kind: str, name: str, s):
     if name not in registry:
-        from ..config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"unknown search.{kind} {name!r}; choose one of {sorted(registry)}")
     return registry[name](s)
@@ -171,7 +171,7 @@ class Breeder:
     def __post_init__(self) -> None:
         p = np.array([self.p_copy, self.p_crossover, self.p_mutation], dtype=np.float64)
         if (p < 0).any() or p.sum() <= 0:
-            from ..config import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(
                 "search.copy_prob, crossover_prob and mutation_prob must be >= 0 and not all zero, "

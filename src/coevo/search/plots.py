@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from ..files import atomic_save_figure
+from ..core.files import atomic_save_figure
 from ..prune import Genome
 
 _TERMS = [("fitness", "best fitness (higher is better)"), ("perceptual", "perceptual distance"),

@@ -71,7 +71,7 @@ class Repairer:
                  channel_multiple: int = 1, mode: str = "importance",
                  importance: Optional[Dict[str, np.ndarray]] = None) -> None:
         if mode not in ("importance", "random"):
-            from ..config import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"search.repair must be 'importance' or 'random', got {mode!r}")
         if mode == "importance" and importance is None:

@@ -16,7 +16,7 @@ Resuming (``resume=True``) continues from ``state.pt`` with the folder's own
 config and teacher; it gives the same genomes and history as a run that was
 never interrupted (history lines after the checkpoint are dropped and redone).
 
-Under torchrun (:mod:`coevo.distributed`) every rank runs :func:`run_search` with
+Under torchrun (:mod:`coevo.core.distributed`) every rank runs :func:`run_search` with
 the same arguments: each generation's evaluations are split across the ranks
 and gathered, every rank runs the same seeded GA step (a digest of the state is
 compared after every generation), and rank 0 alone writes the folder. Genomes,
@@ -37,17 +37,17 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .. import distributed
+from ..core import distributed
 from ..config import Config, diff_configs, dump_config, load_config
 from ..data.prepare import run_data
-from ..files import atomic_write_text
+from ..core.files import atomic_write_text
 from ..models.teacher import TeacherPaths, resolve_teacher
 from ..prune import Genome
-from ..inputs import (InputsChangedError, check_config_file, check_same_inputs, inputs_record,
+from ..core.inputs import (InputsChangedError, check_config_file, check_same_inputs, inputs_record,
                       teacher_files, write_inputs)
-from ..runlock import check_not_running, lock_run_dir, releasing
-from ..outputs import check_outputs_apart, data_input, teacher_input
-from ..runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
+from ..core.runlock import check_not_running, lock_run_dir, releasing
+from ..core.outputs import check_outputs_apart, data_input, teacher_input
+from ..core.runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
 from ..train.curves import Curves
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context

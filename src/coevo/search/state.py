@@ -15,8 +15,9 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from ..files import atomic_torch_save
-from ..models.io import CheckpointError, safe_torch_load
+from ..core.files import atomic_torch_save
+from ..errors import CheckpointError
+from ..models.io import safe_torch_load
 
 STATE_FORMAT = "coevo.search_state"
 STATE_VERSION = 1

@@ -7,13 +7,14 @@ from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
-from ..config import Config, ConfigError, diff_configs, dump_config, load_config
+from ..errors import ConfigError
+from ..config import Config, diff_configs, dump_config, load_config
 from ..data import UnpairedImageDataset, ensure_data_root
 from ..data.prepare import run_data
-from ..inputs import check_config_file, check_same_inputs, inputs_record, write_inputs
-from ..runlock import check_not_running, lock_run_dir
-from ..outputs import Inputs, check_outputs_apart, data_input
-from ..runs import prepare_run_dir
+from ..core.inputs import check_config_file, check_same_inputs, inputs_record, write_inputs
+from ..core.runlock import check_not_running, lock_run_dir
+from ..core.outputs import Inputs, check_outputs_apart, data_input
+from ..core.runs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def open_run_dir(cfg: Config, out_dir: str | Path, resume: bool, force: bool, se
     raises an error naming the keys or the splits: the run would no longer
     reproduce an uninterrupted one. So does an edited ``config.yaml``, or ``files``
     (e.g. the teacher's) and ``genomes`` other than the run started with (``inputs.json``,
-    :mod:`coevo.inputs`). The folder never holds, is, or lies inside the data, ``files`` or
+    :mod:`coevo.core.inputs`). The folder never holds, is, or lies inside the data, ``files`` or
     other ``inputs`` (``{label: path}``), with or without ``force``.
     """
     check_outputs_apart(out_dir, {"data folder": data_input(cfg.data.root, out_dir), **(files or {}),

@@ -22,7 +22,7 @@ FOLDER = "tensorboard"
 
 def check_available(kind: str) -> None:
     """ConfigError unless ``kind`` is a known logger whose package is installed."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
 
     if kind not in LOGGERS:
         raise ConfigError(f"log must be one of {', '.join(LOGGERS)}, got {kind!r}")

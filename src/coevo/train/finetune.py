@@ -37,18 +37,19 @@ from typing import Any, Dict, Mapping, Sequence
 
 import torch
 
-from .. import distributed
-from ..config import Config, ConfigError, load_config
+from ..core import distributed
+from ..errors import ConfigError
+from ..config import Config, load_config
 from ..data import build_datasets
 from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, load_discriminator,
                       load_generator, save_generator)
-from ..files import atomic_write_text
-from ..models.io import CheckpointError
+from ..core.files import atomic_write_text
+from ..errors import CheckpointError
 from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, count_params, slim
-from ..inputs import teacher_files
-from ..runlock import releasing
-from ..runs import make_rng, undo_failed_start
+from ..core.inputs import teacher_files
+from ..core.runlock import releasing
+from ..core.runs import make_rng, undo_failed_start
 from .common import fixed_images, open_run_dir
 from .init import init_weights
 from .loop import STREAM_FRESH_D, CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings, derive_seed

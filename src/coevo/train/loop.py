@@ -18,7 +18,7 @@ order and augmentation -- or held in generators whose state is checkpointed
 (the image pools). A run interrupted after epoch k and resumed with the same
 settings ends with bit-identical weights to an uninterrupted run.
 
-Under torchrun (:mod:`coevo.distributed`) with W processes, each step's losses
+Under torchrun (:mod:`coevo.core.distributed`) with W processes, each step's losses
 are modules wrapped in ``DistributedDataParallel`` and every rank takes
 ``batch_size / W`` images (``batch_size`` must be a multiple of W): rank r
 takes items r, r + W, ... of the permutation a one-process run draws for that
@@ -47,19 +47,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .. import distributed
-from ..config import ConfigError
+from ..core import distributed
+from ..errors import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
-from ..files import atomic_torch_save
+from ..core.files import atomic_torch_save
 from .curves import Curves
-from ..models.io import CheckpointError, safe_torch_load
-from ..precision import autocast
-from ..runs import append_jsonl, make_rng, truncate_jsonl
-from ..viz import save_grid
+from ..errors import CheckpointError
+from ..models.io import safe_torch_load
+from ..core.precision import autocast
+from ..core.runs import append_jsonl, make_rng, truncate_jsonl
+from ..evaluation.viz import save_grid
 from . import losses
 from .pool import ImagePool
-from ..checks import first_non_finite
+from ..core.guards import first_non_finite
 from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class LoopSettings:
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"
-    amp: str = "none"             # none | bf16 autocast (coevo.precision)
+    amp: str = "none"             # none | bf16 autocast (coevo.core.precision)
     section: str = "train"        # config section name, used in error messages
     log: str = "jsonl"            # jsonl | tensorboard (coevo.train.curves); log.jsonl is written either way
 

@@ -19,14 +19,14 @@ import json
 import logging
 from pathlib import Path
 
-from .. import distributed
+from ..core import distributed
 from ..config import Config, ModelConfig
 from ..models import DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator
-from ..files import atomic_write_text
+from ..core.files import atomic_write_text
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..prune import count_macs, count_params
-from ..runlock import releasing
-from ..runs import make_rng, undo_failed_start
+from ..core.runlock import releasing
+from ..core.runs import make_rng, undo_failed_start
 from .common import fixed_images, full_train_dataset, open_run_dir
 from .init import init_weights
 from .loop import STREAM_INIT, CycleGANNets, CycleGANTrainer, LoopSettings, derive_seed
@@ -77,7 +77,7 @@ def train_teacher(cfg: Config, out_dir: str | Path, resume: bool = False, force:
 
     ``resume`` continues an interrupted run from its checkpoint (bit-identical to
     an uninterrupted run); ``force`` replaces an existing run. A non-empty
-    ``out_dir`` without either is refused (:class:`coevo.runs.RunDirError`).
+    ``out_dir`` without either is refused (:class:`coevo.core.runs.RunDirError`).
     Raises :class:`coevo.train.loop.TrainingError` when a loss becomes NaN/inf.
     Under torchrun every rank calls it with the same arguments (DDP, see
     :mod:`coevo.train.loop`); rank 0 writes the folder.

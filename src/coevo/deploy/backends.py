@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .errors import CoevoError
+from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _eager(model: nn.Module, x: torch.Tensor, device: torch.device, threads: Opt
 
 
 def _torchscript(model: nn.Module, x: torch.Tensor, device: torch.device, threads: Optional[int], tmp: str) -> Call:
-    from .models.exported import quiet_export
+    from .exported import quiet_export
 
     with quiet_export():
         scripted = model if isinstance(model, torch.jit.ScriptModule) else torch.jit.script(copy.deepcopy(model))
@@ -85,7 +85,7 @@ def _torchscript(model: nn.Module, x: torch.Tensor, device: torch.device, thread
 def _program(model: nn.Module, tmp: str) -> nn.Module:
     """``model`` as a loaded ``torch.export`` program (exported to ``tmp`` first unless it is one)."""
     from .export import save_torch_export
-    from .models.exported import ExportedProgramGenerator, OnnxGenerator, load_exported
+    from .exported import ExportedProgramGenerator, OnnxGenerator, load_exported
 
     if isinstance(model, ExportedProgramGenerator):
         return model
@@ -103,7 +103,7 @@ def _torch_export(model: nn.Module, x: torch.Tensor, device: torch.device, threa
 
 def _onnx_file(model: nn.Module, tmp: str) -> Path:
     from .export import save_onnx
-    from .models.exported import OnnxGenerator
+    from .exported import OnnxGenerator
 
     if isinstance(model, OnnxGenerator):
         return model.path
@@ -118,7 +118,7 @@ def _onnx_file(model: nn.Module, tmp: str) -> Path:
 def _ort_call(path: Path, x: torch.Tensor, device: torch.device, threads: Optional[int]) -> Call:
     import onnxruntime as ort
 
-    from .models.exported import ort_session
+    from .exported import ort_session
 
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda":
@@ -151,8 +151,8 @@ def _onnxruntime_int8(model: nn.Module, x: torch.Tensor, device: torch.device, t
 
 def _cuda(dtype: torch.dtype, mode: str) -> Callable[..., Call]:
     def make(model: nn.Module, x: torch.Tensor, device: torch.device, threads: Optional[int], tmp: str) -> Call:
-        from .models.cuda_runner import CudaRunner
-        from .models.exported import OnnxGenerator
+        from .cuda_runner import CudaRunner
+        from .exported import OnnxGenerator
 
         if isinstance(model, (OnnxGenerator, torch.jit.ScriptModule)):
             raise BackendUnavailable("ONNX and TorchScript files run on their own runtimes only")
@@ -199,7 +199,7 @@ def unavailable_reason(backend: str, device: str | torch.device) -> Optional[str
 
 def allowed_backends(model: nn.Module) -> Optional[Tuple[str, ...]]:
     """The backends an exported model can run on, its default first; None for a PyTorch module (any)."""
-    from .models.exported import ExportedProgramGenerator, OnnxGenerator
+    from .exported import ExportedProgramGenerator, OnnxGenerator
 
     if isinstance(model, OnnxGenerator):
         return ("onnxruntime-int8",) if model.precision == "int8" else ("onnxruntime", "onnxruntime-int8")

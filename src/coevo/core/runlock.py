@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Callable, Dict, Tuple, TypeVar
 
-from .errors import CoevoError
+from ..errors import CoevoError
 
 try:
     import fcntl

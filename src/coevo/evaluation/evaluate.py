@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checks import check_finite
-from .data.errors import DataError
+from ..core.guards import check_finite
+from ..data.errors import DataError
 from .metrics import extract_features, fid_kid_from_features, inception_extractor, psnr, ssim
-from .files import atomic_write_text
+from ..core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _check_direction(direction: str) -> Tuple[str, str, str]:
 
 def _as_module(model: ModelLike, device: Union[str, torch.device]) -> nn.Module:
     if not isinstance(model, nn.Module):
-        from .models.io import load_generator
+        from ..models.io import load_generator
 
         model = load_generator(model)
     if str(device) != "cpu":
@@ -64,7 +64,7 @@ def _as_module(model: ModelLike, device: Union[str, torch.device]) -> nn.Module:
 
 def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
     """Batches (NCHW in [-1, 1], paths) of consecutive same-sized images of ``folder``, in name order."""
-    from .data import SingleImageDataset
+    from ..data import SingleImageDataset
 
     ds = SingleImageDataset(folder, size=size)
     images: List[torch.Tensor] = []
@@ -82,7 +82,7 @@ def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterat
 
 def _load_ground_truth(gt_dir: Path, paths: List[Path], like: torch.Tensor) -> torch.Tensor:
     """Ground-truth images for ``paths`` (same file names in ``gt_dir``), resized to ``like``'s H x W."""
-    from .data import load_image, to_tensor
+    from ..data import load_image, to_tensor
 
     h, w = like.shape[-2:]
     out = []
@@ -163,7 +163,7 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
         model, teacher: generators (modules or files :func:`coevo.load_generator` reads);
             inputs and outputs NCHW RGB in [-1, 1].
         data_root: folder with ``testA``/``testB`` (and ``testA_gt_B``/``testB_gt_A`` for PSNR/SSIM).
-        perceptual_metric: ``metric(x, y) -> Tensor[N]`` (see :func:`coevo.perceptual.build_perceptual`),
+        perceptual_metric: ``metric(x, y) -> Tensor[N]`` (see :func:`coevo.evaluation.perceptual.build_perceptual`),
             applied to (model output, teacher output); ignored without a teacher.
         size: resize inputs to ``size`` x ``size``; None keeps each image's size (rounded down to a multiple of 4).
 
@@ -185,7 +185,8 @@ def check_request(data_root: PathLike, direction: str = "AtoB", size: Optional[i
     (FID on, a teacher given) to also refuse a request that would measure nothing (no ground truth
     either): the CLI's empty table; the library returns the image count even then."""
     data_root = Path(data_root)
-    from .config import ConfigError, check_image_side
+    from ..errors import ConfigError
+    from ..core.limits import check_image_side
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"the batch size (--batch-size) must be an integer >= 1, got {batch_size!r}")
@@ -241,7 +242,7 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
         ``real_folders``, ``fid_features``, ``kid_subset_size`` (None when FID was skipped).
 
     Raises:
-        coevo.metrics.InceptionWeightsError: ``compute_fid`` without ``feature_extractor``
+        coevo.evaluation.metrics.InceptionWeightsError: ``compute_fid`` without ``feature_extractor``
             and no Inception weights on disk; raised before any image is translated.
     """
     data_root = Path(data_root)
@@ -290,7 +291,7 @@ def _build_metric(name: str, discriminator, direction: str, lpips_net: str, devi
                 "or choose perceptual 'lpips' or 'l1'"
             )
         if not isinstance(discriminator, nn.Module):
-            from .models.io import load_discriminator
+            from ..models.io import load_discriminator
 
             discriminator = load_discriminator(discriminator)
     return build_perceptual(name, discriminator=discriminator, lpips_net=lpips_net, device=str(device))

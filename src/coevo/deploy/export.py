@@ -14,7 +14,7 @@ Each export is reloaded from disk and compared with the eager model on seeded ra
 inputs in [-1, 1] at sizes other than the usual training sizes (``1x3xSxS`` and a
 non-square ``2x3x(2S/3)xS``). A difference above :data:`TOLERANCE` raises :class:`ExportError`.
 The deployment artifacts of a target (INT8 ONNX for CPUs, float16 programs for CUDA)
-are built on top of these by :mod:`coevo.deploy`.
+are built on top of these by :mod:`coevo.deploy.targets`.
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .models.generator import MIN_SIZE, SIZE_MULTIPLE, GeneratorArch, ResnetGenerator
-from .files import PathLike, atomic_path, atomic_write_bytes, atomic_write_text
-from .translate import MAX_SIDE
-from .models.exported import (  # noqa: F401  (re-exported: coevo.export is where users look)
+from ..models.generator import MIN_SIZE, SIZE_MULTIPLE, GeneratorArch, ResnetGenerator
+from ..core.files import PathLike, atomic_path, atomic_write_bytes, atomic_write_text
+from ..evaluation.translate import MAX_SIDE
+from .exported import (  # noqa: F401  (re-exported: coevo.deploy.export is where users look)
     ARCH_EXTRA_FILE, ARCH_METADATA_KEY, PROGRAM_EXTRA_FILE, TORCHSCRIPT_SUFFIXES, ExportedProgramGenerator,
     OnnxGenerator, load_exported, quiet_export,
 )
-from .models.io import load_generator, save_generator
-from .errors import CoevoError
+from ..models.io import load_generator, save_generator
+from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,10 @@ class ExportError(CoevoError, RuntimeError):
 # ----------------------------------------------------------------------------- inputs
 def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
     """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
-    from .config import MAX_IMAGE_SIDE
+    from ..core.limits import MAX_IMAGE_SIDE
 
     if check_size < MIN_SIZE or check_size % SIZE_MULTIPLE or check_size > MAX_IMAGE_SIDE:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of "
                           f"{SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_IMAGE_SIDE}, got {check_size}")
@@ -74,9 +74,9 @@ def check_inputs(check_size: int, seed: int = 0, in_channels: int = 3) -> List[t
 
 def reference_outputs(model: nn.Module, name: str, check_size: int,
                       seed: int = 0) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(inputs, eager outputs) of the parity check; :class:`~coevo.checks.NonFiniteError` when an output
+    """(inputs, eager outputs) of the parity check; :class:`~coevo.core.guards.NonFiniteError` when an output
     holds NaN or inf, before anything is written: such a model has no export worth keeping."""
-    from .checks import check_finite
+    from ..core.guards import check_finite
 
     inputs = check_inputs(check_size, seed, model.arch.in_channels)
     with torch.inference_mode():
@@ -95,7 +95,7 @@ def _max_abs_diff(model: nn.Module, reference: Sequence[torch.Tensor], inputs: S
 def save_torchscript(model: ResnetGenerator, path: PathLike) -> Path:
     """Script ``model`` (CPU, eval) and save it with its architecture as ``coevo_arch.json`` and its weights
     as ``coevo_weights.safetensors``, from which coevo rebuilds it without running the program."""
-    from .models.archive import TS_WEIGHTS_ENTRY, torchscript_weights_entry
+    from ..models.archive import TS_WEIGHTS_ENTRY, torchscript_weights_entry
 
     path = Path(path)
     extra = {ARCH_EXTRA_FILE: json.dumps(model.arch.to_dict()),
@@ -133,7 +133,7 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
     channels_last, dynamic). Returns ``{"dtype", "channels_last", "dynamic", "dynamic_shapes",
     "static_shape", "fallback_reason"}``.
     """
-    from .models.exported import DTYPES
+    from .exported import DTYPES
 
     path = Path(path)
     arch = arch if arch is not None else getattr(model, "arch", None)

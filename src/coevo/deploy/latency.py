@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CoevoError
-from .files import atomic_write_text
-from .models.generator import GeneratorArch, ResnetGenerator, group_names
-from .models.topology import ConvSpec, resnet_convs, unit_layers
+from ..errors import CoevoError
+from ..core.files import atomic_write_text
+from ..models.generator import GeneratorArch, ResnetGenerator, group_names
+from ..models.topology import ConvSpec, resnet_convs, unit_layers
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def _ort_timer(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) ->
     import tempfile
 
     from .backends import _ort_call
-    from .models.exported import quiet_export
+    from .exported import quiet_export
 
     with tempfile.TemporaryDirectory(prefix="coevo-latency-") as tmp:
         path = Path(tmp) / "unit.onnx"

@@ -10,7 +10,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from .errors import CoevoError
+from ..errors import CoevoError
 
 DIVERGED_HINT = "the model's weights are corrupt or it came from a diverged training run"
 

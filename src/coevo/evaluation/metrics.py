@@ -22,8 +22,9 @@ from typing import Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from .models.io import CheckpointError, safe_torch_load
-from .runs import make_rng
+from ..errors import CheckpointError
+from ..models.io import safe_torch_load
+from ..core.runs import make_rng
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .data.images import to_image
-from .files import PathLike, atomic_path
+from ..data.images import to_image
+from ..core.files import PathLike, atomic_path
 
 Columns = Sequence[Tuple[str, torch.Tensor]]
 

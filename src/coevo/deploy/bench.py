@@ -1,6 +1,6 @@
 """Inference latency of generators, side by side, on every runtime coevo deploys to.
 
-Backends (:mod:`coevo.backends`): eager PyTorch, TorchScript, torch.export, ONNX Runtime
+Backends (:mod:`coevo.deploy.backends`): eager PyTorch, TorchScript, torch.export, ONNX Runtime
 fp32 and INT8 on CPUs, float16/bfloat16 CUDA graphs or ``torch.compile`` on CUDA.
 
 Protocol (see benchmarks/README.md):
@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from .backends import BACKENDS, backends_for, native_backend, on_device  # noqa: F401  (native_backend: public here too)
-from .errors import CoevoError
-from .files import PathLike, atomic_save_figure, atomic_write_text
+from ..errors import CoevoError
+from ..core.files import PathLike, atomic_save_figure, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,9 @@ class BenchError(CoevoError, RuntimeError):
 
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
-    from .config import MAX_BENCH_BATCH, MAX_IMAGE_SIDE, ConfigError
-    from .models.generator import MIN_SIZE, SIZE_MULTIPLE
+    from ..errors import ConfigError
+    from ..core.limits import MAX_BENCH_BATCH, MAX_IMAGE_SIDE
+    from ..models.generator import MIN_SIZE, SIZE_MULTIPLE
 
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
@@ -180,7 +181,7 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
 
     ``models``: name -> module, or a path :func:`coevo.load_generator` accepts. The first
     model is the baseline of both speed-ups. An exported model (``.pt2``, ``.onnx``, ``.ts``)
-    runs only on the backends its format allows (:func:`coevo.backends.allowed_backends`).
+    runs only on the backends its format allows (:func:`coevo.deploy.backends.allowed_backends`).
     ``only``: name -> backends, to time some models on fewer of ``backends``.
     A backend that cannot run here (e.g. a CUDA backend without CUDA) is skipped and logged.
     ``threads``: ``torch.set_num_threads`` for the run (restored afterwards) and ONNX
@@ -188,9 +189,9 @@ def benchmark_models(models: Mapping[str, Union[nn.Module, PathLike]], size: int
     program (see :func:`coevo.load_generator`); otherwise they are rebuilt and timed as PyTorch.
     Returns one :class:`BenchResult` per (model, backend), models in the given order.
     """
-    from .models.io import load_generator
+    from ..models.io import load_generator
 
-    from .models.exported import check_image_to_image
+    from .exported import check_image_to_image
 
     check_settings(size=size, batch=batch, warmup=warmup, repeats=repeats, backends=backends)
     if not models:
@@ -264,7 +265,7 @@ def add_speedups(results: Sequence[BenchResult]) -> Sequence[BenchResult]:
 
 
 def _results(runners: Sequence[_Runner], size: int, batch: int, device: str, threads: int) -> List[BenchResult]:
-    from .prune import count_macs, count_params
+    from ..prune import count_macs, count_params
 
     results: List[BenchResult] = []
     for r in runners:
@@ -329,7 +330,7 @@ def save_results(results: Sequence[BenchResult], path: PathLike, machine: Option
     """Write results, machine info and the conventions used to a JSON file."""
     import json
 
-    from .prune.macs import MAC_CONVENTIONS
+    from ..prune.macs import MAC_CONVENTIONS
 
     devices = sorted({r.device.split(":")[0] for r in results})
     payload = {

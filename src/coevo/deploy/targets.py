@@ -1,18 +1,18 @@
 """Per-target deployment: the fastest artifact that passed its check, recorded as "deployed".
 
-:func:`export_for_target` writes the usual exports (:func:`coevo.export.export_generator`)
+:func:`export_for_target` writes the usual exports (:func:`coevo.deploy.export.export_generator`)
 and then the target's own artifacts, and records under ``deploy`` in ``export_report.json``
 which file to ship and which ``coevo bench`` backend runs it:
 
 * ``cpu``: ``name.onnx`` (fp32; ONNX Runtime optimises the graph when it loads it) and
-  ``name.int8.onnx`` (static INT8, :mod:`coevo.quantize`), calibrated on training images of
+  ``name.int8.onnx`` (static INT8, :mod:`coevo.deploy.quantize`), calibrated on training images of
   the model's input domain. INT8 is deployed only if it passes its quality check
   (PSNR >= 35 dB to the fp32 output; on data with ground truth a drop of at most 0.3 dB);
   otherwise, or without calibration images, fp32 ONNX is deployed and the report says why.
 * ``cuda``: ``name.pt2`` (fp32) and ``name.fp16.pt2``, a ``torch.export`` program in float16
-  (or bfloat16) with channels_last weights, run by :class:`coevo.models.cuda_runner.CudaRunner`
+  (or bfloat16) with channels_last weights, run by :class:`coevo.deploy.cuda_runner.CudaRunner`
   as CUDA graphs. It is deployed if its output stays within
-  :data:`coevo.models.cuda_runner.PARITY_TOLERANCE` of fp32; else the fp32 program is.
+  :data:`coevo.deploy.cuda_runner.PARITY_TOLERANCE` of fp32; else the fp32 program is.
   Without a GPU the parity is measured on the CPU (the program in its own dtype) and the
   report says where it was measured.
 """
@@ -30,8 +30,8 @@ import torch
 from .export import (
     DEFAULT_FORMATS, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
 )
-from .files import PathLike
-from .models.generator import ResnetGenerator
+from ..core.files import PathLike
+from ..models.generator import ResnetGenerator
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
                 options: Dict[str, Any]) -> Dict[str, Any]:
     """INT8 from the fp32 ONNX file the export just checked (``_model``: unused, the deployers share one
     signature)."""
-    from .models.exported import OnnxGenerator
+    from .exported import OnnxGenerator
     from .quantize import CalibrationError, calibration_inputs, int8_quality, int8_verdict, quantize_int8
 
     fp32_path = Path(report["onnx"]["path"])
@@ -138,8 +138,8 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
 # ----------------------------------------------------------------------------- cuda
 def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
                  options: Dict[str, Any]) -> Dict[str, Any]:
-    from .models.cuda_runner import PARITY_TOLERANCE, CudaRunner
-    from .models.exported import load_exported
+    from .cuda_runner import PARITY_TOLERANCE, CudaRunner
+    from .exported import load_exported
 
     dtype_name = options["cuda_dtype"]
     dtype = CUDA_DTYPES[dtype_name]
@@ -171,7 +171,7 @@ def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
             "parity": {"max_abs_diff": max_diff, "mean_abs_diff": mean_diff, "measured_on": where,
                        "tolerance": {"max_abs_diff": tol_max, "mean_abs_diff": tol_mean},
                        "shapes": ["x".join(map(str, x.shape)) for x in inputs], "ok": ok},
-            "runner": f"coevo.models.cuda_runner.CudaRunner(dtype={dtype_name}, mode='graph')",
+            "runner": f"coevo.deploy.cuda_runner.CudaRunner(dtype={dtype_name}, mode='graph')",
             "runner_error": runner_error}
     if not on_cuda:
         fast["parity"]["note"] = ("no CUDA device here: the program ran on the CPU in its own dtype; "
@@ -211,7 +211,7 @@ def resolve_target(target: str, device: str = "cpu") -> str:
     if target == "auto":
         return "cuda" if str(device).startswith("cuda") else "cpu"
     if target not in TARGETS:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"export target must be one of {list(TARGETS)} or auto, got {target!r}")
     return target
@@ -224,10 +224,10 @@ def export_for_target(model: ResnetGenerator, out_dir: PathLike, name: str, targ
                       threads: Optional[int] = None) -> Dict[str, Any]:
     """Export ``model`` in ``formats`` plus the artifacts of ``target``; record the deployed one.
 
-    Returns the :func:`coevo.export.export_generator` report with a ``deploy`` entry
+    Returns the :func:`coevo.deploy.export.export_generator` report with a ``deploy`` entry
     (also merged into ``out_dir/export_report.json``): ``deployed`` (``format``, ``path``,
     ``backend``: the ``coevo bench`` backend that runs it, ``precision``) and the target's
-    checks. Raises :class:`coevo.export.ExportError` if a plain export fails its parity check.
+    checks. Raises :class:`coevo.deploy.export.ExportError` if a plain export fails its parity check.
     """
     from .quantize import MAX_GT_DROP_DB, MIN_PSNR_VS_FP32_DB
 

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checks import check_finite
-from .data.errors import DataError
-from .files import PathLike
-from .models.generator import MIN_SIZE, SIZE_MULTIPLE
+from ..core.guards import check_finite
+from ..data.errors import DataError
+from ..core.files import PathLike
+from ..models.generator import MIN_SIZE, SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,14 @@ MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 def input_images(path: PathLike) -> List[Path]:
     """One image file, or every image directly inside a folder (sorted by name)."""
-    from .data import list_images
+    from ..data import list_images
 
     path = Path(path)
     if path.is_dir():
         return list_images(path)
     if not path.exists():
         if path.is_symlink():  # a link loop or a link to nothing: the OS error says which
-            from .files import regular_file
+            from ..core.files import regular_file
 
             regular_file(path, "input")
         raise DataError(f"input not found: {path}; give an image file or a folder of images")
@@ -94,15 +94,15 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     """Check every input and every output of a translation; write nothing.
 
     ``source``: the folder the images were listed from (``--input``), if any.
-    Raises :class:`~coevo.outputs.OutputError` when ``out_dir`` is, holds or lies inside
+    Raises :class:`~coevo.core.outputs.OutputError` when ``out_dir`` is, holds or lies inside
     ``source``, or is or holds the folder of an image (links resolved, the links' own folders
     too); :class:`DataError` when an output file exists and ``overwrite`` is False,
     when an input cannot be read and ``skip_bad`` is False (with it, such inputs are
     left out and listed in ``skipped``), or when an image is too large to translate
     at its own size (more than :data:`MAX_PIXELS`; pass ``size``).
     """
-    from .data import check_image
-    from .outputs import Beside, check_outputs_apart
+    from ..data import check_image
+    from ..core.outputs import Beside, check_outputs_apart
 
     if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_SIDE):
         raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_SIDE}, "
@@ -150,9 +150,9 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     Images of the same size share a forward pass of up to ``batch`` images. Each PNG
     is written atomically. ``source`` names the model in errors (its file).
     """
-    from .data import load_image, to_image, to_tensor
-    from .files import atomic_path
-    from .models.exported import check_image_to_image
+    from ..data import load_image, to_image, to_tensor
+    from ..core.files import atomic_path
+    from ..deploy.exported import check_image_to_image
 
     if batch < 1:
         raise DataError(f"--batch must be >= 1, got {batch}")

@@ -21,7 +21,7 @@ from typing import Any, Iterator, List, Mapping, Optional, Tuple
 import torch
 
 from . import distributed
-from .errors import CoevoError
+from ..errors import CoevoError
 from .files import RUN_MARKER, atomic_write_text, is_orphan_temp, remove_orphan_temps, remove_owned
 from .outputs import Inputs, check_outputs_apart, describe_foreign, foreign_entries, foreign_in_entry
 
@@ -36,7 +36,7 @@ class RunDirError(CoevoError, RuntimeError):
 
 def mark_run_dir(path: str | Path, command: str) -> Path:
     """Write the ``.coevo-run`` marker: this folder is a coevo run, and ``--force`` may delete it."""
-    from . import __version__
+    from .. import __version__
 
     record = {"format": "coevo.run", "command": command, "coevo": __version__,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -52,7 +52,7 @@ def restart_flags(path: str | Path, resume: bool, force: bool,
 
     The first attempt keeps the flags it was given. A restarted one never deletes a
     run its job did not start: when ``path`` holds a run whose marker names this job
-    (:func:`coevo.distributed.job_id`), it resumes it (``resume_file`` present) or,
+    (:func:`coevo.core.distributed.job_id`), it resumes it (``resume_file`` present) or,
     killed before it could be resumed, starts it again; any other folder gets the
     first attempt's flags without ``force``.
     """
@@ -256,7 +256,7 @@ def undo_unstarted_run(path: str | Path, resume: bool = False,
 def writable_out_dir(path: str | Path, command: str, inputs: Optional[Inputs] = None) -> Path:
     """An output folder that files are replaced in (``coevo bench --out``): created and marked if missing.
 
-    Refuses a folder holding any of ``inputs`` (:func:`coevo.outputs.check_outputs_apart`) and a
+    Refuses a folder holding any of ``inputs`` (:func:`coevo.core.outputs.check_outputs_apart`) and a
     non-empty folder without the marker of a coevo run: its files are someone's, not coevo's
     to replace. Checks that a file can be created there, so that a long job fails before it
     starts, not at its end.
@@ -316,10 +316,10 @@ def apply_threads(threads: Optional[int]) -> None:
     """
     if threads is None or threads == 0:
         return
-    from .config import MAX_THREADS
+    from .limits import MAX_THREADS
 
     if threads < 0 or threads > MAX_THREADS:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"threads must be >= 1 (or 0 for torch's default) and at most {MAX_THREADS}, got {threads}")
     already = torch.get_num_threads() == int(threads)

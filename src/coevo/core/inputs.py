@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from .config import Config, ConfigError, config_to_dict, diff_configs, load_config
+from ..errors import ConfigError
+from ..config import Config, config_to_dict, diff_configs, load_config
 from .files import atomic_write_text
 
 RECORD_NAME = "inputs.json"

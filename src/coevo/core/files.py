@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Union
 
-from .errors import CoevoError
+from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def atomic_save_figure(fig: Any, path: PathLike, **savefig_kwargs: Any) -> Path:
     return Path(path)
 
 
-# The marker every run folder coevo creates holds (see coevo.runs); a built-in data set is marked by
+# The marker every run folder coevo creates holds (see coevo.core.runs); a built-in data set is marked by
 # its meta.json. Only inside such folders, or in coevo's own temporary folders, does coevo delete.
 RUN_MARKER = ".coevo-run"
 PARTIAL_SUFFIX = ".partial"

@@ -20,7 +20,7 @@ def autocast(device: str | torch.device, amp: str) -> ContextManager:
     """The autocast context for ``amp`` on ``device`` (a no-op for ``none``)."""
     if amp == "none":
         return contextlib.nullcontext()
-    from .config import ConfigError
+    from ..errors import ConfigError
 
     device = torch.device(device)
     if amp != "bf16":

@@ -1,7 +1,7 @@
 """Loading exported generators: ``torch.export`` programs (``.pt2``), ONNX (``.onnx``, fp32 or INT8)
 and TorchScript (``.ts``/``.torchscript``/``.jit``).
 
-Written by :mod:`coevo.export`; read here so that loading a model never needs the
+Written by :mod:`coevo.deploy.export`; read here so that loading a model never needs the
 exporter. Each loaded module takes and returns NCHW RGB tensors in [-1, 1] and
 has ``.arch``: the :class:`GeneratorArch` stored in the file, or None.
 
@@ -28,9 +28,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..files import PathLike, regular_file
-from .generator import GeneratorArch
-from .io import CheckpointError
+from ..core.files import PathLike, regular_file
+from ..models.generator import GeneratorArch
+from ..errors import CheckpointError
 
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".jit")
 PT2_SUFFIX = ".pt2"
@@ -201,7 +201,7 @@ def check_pt2_archive(path: PathLike) -> None:
     """
     import io
 
-    from .archive import Archive, UntrustedArchiveError
+    from ..models.archive import Archive, UntrustedArchiveError
 
     path = Path(path)
     try:
@@ -300,13 +300,13 @@ def _stored_arch(text: Optional[str], path: PathLike, what: str) -> Optional[Gen
     """The :class:`GeneratorArch` in an export's metadata entry ``what``; None when absent or empty."""
     if not text:
         return None
-    from .io import _arch_from_dict
+    from ..models.archive import arch_from_dict
 
-    return _arch_from_dict(GeneratorArch, _json_metadata(text, path, what), path)
+    return arch_from_dict(GeneratorArch, _json_metadata(text, path, what), path)
 
 
 def load_pt2(path: PathLike) -> ExportedProgramGenerator:
-    """Load a ``.pt2`` program written by :func:`coevo.export.save_torch_export`, after :func:`check_pt2_archive`."""
+    """Load a ``.pt2`` program written by :func:`coevo.deploy.export.save_torch_export`, after :func:`check_pt2_archive`."""
     path = Path(path)
     check_pt2_archive(path)
     extra = {ARCH_EXTRA_FILE: "", PROGRAM_EXTRA_FILE: ""}

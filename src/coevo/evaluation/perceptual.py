@@ -46,9 +46,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from .models.discriminator import NLayerDiscriminator
-from .models.generator import ResnetGenerator
-from .models.io import CheckpointError, safe_torch_load
+from ..models.discriminator import NLayerDiscriminator
+from ..models.generator import ResnetGenerator
+from ..errors import CheckpointError
+from ..models.io import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def _load_backbone(net: nn.Module, state_dict: Dict[str, torch.Tensor], path: Pa
     if missing:
         raise PerceptualWeightsError(
             f"{path} does not hold the expected backbone (missing {missing[:3]}...); "
-            "re-download it (see coevo.perceptual.LPIPS_BACKBONES)"
+            "re-download it (see coevo.evaluation.perceptual.LPIPS_BACKBONES)"
         )
     with torch.no_grad():
         for key, (layer, pname) in targets.items():
@@ -292,7 +293,7 @@ def resolve_perceptual(name: str, has_discriminators: bool, lpips_net: str = "al
     else ``teacher-features``. Other names are returned as they are, after checking that
     ``discriminator`` has discriminators to use (:class:`~coevo.config.ConfigError` if not)."""
     if name != "auto" and name not in PERCEPTUAL_METRICS:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {['auto', *available_metrics()]}")
     if name == "auto":
@@ -304,7 +305,7 @@ def resolve_perceptual(name: str, has_discriminators: bool, lpips_net: str = "al
         except PerceptualWeightsError:
             return "teacher-features"
     if name == "discriminator" and not has_discriminators:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(
             "search.perceptual=discriminator needs the teacher's discriminators (D_A and D_B), and this "
@@ -324,7 +325,7 @@ def build_perceptual(name: str, discriminator: Optional[NLayerDiscriminator] = N
     when 'lpips' lacks its backbone file.
     """
     if name not in PERCEPTUAL_METRICS:
-        from .config import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {list(available_metrics())}")
     metric = PERCEPTUAL_METRICS[name](discriminator=discriminator, lpips_net=lpips_net,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from .config import Config, load_config
-from .models.teacher import TeacherPaths
-from .runs import RunDirError
+from ..config import Config, load_config
+from ..models.teacher import TeacherPaths
+from ..core.runs import RunDirError
 
 GENERATORS = ("G_A", "G_B")
 
@@ -37,7 +37,7 @@ class PipelineRun:
 
     def search(self):
         """The search stage read back: :func:`coevo.search.read_search_run` of ``search/``."""
-        from .search.runner import read_search_run
+        from ..search.runner import read_search_run
 
         return read_search_run(self.dir("search"))
 
@@ -47,9 +47,9 @@ def open_run(path: str | Path, need: Sequence[str] = ("search", "finetune")) -> 
 
     ``need``: stages that must have finished (each leaves ``stage.json``); the default is
     what it takes to compare the teacher with the compressed pair. Raises
-    :class:`coevo.runs.RunDirError` naming what is missing and how to get it.
+    :class:`coevo.core.runs.RunDirError` naming what is missing and how to get it.
     """
-    from .pipeline import STAGES, Pipeline, stage_done
+    from ..pipeline import STAGES, Pipeline, stage_done
 
     root = Path(path)
     if not (root / "config.yaml").is_file():

@@ -3,7 +3,7 @@
 ONNX Runtime's static quantisation (QDQ format, weights per output channel, activation
 ranges from MinMax calibration) turns the convolutions into int8 kernels. The file it
 writes is an ordinary ``.onnx`` (``name.int8.onnx``) with ``coevo_precision=int8`` in its
-metadata; :class:`coevo.models.exported.OnnxGenerator` runs it like any other export.
+metadata; :class:`coevo.deploy.exported.OnnxGenerator` runs it like any other export.
 
 Calibration images are training images of the model's input domain (never test
 images), each at its own size rounded down to multiples of 4. The quality check runs
@@ -13,7 +13,7 @@ the fp32 and INT8 models on the test inputs and measures (:func:`int8_quality`):
 * where the test split has ground truth (the built-in set: ``testA_gt_B``, ``testB_gt_A``),
   the fp32 model's PSNR to it minus the INT8 model's: at most :data:`MAX_GT_DROP_DB`.
 
-Both on 8-bit quantised images (:func:`coevo.metrics.psnr`), means over the images.
+Both on 8-bit quantised images (:func:`coevo.evaluation.metrics.psnr`), means over the images.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import CoevoError
-from .files import PathLike, atomic_path
-from .models.exported import ARCH_METADATA_KEY, PRECISION_METADATA_KEY, quiet_export
+from ..errors import CoevoError
+from ..core.files import PathLike, atomic_path
+from .exported import ARCH_METADATA_KEY, PRECISION_METADATA_KEY, quiet_export
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _spread(n_total: int, n: int) -> List[int]:
 
 def calibration_inputs(folder: PathLike, n: int = CALIBRATION_IMAGES, size: Optional[int] = None) -> List[np.ndarray]:
     """Up to ``n`` images of ``folder`` (spread over its sorted list) as 1x3xHxW float32 arrays in [-1, 1]."""
-    from .data import SingleImageDataset
+    from ..data import SingleImageDataset
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -185,9 +185,9 @@ def int8_quality(fp32: torch.nn.Module, int8: torch.nn.Module, inputs: PathLike,
     exact translation of each input under the input's file name. Returns means (dB) and
     the worst image against fp32; ``gt_drop_db`` is fp32's PSNR to ground truth minus INT8's.
     """
-    from .data import SingleImageDataset
-    from .evaluate import _load_ground_truth
-    from .metrics import psnr
+    from ..data import SingleImageDataset
+    from ..evaluation.evaluate import _load_ground_truth
+    from ..evaluation.metrics import psnr
 
     ds = SingleImageDataset(inputs, skip_bad=True)
     if len(ds) == 0:

@@ -12,9 +12,9 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .config import Config
-from .data.record import short as short_record
-from .files import atomic_write_text
+from ..config import Config
+from ..data.record import short as short_record
+from ..core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _grid_images(files: List[Path], side: int) -> torch.Tensor:
     mixed sizes are (a grid has one row height and one column width)."""
     from PIL import Image
 
-    from .data import load_image, to_tensor
+    from ..data import load_image, to_tensor
 
     images = [load_image(f) for f in files]
     sizes = {(w - w % 4, h - h % 4) for w, h in (im.size for im in images)}
@@ -48,7 +48,7 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
           side: int = 256) -> Optional[Path]:
     """Input, teacher, compressed (and ground truth when the data has it) for the first ``n`` test images;
     ``side``: the square size images of mixed sizes are shown at."""
-    from .data import list_images
+    from ..data import list_images
     from .viz import save_grid
 
     files = list_images(data_root / in_dir)[:n]
@@ -70,11 +70,11 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
 
 def build_report(run_dir: str | Path, cfg: Config) -> Dict:
     """Measure and write the report for a finished pipeline run; returns the JSON dict."""
-    from . import load_discriminator, load_generator
+    from .. import load_discriminator, load_generator
     from .evaluate import translation_quality
     from .perceptual import build_perceptual
-    from .pipeline import Pipeline
-    from .prune import count_macs, count_params
+    from ..pipeline import Pipeline
+    from ..prune import count_macs, count_params
 
     run_dir = Path(run_dir)
     pipe = Pipeline(cfg, run_dir, resume=True)

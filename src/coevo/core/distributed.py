@@ -27,7 +27,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import CoevoError
+from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def is_main() -> bool:
 
 def check_device(device: str) -> None:
     """ConfigError for a device that cannot serve every process of this launch."""
-    from .config import ConfigError
+    from ..errors import ConfigError
 
     here = launch()
     dev = torch.device(device)

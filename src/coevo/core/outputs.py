@@ -20,12 +20,11 @@ A new kind of file a command writes into its run folder belongs in :data:`RUN_FI
 from __future__ import annotations
 
 import os
-import re
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Iterable, List, Mapping, Optional, Union
 
-from .errors import CoevoError
+from ..errors import CoevoError
 from .files import PARTIAL_SUFFIX, RUN_MARKER, PathLike, is_orphan_temp
 
 
@@ -165,7 +164,7 @@ def _foreign_in_data(folder: Path) -> List[Path]:
     records = ("stage.json", "data.json")
     if not _builtin_set(folder):
         return [p for p in _entries(folder) if p.name not in records or not p.is_file()]
-    from .data.synthetic import foreign_in_set
+    from ..data.synthetic import foreign_in_set
 
     return [p for p in foreign_in_set(folder) if p.name not in records or p.parent != folder]
 
@@ -213,14 +212,6 @@ def describe_foreign(folder: PathLike, found: List[Path]) -> str:
     folder = Path(folder)
     shown = ", ".join(str(p.relative_to(folder)) for p in found[:_SHOWN])
     return shown + (f" and {len(found) - _SHOWN} more" if len(found) > _SHOWN else "")
-
-
-_DIGITS = re.compile(r"[0-9]+\.png")
-
-
-def rendered_name(name: str) -> bool:
-    """A file name the built-in data set renders (``0000.png``)."""
-    return bool(_DIGITS.fullmatch(name))
 
 
 __all__ = ["OutputError", "Beside", "check_outputs_apart", "data_input", "teacher_input", "foreign_entries",
