@@ -193,7 +193,7 @@ def torchscript_state_dict(archive: Archive) -> Dict[str, torch.Tensor]:
         raise UntrustedArchiveError(
             f"{archive.path} is TorchScript without coevo's weight entry ({archive.top}/{TS_WEIGHTS_ENTRY}), so "
             "its weights could only be read by running the file; re-export it with `coevo export`, or pass "
-            "--trust-model (trust=True) if you trust where it came from")
+            "--trust-model if you trust where it came from")
     try:
         sd = load_safetensors(archive.read(TS_WEIGHTS_ENTRY))
     except Exception as e:  # safetensors' own parse errors: a corrupt entry
