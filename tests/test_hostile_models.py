@@ -241,6 +241,12 @@ def _argv(command: str, model: Path, tmp: Path) -> list:
             for i in range(2):
                 write_image(folder / f"{i}.png", size=32, seed=i)
     out = str(tmp / "out")
+    genome = str(tmp / "genomes" / "all.json")
+    if not Path(genome).exists():
+        from coevo.models import GeneratorArch
+        from coevo.prune import Genome
+
+        Genome.all_keep(GeneratorArch(ngf=4, n_blocks=2)).save_json(genome)
     return {
         "translate": ["translate", "--model", str(model), "--input", str(photos), "--output", out],
         "translate-trusted": ["translate", "--model", str(model), "--input", str(photos), "--output", out,
@@ -255,11 +261,13 @@ def _argv(command: str, model: Path, tmp: Path) -> list:
         "search": ["search", "--teacher-ab", str(model), "--teacher-ba", str(model), "--out", out],
         "compress": ["compress", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"),
                      "--teacher-ab", str(model), "--teacher-ba", str(model), "--out", out],
+        "finetune": ["finetune", "--teacher-ab", str(model), "--teacher-ba", str(model), "--genome-a", genome,
+                     "--genome-b", genome, "--out", out],
     }[command]
 
 
 @pytest.mark.parametrize("command", ["translate", "translate-trusted", "bench", "bench-trusted", "evaluate",
-                                     "export", "prune", "search", "compress"])
+                                     "export", "prune", "search", "compress", "finetune"])
 def test_case_variant_pt2_is_refused_by_every_command(command, case_variant_pt2, tmp_path, capsys,
                                                       no_program_loading):
     before = snapshot(tmp_path)
@@ -267,8 +275,8 @@ def test_case_variant_pt2_is_refused_by_every_command(command, case_variant_pt2,
     assert "differing only in case" in one_error_line(capsys, command.split("-")[0])
     assert not (tmp_path / "pwned").exists()
     after = snapshot(tmp_path)
-    assert {k: v for k, v in after.items() if k.parts[0] != "photos"} == \
-        {k: v for k, v in before.items() if k.parts[0] != "photos"}
+    assert {k: v for k, v in after.items() if k.parts[0] not in ("photos", "genomes")} == \
+        {k: v for k, v in before.items() if k.parts[0] not in ("photos", "genomes")}
 
 
 def test_translate_with_an_untrusted_pt2_matches_the_eager_model(pt2, tiny_generator, tmp_path,
