@@ -517,9 +517,10 @@ RULES: Dict[str, Rule] = {
 def _choices() -> Dict[str, Sequence[str]]:
     """Allowed names per key. Registries are read, not copied, so a new metric or operator is accepted."""
     from .data.synthetic import TASKS
-    from .deploy.targets import CUDA_DTYPES, TARGETS
-    from .deploy.export import FORMATS
-    from .evaluation.perceptual import LPIPS_BACKBONES, available_metrics
+    from .deploy.targets import CUDA_DTYPES, DEPLOYERS
+    from .deploy.export import WRITERS
+    from .deploy.latency import LATENCY_TARGETS
+    from .evaluation.perceptual import LPIPS_BACKBONES, PERCEPTUAL_METRICS
     from .core.precision import AMP_MODES
     from .search.operators import CROSSOVERS, MUTATIONS, SELECTIONS
 
@@ -528,20 +529,20 @@ def _choices() -> Dict[str, Sequence[str]]:
     return {
         "log": LOGGERS,
         **{f"{section}.amp": AMP_MODES for section in AMP_SECTIONS},
-        "search.selection": sorted(SELECTIONS),
-        "search.crossover": sorted(CROSSOVERS),
-        "search.mutation": sorted(MUTATIONS),
+        "search.selection": sorted(SELECTIONS.names()),
+        "search.crossover": sorted(CROSSOVERS.names()),
+        "search.mutation": sorted(MUTATIONS.names()),
         "search.repair": ("importance", "random"),
         "search.compute": ("budget", "latency", "reward"),
-        "search.latency_target": ("cpu", "onnxruntime", "cuda"),
+        "search.latency_target": LATENCY_TARGETS,
         "search.fitness": ("proxy", "trained"),
-        "data.synthetic_task": tuple(sorted(TASKS)),
+        "data.synthetic_task": tuple(sorted(TASKS.names())),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
-        "search.perceptual": [*available_metrics(), "auto"],
+        "search.perceptual": [*sorted(PERCEPTUAL_METRICS.names()), "auto"],
         "search.lpips_net": sorted(LPIPS_BACKBONES),
         "finetune.select_on": ("val", "last"),
-        "export.formats": list(FORMATS),
-        "export.target": [*TARGETS, "auto"],
+        "export.formats": list(WRITERS.names()),
+        "export.target": [*DEPLOYERS.names(), "auto"],
         "export.cuda_dtype": sorted(CUDA_DTYPES),
     }
 
@@ -561,7 +562,9 @@ def _check_value(key: str, value: Any, choices: Dict[str, Sequence[str]]) -> Non
             raise ConfigError(f"{key} must name at least one of {list(choices[key])}")
         for name in names:
             if name not in choices[key]:
-                raise ConfigError(f"{key} must be one of {list(choices[key])}, got {_shown(name)}")
+                close = difflib.get_close_matches(str(name), list(choices[key]), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{key} must be one of {list(choices[key])}, got {_shown(name)}{hint}")
 
 
 def _check_relations(section: str, s: Any) -> None:

@@ -45,6 +45,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..core.files import PARTIAL_SUFFIX, remove_owned
+from ..core.registry import Registry
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,13 @@ _TAG = 0xC0E0  # keeps these streams apart from any other user of the same seed
 SKY, FIELD, OBJECT = 0, 1, 2
 
 # The built-in tasks: scene parameters that set how much structure and texture a generator must keep.
-TASKS = {
-    "snow": {"objects": (1, 4), "size": (0.10, 0.22), "stripes": (4.0, 6.0), "blades": (10, 28, 0.16),
-             "outline": 32},
-    "dense": {"objects": (3, 8), "size": (0.06, 0.13), "stripes": (9.0, 14.0), "blades": (18, 56, 0.24),
-              "outline": 64},
-}
+# A task's random streams depend on its place in sorted(TASKS) (render_scene): a new task shifts the
+# streams of the tasks after it, so give it a name that sorts last or accept new images for those.
+TASKS: Registry[Dict] = Registry("built-in task", error=DataError)
+TASKS.register("snow", {"objects": (1, 4), "size": (0.10, 0.22), "stripes": (4.0, 6.0), "blades": (10, 28, 0.16),
+                        "outline": 32})
+TASKS.register("dense", {"objects": (3, 8), "size": (0.06, 0.13), "stripes": (9.0, 14.0), "blades": (18, 56, 0.24),
+                         "outline": 64})
 
 # Colour ramps: (L stop, RGB) pairs, every channel non-decreasing in L, so each
 # rendering is invertible per class and the two domains' classes never share colours.
@@ -212,12 +214,11 @@ def render_scene(seed: int, split: str, index: int, size: int = 64, task: str = 
     """Both renderings of scene ``index`` of ``split``: ``{"A": HxWx3 uint8, "B": HxWx3 uint8}``."""
     if split not in SPLIT_STREAMS:
         raise ValueError(f"split must be one of {sorted(SPLIT_STREAMS)}, got {split!r}")
-    if task not in TASKS:
-        raise DataError(f"unknown built-in task {task!r}; choose one of {sorted(TASKS)}")
+    spec = TASKS.lookup(task)
     stream = [_TAG, SYNTHETIC_VERSION, int(seed), SPLIT_STREAMS[split], int(index)]
     if task != "snow":  # the first task's streams stay as they were: its files are unchanged
         stream.append(sorted(TASKS).index(task) + 1)
-    cls, L, outline = _scene(np.random.default_rng(stream), size, TASKS[task])
+    cls, L, outline = _scene(np.random.default_rng(stream), size, spec)
     return {"A": _render(cls, L, outline, "A"), "B": _render(cls, L, outline, "B")}
 
 
@@ -290,8 +291,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
         raise DataError(f"synthetic n_train and n_test must be >= 1 and at most {MAX_SYNTHETIC_IMAGES}, got "
                         f"{n_train} and {n_test}")
     out = Path(out)
-    if task not in TASKS:
-        raise DataError(f"unknown built-in task {task!r}; choose one of {sorted(TASKS)}")
+    TASKS.lookup(task)  # an unknown name fails before anything is written
     params = _params(size, n_train, n_test, seed, task)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose another --out")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..core.registry import Registry
 from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
@@ -162,12 +163,12 @@ def _cuda(dtype: torch.dtype, mode: str) -> Callable[..., Call]:
     return make
 
 
-REGISTRY: Dict[str, Backend] = {}
+REGISTRY: Registry[Backend] = Registry("backend")
 
 
 def register_backend(backend: Backend) -> Backend:
-    REGISTRY[backend.name] = backend
-    return backend
+    """Add ``backend`` under its own name."""
+    return REGISTRY.register(backend.name, backend)
 
 
 for _backend in (
@@ -181,7 +182,7 @@ for _backend in (
       for label, mode in (("graph", "graph"), ("compiled", "compile"))),
 ):
     register_backend(_backend)
-BACKENDS: Tuple[str, ...] = tuple(REGISTRY)
+BACKENDS: Tuple[str, ...] = REGISTRY.names()  # the built-in ones (cli/bench spells them out for --help)
 
 
 # ----------------------------------------------------------------------------- choosing

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backends import BACKENDS, backends_for, native_backend, on_device  # noqa: F401  (native_backend: public here too)
+from .backends import (  # noqa: F401  (BACKENDS, native_backend: public here too)
+    BACKENDS, REGISTRY, backends_for, native_backend, on_device,
+)
 from ..errors import CoevoError
 from ..core.files import PathLike, atomic_save_figure, atomic_write_text
 
@@ -94,11 +96,9 @@ class _Runner:
 def _make_runner(name: str, model: nn.Module, backend: str, x: torch.Tensor, device: torch.device,
                  threads: Optional[int], tmp_dir: str) -> Optional[_Runner]:
     """A runner of ``model`` on ``backend``; None (logged) when the backend cannot run it here."""
-    from .backends import REGISTRY, BackendUnavailable, unavailable_reason
+    from .backends import BackendUnavailable, unavailable_reason
 
-    if backend not in REGISTRY:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    spec = REGISTRY[backend]
+    spec = REGISTRY.lookup(backend)
     reason = unavailable_reason(backend, device)
     try:
         if reason is not None:
@@ -158,9 +158,9 @@ def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: S
     from ..core.limits import MAX_BENCH_BATCH, MAX_IMAGE_SIDE
     from ..models.generator import MIN_SIZE, SIZE_MULTIPLE
 
-    unknown = [b for b in backends if b not in BACKENDS]
+    unknown = [b for b in backends if b not in REGISTRY]
     if unknown or not backends:
-        raise ConfigError(f"unknown backends {unknown or list(backends)}; choose from {list(BACKENDS)}")
+        raise ConfigError(f"unknown backends {unknown or list(backends)}; choose from {list(REGISTRY)}")
     if size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_IMAGE_SIDE:
         raise ConfigError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} (the generator "
                           f"halves the image twice) and at most {MAX_IMAGE_SIDE}, got {size}")

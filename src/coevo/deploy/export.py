@@ -23,7 +23,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,6 +36,7 @@ from .exported import (  # noqa: F401  (re-exported: coevo.deploy.export is wher
     OnnxGenerator, load_exported, quiet_export,
 )
 from ..models.io import load_generator, save_generator
+from ..core.registry import Registry
 from ..errors import CoevoError
 
 log = logging.getLogger(__name__)
@@ -272,14 +273,19 @@ def _write_torchscript(model: ResnetGenerator, path: Path, options: Dict[str, An
     return {}
 
 
-# format name -> (file suffix, writer(model, path, options) -> extra report fields)
-WRITERS: Dict[str, Tuple[str, Callable[[ResnetGenerator, Path, Dict[str, Any]], Dict[str, Any]]]] = {
-    "torch-export": (".pt2", _write_torch_export),
-    "onnx": (".onnx", _write_onnx),
-    "safetensors": (".safetensors", _write_safetensors),
-    "torchscript": (".ts", _write_torchscript),
-}
-FORMATS = tuple(WRITERS)
+class Writer(NamedTuple):
+    """How one export format is written: ``write(model, path, options)`` returns extra report fields."""
+
+    suffix: str
+    write: Callable[[ResnetGenerator, Path, Dict[str, Any]], Dict[str, Any]]
+
+
+WRITERS: Registry[Writer] = Registry("export format")
+WRITERS.register("torch-export", Writer(".pt2", _write_torch_export))
+WRITERS.register("onnx", Writer(".onnx", _write_onnx))
+WRITERS.register("safetensors", Writer(".safetensors", _write_safetensors))
+WRITERS.register("torchscript", Writer(".ts", _write_torchscript))
+FORMATS = WRITERS.names()  # the built-in ones (cli/export spells them out for --help)
 # TorchScript is opt-in: torch.jit is deprecated in the pinned torch, torch.export replaces it.
 DEFAULT_FORMATS = ("torch-export", "onnx", "safetensors")
 
@@ -298,9 +304,9 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     ``name`` into ``out_dir/export_report.json``.
     Raises :class:`ExportError` when a difference exceeds :data:`TOLERANCE`.
     """
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in WRITERS]
     if unknown or not formats:
-        raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {list(FORMATS)}")
+        raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {list(WRITERS)}")
     if not isinstance(getattr(model, "arch", None), GeneratorArch):
         raise TypeError("export_generator needs a coevo ResnetGenerator (a module with .arch); "
                         "re-export from the .pt/.safetensors checkpoint, not from an exported file")

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "coevo.latency_table"
 TABLE_VERSION = 1
-TARGETS = ("cpu", "onnxruntime", "cuda")  # torch eager on CPU, ONNX Runtime on CPU (fp32), torch eager on CUDA
+LATENCY_TARGETS = ("cpu", "onnxruntime", "cuda")  # torch eager on CPU, ONNX Runtime on CPU (fp32), torch eager on CUDA
 
 
 class LatencyTableError(CoevoError):
@@ -223,7 +223,8 @@ def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
 
 def measure_latency(model: nn.Module, size: int, target: str = "cpu", batch: int = 1, warmup: int = 3,
                     repeats: int = 15, seed: int = 0) -> float:
-    """Median latency (ms) of ``model`` on ``target`` (see :data:`TARGETS`) for one NCHW batch at ``size`` x ``size``."""
+    """Median latency (ms) of ``model`` on ``target`` (see :data:`LATENCY_TARGETS`) for one NCHW batch at
+    ``size`` x ``size``."""
     device = torch.device("cuda" if target == "cuda" else "cpu")
     g = torch.Generator().manual_seed(int(seed))
     x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
@@ -240,8 +241,8 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
     measuring; the table is only valid for that count.
     Weights are random: time depends on shapes, not values.
     """
-    if target not in TARGETS:
-        raise LatencyTableError(f"latency target must be one of {TARGETS}, got {target!r}")
+    if target not in LATENCY_TARGETS:
+        raise LatencyTableError(f"latency target must be one of {LATENCY_TARGETS}, got {target!r}")
     if target == "cuda" and not torch.cuda.is_available():
         raise LatencyTableError("target cuda: torch sees no CUDA device on this machine")
     if size % 4 or size < 8:
@@ -327,4 +328,4 @@ def table_key(teacher: GeneratorArch, size: int, target: str, threads: int, batc
 
 
 __all__ = ["LatencyTable", "LatencyTableError", "measure_table", "measure_latency", "table_key", "cache_path",
-           "TARGETS"]
+           "LATENCY_TARGETS"]

@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,11 +31,12 @@ from .export import (
     DEFAULT_FORMATS, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
 )
 from ..core.files import PathLike
+from ..core.registry import Registry
+from ..errors import ConfigError
 from ..models.generator import ResnetGenerator
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("cpu", "cuda")
 CUDA_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # generator name -> (training folder of its input domain, test inputs, their ground truth)
 DOMAIN_FOLDERS = {"A": ("trainA", "testA", "testA_gt_B"), "B": ("trainB", "testB", "testB_gt_A")}
@@ -199,21 +200,26 @@ def _parity(model: ResnetGenerator, runner: torch.nn.Module, inputs, device: tor
     return max_diff, mean_diff
 
 
-# target -> (the export formats it deploys from: they must be among the requested ones, deployer)
-DEPLOYERS: Dict[str, tuple] = {
-    "cpu": (("onnx",), _deploy_cpu),
-    "cuda": (("torch-export",), _deploy_cuda),
-}
+class Deployer(NamedTuple):
+    """One deploy target: the export formats it deploys from (they must be among the requested ones) and
+    ``deploy(model, out_dir, name, export_report, data, options) -> the report's deploy entry``."""
+
+    formats: Tuple[str, ...]
+    deploy: Callable[..., Dict[str, Any]]
+
+
+DEPLOYERS: Registry[Deployer] = Registry("export target")
+DEPLOYERS.register("cpu", Deployer(("onnx",), _deploy_cpu))
+DEPLOYERS.register("cuda", Deployer(("torch-export",), _deploy_cuda))
+EXPORT_TARGETS = DEPLOYERS.names()  # the built-in ones; "auto" picks one of them from the device
 
 
 def resolve_target(target: str, device: str = "cpu") -> str:
-    """``auto`` becomes ``cuda`` for a CUDA device and ``cpu`` otherwise; others must be in :data:`TARGETS`."""
+    """``auto`` becomes ``cuda`` for a CUDA device and ``cpu`` otherwise; others must be in :data:`DEPLOYERS`."""
     if target == "auto":
         return "cuda" if str(device).startswith("cuda") else "cpu"
-    if target not in TARGETS:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"export target must be one of {list(TARGETS)} or auto, got {target!r}")
+    if target not in DEPLOYERS:
+        raise ConfigError(DEPLOYERS.unknown_message(target, extra=("auto",)))
     return target
 
 
@@ -234,7 +240,7 @@ def export_for_target(model: ResnetGenerator, out_dir: PathLike, name: str, targ
     target = resolve_target(target)
     if cuda_dtype not in CUDA_DTYPES:
         raise ValueError(f"cuda_dtype must be one of {list(CUDA_DTYPES)}, got {cuda_dtype!r}")
-    needed, deploy = DEPLOYERS[target]
+    needed, deploy = DEPLOYERS.lookup(target)
     out_dir = Path(out_dir)
     model = copy.deepcopy(model).cpu().eval()
     report: Dict[str, Any] = export_generator(model, out_dir, name, formats=formats, check_size=check_size,
@@ -264,5 +270,6 @@ def deployed_artifact(export_dir: PathLike, name: str) -> Optional[Dict[str, Any
     return ((report.get(name) or {}).get("deploy") or {}).get("deployed")
 
 
-__all__ = ["DeployData", "TARGETS", "deployed_artifact", "export_for_target", "find_deploy_data", "input_domain",
+__all__ = ["DEPLOYERS", "EXPORT_TARGETS", "DeployData", "Deployer", "deployed_artifact", "export_for_target",
+           "find_deploy_data", "input_domain",
            "resolve_target"]

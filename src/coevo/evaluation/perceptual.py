@@ -48,7 +48,8 @@ from torch import nn
 
 from ..models.discriminator import NLayerDiscriminator
 from ..models.generator import ResnetGenerator
-from ..errors import CheckpointError
+from ..core.registry import Registry
+from ..errors import CheckpointError, ConfigError
 from ..models.io import safe_torch_load
 
 log = logging.getLogger(__name__)
@@ -243,14 +244,13 @@ def _load_backbone(net: nn.Module, state_dict: Dict[str, torch.Tensor], path: Pa
             param.copy_(state_dict[key])
 
 
-PERCEPTUAL_METRICS: Dict[str, Callable[..., PerceptualMetric]] = {}
+# "auto" is no metric: resolve_perceptual turns it into one of these.
+PERCEPTUAL_METRICS: Registry[Callable[..., PerceptualMetric]] = Registry("perceptual metric")
 
 
 def register_metric(name: str):
-    def wrap(factory: Callable[..., PerceptualMetric]):
-        PERCEPTUAL_METRICS[name] = factory
-        return factory
-    return wrap
+    """Decorator: ``factory(discriminator=, lpips_net=, feature_generator=)`` becomes metric ``name``."""
+    return PERCEPTUAL_METRICS.register(name)
 
 
 # Factories take the keyword arguments of build_perceptual and use the ones they need.
@@ -293,9 +293,7 @@ def resolve_perceptual(name: str, has_discriminators: bool, lpips_net: str = "al
     else ``teacher-features``. Other names are returned as they are, after checking that
     ``discriminator`` has discriminators to use (:class:`~coevo.config.ConfigError` if not)."""
     if name != "auto" and name not in PERCEPTUAL_METRICS:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {['auto', *available_metrics()]}")
+        raise ConfigError(PERCEPTUAL_METRICS.unknown_message(name, extra=("auto",)))
     if name == "auto":
         if has_discriminators:
             return "discriminator"
@@ -305,8 +303,6 @@ def resolve_perceptual(name: str, has_discriminators: bool, lpips_net: str = "al
         except PerceptualWeightsError:
             return "teacher-features"
     if name == "discriminator" and not has_discriminators:
-        from ..errors import ConfigError
-
         raise ConfigError(
             "search.perceptual=discriminator needs the teacher's discriminators (D_A and D_B), and this "
             "teacher has only its generators; choose search.perceptual=auto, lpips, teacher-features or l1"
@@ -324,11 +320,7 @@ def build_perceptual(name: str, discriminator: Optional[NLayerDiscriminator] = N
     the images are in (needed by 'teacher-features'). Raises :class:`PerceptualWeightsError`
     when 'lpips' lacks its backbone file.
     """
-    if name not in PERCEPTUAL_METRICS:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown perceptual metric {name!r}; choose one of {list(available_metrics())}")
-    metric = PERCEPTUAL_METRICS[name](discriminator=discriminator, lpips_net=lpips_net,
+    metric = PERCEPTUAL_METRICS.lookup(name)(discriminator=discriminator, lpips_net=lpips_net,
                                       feature_generator=feature_generator)
     log.debug("perceptual metric %s on %s", metric.name, device)
     return metric.to(device).eval()

@@ -12,15 +12,31 @@ operator with probabilities copy 0.2 / crossover 0.7 / mutation 0.1.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Tuple
+from typing import List, Tuple, Type
 
 import numpy as np
+
+from ..core.registry import Registry
 
 Bits = np.ndarray  # 1-D bool
 
 
+# Operator classes by name; ``search.selection``/``crossover``/``mutation`` pick from these, and each
+# class builds itself from the search config (:meth:`from_config`) with the settings it takes.
+SELECTIONS: Registry[Type["Selection"]] = Registry("search.selection")
+CROSSOVERS: Registry[Type["Crossover"]] = Registry("search.crossover")
+MUTATIONS: Registry[Type["Mutation"]] = Registry("search.mutation")
+
+
+class _FromConfig:
+    @classmethod
+    def from_config(cls, s):
+        """The operator for search config ``s``; operators without settings ignore it."""
+        return cls()
+
+
 # ----------------------------------------------------------------------------- selection
-class Selection:
+class Selection(_FromConfig):
     """Picks the index of one parent from a population's fitness (higher is better)."""
 
     name = "base"
@@ -29,6 +45,7 @@ class Selection:
         raise NotImplementedError
 
 
+@SELECTIONS.register("roulette")
 class RouletteSelection(Selection):
     """Fitness-proportionate selection (the paper's). Fitness is shifted to be positive if needed."""
 
@@ -42,10 +59,15 @@ class RouletteSelection(Selection):
         return int(min(np.searchsorted(p, rng.random(), side="left"), len(f) - 1))
 
 
+@SELECTIONS.register("tournament")
 class TournamentSelection(Selection):
     """Best of ``size`` members drawn without replacement (ties: the lower index)."""
 
     name = "tournament"
+
+    @classmethod
+    def from_config(cls, s) -> "TournamentSelection":
+        return cls(s.tournament_size)
 
     def __init__(self, size: int = 3) -> None:
         if size < 1:
@@ -59,7 +81,7 @@ class TournamentSelection(Selection):
 
 
 # ----------------------------------------------------------------------------- crossover
-class Crossover:
+class Crossover(_FromConfig):
     """Two parents -> two children of the same length."""
 
     name = "base"
@@ -68,6 +90,7 @@ class Crossover:
         raise NotImplementedError
 
 
+@CROSSOVERS.register("two_point")
 class TwoPointCrossover(Crossover):
     """Swap the segment ``[i, j)`` between the parents (the paper's; i, j uniform, sorted)."""
 
@@ -80,6 +103,7 @@ class TwoPointCrossover(Crossover):
         return c1, c2
 
 
+@CROSSOVERS.register("uniform")
 class UniformCrossover(Crossover):
     """Each bit from either parent with probability 1/2."""
 
@@ -91,7 +115,7 @@ class UniformCrossover(Crossover):
 
 
 # ----------------------------------------------------------------------------- mutation
-class Mutation:
+class Mutation(_FromConfig):
     """One parent -> one child."""
 
     name = "base"
@@ -100,6 +124,7 @@ class Mutation:
         raise NotImplementedError
 
 
+@MUTATIONS.register("segment_flip")
 class SegmentFlip(Mutation):
     """Invert the segment ``[i, j)`` (the paper's; on average a third of the string)."""
 
@@ -112,10 +137,15 @@ class SegmentFlip(Mutation):
         return out
 
 
+@MUTATIONS.register("bit_flip")
 class BitFlip(Mutation):
     """Flip each bit independently with probability ``flip_bits / n_bits``."""
 
     name = "bit_flip"
+
+    @classmethod
+    def from_config(cls, s) -> "BitFlip":
+        return cls(s.flip_bits)
 
     def __init__(self, flip_bits: float = 4.0) -> None:
         if flip_bits <= 0:
@@ -125,29 +155,6 @@ class BitFlip(Mutation):
     def __call__(self, bits: Bits, rng: np.random.Generator) -> Bits:
         rate = min(1.0, self.flip_bits / len(bits))
         return bits ^ (rng.random(len(bits)) < rate)
-
-
-# ----------------------------------------------------------------------------- registries
-SELECTIONS: Dict[str, Callable[..., Selection]] = {
-    "roulette": lambda s: RouletteSelection(),
-    "tournament": lambda s: TournamentSelection(s.tournament_size),
-}
-CROSSOVERS: Dict[str, Callable[..., Crossover]] = {
-    "two_point": lambda s: TwoPointCrossover(),
-    "uniform": lambda s: UniformCrossover(),
-}
-MUTATIONS: Dict[str, Callable[..., Mutation]] = {
-    "segment_flip": lambda s: SegmentFlip(),
-    "bit_flip": lambda s: BitFlip(s.flip_bits),
-}
-
-
-def _lookup(registry: Dict[str, Callable], kind: str, name: str, s):
-    if name not in registry:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"unknown search.{kind} {name!r}; choose one of {sorted(registry)}")
-    return registry[name](s)
 
 
 # ----------------------------------------------------------------------------- breeding
@@ -181,9 +188,9 @@ class Breeder:
 
     @classmethod
     def from_config(cls, s) -> "Breeder":
-        return cls(_lookup(SELECTIONS, "selection", s.selection, s),
-                   _lookup(CROSSOVERS, "crossover", s.crossover, s),
-                   _lookup(MUTATIONS, "mutation", s.mutation, s),
+        return cls(SELECTIONS.lookup(s.selection).from_config(s),
+                   CROSSOVERS.lookup(s.crossover).from_config(s),
+                   MUTATIONS.lookup(s.mutation).from_config(s),
                    float(s.copy_prob), float(s.crossover_prob), float(s.mutation_prob))
 
     def breed(self, population: List[Bits], fitness: np.ndarray, n_children: int,
