@@ -155,6 +155,10 @@ class FinetuneConfig:
     # down2, the middle and last residual blocks and up1, mapped to the teacher's by learned 1x1
     # convolutions, MSE; 0 disables (the default: measured in docs/search.md).
     lambda_feature: float = 0.0
+    # gan: the CycleGAN losses against discriminators, plus distillation (the paper's recipe);
+    # distill: output (+ feature) distillation to the teacher only, no discriminators, the
+    # teacher's outputs cached per training image and flip (coevo.train.distill)
+    mode: str = "gan"
     pool_size: int = 50
     max_steps_per_epoch: int = 0       # 0: the whole epoch
     select_on: str = "val"             # model selection on the held-out training split, never test
@@ -541,6 +545,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.perceptual": [*sorted(PERCEPTUAL_METRICS.names()), "auto"],
         "search.lpips_net": sorted(LPIPS_BACKBONES),
         "finetune.select_on": ("val", "last"),
+        "finetune.mode": ("gan", "distill"),
         "export.formats": list(WRITERS.names()),
         "export.target": [*DEPLOYERS.names(), "auto"],
         "export.cuda_dtype": sorted(CUDA_DTYPES),

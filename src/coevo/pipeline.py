@@ -306,7 +306,7 @@ class Pipeline:
         _, teacher_paths, genomes = read_search_dir(self.dir("search"))
         finetune_genomes(self.cfg, teacher_paths, genomes, path, resume=resume,
                          source={"search_dir": str(self.dir("search").resolve())})
-        return {}
+        return {"recipe": self.cfg.finetune.mode}
 
     def _export(self, path: Path, resume: bool) -> Dict:
         from . import load_generator

@@ -13,6 +13,9 @@ convolutions from the student's activations to the teacher's; see
 A teacher given as its two generators only gets fresh discriminators
 (``model.ndf``, ``model.n_layers_d``, initialised as teacher training does,
 seeded by ``seed``); ``finetune.json`` records ``"discriminators": "teacher"`` or ``"fresh"``.
+That is the default recipe, ``finetune.mode: gan``. ``finetune.mode: distill`` trains the
+students on distillation to the teacher alone, without discriminators, from a cache of the
+teacher's outputs (:mod:`coevo.train.distill`); ``finetune.json`` records ``"recipe"``.
 
 Model selection never looks at the test split: ``data.val_fraction`` of the
 training images are held out (:func:`coevo.data.build_datasets`), and after
@@ -211,8 +214,13 @@ def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
 
 
 def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config):
-    """(frozen teacher generators, students + discriminators to train, "teacher" | "fresh")."""
+    """(frozen teacher generators, students + discriminators to train, "teacher" | "fresh").
+
+    The distill recipe trains no discriminators: its students come as a :class:`GeneratorPair`, "none".
+    """
     teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    if cfg.finetune.mode == "distill":
+        return teacher, GeneratorPair(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"])), "none"
     D_A, D_B, origin = _discriminators(teacher_paths, cfg)
     # slim() copies the kept filters into new, narrower layers: dropped filters cannot regrow.
     nets = CycleGANNets(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"]), D_A, D_B)
@@ -300,20 +308,31 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         teacher, nets, selector = built["teacher"], built["nets"], built["selector"]
     else:
         (teacher, nets, _), selector = _slim_pair(teacher_paths, genomes, cfg), None
-    trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
+    recipe = cfg.finetune.mode
+    if recipe == "distill":
+        from .distill import DistillTrainer, cache_images, deterministic_crops
+
+        train_set = deterministic_crops(train_set)  # why: coevo.train.distill's docstring
+        trainer = DistillTrainer(nets, settings, out, teacher, hook=selector, cache_images=cache_images(train_set),
+                                 flips=cfg.data.flip)
+    else:
+        trainer = CycleGANTrainer(nets, settings, out, teacher=teacher, hook=selector)
     if resume:
         trainer.resume()
-    log.info("fine-tuning the slim pair on %d+%d training images (%d+%d held out); held-out before: %s",
-             split["n_train_A"], split["n_train_B"], split["n_val_A"], split["n_val_B"], _short(val_before))
+    log.info("fine-tuning the slim pair (recipe %s) on %d+%d training images (%d+%d held out); held-out "
+             "before: %s", recipe, split["n_train_A"], split["n_train_B"], split["n_val_A"], split["n_val_B"],
+             _short(val_before))
     samples = fixed_images(train_set.subset(augment=False), settings.sample_images) if built else None
     result = trainer.fit(train_set, samples)
-    header = {"stage": "finetune", **source, "teacher": teacher_paths.to_dict(), "discriminators": discriminators,
-              "val_before": val_before, "split": split}
+    header = {"stage": "finetune", **source, "teacher": teacher_paths.to_dict(), "recipe": recipe,
+              "discriminators": discriminators, "val_before": val_before, "split": split}
+    if recipe == "distill":
+        header["teacher_cache"] = trainer.targets.stats()
     distributed.on_main(_finish, out, cfg, result, selector, nets, teacher, header)
     return out
 
 
-def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: CycleGANNets,
+def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: CycleGANNets | GeneratorPair,
             teacher: GeneratorPair, header: Dict[str, Any]) -> None:
     """Rank 0: the kept pair and ``finetune.json`` (``header``: stage, source, teacher, val_before, ...)."""
     selector.save_best(nets)
@@ -334,6 +353,6 @@ def _finish(out: Path, cfg: Config, result, selector: ValidationSelector, nets: 
         "genomes": {k: f"genomes/{k}.json" for k in DIRECTIONS},
     }
     atomic_write_text(out / "finetune.json", json.dumps(report, indent=2) + "\n")
-    log.info("fine-tune done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", result.seconds,
-             selector.best_epoch, _short(header["val_before"].get("val_l1")),
+    log.info("fine-tune (%s) done in %.0f s: best epoch %d, val L1 to teacher %s -> %s", header["recipe"],
+             result.seconds, selector.best_epoch, _short(header["val_before"].get("val_l1")),
              _short(selector.best_metrics.get("val_l1")))

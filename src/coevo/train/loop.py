@@ -532,6 +532,11 @@ class CycleGANTrainer:
         return dict(zip(terms, values))
 
     # ------------------------------------------------------------------ epochs
+    def step_schedulers(self) -> None:
+        """The end of an epoch: every learning-rate schedule moves on."""
+        self.sched_G.step()
+        self.sched_D.step()
+
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
         # Order and augmentation are functions of (seed, epoch): nothing to checkpoint.
         return make_loader(dataset, batch_size=self.batch_per_rank, shuffle=True, num_workers=self.s.num_workers,
@@ -598,8 +603,7 @@ class CycleGANTrainer:
             start = time.perf_counter()
             means = self.run_epoch(dataset, epoch)
             lr = self.opt_G.param_groups[0]["lr"]
-            self.sched_G.step()
-            self.sched_D.step()
+            self.step_schedulers()
             self.epoch = epoch + 1
             last = self.epoch == s.total_epochs
             record: Dict[str, Any] = {"kind": "epoch", "epoch": self.epoch, "step": self.global_step, "lr": lr,

@@ -1,0 +1,121 @@
+"""finetune.mode=distill: no discriminators, a teacher cache that is exact, exact resume, the CLI and the record."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from coevo.cli import main
+from coevo.data import build_datasets
+from coevo.models.io import safe_torch_load
+from coevo.train import losses
+from coevo.train.distill import DistillTrainer, cache_images, deterministic_crops, image_key
+from coevo.train.finetune import _slim_pair, finetune, read_search_dir
+from coevo.train.loop import LoopSettings
+
+from test_finetune import _assert_same, search_dir  # noqa: F401  (the fixture)
+
+DISTILL = ["finetune.mode=distill"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _trainer(tmp_path, search_dir, name, cached, lambda_feature=0.0):  # noqa: F811
+    cfg, teacher_paths, genomes = read_search_dir(search_dir, DISTILL + [f"finetune.lambda_feature={lambda_feature}"])
+    teacher, students, discriminators = _slim_pair(teacher_paths, genomes, cfg)
+    assert discriminators == "none"
+    settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, "cpu")
+    train = deterministic_crops(build_datasets(cfg.data, seed=cfg.seed).train)
+    images = cache_images(train) if cached else None
+    (tmp_path / name).mkdir()
+    return DistillTrainer(students, settings, tmp_path / name, teacher, cache_images=images), train
+
+
+@pytest.mark.parametrize("lambda_feature", [0.0, 1.0])
+def test_a_cached_step_equals_a_live_one(tmp_path, search_dir, lambda_feature):  # noqa: F811
+    cached, train = _trainer(tmp_path, search_dir, "cached", True, lambda_feature)
+    live, _ = _trainer(tmp_path, search_dir, "live", False, lambda_feature)
+    assert cached.targets.cached and not live.targets.cached
+    train.set_epoch(0)
+    # every sample the distill loader makes (both flips occur) is in the cache
+    flipped = 0
+    for i in range(len(train)):
+        item = train[i]
+        flipped += int(image_key(item["A"]) != image_key(cache_images(train)["G_A"][i % len(train.A_paths)]))
+        a, b = item["A"][None], item["B"][None]
+        ta = cached.step(a, b, 1)
+        tb = live.step(a, b, 1)
+        assert ta.keys() == tb.keys() == {"distill_A", "distill_B"} | (
+            {"feature_A", "feature_B"} if lambda_feature else set())
+        for k in ta:
+            assert ta[k] == pytest.approx(tb[k], rel=1e-6, abs=1e-7), k
+    assert flipped > 0
+    assert cached.targets.stats()["misses"] == 0 and cached.targets.stats()["hits"] == 2 * len(train)
+    for k in ("G_A", "G_B"):
+        for (n, p), (_, q) in zip(getattr(cached.nets, k).state_dict().items(),
+                                  getattr(live.nets, k).state_dict().items()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=f"{k}.{n}")
+
+
+def test_distill_finetune_records_its_recipe_and_trains_no_discriminator(tmp_path, search_dir, monkeypatch):  # noqa: F811
+    def no_gan(*args, **kwargs):
+        raise AssertionError("distill mode computed a GAN loss")
+
+    monkeypatch.setattr(losses, "gan_loss", no_gan)
+    out = finetune(search_dir, tmp_path / "ft", overrides=DISTILL)
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["recipe"] == "distill" and report["discriminators"] == "none"
+    assert report["teacher_cache"]["cached"] and report["teacher_cache"]["misses"] == 0
+    ckpt = safe_torch_load(out / "checkpoint.pt")
+    assert ckpt["recipe"] == "distill" and set(ckpt["nets"]) == {"G_A", "G_B"}
+    assert (out / "G_A.pt").is_file() and (out / "G_B.pt").is_file()
+
+
+def test_interrupted_and_resumed_distill_is_bit_identical(tmp_path, search_dir, monkeypatch):  # noqa: F811
+    straight = finetune(search_dir, tmp_path / "straight", overrides=DISTILL)
+    real = losses.l1
+    count = {"n": 0}
+
+    def interrupting(a, b):
+        count["n"] += 1
+        if count["n"] > 3 * 2:  # two l1 terms per step: the middle of epoch 2
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(losses, "l1", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(search_dir, tmp_path / "resumed", overrides=DISTILL)
+    assert safe_torch_load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(losses, "l1", real)
+    resumed = finetune(search_dir, tmp_path / "resumed", resume=True)  # the run's own config: distill
+    a, b = safe_torch_load(straight / "checkpoint.pt"), safe_torch_load(resumed / "checkpoint.pt")
+    for key in ("nets", "optimizers", "schedulers", "hook", "global_step", "recipe"):
+        _assert_same(a[key], b[key], key)
+    for name in ("G_A.pt", "G_B.pt"):
+        _assert_same(safe_torch_load(straight / name)["state_dict"], safe_torch_load(resumed / name)["state_dict"],
+                     name)
+
+
+def test_resuming_with_the_other_recipe_is_refused(tmp_path, search_dir):  # noqa: F811
+    out = tmp_path / "ft"
+    finetune(search_dir, out, overrides=DISTILL + ["finetune.epochs=1", "finetune.epochs_decay=0"])
+    with pytest.raises(Exception, match="finetune.mode"):
+        finetune(search_dir, out, resume=True, overrides=["finetune.mode=gan"])
+
+
+def test_distill_without_any_term_is_refused(tmp_path, search_dir):  # noqa: F811
+    with pytest.raises(Exception, match="lambda_distill"):
+        finetune(search_dir, tmp_path / "ft", overrides=DISTILL + ["finetune.lambda_distill=0"])
+
+
+def test_cli_finetune_distill(tmp_path, search_dir, capsys):  # noqa: F811
+    out = tmp_path / "ft"
+    assert main(["finetune", "--search", str(search_dir), "--out", str(out), "--set", "finetune.mode=distill"]) == 0
+    assert json.loads((out / "finetune.json").read_text())["recipe"] == "distill"
