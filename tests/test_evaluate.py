@@ -72,6 +72,24 @@ def test_psnr_ssim_to_a_different_ground_truth(data_root, tiny_generator, other_
     assert r["l1_to_teacher"] is None and r["perceptual_to_teacher"] is None
 
 
+def test_fidelity_to_the_teacher(data_root, tiny_generator, other_generator):
+    """PSNR and L1 of the output to the teacher's output: capped and zero for the teacher itself,
+    per image, and the 8-bit PSNR of the two outputs otherwise."""
+    from coevo.evaluation.metrics import psnr
+
+    same = translation_quality(tiny_generator, data_root, "AtoB", teacher=tiny_generator)
+    assert same["psnr_to_teacher"] == pytest.approx(100.0) and same["l1_to_teacher"] == 0.0
+    r = translation_quality(tiny_generator, data_root, "BtoA", teacher=other_generator)
+    assert len(r["psnr_to_teacher_per_image"]) == len(r["l1_to_teacher_per_image"]) == 3
+    x = torch.stack([to_tensor(load_image(p)) for p in list_images(data_root / "testB")])
+    with torch.no_grad():
+        expected = psnr(tiny_generator(x), other_generator(x))
+    assert r["psnr_to_teacher_per_image"] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert r["psnr_to_teacher"] == pytest.approx(float(expected.mean()), abs=1e-4) and r["l1_to_teacher"] > 0
+    alone = translation_quality(tiny_generator, data_root, "AtoB")
+    assert alone["psnr_to_teacher"] is None and alone["psnr_to_teacher_per_image"] is None
+
+
 def test_no_ground_truth_no_fid(data_root, tiny_generator):
     r = evaluate_generator(tiny_generator, data_root, "BtoA", compute_fid=False, size=16)
     assert r["psnr"] is None and r["psnr_per_image"] is None and r["fid"] is None

@@ -72,6 +72,7 @@ def test_report_measures_teacher_and_compressed_side_by_side(finished_run):
         assert e["macs_ratio"] <= cfg.search.macs_ratio + 1e-9  # the search's budget holds end to end
         assert e["coevo"]["macs"] < e["teacher"]["macs"]
         assert e["teacher"]["psnr"] is not None and e["coevo"]["psnr"] is not None
+        assert 0 < e["coevo"]["psnr_to_teacher"] <= 100 and e["coevo"]["l1_to_teacher"] >= 0
         assert e["speedup"] > 0
         assert (out / e["grid"]).is_file()
     assert isinstance(report["all_checks_pass"], bool)
@@ -80,6 +81,7 @@ def test_report_measures_teacher_and_compressed_side_by_side(finished_run):
         assert (f"| {direction} | coevo {e['generator']} | {e['coevo']['macs'] / 1e9:.3f} | "
                 f"{e['coevo']['params'] / 1e6:.3f} |") in md
         assert f"| {direction} | {e['macs_ratio']:.3f} | {e['speedup']:.2f}x |" in md
+        assert f"| {e['coevo']['psnr_to_teacher']:.2f} | {e['coevo']['l1_to_teacher']:.4f} |" in md
         assert f"![{direction}]({e['grid']})" in md
 
 

@@ -10,8 +10,10 @@ model on these numbers, select on the held-out part of the training split):
 * PSNR and SSIM to the exact ground truth, when the data set has it
   (``testA_gt_B/`` and ``testB_gt_A/`` with the input's file names: the built-in
   synthetic data set).
-* L1 and a perceptual distance to a teacher's translations of the same inputs,
-  when a teacher is given (how much compression changed the output).
+* Fidelity to a teacher, when one is given: PSNR and L1 of the output to the teacher's
+  translation of the same input, and a perceptual distance (how much compression changed
+  the output). A compression method is judged first by these: PSNR to ground truth also
+  measures what fine-tuning added, not only what pruning removed.
 
 Result dicts have one schema; metrics that were not computed are ``None``.
 """
@@ -116,6 +118,7 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
     psnrs: List[float] = []
     ssims: List[float] = []
     l1s: List[float] = []
+    psnrs_t: List[float] = []
     perceptuals: List[float] = []
     feats: List[torch.Tensor] = []
     for x, paths in _image_batches(data_root / in_dir, size, batch_size):
@@ -130,6 +133,7 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
         if teacher is not None:
             y_t = check_finite(teacher(x).float(), f"the teacher's output for {names_in}")
             l1s += (y - y_t).abs().flatten(1).mean(dim=1).tolist()
+            psnrs_t += psnr(y, y_t).tolist()
             if perceptual_metric is not None:
                 perceptuals += perceptual_metric(y, y_t).flatten().tolist()
         if extractor is not None:
@@ -145,6 +149,9 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
         "psnr_per_image": psnrs if has_gt else None,
         "ssim_per_image": ssims if has_gt else None,
         "l1_to_teacher": _mean(l1s),
+        "psnr_to_teacher": _mean(psnrs_t),
+        "l1_to_teacher_per_image": l1s if teacher is not None else None,
+        "psnr_to_teacher_per_image": psnrs_t if teacher is not None else None,
         "perceptual_to_teacher": _mean(perceptuals),
         "perceptual": getattr(perceptual_metric, "name", None) if perceptuals else None,
     }
@@ -169,8 +176,10 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
 
     Returns:
         dict with ``psnr``, ``ssim`` (means over images, dB and [0, 1]), ``psnr_per_image``,
-        ``ssim_per_image``, ``l1_to_teacher``, ``perceptual_to_teacher``, ``perceptual``
-        (the metric's name), ``n_images``, ``images``; None for what was not measured.
+        ``ssim_per_image``, ``l1_to_teacher``, ``psnr_to_teacher`` (dB, the output against the
+        teacher's output, both quantised to 8 bits), their ``..._per_image`` lists,
+        ``perceptual_to_teacher``, ``perceptual`` (the metric's name), ``n_images``, ``images``;
+        None for what was not measured.
     """
     model = _as_module(model, device)
     teacher = None if teacher is None else _as_module(teacher, device)
