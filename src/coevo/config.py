@@ -599,7 +599,7 @@ def validate_section(section: str, obj: Any) -> None:
     _check_relations(section, obj)
 
 
-def check_device(device: str) -> None:
+def check_device_available(device: str) -> None:
     """ConfigError unless ``device`` names a device torch has here (cpu, cuda, cuda:N, mps)."""
     if device == "cpu":
         return
@@ -631,7 +631,7 @@ def validate(cfg: Config) -> None:
         section = getattr(cfg, f.name)
         if dataclasses.is_dataclass(section):
             validate_section(f.name, section)
-    check_device(cfg.device)
+    check_device_available(cfg.device)
     min_side = discriminator_min_size(cfg.model.n_layers_d)
     for key, side in (("data.crop_size", cfg.data.crop_size),):
         if side < min_side:

@@ -116,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
     from ..models.io import load_generator
     from ..core.runs import writable_out_dir
 
-    from ..config import check_device
+    from ..config import check_device_available
 
-    check_device(args.device)
+    check_device_available(args.device)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     check_settings(size=args.size, batch=args.batch, warmup=args.warmup, repeats=args.repeats, backends=backends)
     if args.device.startswith("cuda"):

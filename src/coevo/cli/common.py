@@ -60,7 +60,7 @@ def job_config(args: argparse.Namespace, path: Optional[str | Path]):
     cfg = load_config(path, job_overrides(args))
     check_available(cfg.log)  # a missing tensorboard package is said now, not after the teacher trained
     apply_threads(cfg.threads)
-    distributed.check_device(cfg.device)
+    distributed.check_launch_device(cfg.device)
     check_resources(cfg, COMMAND_STAGES.get(getattr(args, "command", None), ()))
     return cfg
 

@@ -77,11 +77,11 @@ def _table(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import check_device
+    from ..config import check_device_available
     from ..evaluation.evaluate import check_request, evaluate_generator, save_json
     from ..models.io import load_generator
 
-    check_device(args.device)
+    check_device_available(args.device)
     check_request(args.data, args.direction, args.size, args.batch_size,
                   measures=(not args.no_fid, args.teacher is not None))
     if args.out:  # checked before hours of work: never over an input, a device or a pipe

@@ -37,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..config import check_device
+    from ..config import check_device_available
     from ..models.io import load_generator
     from ..evaluation.translate import input_images, plan_translation, run_translation
 
-    check_device(args.device)
+    check_device_available(args.device)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("coevo translate: error: --device cuda but torch sees no CUDA device; use --device cpu",
               file=sys.stderr)

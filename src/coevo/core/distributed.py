@@ -113,7 +113,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def check_device(device: str) -> None:
+def check_launch_device(device: str) -> None:
     """ConfigError for a device that cannot serve every process of this launch."""
     from ..errors import ConfigError
 

@@ -300,13 +300,6 @@ def truncate_jsonl(path: str | Path, keep: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
 
 
-def make_rng(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A seeded torch random number generator (``torch.Generator``), the only source of torch randomness."""
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
-
-
 def apply_threads(threads: Optional[int]) -> None:
     """``torch.set_num_threads(threads)`` when given (>= 1); ``None`` or 0 keeps torch's default.
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.io import safe_torch_load
-from ..core.runs import make_rng
+from ..core.rng import torch_rng
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def fid_kid_from_features(real: torch.Tensor, fake: torch.Tensor, kid_subset_siz
     if not 2 <= m <= min(n_real, n_fake):
         raise ValueError(f"kid_subset_size must be in [2, {min(n_real, n_fake)}], got {m}")
     if generator is None:
-        generator = make_rng(0)
+        generator = torch_rng(0)
     scores = []
     for _ in range(kid_subsets):
         r = real[torch.randperm(n_real, generator=generator)[:m]]

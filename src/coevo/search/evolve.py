@@ -45,7 +45,7 @@ def check_search_config(s) -> None:
     validate_section("search", s)
 
 
-def _summary(pop: Population) -> Dict:
+def _population_summary(pop: Population) -> Dict:
     terms = [c.terms for c in pop.members]
     best = pop.best()
     mean = {k: float(np.mean([getattr(t, k) for t in terms]))
@@ -190,7 +190,7 @@ class CoevolutionSearch:
             "seconds": round(seconds, 4),
         }
         for d in DIRECTIONS:
-            record[d] = _summary(self.populations[d])
+            record[d] = _population_summary(self.populations[d])
         self.history.append(record)
         return record
 

@@ -219,7 +219,7 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
         if distributed.is_main():  # what the proxy fitness alone would have returned
             for d in DIRECTIONS:
                 search.populations[d].best().genome.save_json(run_dir / "genomes" / f"proxy_best_{d}.json")
-    summary = _summary(search, cfg, paths)
+    summary = _search_summary(search, cfg, paths)
     if "latency" in summary:  # a latency budget: say where the chosen pair lands against it
         lat = summary["latency"]
         log.info("latency budget %.2f ms (teacher %.2f ms predicted, %s, %d thread(s), %dpx): predicted %s",
@@ -297,7 +297,7 @@ def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
         genome.save_json(run_dir / "genomes" / f"best_{d}.json")
 
 
-def _summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dict:
+def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dict:
     from ..prune import count_params
 
     budget = search.ctx.budget

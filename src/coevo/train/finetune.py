@@ -52,10 +52,11 @@ from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, count_params, slim
 from ..core.inputs import teacher_files
 from ..core.runlock import releasing
-from ..core.runs import make_rng, undo_failed_start
+from ..core.rng import derive_seed, torch_rng
+from ..core.runs import undo_failed_start
 from .common import fixed_images, open_run_dir
 from .init import init_weights
-from .loop import STREAM_FRESH_D, CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings, derive_seed
+from .loop import STREAM_FRESH_D, CycleGANNets, CycleGANTrainer, GeneratorPair, LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
     """
     if teacher_paths.has_discriminators:
         return load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B), "teacher"
-    rng = make_rng(derive_seed(cfg.seed, STREAM_FRESH_D))
+    rng = torch_rng(derive_seed(cfg.seed, STREAM_FRESH_D))
     arch = DiscriminatorArch(ndf=cfg.model.ndf, n_layers=cfg.model.n_layers_d)
     log.info("the teacher has no discriminators: fine-tuning against fresh ones (ndf %d, %d layers)", arch.ndf,
              arch.n_layers)

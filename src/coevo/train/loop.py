@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -56,7 +55,8 @@ from .curves import Curves
 from ..errors import CheckpointError
 from ..models.io import safe_torch_load
 from ..core.precision import autocast
-from ..core.runs import append_jsonl, make_rng, truncate_jsonl
+from ..core.rng import derive_seed, torch_rng
+from ..core.runs import append_jsonl, truncate_jsonl
 from ..evaluation.viz import save_grid
 from . import losses
 from .pool import ImagePool
@@ -73,11 +73,6 @@ LOG_NAME = "log.jsonl"
 
 class TrainingError(CoevoError, RuntimeError):
     """Training cannot continue (e.g. a loss became NaN); the message names the step and the fix."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, e.g. (seed, epoch, stream): independent streams, no global RNG."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 # Stream ids for derive_seed, so no two uses of the run seed collide.
@@ -106,7 +101,7 @@ class FeatureAdapters(nn.Module):
     def __init__(self, students: Mapping[str, ResnetGenerator], teachers: Mapping[str, ResnetGenerator],
                  seed: int) -> None:
         super().__init__()
-        g = make_rng(derive_seed(seed, STREAM_ADAPTERS))
+        g = torch_rng(derive_seed(seed, STREAM_ADAPTERS))
         self.layers = feature_layers(students["G_A"].arch.n_blocks)
         self.maps = nn.ModuleDict()
         for k in ("G_A", "G_B"):
@@ -345,8 +340,8 @@ class CycleGANTrainer:
         # D_A learns from fake B images, D_B from fake A images. Under torchrun each rank
         # pools its own fakes, from its own stream (rank 0's is a one-process run's).
         rank_part = (self.rank,) if self.rank else ()
-        self.pool_fake_B = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_B, *rank_part)))
-        self.pool_fake_A = ImagePool(s.pool_size, make_rng(derive_seed(s.seed, STREAM_POOL_A, *rank_part)))
+        self.pool_fake_B = ImagePool(s.pool_size, torch_rng(derive_seed(s.seed, STREAM_POOL_B, *rank_part)))
+        self.pool_fake_A = ImagePool(s.pool_size, torch_rng(derive_seed(s.seed, STREAM_POOL_A, *rank_part)))
         self.identity = all(g.arch.in_channels == g.arch.out_channels for g in (nets.G_A, nets.G_B))
         self.generator_losses: nn.Module = GeneratorLosses(nets, settings, self.identity, teacher, self.adapters)
         self.discriminator_losses: nn.Module = DiscriminatorLosses(nets)

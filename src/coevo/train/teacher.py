@@ -26,10 +26,11 @@ from ..core.files import atomic_write_text
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..prune import count_macs, count_params
 from ..core.runlock import releasing
-from ..core.runs import make_rng, undo_failed_start
+from ..core.rng import derive_seed, torch_rng
+from ..core.runs import undo_failed_start
 from .common import fixed_images, full_train_dataset, open_run_dir
 from .init import init_weights
-from .loop import STREAM_INIT, CycleGANNets, CycleGANTrainer, LoopSettings, derive_seed
+from .loop import STREAM_INIT, CycleGANNets, CycleGANTrainer, LoopSettings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ TEACHER_SECTIONS = ("seed", "data", "model", "train")
 
 def build_cyclegan(model: ModelConfig, seed: int, gain: float = 0.02) -> CycleGANNets:
     """Four freshly initialised networks (N(0, gain) convs), the same for the same seed."""
-    g = make_rng(derive_seed(seed, STREAM_INIT))
+    g = torch_rng(derive_seed(seed, STREAM_INIT))
     gen_arch = GeneratorArch.full(ngf=model.ngf, n_blocks=model.n_blocks)
     disc_arch = DiscriminatorArch(ndf=model.ndf, n_layers=model.n_layers_d)
     return CycleGANNets(
