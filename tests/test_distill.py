@@ -119,3 +119,20 @@ def test_cli_finetune_distill(tmp_path, search_dir, capsys):  # noqa: F811
     out = tmp_path / "ft"
     assert main(["finetune", "--search", str(search_dir), "--out", str(out), "--set", "finetune.mode=distill"]) == 0
     assert json.loads((out / "finetune.json").read_text())["recipe"] == "distill"
+
+
+@pytest.mark.parametrize("mode", ["gan", "distill"])
+def test_scratch_init_keeps_the_widths_and_draws_new_weights(tmp_path, search_dir, mode):  # noqa: F811
+    cfg, teacher_paths, genomes = read_search_dir(search_dir, [f"finetune.mode={mode}"])
+    _, inherited, _ = _slim_pair(teacher_paths, genomes, cfg)
+    cfg2, *_ = read_search_dir(search_dir, [f"finetune.mode={mode}", "finetune.init=scratch"])
+    _, scratch, _ = _slim_pair(teacher_paths, genomes, cfg2)
+    _, again, _ = _slim_pair(teacher_paths, genomes, cfg2)
+    for k in ("G_A", "G_B"):
+        assert getattr(scratch, k).arch == getattr(inherited, k).arch
+        w_s, w_i = getattr(scratch, k).state_dict(), getattr(inherited, k).state_dict()
+        assert any(not torch.equal(w_s[n], w_i[n]) for n in w_s)
+        _assert_same(w_s, getattr(again, k).state_dict(), k)  # seeded: the same draw every time
+    out = finetune(search_dir, tmp_path / "ft", overrides=[f"finetune.mode={mode}", "finetune.init=scratch",
+                                                          "finetune.epochs=1", "finetune.epochs_decay=0"])
+    assert json.loads((out / "finetune.json").read_text())["init"] == "scratch"

@@ -159,6 +159,9 @@ class FinetuneConfig:
     # distill: output (+ feature) distillation to the teacher only, no discriminators, the
     # teacher's outputs cached per training image and flip (coevo.train.distill)
     mode: str = "gan"
+    # teacher: the students start from the teacher's surviving filters | scratch: the same widths,
+    # weights drawn afresh (the control of "Rethinking the value of network pruning")
+    init: str = "teacher"
     pool_size: int = 50
     max_steps_per_epoch: int = 0       # 0: the whole epoch
     select_on: str = "val"             # model selection on the held-out training split, never test
@@ -546,6 +549,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.lpips_net": sorted(LPIPS_BACKBONES),
         "finetune.select_on": ("val", "last"),
         "finetune.mode": ("gan", "distill"),
+        "finetune.init": ("teacher", "scratch"),
         "export.formats": list(WRITERS.names()),
         "export.target": [*DEPLOYERS.names(), "auto"],
         "export.cuda_dtype": sorted(CUDA_DTYPES),

@@ -214,12 +214,29 @@ def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
             init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain), "fresh")
 
 
+# derive_seed stream of students re-initialised by finetune.init=scratch (apart from the loop's streams)
+STREAM_SCRATCH = 101
+
+
+def _scratch_pair(teacher: GeneratorPair, teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config):
+    """:func:`_slim_pair` for ``finetune.init: scratch``: the genomes' widths, weights drawn from
+    N(0, train.init_gain) as teacher training draws them, seeded by the config's seed."""
+    rng = torch.Generator().manual_seed(derive_seed(cfg.seed, STREAM_SCRATCH))
+    students = {k: init_weights(slim(getattr(teacher, k), genomes[k]), rng, cfg.train.init_gain) for k in DIRECTIONS}
+    if cfg.finetune.mode == "distill":
+        return teacher, GeneratorPair(students["G_A"], students["G_B"]), "none"
+    D_A, D_B, origin = _discriminators(teacher_paths, cfg)
+    return teacher, CycleGANNets(students["G_A"], students["G_B"], D_A, D_B), origin
+
+
 def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config):
     """(frozen teacher generators, students + discriminators to train, "teacher" | "fresh").
 
     The distill recipe trains no discriminators: its students come as a :class:`GeneratorPair`, "none".
     """
     teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    if cfg.finetune.init == "scratch":
+        return _scratch_pair(teacher, teacher_paths, genomes, cfg)
     if cfg.finetune.mode == "distill":
         return teacher, GeneratorPair(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"])), "none"
     D_A, D_B, origin = _discriminators(teacher_paths, cfg)
@@ -326,6 +343,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     samples = fixed_images(train_set.subset(augment=False), settings.sample_images) if built else None
     result = trainer.fit(train_set, samples)
     header = {"stage": "finetune", **source, "teacher": teacher_paths.to_dict(), "recipe": recipe,
+              "init": cfg.finetune.init,
               "discriminators": discriminators, "val_before": val_before, "split": split}
     if recipe == "distill":
         header["teacher_cache"] = trainer.targets.stats()
