@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from coevo import load_generator
-    from coevo.deploy.bench import machine_info
+    from coevo.deploy.timing import machine_info
     from coevo.evaluation.evaluate import translation_quality
     from coevo.train.finetune import finetune
 

@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
 
-    from coevo.deploy.bench import machine_info
+    from coevo.deploy.timing import machine_info
     from coevo.config import load_config
     from coevo.models.teacher import find_teacher
     from coevo.prune import l1_genome_for_macs, random_genome_for_macs

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--table", type=Path, default=None, help="where to write the table (default: --out)")
     args = p.parse_args(argv)
 
-    from coevo.deploy.bench import machine_info
+    from coevo.deploy.timing import machine_info
     from coevo.deploy.latency import measure_latency, measure_table, table_key
     from coevo.models.generator import GeneratorArch, ResnetGenerator
     from coevo.prune import count_macs

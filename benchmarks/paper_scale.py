@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     per_gen = gen_seconds[-1] if len(gen_seconds) > 1 else gen_seconds[0]
     teacher_step = step_seconds(run / "teacher", args.steps)
     ft_step = step_seconds(run / "finetune", args.steps)
-    from coevo.deploy.bench import machine_info
+    from coevo.deploy.timing import machine_info
 
     machine = machine_info(args.device, torch.get_num_threads())
     result = {

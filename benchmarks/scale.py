@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         worker(args)
         return 0
-    from coevo.deploy.bench import machine_info
+    from coevo.deploy.timing import machine_info
 
     load_before = os.getloadavg()
     runs = {}

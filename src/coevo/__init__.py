@@ -36,7 +36,7 @@ _LAZY = {
     "translation_quality": "evaluation.evaluate", "evaluate_generator": "evaluation.evaluate",
     "psnr": "evaluation.metrics", "ssim": "evaluation.metrics",
     "make_grid_image": "evaluation.viz", "save_grid": "evaluation.viz",
-    "benchmark_models": "deploy.bench", "machine_info": "deploy.bench", "format_table": "deploy.bench",
+    "benchmark_models": "deploy.bench", "machine_info": "deploy.timing", "format_table": "deploy.bench",
     "BenchResult": "deploy.bench",
     "read_jsonl": "core.runs", "RunDirError": "core.runs",
     "DataError": "data.errors",

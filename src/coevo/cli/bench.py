@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         return run_latency_table(args)
 
     from ..deploy.backends import unavailable_reason
-    from ..deploy.bench import benchmark_models, check_settings, format_table, machine_info, plot_results, save_results
+    from ..deploy.bench import benchmark_models, check_settings, format_table, plot_results, save_results
+    from ..deploy.timing import machine_info
     from ..models.io import load_generator
     from ..core.runs import writable_out_dir
 

@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -43,6 +41,7 @@ from .backends import (  # noqa: F401  (BACKENDS, native_backend: public here to
 )
 from ..errors import CoevoError
 from ..core.files import PathLike, atomic_save_figure, atomic_write_text
+from .timing import cuda_event_ms, machine_info, rotating_rounds, wall_ms  # noqa: F401  (machine_info: public here too)
 
 log = logging.getLogger(__name__)
 
@@ -120,31 +119,19 @@ def _make_runner(name: str, model: nn.Module, backend: str, x: torch.Tensor, dev
 # ----------------------------------------------------------------------------- timing
 def _time_call(runner: _Runner, device: torch.device) -> float:
     if device.type == "cuda" and runner.torch_timed:
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.call()
-        end.record()
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
+        ms, peak = cuda_event_ms(runner.call, device)
         runner.peak_bytes = max(runner.peak_bytes or 0, peak)
-        return float(start.elapsed_time(end))
-    t0 = time.perf_counter()
-    runner.call()
-    return (time.perf_counter() - t0) * 1e3
+        return ms
+    # CPU, or ONNX Runtime on CUDA: session.run returns with its outputs on the host, nothing to synchronise
+    return wall_ms(runner.call)
 
 
 def _interleaved(runners: Sequence[_Runner], device: torch.device, warmup: int, repeats: int) -> None:
-    n = len(runners)
     for _ in range(warmup):
         for r in runners:
             r.call()
-    for i in range(repeats):
-        k = i % n
-        for r in list(runners[k:]) + list(runners[:k]):
-            r.latencies.append(_time_call(r, device))
+    for r in rotating_rounds(runners, repeats):
+        r.latencies.append(_time_call(r, device))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -288,43 +275,6 @@ def _results(runners: Sequence[_Runner], size: int, batch: int, device: str, thr
 
 
 # ----------------------------------------------------------------------------- reporting
-def machine_info(device: str = "cpu", threads: Optional[int] = None) -> Dict[str, Any]:
-    """CPU model, core counts, library versions, threads and the GPU name when ``device`` is CUDA.
-
-    ``threads``: the thread count the benchmark ran with (default: torch's current setting).
-    """
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: Dict[str, Any] = {
-        "cpu": cpu,
-        "cores_logical": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "threads": int(threads) if threads else torch.get_num_threads(),
-        "device": device,
-        "device_name": cpu,
-    }
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-        info["cuda"] = torch.version.cuda
-        info["cudnn"] = torch.backends.cudnn.version()
-    return info
-
-
 def save_results(results: Sequence[BenchResult], path: PathLike, machine: Optional[Mapping[str, Any]] = None,
                  extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write results, machine info and the conventions used to a JSON file."""

@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -42,6 +40,7 @@ from ..errors import CoevoError
 from ..core.files import atomic_write_text
 from ..models.generator import GeneratorArch, ResnetGenerator, group_names
 from ..models.topology import ConvSpec, resnet_convs, unit_layers
+from .timing import machine_info, median_ms
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +190,7 @@ def _ort_timer(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) ->
         with quiet_export():  # the TorchScript-based exporter: quick for one small module at a fixed shape
             torch.onnx.export(module.cpu().eval(), (x.cpu(),), str(path), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["output"])
-        call = _ort_call(path, x, torch.device("cpu"), torch.get_num_threads())
-        times = []
-        for i in range(warmup + repeats):
-            t0 = time.perf_counter()
-            call()
-            if i >= warmup:
-                times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        return median_ms(_ort_call(path, x, torch.device("cpu"), torch.get_num_threads()), warmup, repeats)
 
 
 def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
@@ -206,18 +198,8 @@ def _timer(target: str) -> Callable[[nn.Module, torch.Tensor, int, int], float]:
         return _ort_timer
 
     def run(module: nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
-        times = []
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                if target == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                module(x)
-                if target == "cuda":
-                    torch.cuda.synchronize()
-                if i >= warmup:
-                    times.append((time.perf_counter() - t0) * 1000.0)
-        return statistics.median(times)
+            return median_ms(lambda: module(x), warmup, repeats, x.device)
     return run
 
 
@@ -247,7 +229,6 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
         raise LatencyTableError("target cuda: torch sees no CUDA device on this machine")
     if size % 4 or size < 8:
         raise LatencyTableError(f"size must be a multiple of 4 and at least 8, got {size}")
-    from .bench import machine_info
 
     old_threads, old_rng = torch.get_num_threads(), torch.get_rng_state()
     if threads:
