@@ -54,8 +54,9 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Teacher training: the CycleGAN recipe (Zhu et al. 2017)."""
+class LoopConfig:
+    """The settings of the one CycleGAN loop (coevo.train.loop), shared by teacher training and fine-tuning;
+    the defaults are the CycleGAN recipe's (Zhu et al. 2017), each stage overrides what differs."""
 
     epochs: int = 100                  # epochs at the constant learning rate
     epochs_decay: int = 100            # epochs of linear decay to zero after that
@@ -70,8 +71,14 @@ class TrainConfig:
     sample_images: int = 4             # rows of the sample grids (fixed training images)
     checkpoint_every: int = 1          # epochs between checkpoints
     log_every: int = 100               # steps between log.jsonl records
-    init_gain: float = 0.02            # std of the N(0, gain) weight init (reference init_type='normal')
     amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.core.precision)
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Teacher training: the CycleGAN recipe (Zhu et al. 2017)."""
+
+    init_gain: float = 0.02            # std of the N(0, gain) weight init (reference init_type='normal')
 
 
 @dataclass
@@ -124,7 +131,9 @@ class SearchConfig:
     eval_images: int = 16              # evaluation batch per domain, drawn from the training split
     # proxy: score the inherited weights as they are | trained: first distil each candidate towards
     # the teacher for trained_steps Adam steps (ranks genomes more like fine-tuning does, at a
-    # much higher cost; measured in docs/search.md, "Does the fitness predict the end result")
+    # much higher cost; measured in docs/search.md, "Does the fitness predict the end result") |
+    # supernet: score the weights a supernet trained once for all masks gives each candidate
+    # (the supernet stage of compress/demo, or `coevo supernet` + `coevo search --supernet`)
     fitness: str = "proxy"
     trained_steps: int = 20
     trained_lr: float = 1e-3
@@ -140,16 +149,32 @@ class SearchConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class SupernetConfig:
+    """The weight-sharing supernet behind ``search.fitness: supernet`` (coevo.train.supernet).
+
+    One full-width network per generator, distilled (L1 of outputs) towards the teacher while each
+    step samples channel masks of every group: the full network, one at the search's budget and
+    ``random_masks`` in between (the sandwich rule), all drawn as the search draws its genomes.
+    """
+
+    steps: int = 2000                  # optimiser steps per generator
+    batch_size: int = 1                # training images per step (each seen under every sampled mask)
+    random_masks: int = 2              # masks between the budget and the full network, per step
+    lr: float = 2e-4
+    beta1: float = 0.5
+    # teacher outputs of every training image and its mirror image are computed once when they take
+    # at most this many megabytes (0: never; the teacher then runs on every step)
+    teacher_cache_mb: float = 512.0
+    checkpoint_every: int = 100        # steps between checkpoints (resume points)
+    log_every: int = 50                # steps between log.jsonl records
+
+
+@dataclass
+class FinetuneConfig(LoopConfig):
     """Fine-tuning the slim pair: CycleGAN losses against the teacher's discriminators + distillation."""
 
     epochs: int = 5                    # epochs at the constant learning rate
     epochs_decay: int = 0              # epochs of linear decay to zero after that
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5       # times lambda_cycle
     lambda_distill: float = 10.0       # L1 to the teacher's output; 0 disables (the paper has none)
     # Intermediate-feature distillation (GAN Compression, OMGD): the student's activations after
     # down2, the middle and last residual blocks and up1, mapped to the teacher's by learned 1x1
@@ -162,14 +187,7 @@ class FinetuneConfig:
     # teacher: the students start from the teacher's surviving filters | scratch: the same widths,
     # weights drawn afresh (the control of "Rethinking the value of network pruning")
     init: str = "teacher"
-    pool_size: int = 50
-    max_steps_per_epoch: int = 0       # 0: the whole epoch
     select_on: str = "val"             # model selection on the held-out training split, never test
-    sample_every: int = 1              # epochs between sample grids
-    sample_images: int = 4             # rows of the sample grids (fixed training images)
-    checkpoint_every: int = 1          # epochs between checkpoints
-    log_every: int = 100               # steps between log.jsonl records
-    amp: str = "none"                  # none | bf16 (bfloat16 autocast; CUDA only, see coevo.core.precision)
 
 
 @dataclass
@@ -204,6 +222,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
@@ -505,6 +524,14 @@ RULES: Dict[str, Rule] = {
     "search.trained_steps": _at_least(1),
     "search.trained_lr": _above(0),
     "search.rerank_top": _at_least(0),
+    "supernet.steps": _at_least(0),
+    "supernet.batch_size": _at_least(1),
+    "supernet.random_masks": _at_least(0),
+    "supernet.lr": _above(0),
+    "supernet.beta1": _interval(0, 1, "[)"),
+    "supernet.teacher_cache_mb": _at_least(0),
+    "supernet.checkpoint_every": _at_least(1),
+    "supernet.log_every": _at_least(1),
     "search.eval_size": ((lambda v: v == 0 or _MULTIPLE_OF_4[0](v)),
                          f"0 (the teacher's training size) or {_MULTIPLE_OF_4[1]}"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
@@ -542,7 +569,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.repair": ("importance", "random"),
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": LATENCY_TARGETS,
-        "search.fitness": ("proxy", "trained"),
+        "search.fitness": ("proxy", "trained", "supernet"),
         "data.synthetic_task": tuple(sorted(TASKS.names())),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*sorted(PERCEPTUAL_METRICS.names()), "auto"],
@@ -654,8 +681,9 @@ COMMAND_STAGES: Dict[str, Tuple[str, ...]] = {
     "train": ("train",),
     "search": ("search",),
     "finetune": ("finetune",),
-    "compress": ("train", "search", "finetune", "export"),
-    "demo": ("train", "search", "finetune", "export"),
+    "supernet": ("supernet",),
+    "compress": ("train", "supernet", "search", "finetune", "export"),
+    "demo": ("train", "supernet", "search", "finetune", "export"),
 }
 
 

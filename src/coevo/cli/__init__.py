@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 SUBCOMMANDS = [
-    "data", "train", "prune", "search", "finetune", "export",
+    "data", "train", "supernet", "prune", "search", "finetune", "export",
     "translate", "compress", "demo", "bench", "evaluate",
 ]
 # The commands that run under torchrun (one process per rank; see coevo.core.distributed).

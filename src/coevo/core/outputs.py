@@ -39,6 +39,7 @@ RUN_FILES = (
     "finetune.json", "search.json", "teacher.json", "history.jsonl", "state.pt", "report.json", "report.md",
     "demo.json", "result.json", "export_report.json", "bench.json", "bench.png", "grid_*.png",
     "[GD]_[AB].pt", "latest_net_[GD]_[AB].pth", "latency_*.json",
+    "supernet.json", "weights.json",  # a supernet run's record; a search's note of the supernet it used
     # exports are named after the generator file they come from
     "*.pt2", "*.onnx", "*.ts", "*.safetensors",
 )
