@@ -18,6 +18,7 @@ the others wait; rank 0 alone writes.
       config.yaml      resolved config of the whole job
       data/            the built-in data set (when data.root is not set; a folder you give is used where it is)
       teacher/         coevo training run (or teacher.json pointing at the user's checkpoints)
+      supernet/        weight-sharing supernet pair (only with search.fitness: supernet; coevo.train.supernet)
       search/          co-evolutionary search run
       finetune/        fine-tuned slim pair (G_A.pt, G_B.pt)
       export/          torch.export / ONNX (+ INT8) / safetensors files, parity and deploy report
@@ -48,14 +49,18 @@ from .core.runs import (
 log = logging.getLogger(__name__)
 
 STAGES = ("data", "teacher", "search", "finetune", "export", "bench")
+# Run between teacher and search when search.fitness is supernet (the weights candidates are cut from).
+OPTIONAL_STAGES = ("supernet",)
 # The first checkpoints of the stages that take long: a run that fails before any of them
 # holds nothing worth resuming (coevo.core.runs.undo_unstarted_run).
-UNSTARTED = ("teacher/checkpoint.pt", "search/state.pt", "finetune/checkpoint.pt", "finetune/stage.json")
+UNSTARTED = ("teacher/checkpoint.pt", "supernet/checkpoint.pt", "search/state.pt",
+             "finetune/checkpoint.pt", "finetune/stage.json")
 # Under torchrun these stages run on every rank; the others (cheap, or measuring one
 # process: data, export, bench) run on rank 0 while the other ranks wait.
 DISTRIBUTED_STAGES = ("teacher", "search", "finetune")
 # The config sections each stage reads first; top-level keys (seed, device) belong to every stage.
-STAGE_SECTIONS = {"data": ("data",), "teacher": ("model", "train"), "search": ("search",),
+STAGE_SECTIONS = {"data": ("data",), "teacher": ("model", "train"), "supernet": ("supernet",),
+                  "search": ("search",),
                   "finetune": ("finetune",), "export": ("export",), "bench": ("bench",)}
 
 
@@ -238,6 +243,8 @@ class Pipeline:
         self.cfg.data.root = str(distributed.on_main(self.data_root))
         self.data, self.results = distributed.on_main(self._start)
         self._run_stage("teacher", self._teacher)
+        if self.cfg.search.fitness == "supernet":  # the weights every candidate of the search is cut from
+            self._run_stage("supernet", self._supernet)
         self._run_stage("search", self._search)
         self._run_stage("finetune", self._finetune)
         self._run_stage("export", self._export)
@@ -292,11 +299,19 @@ class Pipeline:
             return TeacherPaths.from_dict(json.loads((path / "teacher.json").read_text()))
         return find_teacher(path)
 
+    def _supernet(self, path: Path, resume: bool) -> Dict:
+        from .train.supernet import train_supernet
+
+        train_supernet(self.cfg, path, teacher=self.teacher_paths(), resume=resume)
+        record = json.loads((path / "supernet.json").read_text())
+        return {"steps": record["steps"], "l1_to_teacher": record["l1_to_teacher"]}
+
     def _search(self, path: Path, resume: bool) -> Dict:
         from .search import run_search
 
         # teacher.json (a given teacher) or the trained run: a resume needs no teacher flags.
-        result = run_search(self.cfg, path, teacher=self.teacher_paths(), resume=resume)
+        supernet = self.dir("supernet") if self.cfg.search.fitness == "supernet" else None
+        result = run_search(self.cfg, path, teacher=self.teacher_paths(), resume=resume, supernet=supernet)
         return {"best_fitness": {d: result.summary.get("best", {}).get(d) for d in ("G_A", "G_B")}}
 
     def _finetune(self, path: Path, resume: bool) -> Dict:

@@ -20,6 +20,9 @@ def add_parser(sub):
                              "(and latest_net_D_A.pth, latest_net_D_B.pth if you have them; "
                              "on --resume: the run's teacher.json)")
     p.add_argument("--out", required=True, help="run folder for the search")
+    p.add_argument("--supernet", metavar="DIR",
+                   help="with search.fitness=supernet: the `coevo supernet` folder of this teacher whose weights "
+                        "candidates are cut from (on --resume: the run's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.macs_ratio=0.2 (repeatable)")
     add_data_arg(p)
@@ -51,7 +54,7 @@ def run(args) -> int:
     cfg = job_config(args, config_path)
     with undo_unstarted_run(out, args.resume, ("state.pt",)):
         result = run_search(cfg, out, teacher=teacher, resume=args.resume, force=args.force,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, supernet=args.supernet)
     s = result.summary
     print(f"search: {s['generations']} generations, metric {s['metric']}, "
           f"{s['evaluations']} evaluations ({s['cache_hits']} cache hits), {s['wall_time_s']:.1f}s")

@@ -83,10 +83,17 @@ class DirectionContext:
     metric: PerceptualMetric
     importance: Dict[str, np.ndarray]
     teacher_output: Optional[torch.Tensor] = None
+    # the network candidates take their weights from (search.fitness=supernet: the supernet's); None: the teacher
+    weights: Optional[ResnetGenerator] = None
 
     @property
     def partner(self) -> str:
         return PARTNER[self.name]
+
+    @property
+    def source(self) -> ResnetGenerator:
+        """The full-width network a genome's slim network is cut from."""
+        return self.teacher if self.weights is None else self.weights
 
 
 @dataclass
@@ -102,6 +109,7 @@ class SearchContext:
     # many Adam steps on the evaluation batch (0: the proxy fitness, inherited weights as they are)
     trained_steps: int = 0
     trained_lr: float = 1e-3
+    supernet: Optional[str] = None  # search.fitness=supernet: the folder candidates take their weights from
 
     def __getitem__(self, name: str) -> DirectionContext:
         return self.directions[name]
@@ -165,15 +173,21 @@ def latency_table_for(arch, search_cfg) -> "LatencyTable":
 
 def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLayerDiscriminator],
                  D_B: Optional[NLayerDiscriminator], x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
-                 device: str | torch.device = "cpu", latency: Optional["LatencyTable"] = None) -> SearchContext:
+                 device: str | torch.device = "cpu", latency: Optional["LatencyTable"] = None,
+                 weights: Optional[Dict[str, ResnetGenerator]] = None, supernet: Optional[str] = None) -> SearchContext:
     """Build the context from networks and evaluation batches (NCHW, [-1, 1]) already in memory.
 
     ``D_A``/``D_B`` are None for a teacher without discriminators; ``search_cfg.perceptual``
     is resolved by :func:`coevo.evaluation.perceptual.resolve_perceptual` (``auto`` -> a concrete metric).
     Raises :class:`~coevo.prune.BudgetError` (budget mode) before anything is computed
-    when the MAC budget is below the narrowest allowed network.
+    when the MAC budget is below the narrowest allowed network. ``weights``: ``{"G_A": net, "G_B": net}``
+    of the teacher's architecture that candidates are cut from instead of the teacher (the supernet of
+    ``search.fitness=supernet``, read from the folder ``supernet``); the targets stay the teacher's.
     """
     s = search_cfg
+    if getattr(s, "fitness", "proxy") == "supernet" and weights is None:
+        raise _config_error("search.fitness=supernet needs a supernet: train one with `coevo supernet --teacher T "
+                            "--out DIR` and give it to the search (--supernet DIR), or run `coevo compress`")
     if G_A.arch.to_dict() != G_B.arch.to_dict():
         from ..errors import CheckpointError
         from ..models.teacher import describe_arch
@@ -215,13 +229,15 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
                 target = metric.embed(teacher_output)
             target = [t.float() for t in target]
         directions[name] = DirectionContext(name, teacher, x, target, metric,
-                                            filter_importance(teacher, tied=s.tied), teacher_output.float())
+                                            filter_importance(teacher, tied=s.tied), teacher_output.float(),
+                                            None if weights is None else weights[name].to(device).eval())
     metric_name = directions["G_A"].metric.name
     log.info("search context: %d+%d evaluation images at %dx%d, metric %s",
              x_A.shape[0], x_B.shape[0], x_A.shape[-2], x_A.shape[-1], metric_name)
     trained = getattr(s, "fitness", "proxy") == "trained"
     return SearchContext(directions, budget, metric_name, device, amp,
-                         trained_steps=int(s.trained_steps) if trained else 0, trained_lr=float(s.trained_lr))
+                         trained_steps=int(s.trained_steps) if trained else 0, trained_lr=float(s.trained_lr),
+                         supernet=None if weights is None else (str(supernet) if supernet is not None else None))
 
 
 def pick_eval_indices(train_indices: Sequence[int], k: int, seed: int, side: str = "A") -> List[int]:
@@ -314,8 +330,11 @@ def eval_size_for(cfg, paths: TeacherPaths) -> int:
     return size
 
 
-def build_context(cfg, teacher: TeacherPaths) -> SearchContext:
+def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = None) -> SearchContext:
     """Load the teacher and the evaluation batch named by ``cfg`` and build the context.
+
+    ``supernet``: the folder of a ``coevo supernet`` run of this teacher, read when
+    ``search.fitness`` is ``supernet`` (:func:`coevo.search.supernet.load_supernet`).
 
     ``search.eval_size`` 0 is resolved by :func:`eval_size_for` (the teacher's training size).
     """
@@ -334,5 +353,11 @@ def build_context(cfg, teacher: TeacherPaths) -> SearchContext:
         latency = latency_table_for(G_A.arch, cfg.search)
         check_latency_budget(G_A.arch, latency, cfg.search.latency_ratio, cfg.search.latency_ms,
                              cfg.search.min_channels)
+    weights = None
+    if cfg.search.fitness == "supernet" and supernet is not None:
+        from .supernet import load_supernet
+
+        weights = load_supernet(supernet, teacher, {"G_A": G_A, "G_B": G_B})
     x_A, x_B = eval_batch(cfg)
-    return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device, latency=latency)
+    return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device, latency=latency, weights=weights,
+                        supernet=None if supernet is None else str(Path(supernet).resolve()))

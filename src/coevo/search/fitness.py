@@ -147,7 +147,7 @@ def candidate_output(ctx: SearchContext, direction: str, genome: Genome) -> torc
     distilled towards the teacher from its inherited weights (:func:`distil`).
     """
     d = ctx[direction]
-    net = slim_network(d.teacher, genome)
+    net = slim_network(d.source, genome)
     if ctx.trained_steps:
         net = distil(net, d.inputs, d.teacher_output, ctx.trained_steps, ctx.trained_lr)
     with torch.inference_mode(), autocast(ctx.device, ctx.amp):
@@ -197,7 +197,7 @@ def evaluate_genomes(ctx: SearchContext, direction: str, genomes: Sequence[Genom
                      objective: Objective) -> List[FitnessTerms]:
     """Fitness of each genome of ``direction`` with ``partner`` (a genome of the other generator)
     closing the cycle. Pure: depends only on its arguments, so it can be sharded freely."""
-    partner_net = slim_network(ctx[ctx[direction].partner].teacher, partner)
+    partner_net = slim_network(ctx[ctx[direction].partner].source, partner)
     out = []
     for genome in genomes:
         y = candidate_output(ctx, direction, genome)
@@ -244,7 +244,7 @@ class Evaluator:
 
     def _partner_net(self, direction: str, partner: Genome, key: str) -> ResnetGenerator:
         if key not in self._partners:
-            self._partners[key] = slim_network(self.ctx[self.ctx[direction].partner].teacher, partner)
+            self._partners[key] = slim_network(self.ctx[self.ctx[direction].partner].source, partner)
             while len(self._partners) > 4:
                 self._partners.popitem(last=False)
         return self._partners[key]

@@ -11,6 +11,7 @@
     plots/fitness.png      fitness and terms per generation
     plots/channels.png     kept channels per group of both best genomes vs the teacher
     search.json            summary: metric, best terms, MACs, params, budget, seed, time, evaluations
+    weights.json           search.fitness=supernet: the supernet folder candidates take their weights from
 
 Resuming (``resume=True``) continues from ``state.pt`` with the folder's own
 config and teacher; it gives the same genomes and history as a run that was
@@ -52,6 +53,7 @@ from ..train.curves import Curves
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
 from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
+from .supernet import recorded_supernet, supernet_files, write_weights_record
 from .state import SearchState, load_state, save_state
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,7 @@ def _log_cost(ctx, cfg: Config) -> None:
 @releasing
 def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | TeacherPaths] = None,
                resume: bool = False, force: bool = False, progress: bool = True,
-               stop_after: Optional[int] = None) -> SearchResult:
+               stop_after: Optional[int] = None, supernet: Optional[str | Path] = None) -> SearchResult:
     """Run (or resume) a co-evolutionary search into ``out``; see the module docstring.
 
     ``teacher``: a coevo training run, a folder of reference checkpoints, or
@@ -152,39 +154,51 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     :func:`~coevo.models.teacher.resolve_teacher` for two generator files; on
     resume, default: the run's teacher.json). ``stop_after``: stop once this many
     generations are done in total (the run stays resumable), e.g. to split a long search.
+    ``supernet``: the ``coevo supernet`` folder whose weights candidates are cut from with
+    ``search.fitness=supernet`` (on resume, default: the run's weights.json).
     """
     cfg = copy.deepcopy(cfg)  # data.root and eval_size are resolved below; the caller's stays as it was
     check_search_config(cfg.search)
     built = {}  # rank 0's context, built (and checked) before anything else runs
 
+    if supernet is not None and cfg.search.fitness != "supernet":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"a supernet is given but search.fitness is {cfg.search.fitness}; set "
+                          "search.fitness=supernet to score candidates with it, or drop --supernet")
+
     def start():
         with undo_failed_start(out, resume):
             check_outputs_apart(out, {"data folder": data_input(cfg.data.root, out),
-                                      "teacher": teacher_input(teacher)})
+                                      "teacher": teacher_input(teacher), "supernet": supernet})
             check_not_running(out)  # before --force may delete it
             run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
             lock_run_dir(run_dir)
             if resume:
                 check_config_file(run_dir)
             paths = teacher_paths_for(run_dir, teacher)
+            weights_from = _supernet_for(run_dir, cfg, supernet, resume)
+            files = {**teacher_files(paths), **(supernet_files(weights_from) if weights_from is not None else {})}
             if resume:
-                check_same_inputs(run_dir, teacher_files(paths))
+                check_same_inputs(run_dir, files)
             saved = run_dir / "config.yaml"
             run_data(cfg.data, run_dir, resume, load_config(saved).data.root if resume and saved.is_file() else None)
             cfg.search.eval_size = eval_size_for(cfg, paths)
             if resume and saved.is_file():
                 _check_same_settings(run_dir, load_config(saved), cfg)
-            built["ctx"] = build_context(cfg, paths)  # budget and metric weight errors come before any evaluation
+            built["ctx"] = build_context(cfg, paths, weights_from)  # budget and metric errors come before any evaluation
             _log_cost(built["ctx"], cfg)
             point = _restore_point(run_dir, cfg, resume)  # before config.yaml is rewritten: it may refuse
-            write_inputs(run_dir, inputs_record(cfg, teacher_files(paths)))
+            write_inputs(run_dir, inputs_record(cfg, files))
             atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+            if weights_from is not None:
+                write_weights_record(run_dir, weights_from)
             dump_config(cfg, run_dir / "config.yaml")  # last: a folder with it holds a run to resume
-        return run_dir, paths, cfg, *point
+        return run_dir, paths, cfg, weights_from, *point
 
     # Under torchrun rank 0 prepares the folder and reads the resume point; every rank gets them.
-    run_dir, paths, cfg, state, records = distributed.on_main(start)
-    ctx = built["ctx"] if "ctx" in built else build_context(cfg, paths)
+    run_dir, paths, cfg, weights_from, state, records = distributed.on_main(start)
+    ctx = built["ctx"] if "ctx" in built else build_context(cfg, paths, weights_from)
     search = CoevolutionSearch(ctx, cfg.search, cfg.seed)
     if state is not None:
         search.restore(state, records)
@@ -227,6 +241,21 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
                  ", ".join(f"{d} {summary['best'][d]['predicted_ms']:.2f} ms" for d in DIRECTIONS))
     distributed.on_main(_finish, search, run_dir, summary)
     return SearchResult(run_dir, {d: best[d].genome for d in DIRECTIONS}, summary, search.history)
+
+
+def _supernet_for(run_dir: Path, cfg: Config, supernet: Optional[str | Path], resume: bool) -> Optional[Path]:
+    """The supernet folder of a ``search.fitness=supernet`` search: the one given, else (on resume) the
+    run's; None for the other fitnesses. A resume may not swap the supernet for another folder."""
+    if cfg.search.fitness != "supernet":
+        return None
+    saved = recorded_supernet(run_dir) if resume else None
+    if supernet is None:
+        return saved
+    given = Path(supernet).resolve()
+    if saved is not None and given != saved.resolve():
+        raise InputsChangedError(f"cannot resume {run_dir}: it scored candidates with the supernet in {saved}, "
+                                 f"not {given}; drop --supernet, or start a new run")
+    return given
 
 
 def _check_same_settings(run_dir: Path, old: Config, cfg: Config) -> None:
@@ -305,6 +334,7 @@ def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths)
         "metric": search.ctx.metric_name,
         "fitness": cfg.search.fitness,
         "trained_steps": search.ctx.trained_steps,
+        "supernet": search.ctx.supernet,  # the folder candidates took their weights from (None: the teacher)
         "compute": cfg.search.compute,
         "macs_size": [MACS_SIZE, MACS_SIZE],
         "macs_convention": MACS_CONVENTION,

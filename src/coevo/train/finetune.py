@@ -4,7 +4,9 @@
 ``teacher.json``, ``genomes/best_G_A.json``, ``genomes/best_G_B.json``),
 rebuilds each generator as a physically narrower network with the teacher's
 surviving weights (:func:`coevo.prune.slim`; dropped filters no longer exist,
-so they cannot regrow), and trains the pair with the CycleGAN losses against
+so they cannot regrow; a search scored on a supernet, ``search.fitness: supernet``,
+has its genomes cut from the supernet's weights instead, as its ``weights.json`` records),
+and trains the pair with the CycleGAN losses against
 the teacher's discriminators (which keep training), plus distillation
 ``lambda_distill * |G(x) - T(x)|`` towards the frozen teacher generators, and
 optionally intermediate-feature distillation (``lambda_feature``, learned 1x1
@@ -229,7 +231,8 @@ def _scratch_pair(teacher: GeneratorPair, teacher_paths: TeacherPaths, genomes: 
     return teacher, CycleGANNets(students["G_A"], students["G_B"], D_A, D_B), origin
 
 
-def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config):
+def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Config,
+               weights: Mapping[str, Path] | None = None):
     """(frozen teacher generators, students + discriminators to train, "teacher" | "fresh").
 
     The distill recipe trains no discriminators: its students come as a :class:`GeneratorPair`, "none".
@@ -237,11 +240,13 @@ def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Con
     teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
     if cfg.finetune.init == "scratch":
         return _scratch_pair(teacher, teacher_paths, genomes, cfg)
+    # the students are cut from the weights the search scored them with: the supernet's when it used one
+    cut = teacher if weights is None else GeneratorPair(_load_resnet(weights["G_A"]), _load_resnet(weights["G_B"]))
     if cfg.finetune.mode == "distill":
-        return teacher, GeneratorPair(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"])), "none"
+        return teacher, GeneratorPair(slim(cut.G_A, genomes["G_A"]), slim(cut.G_B, genomes["G_B"])), "none"
     D_A, D_B, origin = _discriminators(teacher_paths, cfg)
     # slim() copies the kept filters into new, narrower layers: dropped filters cannot regrow.
-    nets = CycleGANNets(slim(teacher.G_A, genomes["G_A"]), slim(teacher.G_B, genomes["G_B"]), D_A, D_B)
+    nets = CycleGANNets(slim(cut.G_A, genomes["G_A"]), slim(cut.G_B, genomes["G_B"]), D_A, D_B)
     return teacher, nets, origin
 
 
@@ -295,6 +300,13 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     for k in DIRECTIONS:  # before the run folder exists: a genome of another network is no start
         check_genome_fits(_load_resnet(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
     source = dict(source or {})
+    from ..search.supernet import search_weights
+
+    # a search scored on a supernet: the students are cut from it (not from the teacher) unless drawn afresh
+    weights = search_weights(source.get("search_dir")) if cfg.finetune.init != "scratch" else None
+    files = {**teacher_files(teacher_paths), **{f"supernet {k}": p for k, p in (weights or {}).items()}}
+    if weights is not None:
+        source["student_weights"] = {"source": "supernet", **{k: str(p) for k, p in weights.items()}}
     settings = LoopSettings.from_section(cfg.finetune, "finetune", cfg.seed, cfg.device, cfg.data.num_workers,
                                          cfg.log)
     cfg = copy.deepcopy(cfg)  # data.root is resolved by open_run_dir; the caller's config stays as it was
@@ -304,7 +316,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
         with undo_failed_start(out_dir, resume):
             # the folder first: without data.root it builds the built-in set inside it, as train does
             out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune",
-                               files=teacher_files(teacher_paths), genomes=genomes,
+                               files=files, genomes=genomes,
                                inputs={"search run": source.get("search_dir"),
                                        "genome file": list((source.get("genomes_from") or {}).values())})
             built["split"] = _split(cfg)
@@ -312,7 +324,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
             for k in DIRECTIONS:
                 genomes[k].save_json(out / "genomes" / f"{k}.json")
 
-            teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg)
+            teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg, weights)
             selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
                                           cfg.finetune.select_on, extra={"stage": "finetune", **source})
             val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
@@ -325,7 +337,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     if built:
         teacher, nets, selector = built["teacher"], built["nets"], built["selector"]
     else:
-        (teacher, nets, _), selector = _slim_pair(teacher_paths, genomes, cfg), None
+        (teacher, nets, _), selector = _slim_pair(teacher_paths, genomes, cfg, weights), None
     recipe = cfg.finetune.mode
     if recipe == "distill":
         from .distill import DistillTrainer, cache_images, deterministic_crops
