@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..config import LoopConfig
 from ..core import distributed
 from ..errors import ConfigError
 from ..data import make_loader
@@ -131,28 +132,18 @@ def _forward_keeping(g: nn.Module, x: torch.Tensor, indices) -> tuple:
 
 
 @dataclass
-class LoopSettings:
-    """What the loop needs from a config section (``train`` or ``finetune``)."""
+class LoopSettings(LoopConfig):
+    """What the loop needs: a config section's loop settings (``train`` or ``finetune``, see
+    :class:`coevo.config.LoopConfig`) and what the run adds. A loop built by hand gives ``epochs``; the
+    rest default to a plain run (no decay, no distillation)."""
 
     epochs: int
     epochs_decay: int = 0
-    batch_size: int = 1
-    lr: float = 2e-4
-    beta1: float = 0.5
-    lambda_cycle: float = 10.0
-    lambda_identity: float = 0.5
     lambda_distill: float = 0.0
     lambda_feature: float = 0.0
-    pool_size: int = 50
-    max_steps_per_epoch: int = 0
-    sample_every: int = 1
-    sample_images: int = 4
-    checkpoint_every: int = 1
-    log_every: int = 100
     num_workers: int = 0
     seed: int = 0
     device: str = "cpu"
-    amp: str = "none"             # none | bf16 autocast (coevo.core.precision)
     section: str = "train"        # config section name, used in error messages
     log: str = "jsonl"            # jsonl | tensorboard (coevo.train.curves); log.jsonl is written either way
 
