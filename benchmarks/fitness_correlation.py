@@ -6,18 +6,26 @@ scores it in generation 0 (perceptual distance to the teacher + cycle through th
 teacher's other generator), and a "trained" fitness: the same terms after a short
 L1 distillation of the slim network towards the teacher from its inherited weights
 (``--trained-steps``, in the spirit of the official code, which trains every
-candidate). Then every pair is fine-tuned by the one recipe (``finetune_genomes``,
-shortened by ``--steps``) and judged on the held-out part of the training split
-(L1 to the teacher, what fine-tuning selects on; the test split is never read).
+candidate), and the supernet fitness: the proxy's terms with the weights of a
+weight-sharing supernet (``coevo supernet``; ``--supernet DIR``, or trained here for
+``--supernet-steps``). Then every pair is fine-tuned by the one recipe
+(``finetune_genomes``, shortened by ``--steps``) once per seed (``--seeds``, from the
+teacher's weights or, ``--finetune-from supernet``, from the supernet's), and judged by
+the L1 distance of its outputs to the teacher's on the test split (the same images for
+every seed; model selection inside fine-tuning still uses the held-out training images only).
 
-Spearman's rank correlation between each fitness and the negated held-out L1 (so
-that +1 means "the fitness ranks genomes exactly as the end result does") is
-reported per direction, with the cost of each fitness per candidate.
+Spearman's rank correlation between each fitness and the negated test L1 (so that +1
+means "the fitness ranks genomes exactly as the end result does") is reported per
+direction with a 95% bootstrap interval (genomes resampled), next to the noise
+ceiling: the Spearman between the two seeds' fine-tuned results, i.e. how well one
+fine-tuning predicts another; a fitness cannot be expected to do better.
 
     python benchmarks/fitness_correlation.py --teacher runs/demo/teacher --data runs/demo/data \\
-        --config configs/demo.yaml --threads 1
+        --config configs/demo.yaml --genomes 30 --macs-ratio 0.05 --supernet-steps 2000 --threads 1
 
-Writes ``fitness_correlation.json`` into --out.
+Writes ``fitness_correlation.json`` into --out: ``genomes`` lists, per direction, every genome with
+its fitness under each method (higher is better) and its fine-tuned results per seed
+(``finetuned``: test L1 to the teacher, LOWER is better), so every correlation can be recomputed.
 """
 from __future__ import annotations
 
@@ -49,6 +57,39 @@ def spearman(x, y) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
+def spearman_ci(x, y, reps: int = 2000, seed: int = 0):
+    """Spearman's rho and a 95% percentile bootstrap interval (pairs resampled with replacement)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(reps):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:  # a resample of one distinct value has no rank order
+            draws.append(spearman(x[i], y[i]))
+    lo, hi = (np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"), float("nan")))
+    return {"rho": spearman(x, y), "ci95": [float(lo), float(hi)]}
+
+
+def test_l1(generators: Dict[str, torch.nn.Module], teacher: Dict[str, torch.nn.Module],
+            images: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Mean |G(x) - T(x)| over the test images of each generator's input domain."""
+    out = {}
+    with torch.inference_mode():
+        for d, x in (("G_A", images["A"]), ("G_B", images["B"])):
+            out[d] = float(torch.cat([(generators[d](x[i:i + 8]) - teacher[d](x[i:i + 8])).abs().flatten(1).mean(1)
+                                      for i in range(0, len(x), 8)]).mean())
+    return out
+
+
+def test_images(cfg) -> Dict[str, torch.Tensor]:
+    from coevo.data import UnpairedImageDataset
+
+    size = cfg.data.crop_size
+    ds = UnpairedImageDataset(cfg.data.root, "test", load_size=size, crop_size=size, flip=False,
+                              skip_bad=cfg.data.skip_bad_images, augment=False)
+    return {side: torch.stack([ds[i][side] for i in range(len(getattr(ds, f"{side}_paths")))]) for side in "AB"}
+
+
 def trained_terms(ctx, direction: str, genome, partner_net, objective, steps: int, lr: float):
     """Fitness terms after ``steps`` of L1 distillation towards the teacher on the evaluation batch:
     ``search.fitness=trained`` (:func:`coevo.search.fitness.distil`), with a fixed partner."""
@@ -67,11 +108,17 @@ def main(argv=None) -> int:
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--config", default="configs/demo.yaml")
-    p.add_argument("--genomes", type=int, default=20)
-    p.add_argument("--macs-ratio", type=float, default=0.25)
+    p.add_argument("--genomes", type=int, default=30)
+    p.add_argument("--macs-ratio", type=float, default=0.05)
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per epoch (2 epochs)")
     p.add_argument("--trained-steps", type=int, default=20)
     p.add_argument("--trained-lr", type=float, default=1e-3)
+    p.add_argument("--supernet", type=Path, help="a `coevo supernet` folder of this teacher (else one is trained)")
+    p.add_argument("--supernet-steps", type=int, default=2000, help="steps of the supernet trained here "
+                                                                    "(0: no supernet fitness)")
+    p.add_argument("--seeds", type=int, default=2, help="fine-tuning seeds per genome pair (2: the noise ceiling)")
+    p.add_argument("--finetune-from", choices=("teacher", "supernet"), default="teacher",
+                   help="weights the genomes are cut from for fine-tuning")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/fitness_correlation"))
@@ -85,6 +132,7 @@ def main(argv=None) -> int:
     from coevo.prune.genome import Genome
     from coevo.search.context import MACS_CONVENTION, MACS_SIZE, build_context
     from coevo.search.fitness import Objective, evaluate_genomes, slim_network
+    from coevo.models import load_generator
     from coevo.train.finetune import finetune_genomes
 
     torch.set_num_threads(args.threads)
@@ -95,6 +143,20 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, sets)
     paths = find_teacher(args.teacher)
     ctx = build_context(cfg, paths)
+    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
+    prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
+    supernet, supernet_s = args.supernet, 0.0
+    if supernet is None and args.supernet_steps > 0:
+        from coevo.train.supernet import train_supernet
+
+        t0 = time.perf_counter()
+        supernet = train_supernet(load_config(args.config, sets + [f"supernet.steps={args.supernet_steps}"]),
+                                  args.work / "supernet", teacher=paths)
+        supernet_s = time.perf_counter() - t0
+    sn_ctx = None
+    if supernet is not None:
+        sn_cfg = load_config(args.config, sets + ["search.fitness=supernet"])
+        sn_ctx = build_context(sn_cfg, paths, supernet)
     objective = Objective.from_config(cfg.search, images=int(ctx["G_A"].inputs.shape[0]))
     rng = np.random.default_rng(args.seed)
     genomes: Dict[str, List[Genome]] = {}
@@ -106,7 +168,8 @@ def main(argv=None) -> int:
             genomes[d].append(random_genome_for_macs(t.arch, args.macs_ratio, MACS_SIZE, rng,
                                                      convention=MACS_CONVENTION, density_range=(lo, 1.0)))
 
-    fitness, cost = {"proxy": {}, "trained": {}}, {"proxy": 0.0, "trained": 0.0}
+    kinds = ("proxy", "trained") + (("supernet",) if sn_ctx is not None else ())
+    fitness, cost = {k: {} for k in kinds}, {k: 0.0 for k in kinds}
     for d, partner in (("G_A", "G_B"), ("G_B", "G_A")):
         full_partner = Genome.all_keep(ctx[partner].teacher.arch)
         t0 = time.perf_counter()
@@ -117,31 +180,54 @@ def main(argv=None) -> int:
         fitness["trained"][d] = [trained_terms(ctx, d, g, partner_net, objective, args.trained_steps,
                                                args.trained_lr).to_dict() for g in genomes[d]]
         cost["trained"] += time.perf_counter() - t0
+        if sn_ctx is not None:  # generation 0 of a supernet search: the partner is the full supernet
+            t0 = time.perf_counter()
+            fitness["supernet"][d] = [t.to_dict() for t in evaluate_genomes(sn_ctx, d, genomes[d], full_partner,
+                                                                            objective)]
+            cost["supernet"] += time.perf_counter() - t0
     per_candidate = {k: v / (2 * args.genomes) for k, v in cost.items()}
-    print(f"fitness per candidate: proxy {per_candidate['proxy'] * 1000:.0f} ms, "
-          f"trained {per_candidate['trained'] * 1000:.0f} ms", flush=True)
+    print("fitness per candidate: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in per_candidate.items()),
+          flush=True)
 
-    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
-    prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
-    after = []
+    source = {}
+    if args.finetune_from == "supernet":
+        if supernet is None:
+            p.error("--finetune-from supernet needs --supernet or --supernet-steps > 0")
+        from coevo.search.supernet import write_weights_record
+
+        record = args.work / "weights_from"  # fine-tuning reads where to cut from as a search records it
+        record.mkdir()
+        write_weights_record(record, supernet)
+        source = {"search_dir": str(record.resolve())}
+    images = test_images(cfg)
+    teacher_nets = {d: ctx[d].teacher.cpu().eval() for d in ("G_A", "G_B")}
+    after = []  # after[i][seed] = {"G_A": test L1, "G_B": test L1}
     t0 = time.perf_counter()
     for i in range(args.genomes):
-        out = finetune_genomes(cfg, paths, {"G_A": genomes["G_A"][i], "G_B": genomes["G_B"][i]},
-                               args.work / f"pair{i:02d}")
-        val = json.loads((out / "finetune.json").read_text())["val"]
-        after.append({"G_A": val["val_l1_A"], "G_B": val["val_l1_B"]})
-        print(f"pair {i:2d}: val L1 to teacher after fine-tuning {val['val_l1_A']:.4f} / {val['val_l1_B']:.4f}",
-              flush=True)
+        after.append([])
+        for s in range(args.seeds):
+            run_cfg = load_config(args.config, [*sets[:2], f"seed={args.seed + s}", *sets[3:]])
+            out = finetune_genomes(run_cfg, paths, {"G_A": genomes["G_A"][i], "G_B": genomes["G_B"][i]},
+                                   args.work / f"pair{i:02d}_seed{s}", source=source)
+            students = {d: load_generator(out / f"{d}.pt").eval() for d in ("G_A", "G_B")}
+            after[i].append(test_l1(students, teacher_nets, images))
+        print(f"pair {i:2d}: test L1 to teacher after fine-tuning, per seed: "
+              + "; ".join(f"{a['G_A']:.4f} / {a['G_B']:.4f}" for a in after[i]), flush=True)
     finetune_s = time.perf_counter() - t0
 
-    rho = {}
-    for kind in ("proxy", "trained"):
-        rho[kind] = {}
-        for d in ("G_A", "G_B"):
-            end = [-a[d] for a in after]
-            rho[kind][d] = {term: spearman([f[term] if term == "fitness" else -f[term]
-                                            for f in fitness[kind][d]], end)
-                            for term in ("fitness", "perceptual", "cycle")}
+    rho, ceiling = {}, {}
+    for d in ("G_A", "G_B"):
+        end = [-float(np.mean([a[d] for a in runs])) for runs in after]  # mean over seeds, negated: higher = better
+        for kind in kinds:
+            rho.setdefault(kind, {})[d] = {
+                term: spearman_ci([f[term] if term == "fitness" else -f[term] for f in fitness[kind][d]], end,
+                                  seed=args.seed)
+                for term in ("fitness", "perceptual", "cycle")}
+        if args.seeds >= 2:
+            ceiling[d] = spearman_ci([-runs[0][d] for runs in after], [-runs[1][d] for runs in after], seed=args.seed)
+            for kind in kinds:
+                rho[kind][d]["fraction_of_ceiling"] = (rho[kind][d]["fitness"]["rho"] / ceiling[d]["rho"]
+                                                       if ceiling[d]["rho"] > 0 else None)
     result = {
         "benchmark": "fitness_correlation",
         "command": "python benchmarks/fitness_correlation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -149,20 +235,30 @@ def main(argv=None) -> int:
         "settings": {"genomes": args.genomes, "macs_ratio": args.macs_ratio, "finetune_steps": 2 * args.steps,
                      "trained_steps": args.trained_steps, "trained_lr": args.trained_lr, "seed": args.seed,
                      "metric": ctx.metric_name, "eval_images": int(ctx["G_A"].inputs.shape[0])},
+        "conventions": {"fitness": "higher is better", "finetuned": "test L1 to the teacher, lower is better; "
+                        "Spearman is taken with its negation (mean over seeds)"},
         "spearman": rho,
+        "noise_ceiling": ceiling,
         "seconds_per_candidate": per_candidate,
+        "supernet": {"dir": str(Path(supernet).resolve()) if supernet is not None else None,
+                     "train_seconds": round(supernet_s, 1), "finetune_from": args.finetune_from},
         "finetune_seconds": round(finetune_s, 1),
-        "fitness": fitness,
-        "after_finetune_val_l1": after,
-        "widths": {d: [g.widths() for g in genomes[d]] for d in genomes},
+        "genomes": [{"direction": d, "index": i, "widths": genomes[d][i].widths(),
+                     "fitness": {k: fitness[k][d][i]["fitness"] for k in kinds},
+                     "terms": {k: fitness[k][d][i] for k in kinds},
+                     "finetuned": [runs[d] for runs in after[i]]}
+                    for d in ("G_A", "G_B") for i in range(args.genomes)],
     }
+    result["settings"].update(seeds=args.seeds, supernet_steps=args.supernet_steps if args.supernet is None else None)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "fitness_correlation.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    for kind in ("proxy", "trained"):
-        print(f"{kind:8s} Spearman (fitness / perceptual / cycle vs held-out quality after fine-tuning): "
-              + "; ".join(f"{d} {v['fitness']:+.2f} / {v['perceptual']:+.2f} / {v['cycle']:+.2f}"
-                          for d, v in rho[kind].items()))
+    for kind in kinds:
+        print(f"{kind:8s} Spearman of the fitness with test quality after fine-tuning: "
+              + "; ".join(f"{d} {v['fitness']['rho']:+.2f} [{v['fitness']['ci95'][0]:+.2f}, "
+                          f"{v['fitness']['ci95'][1]:+.2f}]" for d, v in rho[kind].items()))
+    for d, c in ceiling.items():
+        print(f"noise ceiling {d} (seed 0 vs seed 1): {c['rho']:+.2f} [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]")
     print(f"wrote {path}")
     return 0
 
