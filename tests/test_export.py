@@ -121,3 +121,13 @@ def test_cli_export_reference_folder_skips_discriminators(tiny_generator, tmp_pa
     assert main(["export", "--run", str(ref), "--out", str(out), "--formats", "safetensors",
                  "--check-size", "48"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [".coevo-run", "export_report.json", "latest_net_G_A.safetensors"]
+
+
+def test_export_options_are_built_once_from_the_config():
+    from coevo.config import load_config
+    from coevo.deploy.export import ExportOptions
+
+    cfg = load_config(None, ["export.formats=onnx", "export.check_size=48", "seed=3", "bench.threads=2",
+                             "export.int8=false"])
+    assert ExportOptions.from_config(cfg, "cpu") == ExportOptions(
+        formats=("onnx",), check_size=48, opset=cfg.export.opset, seed=3, target="cpu", int8=False, threads=2)

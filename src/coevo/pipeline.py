@@ -325,22 +325,19 @@ class Pipeline:
 
     def _export(self, path: Path, resume: bool) -> Dict:
         from . import load_generator
-        from .deploy.targets import export_for_target, find_deploy_data, resolve_target
+        from .deploy.targets import ExportOptions, export_for_target, find_deploy_data, resolve_target
 
         if path.exists():
             remove_run_entry(path, self.out)  # exporting is cheap and idempotent: redo rather than patch
         path.mkdir(parents=True)
-        e = self.cfg.export
-        target = resolve_target(e.target, self.cfg.device)
+        target = resolve_target(self.cfg.export.target, self.cfg.device)
+        options = ExportOptions.from_config(self.cfg, target)
         report = {}
         for name in ("G_A", "G_B"):
             model = load_generator(self.dir("finetune") / f"{name}.pt")
             # INT8 calibrates on the run's training images of the generator's input domain
-            report[name] = export_for_target(
-                model, path, name, target=target, data=find_deploy_data(self.cfg.data.root, name),
-                formats=tuple(e.formats), check_size=e.check_size, opset=e.opset, seed=self.cfg.seed,
-                int8=e.int8, calibration_images=e.calibration_images, cuda_dtype=e.cuda_dtype,
-                threads=self.cfg.bench.threads or None)
+            report[name] = export_for_target(model, path, name, options,
+                                             data=find_deploy_data(self.cfg.data.root, name))
         return {"target": target,
                 "deployed": {g: rep["deploy"]["deployed"] for g, rep in report.items()},
                 "max_abs_diff": {g: {f: r.get("max_abs_diff") for f, r in rep.items()

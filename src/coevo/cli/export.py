@@ -153,16 +153,18 @@ _FLAGS = {"export.check_size": "--check-size", "export.opset": "--opset",
           "export.calibration_images": "--calibration-images", "export.cuda_dtype": "--cuda-dtype"}
 
 
-def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
-    """The options by the rules of the config keys they stand for, and the target against this machine."""
+def _check_options(options) -> None:
+    """The options (an ExportOptions) by the rules of the config keys they stand for, and the target against
+    this machine."""
     from ..errors import ConfigError
     from ..config import check_export_target, validate_section
 
-    options = ExportConfig(formats=formats, check_size=args.check_size, opset=args.opset, target=args.target,
-                           calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
+    section = ExportConfig(formats=list(options.formats), check_size=options.check_size, opset=options.opset,
+                           target=options.target, calibration_images=options.calibration_images,
+                           cuda_dtype=options.cuda_dtype)
     try:
-        validate_section("export", options)
-        check_export_target(args.target)
+        validate_section("export", section)
+        check_export_target(options.target)
     except ConfigError as e:
         text = str(e)
         for key, flag in _FLAGS.items():
@@ -172,18 +174,21 @@ def _check_options(args: argparse.Namespace, formats: List[str]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.targets import export_for_target, find_deploy_data
-    from ..deploy.export import FORMATS, ExportError, check_shapes, reference_outputs
+    from ..deploy.export import WRITERS, ExportError, ExportOptions, check_shapes, reference_outputs
     from ..core.outputs import check_outputs_apart
     from ..core.runs import prepare_run_dir
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
+    bad = [f for f in formats if f not in WRITERS]
     if bad or not formats:
-        print(f"coevo export: error: unknown format(s) {bad or formats}; choose from {','.join(FORMATS)}",
+        print(f"coevo export: error: unknown format(s) {bad or formats}; choose from {','.join(WRITERS)}",
               file=sys.stderr)
         return 2
-    _check_options(args, formats)
-    check_shapes(args.check_size)
+    options = ExportOptions(formats=tuple(formats), check_size=args.check_size, opset=args.opset, seed=args.seed,
+                            onnx_exporter=args.onnx_exporter, target=args.target, int8=not args.no_int8,
+                            calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
+    _check_options(options)
+    check_shapes(options.check_size)
     source = Path(args.run)
     calibration = Path(args.calibration) if args.calibration else run_data_root(source)
     check_outputs_apart(args.out, {"--run input": source, "calibration folder": calibration})
@@ -191,11 +196,11 @@ def run(args: argparse.Namespace) -> int:
     # a fine-tune run's G_A/G_B must all load; only a plain folder may hold other files
     models = _load_all(pairs, single=source.is_file() or all(n in RUN_GENERATORS for n, _ in pairs))
     for name, _, model in models:  # a NaN output fails here, before --out exists
-        reference_outputs(model.cpu().eval(), name, args.check_size, args.seed)
+        reference_outputs(model.cpu().eval(), name, options.check_size, options.seed)
     if args.calibration and not calibration.is_dir():
         print(f"coevo export: error: --calibration {calibration} is not a folder", file=sys.stderr)
         return 2
-    if args.target == "cpu" and not args.no_int8 and calibration is None:
+    if options.target == "cpu" and options.int8 and calibration is None:
         print("coevo export: no --calibration images: INT8 is skipped and fp32 ONNX is deployed "
               "(pass --calibration DIR with training images of the input domain)")
     from ..data.images import refuse_special_files
@@ -210,10 +215,7 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     for name, path, model in models:
         try:
-            report = export_for_target(
-                model, out, name, target=args.target, data=find_deploy_data(calibration, name), formats=formats,
-                check_size=args.check_size, opset=args.opset, seed=args.seed, onnx_exporter=args.onnx_exporter,
-                int8=not args.no_int8, calibration_images=args.calibration_images, cuda_dtype=args.cuda_dtype)
+            report = export_for_target(model, out, name, options, data=find_deploy_data(calibration, name))
         except ExportError as e:
             print(f"coevo export: error: {e}", file=sys.stderr)
             status = 1
@@ -225,9 +227,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'model':<14} {'format':<38} {'file':<28} {'size':>10} {'max |diff|':>11}")
         for name, fmt, file, size, diff in rows:
             print(f"{name:<14} {fmt:<38} {file:<28} {size / 2**20:>7.2f} MB {diff:>11.2e}")
-        print(f"parity: checked on seeded random inputs in [-1, 1] at {args.check_size}x{args.check_size} and a "
+        print(f"parity: checked on seeded random inputs in [-1, 1] at {options.check_size}x{options.check_size} and a "
               f"non-square batch of 2; report: {out / 'export_report.json'}")
-        print(f"target {args.target}:")
+        print(f"target {options.target}:")
         for line in deploy_lines:
             print(f"  {line}")
     return status

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -255,29 +256,38 @@ def _export_legacy(model: nn.Module, example: Tuple[torch.Tensor], path: Path, o
 
 
 # ----------------------------------------------------------------------------- format registry
-def _write_torch_export(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
-    return save_torch_export(model, path, static_shape=options["static_shape"])
+class WriteSettings(NamedTuple):
+    """What the format writers take besides the model: the ONNX opset and exporter, and the one input shape
+    a torch.export program is traced at when torch cannot keep its shapes dynamic."""
+
+    opset: int
+    onnx_exporter: str
+    static_shape: Tuple[int, ...]
 
 
-def _write_onnx(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
-    return save_onnx(model, path, opset=options["opset"], exporter=options["onnx_exporter"])
+def _write_torch_export(model: ResnetGenerator, path: Path, settings: WriteSettings) -> Dict[str, Any]:
+    return save_torch_export(model, path, static_shape=settings.static_shape)
 
 
-def _write_safetensors(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+def _write_onnx(model: ResnetGenerator, path: Path, settings: WriteSettings) -> Dict[str, Any]:
+    return save_onnx(model, path, opset=settings.opset, exporter=settings.onnx_exporter)
+
+
+def _write_safetensors(model: ResnetGenerator, path: Path, settings: WriteSettings) -> Dict[str, Any]:
     save_generator(model, path)
     return {}
 
 
-def _write_torchscript(model: ResnetGenerator, path: Path, options: Dict[str, Any]) -> Dict[str, Any]:
+def _write_torchscript(model: ResnetGenerator, path: Path, settings: WriteSettings) -> Dict[str, Any]:
     save_torchscript(model, path)
     return {}
 
 
 class Writer(NamedTuple):
-    """How one export format is written: ``write(model, path, options)`` returns extra report fields."""
+    """How one export format is written: ``write(model, path, settings)`` returns extra report fields."""
 
     suffix: str
-    write: Callable[[ResnetGenerator, Path, Dict[str, Any]], Dict[str, Any]]
+    write: Callable[[ResnetGenerator, Path, WriteSettings], Dict[str, Any]]
 
 
 WRITERS: Registry[Writer] = Registry("export format")
@@ -288,6 +298,37 @@ WRITERS.register("torchscript", Writer(".ts", _write_torchscript))
 FORMATS = WRITERS.names()  # the built-in ones (cli/export spells them out for --help)
 # TorchScript is opt-in: torch.jit is deprecated in the pinned torch, torch.export replaces it.
 DEFAULT_FORMATS = ("torch-export", "onnx", "safetensors")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything one export is asked for, built once (a run's export stage: :meth:`from_config`;
+    ``coevo export``: from its flags) and handed to the format writers and the deploy target
+    (:func:`coevo.deploy.targets.export_for_target`).
+
+    ``target``: ``cpu`` or ``cuda`` (resolved, see :func:`coevo.deploy.targets.resolve_target`).
+    ``threads``: ONNX Runtime intra-op threads of the INT8 check (None: its default).
+    """
+
+    formats: Tuple[str, ...] = DEFAULT_FORMATS
+    check_size: int = 96               # parity check at a size other than the training size
+    opset: int = 18
+    seed: int = 0                      # seeds the random parity-check inputs
+    onnx_exporter: str = "auto"        # auto | dynamo | legacy
+    target: str = "cpu"
+    int8: bool = True                  # cpu target: try static INT8
+    calibration_images: int = 32
+    cuda_dtype: str = "float16"        # cuda target: float16 | bfloat16
+    threads: Optional[int] = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, target: str) -> "ExportOptions":
+        """A run's export options: its ``export`` section, its seed and its bench threads, for the resolved
+        ``target`` (``cfg`` is a :class:`coevo.config.Config`)."""
+        e = cfg.export
+        return cls(formats=tuple(e.formats), check_size=e.check_size, opset=e.opset, seed=cfg.seed, target=target,
+                   int8=e.int8, calibration_images=e.calibration_images, cuda_dtype=e.cuda_dtype,
+                   threads=cfg.bench.threads or None)
 
 
 # ----------------------------------------------------------------------------- export + check
@@ -314,14 +355,14 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).cpu().eval()
     inputs, reference = reference_outputs(model, name, check_size, seed)
-    options = {"opset": opset, "onnx_exporter": onnx_exporter, "static_shape": tuple(inputs[0].shape)}
+    settings = WriteSettings(opset, onnx_exporter, tuple(inputs[0].shape))
 
     report: Dict[str, Dict[str, Any]] = {}
     for fmt in formats:
         suffix, write = WRITERS[fmt]
         path = out_dir / f"{name}{suffix}"
         entry: Dict[str, Any] = {"path": str(path)}
-        entry.update(write(model, path, options))
+        entry.update(write(model, path, settings))
         reloaded = load_exported(path, trust=True) if fmt != "safetensors" else load_generator(path)  # just written
         # a static program (torch could not keep the shapes dynamic) runs its one shape only
         pairs = [(x, ref) for x, ref in zip(inputs, reference)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
-from .export import (
-    DEFAULT_FORMATS, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
+from .export import (  # noqa: F401  (ExportOptions: public here too, where export_for_target is)
+    ExportOptions, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
 )
 from ..core.files import PathLike
 from ..core.registry import Registry
@@ -87,17 +87,20 @@ def find_deploy_data(root: Optional[PathLike], name: str) -> DeployData:
 
 # ----------------------------------------------------------------------------- cpu
 def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
-                options: Dict[str, Any]) -> Dict[str, Any]:
+                options: ExportOptions) -> Dict[str, Any]:
     """INT8 from the fp32 ONNX file the export just checked (``_model``: unused, the deployers share one
     signature)."""
     from .exported import OnnxGenerator
-    from .quantize import CalibrationError, calibration_inputs, int8_quality, int8_verdict, quantize_int8
+    from .quantize import (
+        MAX_GT_DROP_DB, MIN_PSNR_VS_FP32_DB, CalibrationError, calibration_inputs, int8_quality, int8_verdict,
+        quantize_int8,
+    )
 
     fp32_path = Path(report["onnx"]["path"])
     fp32 = {"format": "onnx", "path": str(fp32_path), "backend": "onnxruntime", "precision": "fp32"}
     entry: Dict[str, Any] = {"target": "cpu", "deployed": fp32, "int8": None,
                              "graph_optimisation": "ONNX Runtime ORT_ENABLE_ALL, applied when the file is loaded"}
-    if not options["int8"]:
+    if not options.int8:
         entry["int8"] = {"skipped": "INT8 switched off (export.int8=false / --no-int8)"}
         return entry
     if data.calibration is None:
@@ -107,23 +110,22 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
         entry["int8"] = {"skipped": why}
         return entry
     try:
-        calib = calibration_inputs(data.calibration, options["calibration_images"])
+        calib = calibration_inputs(data.calibration, options.calibration_images)
     except CalibrationError as e:
         log.warning("%s: %s; deploying fp32 ONNX", name, e)
         entry["int8"] = {"skipped": str(e)}
         return entry
     int8_path = out_dir / f"{name}.int8.onnx"
     settings = quantize_int8(fp32_path, int8_path, calib)
-    threads = options.get("threads") or None
+    threads = options.threads or None
     quality = int8_quality(OnnxGenerator(fp32_path, intra_op_num_threads=threads),
                            OnnxGenerator(int8_path, intra_op_num_threads=threads),
                            data.test or data.calibration, data.ground_truth)
-    reasons = int8_verdict(quality, options["min_psnr_db"], options["max_gt_drop_db"])
+    reasons = int8_verdict(quality, MIN_PSNR_VS_FP32_DB, MAX_GT_DROP_DB)
     entry["int8"] = {"path": str(int8_path), "size_bytes": int8_path.stat().st_size,
                      "calibration": {"folder": str(data.calibration), **settings},
                      "quality": quality, "ok": not reasons, "reasons": reasons,
-                     "bounds": {"min_psnr_vs_fp32_db": options["min_psnr_db"],
-                                "max_gt_drop_db": options["max_gt_drop_db"]}}
+                     "bounds": {"min_psnr_vs_fp32_db": MIN_PSNR_VS_FP32_DB, "max_gt_drop_db": MAX_GT_DROP_DB}}
     if reasons:
         log.warning("%s: INT8 fails its check (%s); deploying fp32 ONNX, keeping %s for inspection",
                     name, "; ".join(reasons), int8_path.name)
@@ -138,18 +140,18 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
 
 # ----------------------------------------------------------------------------- cuda
 def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
-                 options: Dict[str, Any]) -> Dict[str, Any]:
+                 options: ExportOptions) -> Dict[str, Any]:
     from .cuda_runner import PARITY_TOLERANCE, CudaRunner
     from .exported import load_exported
 
-    dtype_name = options["cuda_dtype"]
+    dtype_name = options.cuda_dtype
     dtype = CUDA_DTYPES[dtype_name]
     short = {"float16": "fp16", "bfloat16": "bf16"}[dtype_name]
     path = out_dir / f"{name}.{short}.pt2"
     info = save_torch_export(model, path, dtype=dtype, channels_last=True,
-                             static_shape=tuple(check_inputs(options["check_size"])[0].shape))
+                             static_shape=tuple(check_inputs(options.check_size)[0].shape))
     on_cuda = torch.cuda.is_available()
-    inputs = check_inputs(options["check_size"], options["seed"], model.arch.in_channels)
+    inputs = check_inputs(options.check_size, options.seed, model.arch.in_channels)
     if not info["dynamic"]:
         inputs = [x for x in inputs if list(x.shape) == list(info["static_shape"])]
     program = load_exported(path, trust=True)  # written above by this process
@@ -202,7 +204,7 @@ def _parity(model: ResnetGenerator, runner: torch.nn.Module, inputs, device: tor
 
 class Deployer(NamedTuple):
     """One deploy target: the export formats it deploys from (they must be among the requested ones) and
-    ``deploy(model, out_dir, name, export_report, data, options) -> the report's deploy entry``."""
+    ``deploy(model, out_dir, name, export_report, data, options: ExportOptions) -> the report's deploy entry``."""
 
     formats: Tuple[str, ...]
     deploy: Callable[..., Dict[str, Any]]
@@ -223,31 +225,27 @@ def resolve_target(target: str, device: str = "cpu") -> str:
     return target
 
 
-def export_for_target(model: ResnetGenerator, out_dir: PathLike, name: str, target: str = "cpu",
-                      data: Optional[DeployData] = None, formats: Sequence[str] = DEFAULT_FORMATS,
-                      check_size: int = 96, opset: int = 18, seed: int = 0, onnx_exporter: str = "auto",
-                      int8: bool = True, calibration_images: int = 32, cuda_dtype: str = "float16",
-                      threads: Optional[int] = None) -> Dict[str, Any]:
-    """Export ``model`` in ``formats`` plus the artifacts of ``target``; record the deployed one.
+def export_for_target(model: ResnetGenerator, out_dir: PathLike, name: str, options: Optional[ExportOptions] = None,
+                      data: Optional[DeployData] = None, **settings: Any) -> Dict[str, Any]:
+    """Export ``model`` in ``options.formats`` plus the artifacts of ``options.target``; record the deployed one.
 
+    ``options``: see :class:`~coevo.deploy.export.ExportOptions` (default: its defaults); keyword
+    ``settings`` replace single fields of it (``target="cuda"``, ``check_size=48``).
     Returns the :func:`coevo.deploy.export.export_generator` report with a ``deploy`` entry
     (also merged into ``out_dir/export_report.json``): ``deployed`` (``format``, ``path``,
     ``backend``: the ``coevo bench`` backend that runs it, ``precision``) and the target's
     checks. Raises :class:`coevo.deploy.export.ExportError` if a plain export fails its parity check.
     """
-    from .quantize import MAX_GT_DROP_DB, MIN_PSNR_VS_FP32_DB
-
-    target = resolve_target(target)
-    if cuda_dtype not in CUDA_DTYPES:
-        raise ValueError(f"cuda_dtype must be one of {list(CUDA_DTYPES)}, got {cuda_dtype!r}")
+    options = replace(options or ExportOptions(), **settings)
+    target = resolve_target(options.target)
+    if options.cuda_dtype not in CUDA_DTYPES:
+        raise ValueError(f"cuda_dtype must be one of {list(CUDA_DTYPES)}, got {options.cuda_dtype!r}")
     needed, deploy = DEPLOYERS.lookup(target)
     out_dir = Path(out_dir)
     model = copy.deepcopy(model).cpu().eval()
-    report: Dict[str, Any] = export_generator(model, out_dir, name, formats=formats, check_size=check_size,
-                                              opset=opset, seed=seed, onnx_exporter=onnx_exporter)
-    options = {"int8": int8, "calibration_images": calibration_images, "cuda_dtype": cuda_dtype,
-               "check_size": check_size, "seed": seed, "threads": threads,
-               "min_psnr_db": MIN_PSNR_VS_FP32_DB, "max_gt_drop_db": MAX_GT_DROP_DB}
+    report: Dict[str, Any] = export_generator(model, out_dir, name, formats=options.formats,
+                                              check_size=options.check_size, opset=options.opset, seed=options.seed,
+                                              onnx_exporter=options.onnx_exporter)
     missing = [f for f in needed if f not in report]
     if missing:  # the formats asked for leave out what this target ships: nothing is deployed
         why = f"the {target} target deploys from {', '.join(missing)}, which the export formats leave out"
@@ -270,6 +268,5 @@ def deployed_artifact(export_dir: PathLike, name: str) -> Optional[Dict[str, Any
     return ((report.get(name) or {}).get("deploy") or {}).get("deployed")
 
 
-__all__ = ["DEPLOYERS", "EXPORT_TARGETS", "DeployData", "Deployer", "deployed_artifact", "export_for_target",
-           "find_deploy_data", "input_domain",
-           "resolve_target"]
+__all__ = ["DEPLOYERS", "EXPORT_TARGETS", "DeployData", "Deployer", "ExportOptions", "deployed_artifact",
+           "export_for_target", "find_deploy_data", "input_domain", "resolve_target"]
