@@ -234,3 +234,30 @@ def test_compress_runs_the_supernet_stage_before_the_search(tmp_path):
     again = []
     Pipeline(cfg, out, resume=True, on_stage=again.append).run()
     assert [r.name for r in again] == [r.name for r in seen] and all(r.skipped for r in again)
+
+
+def test_two_processes_share_the_masks_and_train_the_same_supernet(env, tmp_path):
+    """Under torchrun each rank takes part of each step's masks and the gradients are averaged, rank 0 alone
+    writes. One step from the teacher: the same loss as one process, and (Adam's first step moves each weight
+    by the learning rate times the sign of its gradient) the same weights wherever the gradient is not
+    rounding noise; conv biases before an InstanceNorm, whose gradient is exactly that, are left out."""
+    from test_distributed import torchrun
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"root": str(env["data"]), "synthetic": False, "load_size": 32, "crop_size": 32},
+        "search": SEARCH, "supernet": {**SUPERNET, "steps": 1}}))
+    two = tmp_path / "two"
+    torchrun(["supernet", "--teacher", str(env["teacher"]), "--config", str(config), "--out", str(two)])
+    one = train_supernet(make_cfg(env, supernet={"steps": 1}), tmp_path / "one", teacher=env["teacher"])
+    a, b = read_jsonl(one / "log.jsonl")[0], read_jsonl(two / "log.jsonl")[0]
+    assert a["step"] == b["step"] == 1
+    assert a["loss_G_A"] == pytest.approx(b["loss_G_A"], rel=1e-6)
+    assert a["loss_G_B"] == pytest.approx(b["loss_G_B"], rel=1e-6)
+    for d in DIRECTIONS:
+        w1, w2 = load_generator(one / f"{d}.pt"), load_generator(two / f"{d}.pt")
+        for name, conv in w1.named_convs():
+            other = dict(w2.named_convs())[name]
+            torch.testing.assert_close(other.weight, conv.weight, rtol=0, atol=1e-7)
+            if name == "head":  # the only conv followed by no InstanceNorm
+                torch.testing.assert_close(other.bias, conv.bias, rtol=0, atol=1e-7)

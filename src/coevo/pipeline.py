@@ -57,7 +57,7 @@ UNSTARTED = ("teacher/checkpoint.pt", "supernet/checkpoint.pt", "search/state.pt
              "finetune/checkpoint.pt", "finetune/stage.json")
 # Under torchrun these stages run on every rank; the others (cheap, or measuring one
 # process: data, export, bench) run on rank 0 while the other ranks wait.
-DISTRIBUTED_STAGES = ("teacher", "search", "finetune")
+DISTRIBUTED_STAGES = ("teacher", "supernet", "search", "finetune")
 # The config sections each stage reads first; top-level keys (seed, device) belong to every stage.
 STAGE_SECTIONS = {"data": ("data",), "teacher": ("model", "train"), "supernet": ("supernet",),
                   "search": ("search",),

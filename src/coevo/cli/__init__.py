@@ -22,7 +22,7 @@ SUBCOMMANDS = [
     "translate", "compress", "demo", "bench", "evaluate",
 ]
 # The commands that run under torchrun (one process per rank; see coevo.core.distributed).
-DISTRIBUTED_COMMANDS = ("train", "search", "finetune", "compress")
+DISTRIBUTED_COMMANDS = ("train", "supernet", "search", "finetune", "compress")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ states, step) makes it bit-identical at a fixed thread count.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ import torch
 from torch import nn
 
 from ..config import Config, SearchConfig, diff_configs, load_config
+from ..core import distributed
 from ..core.files import atomic_torch_save, atomic_write_text
 from ..core.guards import check_finite
 from ..core.inputs import InputsChangedError, file_fingerprint, teacher_files
@@ -276,26 +278,28 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
     """
     cfg = copy.deepcopy(cfg)  # data.root and search.eval_size are resolved below
     out = Path(out_dir)
-    sn = cfg.supernet
+
+    built = {}  # rank 0's teacher, loaded (and checked) while it prepares the folder
 
     def start():
         with undo_failed_start(out, resume):
             paths = _teacher_paths(out, teacher)
-            G_A, G_B = check_generator_pair(paths)
-            if not isinstance(G_A, ResnetGenerator) or not isinstance(G_B, ResnetGenerator):
-                raise CheckpointError("the supernet starts from the teacher's PyTorch weights, not an exported model")
+            built["teachers"] = _load_teacher(paths)
             cfg.search.eval_size = eval_size_for(cfg, paths)
-            budget = search_budget(G_A.arch, cfg.search)  # an impossible budget fails before any work
+            budget = search_budget(built["teachers"]["G_A"].arch, cfg.search)  # impossible budgets fail first
             if resume:
                 _check_resumable(out, cfg)
             run = open_run_dir(cfg, out, resume, force, SUPERNET_SECTIONS, command="supernet",
                                files=teacher_files(paths))
             atomic_write_text(run / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
-        return run, paths, {"G_A": G_A.eval(), "G_B": G_B.eval()}, budget
+        return run, paths, cfg, budget, _restore_point(run, resume)
 
-    run, paths, teachers, budget = start()
+    # Under torchrun rank 0 prepares the folder and reads the checkpoint; every rank trains, each on
+    # its share of the step's masks, and the gradients are averaged (rank 0 alone writes).
+    run, paths, cfg, budget, state = distributed.on_main(start)
+    sn = cfg.supernet
     device = torch.device(cfg.device)
-    teachers = {d: t.to(device) for d, t in teachers.items()}
+    teachers = {d: t.to(device) for d, t in (built.get("teachers") or _load_teacher(paths)).items()}
     arch = teachers["G_A"].arch
     importance = {d: filter_importance(teachers[d], tied=cfg.search.tied) for d in DIRECTIONS}
     sampler = MaskSampler(arch, budget, cfg.search, importance, sn.random_masks, cfg.seed)
@@ -303,28 +307,26 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
     optims = {d: torch.optim.Adam(nets[d].generator.parameters(), lr=sn.lr, betas=(sn.beta1, 0.999))
               for d in DIRECTIONS}
     step, elapsed = 0, 0.0
-    ckpt_path, log_path = run / "checkpoint.pt", run / "log.jsonl"
-    if resume and ckpt_path.is_file():
-        state = safe_torch_load(ckpt_path)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{ckpt_path} is not a supernet checkpoint; start a new run")
+    if state is not None:
         for d in DIRECTIONS:
             nets[d].generator.load_state_dict(state["weights"][d])
             optims[d].load_state_dict(state["optim"][d])
         step, elapsed = int(state["step"]), float(state["elapsed"])
-        truncate_jsonl(log_path, sum(1 for r in read_jsonl(log_path) if r["step"] <= step))
         log.info("resumed %s after step %d", run, step)
-    elif log_path.exists():
-        log_path.unlink()  # a run killed before its first checkpoint starts over
     data = DistillData(cfg, cfg.search.eval_size, teachers, device)
     target = sn.steps if stop_after is None else min(sn.steps, int(stop_after))
+    world, rank = distributed.world_size(), distributed.rank()
     log.info("supernet: %d steps per generator, %d masks per step (full, at the budget, %d in between), "
-             "batch %d", sn.steps, 2 + sn.random_masks, sn.random_masks, sn.batch_size)
+             "batch %d%s", sn.steps, 2 + sn.random_masks, sn.random_masks, sn.batch_size,
+             f", the masks shared among {world} processes" if world > 1 else "")
 
     def checkpoint() -> None:
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed,
-                           "weights": {d: nets[d].generator.state_dict() for d in DIRECTIONS},
-                           "optim": {d: optims[d].state_dict() for d in DIRECTIONS}}, ckpt_path)
+        if world > 1:
+            distributed.check_same(_digest(nets), f"the supernet weights after step {step}")
+        distributed.on_main(atomic_torch_save, {
+            "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed,
+            "weights": {d: nets[d].generator.state_dict() for d in DIRECTIONS},
+            "optim": {d: optims[d].state_dict() for d in DIRECTIONS}}, run / "checkpoint.pt")
 
     sums = {d: 0.0 for d in DIRECTIONS}
     count = 0
@@ -332,16 +334,25 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
     while step < target:
         for d in DIRECTIONS:
             x, y = data.batch(d, step)
-            loss = _loss(nets[d], sampler.sample(d, step), x, y)
-            check_finite(loss, f"the supernet's {d} distillation loss at step {step + 1}")
+            masks = sampler.sample(d, step)
+            mine = masks[rank::world]
             optims[d].zero_grad(set_to_none=True)
-            loss.backward()
+            if mine:
+                loss = _loss(nets[d], mine, x, y)
+                if len(mine) != len(masks):  # this rank's part of the mean over every mask
+                    loss = loss * (len(mine) * world / len(masks))
+                loss.backward()
+            else:
+                loss = torch.zeros((), device=device)
+            total = _average_gradients(nets[d].generator, loss.detach(), world)
+            check_finite(total, f"the supernet's {d} distillation loss at step {step + 1}")
             optims[d].step()
-            sums[d] += float(loss.detach())
+            sums[d] += float(total)
         count += 1
         step += 1
         if step % sn.log_every == 0 or step == target:
-            append_jsonl(log_path, {"step": step, **{f"loss_{d}": sums[d] / count for d in DIRECTIONS}})
+            distributed.on_main(append_jsonl, run / "log.jsonl",
+                                {"step": step, **{f"loss_{d}": sums[d] / count for d in DIRECTIONS}})
             sums, count = {d: 0.0 for d in DIRECTIONS}, 0
         if step % sn.checkpoint_every == 0 or step == target:
             elapsed += time.perf_counter() - t0
@@ -349,8 +360,53 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
             checkpoint()
     elapsed += time.perf_counter() - t0
     if step >= sn.steps:
-        _finish(run, cfg, paths, nets, data, sampler, step, elapsed, budget)
+        distributed.on_main(_finish, run, cfg, paths, nets, data, sampler, step, elapsed, budget)
     return run
+
+
+def _load_teacher(paths: TeacherPaths) -> Dict[str, ResnetGenerator]:
+    G_A, G_B = check_generator_pair(paths)
+    if not isinstance(G_A, ResnetGenerator) or not isinstance(G_B, ResnetGenerator):
+        raise CheckpointError("the supernet starts from the teacher's PyTorch weights, not an exported model")
+    return {"G_A": G_A.eval(), "G_B": G_B.eval()}
+
+
+def _restore_point(run: Path, resume: bool) -> Optional[Dict]:
+    """The checkpoint to resume from (None: a new start), the log cut back to it."""
+    ckpt_path, log_path = run / "checkpoint.pt", run / "log.jsonl"
+    if resume and ckpt_path.is_file():
+        state = safe_torch_load(ckpt_path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{ckpt_path} is not a supernet checkpoint; start a new run")
+        truncate_jsonl(log_path, sum(1 for r in read_jsonl(log_path) if r["step"] <= int(state["step"])))
+        return state
+    if log_path.exists():
+        log_path.unlink()  # a run killed before its first checkpoint starts over
+    return None
+
+
+def _average_gradients(net: nn.Module, loss: torch.Tensor, world: int) -> torch.Tensor:
+    """Under torchrun: every rank's gradients (and ``loss``) replaced by their mean over the ranks, in one
+    all-reduce; returns the mean loss. With one process: ``loss``, gradients untouched."""
+    if world <= 1:
+        return loss
+    params = list(net.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+                     + [loss.reshape(1).to(params[0].dtype)])
+    flat = distributed.mean(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+    return flat[-1]
+
+
+def _digest(nets: Dict[str, SupernetGenerator]) -> str:
+    h = hashlib.sha256()
+    for d in DIRECTIONS:
+        for t in nets[d].generator.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 @torch.no_grad()
