@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from .core.limits import (  # noqa: F401  (re-exported: where the config's limits were always read)
-    MAX_BENCH_BATCH, MAX_IMAGE_SIDE, MAX_INT, MAX_SYNTHETIC_IMAGES, MAX_THREADS, check_image_side, image_side_ok,
-    image_side_rule,
+    MAX_BENCH_BATCH, MAX_IMAGE_SIDE, MAX_INT, MAX_SYNTHETIC_IMAGES, MAX_THREADS, MIN_SIZE, SIZE_MULTIPLE,
+    check_image_side, image_side_ok, image_side_rule,
 )
 from .errors import ConfigError  # noqa: F401  (ConfigError: re-exported, coevo.config is where users look)
 
@@ -468,6 +468,8 @@ def _interval(low: float, high: float, ends: str = "[]") -> Rule:
 AMP_SECTIONS = ("train", "finetune", "search")
 
 _MULTIPLE_OF_4: Rule = (image_side_ok, image_side_rule())
+# Sizes a generator runs at on its own (no discriminator): the check, benchmark and latency sizes.
+_GENERATOR_SIDE: Rule = ((lambda v: image_side_ok(v, MIN_SIZE)), image_side_rule(MIN_SIZE))
 
 
 def discriminator_min_size(n_layers: int) -> int:
@@ -475,7 +477,7 @@ def discriminator_min_size(n_layers: int) -> int:
     convolutions scores: each halves the side, and the two 4x4 convolutions after them need a side of 3
     (InstanceNorm needs more than one value per channel)."""
     side = 3 * 2 ** n_layers
-    return side + (-side) % 4
+    return side + (-side) % SIZE_MULTIPLE
 _PROBABILITY = _interval(0, 1)
 
 _LOOP_RULES: Dict[str, Rule] = {
@@ -518,7 +520,7 @@ RULES: Dict[str, Rule] = {
     "search.latency_ratio": _interval(0, 1, "(]"),
     "search.latency_ms": _at_least(0),
     "search.latency_threads": _interval(1, MAX_THREADS),
-    "search.latency_size": _MULTIPLE_OF_4,
+    "search.latency_size": _GENERATOR_SIDE,
     "search.weight_compute": _at_least(0),
     "search.eval_images": _at_least(1),
     "search.trained_steps": _at_least(1),
@@ -532,15 +534,15 @@ RULES: Dict[str, Rule] = {
     "supernet.teacher_cache_mb": _at_least(0),
     "supernet.checkpoint_every": _at_least(1),
     "supernet.log_every": _at_least(1),
-    "search.eval_size": ((lambda v: v == 0 or _MULTIPLE_OF_4[0](v)),
-                         f"0 (the teacher's training size) or {_MULTIPLE_OF_4[1]}"),
+    "search.eval_size": ((lambda v: v == 0 or _GENERATOR_SIDE[0](v)),
+                         f"0 (the teacher's training size) or {_GENERATOR_SIDE[1]}"),
     **{f"finetune.{k}": r for k, r in _LOOP_RULES.items()},
     "finetune.lambda_distill": _at_least(0),
     "finetune.lambda_feature": _at_least(0),
-    "export.check_size": _MULTIPLE_OF_4,
+    "export.check_size": _GENERATOR_SIDE,
     "export.opset": _interval(7, 23),  # what torch's ONNX exporters implement
     "export.calibration_images": _at_least(1),
-    "bench.size": _MULTIPLE_OF_4,
+    "bench.size": _GENERATOR_SIDE,
     "bench.batch": _interval(1, MAX_BENCH_BATCH),
     "bench.threads": _interval(0, MAX_THREADS),
     "bench.warmup": _at_least(0),

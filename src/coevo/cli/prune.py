@@ -56,8 +56,13 @@ def run(args) -> int:
         return _fail(f"--macs-ratio must be in (0, 1], got {args.macs_ratio}")
     if args.keep_ratio is not None and (args.method != "l1" or not 0.0 < args.keep_ratio <= 1.0):
         return _fail("--keep-ratio needs --method l1 and a value in (0, 1]")
-    if args.size < 4 or args.size % 4:
-        return _fail(f"--size must be a positive multiple of 4, got {args.size}")
+    from ..core.limits import check_image_side
+    from ..errors import ConfigError
+
+    try:
+        check_image_side(args.size, "--size")
+    except ConfigError as e:
+        return _fail(str(e))
     from ..core.outputs import check_outputs_apart
 
     for path in (out, genome_path):  # never over the input, a device or a pipe

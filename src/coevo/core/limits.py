@@ -8,7 +8,7 @@ A leaf module: it imports nothing of coevo but the errors.
 from __future__ import annotations
 
 import reprlib
-from typing import Any
+from typing import Any, Type
 
 from ..errors import ConfigError
 
@@ -31,19 +31,26 @@ _REPR.maxstring = _REPR.maxother = 60
 
 
 def image_side_ok(value: Any, minimum: int = SIZE_MULTIPLE) -> bool:
+    """Whether ``value`` is a multiple of :data:`SIZE_MULTIPLE` from ``minimum`` to :data:`MAX_IMAGE_SIDE`."""
     return (not isinstance(value, bool) and isinstance(value, int) and minimum <= value <= MAX_IMAGE_SIDE
             and value % SIZE_MULTIPLE == 0)
 
 
 def image_side_rule(minimum: int = SIZE_MULTIPLE) -> str:
-    low = "a positive multiple" if minimum <= SIZE_MULTIPLE else "a multiple"
-    text = f"{low} of {SIZE_MULTIPLE} (the generator down-samples twice)"
-    return (text if minimum <= SIZE_MULTIPLE else f"{text} from {minimum}") + f" up to {MAX_IMAGE_SIDE}"
+    """The rule in words, for messages and help texts."""
+    if minimum <= SIZE_MULTIPLE:
+        return f"a positive multiple of {SIZE_MULTIPLE} (the generator down-samples twice) up to {MAX_IMAGE_SIDE}"
+    return (f"a multiple of {SIZE_MULTIPLE} (the generator down-samples twice), at least {minimum} and at most "
+            f"{MAX_IMAGE_SIDE}")
 
 
-def check_image_side(value: Any, name: str, minimum: int = SIZE_MULTIPLE) -> int:
-    """``value`` when it is an image side coevo can work at, else ConfigError naming ``name`` (a flag such
-    as ``--size`` or a key such as ``bench.size``): the one size rule of every command."""
+def check_image_side(value: Any, name: str, minimum: int = SIZE_MULTIPLE, error: Type[Exception] = ConfigError) -> int:
+    """``value`` when it is an image side coevo can work at, else ``error`` naming ``name`` (a flag such
+    as ``--size`` or a key such as ``bench.size``): the one size rule of every command.
+
+    ``minimum``: what the caller needs beyond the generator's own :data:`SIZE_MULTIPLE` (:data:`MIN_SIZE`
+    to run a generator at all, more for a discriminator or a rendered scene). ``error``: the kind of error
+    the caller's users expect (a data or latency-table error where the size is not a config value)."""
     if not image_side_ok(value, minimum):
-        raise ConfigError(f"{name} must be {image_side_rule(minimum)}, got {_REPR.repr(value)}")
+        raise error(f"{name} must be {image_side_rule(minimum)}, got {_REPR.repr(value)}")
     return value

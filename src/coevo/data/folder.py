@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..core.limits import SIZE_MULTIPLE, check_image_side
 from .errors import DataError
 from .images import LAYOUT_HINT, list_images, load_image, to_tensor
 
@@ -169,8 +170,8 @@ class SingleImageDataset(Dataset):
     """
 
     def __init__(self, folder: PathLike, size: Optional[int] = None, skip_bad: bool = False) -> None:
-        if size is not None and (int(size) < 4 or int(size) % 4):
-            raise DataError(f"image size must be a positive multiple of 4 (the generator halves it twice), got {size}")
+        if size is not None:
+            check_image_side(int(size), "image size", error=DataError)
         self.folder = Path(folder)
         self.size = None if size is None else int(size)
         self.paths = list_images(self.folder, skip_bad=skip_bad)
@@ -182,9 +183,9 @@ class SingleImageDataset(Dataset):
         if self.size is not None:
             return self.size, self.size
         w, h = img.size
-        if w < 4 or h < 4:
-            raise DataError(f"image {path} is {w}x{h}; it must be at least 4x4 pixels")
-        return w - w % 4, h - h % 4
+        if w < SIZE_MULTIPLE or h < SIZE_MULTIPLE:
+            raise DataError(f"image {path} is {w}x{h}; it must be at least {SIZE_MULTIPLE}x{SIZE_MULTIPLE} pixels")
+        return w - w % SIZE_MULTIPLE, h - h % SIZE_MULTIPLE
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         path = self.paths[index]

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..core.limits import SIZE_MULTIPLE
 from .errors import DataError
 from .folder import UnpairedImageDataset, split_train_val
 from .images import LAYOUT_HINT
-from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset
+from .synthetic import MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, make_synthetic_dataset
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ SPLITS = ("trainA", "trainB", "testA", "testB")
 
 
 def _synthetic_size(load_size: int) -> int:
-    return max(16, int(load_size) - int(load_size) % 4)
+    return max(MIN_SYNTHETIC_SIZE, int(load_size) - int(load_size) % SIZE_MULTIPLE)
 
 
 def resolve_root(cfg, run_dir: str | Path) -> str:

@@ -59,6 +59,7 @@ GT_FOLDERS = {"testA": "testA_gt_B", "testB": "testB_gt_A"}
 _ENTRIES = ("trainA", "trainB", "testA", "testB", "testA_gt_B", "testB_gt_A", "meta.json")
 _RENDERED = re.compile(r"[0-9]+\.png")  # the image names the set renders
 _TAG = 0xC0E0  # keeps these streams apart from any other user of the same seed
+MIN_SYNTHETIC_SIZE = 16  # the smallest side the scenes are rendered at
 
 SKY, FIELD, OBJECT = 0, 1, 2
 
@@ -282,11 +283,9 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     (its ``meta.json``); anything else in ``out`` is kept.
     Files appear only once the whole set is rendered.
     """
-    from ..core.limits import MAX_IMAGE_SIDE, MAX_SYNTHETIC_IMAGES
+    from ..core.limits import MAX_SYNTHETIC_IMAGES, check_image_side
 
-    if int(size) < 16 or int(size) % 4 or int(size) > MAX_IMAGE_SIDE:
-        raise DataError(f"synthetic image size must be a multiple of 4 and at least 16 and at most {MAX_IMAGE_SIDE}, "
-                        f"got {size}")
+    check_image_side(int(size), "synthetic image size", MIN_SYNTHETIC_SIZE, error=DataError)
     if not (1 <= int(n_train) <= MAX_SYNTHETIC_IMAGES and 1 <= int(n_test) <= MAX_SYNTHETIC_IMAGES):
         raise DataError(f"synthetic n_train and n_test must be >= 1 and at most {MAX_SYNTHETIC_IMAGES}, got "
                         f"{n_train} and {n_test}")

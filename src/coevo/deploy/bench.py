@@ -142,15 +142,12 @@ class BenchError(CoevoError, RuntimeError):
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
     from ..errors import ConfigError
-    from ..core.limits import MAX_BENCH_BATCH, MAX_IMAGE_SIDE
-    from ..models.generator import MIN_SIZE, SIZE_MULTIPLE
+    from ..core.limits import MAX_BENCH_BATCH, MIN_SIZE, check_image_side
 
     unknown = [b for b in backends if b not in REGISTRY]
     if unknown or not backends:
         raise ConfigError(f"unknown backends {unknown or list(backends)}; choose from {list(REGISTRY)}")
-    if size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_IMAGE_SIDE:
-        raise ConfigError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} (the generator "
-                          f"halves the image twice) and at most {MAX_IMAGE_SIDE}, got {size}")
+    check_image_side(size, "--size", MIN_SIZE)
     if batch < 1 or batch > MAX_BENCH_BATCH:
         raise ConfigError(f"--batch must be >= 1 and at most {MAX_BENCH_BATCH}, got {batch}")
     if repeats < 1:

@@ -29,9 +29,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 import torch
 from torch import nn
 
-from ..models.generator import MIN_SIZE, SIZE_MULTIPLE, GeneratorArch, ResnetGenerator
+from ..core.limits import MAX_IMAGE_SIDE, MIN_SIZE, SIZE_MULTIPLE, check_image_side
+from ..models.generator import GeneratorArch, ResnetGenerator
 from ..core.files import PathLike, atomic_path, atomic_write_bytes, atomic_write_text
-from ..evaluation.translate import MAX_SIDE
 from .exported import (  # noqa: F401  (re-exported: coevo.deploy.export is where users look)
     ARCH_EXTRA_FILE, ARCH_METADATA_KEY, PROGRAM_EXTRA_FILE, TORCHSCRIPT_SUFFIXES, ExportedProgramGenerator,
     OnnxGenerator, load_exported, quiet_export,
@@ -57,13 +57,7 @@ class ExportError(CoevoError, RuntimeError):
 # ----------------------------------------------------------------------------- inputs
 def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
     """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
-    from ..core.limits import MAX_IMAGE_SIDE
-
-    if check_size < MIN_SIZE or check_size % SIZE_MULTIPLE or check_size > MAX_IMAGE_SIDE:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"the parity check size (--check-size, export.check_size) must be a multiple of "
-                          f"{SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_IMAGE_SIDE}, got {check_size}")
+    check_image_side(check_size, "the parity check size (--check-size, export.check_size)", MIN_SIZE)
     short = max(MIN_SIZE, int(round(check_size * 2 / 3 / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
     return [(1, 3, check_size, check_size), (2, 3, short, check_size)]
 
@@ -114,7 +108,7 @@ def _dynamic_shape_specs() -> List[Tuple[str, Any]]:
     needs), then torch's own inference (``Dim.AUTO``)."""
     from torch.export import Dim
 
-    side = MAX_SIDE // SIZE_MULTIPLE
+    side = MAX_IMAGE_SIDE // SIZE_MULTIPLE
     derived = {0: Dim("batch", min=1, max=1024),
                2: SIZE_MULTIPLE * Dim("height4", min=MIN_SIZE // SIZE_MULTIPLE, max=side),
                3: SIZE_MULTIPLE * Dim("width4", min=MIN_SIZE // SIZE_MULTIPLE, max=side)}

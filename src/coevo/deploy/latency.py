@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import CoevoError
 from ..core.files import atomic_write_text
+from ..core.limits import MIN_SIZE, check_image_side
 from ..models.generator import GeneratorArch, ResnetGenerator, group_names
 from ..models.topology import ConvSpec, resnet_convs, unit_layers
 from .timing import machine_info, median_ms
@@ -227,8 +228,7 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
         raise LatencyTableError(f"latency target must be one of {LATENCY_TARGETS}, got {target!r}")
     if target == "cuda" and not torch.cuda.is_available():
         raise LatencyTableError("target cuda: torch sees no CUDA device on this machine")
-    if size % 4 or size < 8:
-        raise LatencyTableError(f"size must be a multiple of 4 and at least 8, got {size}")
+    check_image_side(size, "the latency table's image size", MIN_SIZE, error=LatencyTableError)
 
     old_threads, old_rng = torch.get_num_threads(), torch.get_rng_state()
     if threads:

@@ -15,6 +15,7 @@ import torch
 from ..config import Config
 from ..data.record import short as short_record
 from ..core.files import atomic_write_text
+from ..core.limits import SIZE_MULTIPLE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _grid_images(files: List[Path], side: int) -> torch.Tensor:
     from ..data import load_image, to_tensor
 
     images = [load_image(f) for f in files]
-    sizes = {(w - w % 4, h - h % 4) for w, h in (im.size for im in images)}
+    sizes = {(w - w % SIZE_MULTIPLE, h - h % SIZE_MULTIPLE) for w, h in (im.size for im in images)}
     size = sizes.pop() if len(sizes) == 1 else (side, side)
     return torch.stack([to_tensor(im if im.size == size else im.resize(size, Image.BICUBIC)) for im in images])
 

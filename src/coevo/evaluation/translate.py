@@ -17,13 +17,13 @@ from torch import nn
 from ..core.guards import check_finite
 from ..data.errors import DataError
 from ..core.files import PathLike
-from ..models.generator import MIN_SIZE, SIZE_MULTIPLE
+from ..core.limits import MAX_IMAGE_SIDE, MIN_SIZE, SIZE_MULTIPLE, check_image_side
 
 log = logging.getLogger(__name__)
 
 # Larger images are refused at their own size (a forward pass of this size needs
 # tens of GB): the user resizes them with --size.
-MAX_SIDE = 4096
+MAX_SIDE = MAX_IMAGE_SIDE
 MAX_PIXELS = MAX_SIDE * MAX_SIDE
 
 
@@ -104,9 +104,8 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     from ..data import check_image
     from ..core.outputs import Beside, check_outputs_apart
 
-    if size is not None and (size < MIN_SIZE or size % SIZE_MULTIPLE or size > MAX_SIDE):
-        raise DataError(f"--size must be a multiple of {SIZE_MULTIPLE} and at least {MIN_SIZE} and at most {MAX_SIDE}, "
-                        f"got {size}")
+    if size is not None:
+        check_image_side(size, "--size", MIN_SIZE, error=DataError)
     paths = [Path(p) for p in paths]
     if not paths:
         raise DataError("no images to translate")

@@ -28,6 +28,7 @@ import torch
 from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
 from ..models.teacher import TeacherPaths
 from ..evaluation.perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
+from ..core.limits import image_side_ok, image_side_rule
 from ..core.precision import autocast
 from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
 
@@ -324,9 +325,9 @@ def eval_size_for(cfg, paths: TeacherPaths) -> int:
     if cfg.search.eval_size:
         return int(cfg.search.eval_size)
     size = teacher_image_size(paths) or int(cfg.data.crop_size)
-    if size % 4:
-        raise _config_error(f"the search would evaluate at {size}x{size}, which the generator cannot run "
-                          "(two stride-2 layers): set search.eval_size to a multiple of 4")
+    if not image_side_ok(size):
+        raise _config_error(f"the search would evaluate at {size}x{size}, which the generator cannot run: "
+                            f"set search.eval_size to {image_side_rule()}")
     return size
 
 
