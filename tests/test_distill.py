@@ -136,3 +136,11 @@ def test_scratch_init_keeps_the_widths_and_draws_new_weights(tmp_path, search_di
     out = finetune(search_dir, tmp_path / "ft", overrides=[f"finetune.mode={mode}", "finetune.init=scratch",
                                                           "finetune.epochs=1", "finetune.epochs_decay=0"])
     assert json.loads((out / "finetune.json").read_text())["init"] == "scratch"
+
+
+def test_the_report_says_which_recipe_fine_tuned():
+    from coevo.evaluation.report import _teacher_line
+
+    assert "recipe `distill`" in _teacher_line({"finetune_recipe": "distill", "finetune_discriminators": "none"})
+    gan = _teacher_line({"finetune_discriminators": "teacher"})  # runs from before recipes were recorded
+    assert "recipe `gan`" in gan and "the teacher's discriminators" in gan

@@ -176,11 +176,14 @@ def _teacher_use(run_dir: Path, teacher) -> Dict:
         except (OSError, ValueError):
             return {}
 
+    finetune = read(run_dir / "finetune" / "finetune.json")
     return {
         "teacher_has_discriminators": teacher.has_discriminators,
         "search_metric": read(run_dir / "search" / "search.json").get("metric"),
         # runs from before fresh discriminators existed always used the teacher's
-        "finetune_discriminators": read(run_dir / "finetune" / "finetune.json").get("discriminators", "teacher"),
+        "finetune_discriminators": finetune.get("discriminators", "teacher"),
+        # runs from before the distill recipe existed were all trained by the GAN recipe
+        "finetune_recipe": finetune.get("recipe", "gan"),
     }
 
 
@@ -207,10 +210,14 @@ def _fmt(x, spec: str) -> str:
 def _teacher_line(report: Dict) -> str:
     discs = report.get("finetune_discriminators")
     has = report.get("teacher_has_discriminators", True)
-    return (f"Teacher: {'generators and discriminators' if has else 'generators only (no discriminators)'}. "
-            f"Search perceptual metric: `{report.get('search_metric') or 'n/a'}`. Fine-tuning trained against "
-            + ("the teacher's discriminators." if discs == "teacher"
-               else "fresh discriminators (initialised as teacher training does, seeded by the config's seed)."))
+    head = (f"Teacher: {'generators and discriminators' if has else 'generators only (no discriminators)'}. "
+            f"Search perceptual metric: `{report.get('search_metric') or 'n/a'}`. ")
+    if report.get("finetune_recipe") == "distill":
+        return head + ("Fine-tuning (recipe `distill`) trained the pair on distillation to the teacher's outputs "
+                       "alone, without discriminators.")
+    return head + "Fine-tuning (recipe `gan`) trained against " + (
+        "the teacher's discriminators." if discs == "teacher"
+        else "fresh discriminators (initialised as teacher training does, seeded by the config's seed).")
 
 
 def _speed_lines(report: Dict) -> List[str]:

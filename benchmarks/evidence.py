@@ -1,0 +1,661 @@
+"""Evidence that holds: does coevo's search give a better small generator than pruning or a narrow student?
+
+One protocol, per built-in task (``--task snow`` or ``dense``, 64 px, exact ground truth):
+
+1. **A converged teacher** (:func:`converge_teacher`): the CycleGAN recipe at a constant learning
+   rate on the training split minus the held-out part (``data.val_fraction``), evaluated every
+   ``--eval-every`` steps on the held-out training images (PSNR to their true translation, both
+   directions), stopped when the mean PSNR changed by less than ``--tol-db`` (0.1 dB) over the
+   last ``--window`` (2,000) steps, or at ``--cap`` steps (30,000; stated in the record). Curve:
+   ``teacher/convergence.json`` and ``.png``; resumable; reused by every cell.
+2. **Arms**, each at every budget (MAC ratio to the teacher: 0.05 and 0.02 primary, 0.1 secondary)
+   and seed, all fine-tuned by the same code and settings (:func:`coevo.train.finetune.finetune_genomes`):
+
+   * ``coevo``: the search as users run it (:func:`coevo.search.run_search`, ``search.macs_ratio`` =
+     the budget, the seed as ``seed``);
+   * ``l1``: one-shot L1-norm pruning (:func:`coevo.prune.l1_genome_for_macs`, the config's constraints);
+   * ``random``: a random genome (:func:`coevo.prune.random_genome_for_macs`, seeded);
+   * ``uniform``: every group at the same width fraction, its filters chosen by L1 norm (the
+     narrow student of OMGD, initialised from the teacher);
+   * ``uniform-scratch``: the same widths, weights drawn afresh (``finetune.init=scratch``);
+   * ``coevo-scratch``: the searched widths, weights drawn afresh.
+
+   Every genome is then moved to within ``--tol`` (1%) of the budget's MACs, both generators
+   (:func:`match_macs`: single-channel moves, added filters by L1 norm, dropped by lowest L1
+   norm, the group farthest from its starting width last), and the achieved ratio is stated
+   per cell. ``same_as_l1`` says when an arm's pair equals the L1 pair (for scratch arms: the
+   same widths); an arm whose pair, initialisation and seed equal a finished cell's reuses its
+   numbers (``reused_from``) instead of training the same thing twice.
+3. **Recipes**: ``--recipe gan`` (the CycleGAN losses + distillation, the default of ``compress``),
+   ``distill`` (distillation alone, no discriminators, cached teacher) or ``both``; every cell
+   records which.
+4. **Endpoints**, test split, both directions: primary PSNR of the student's output to the
+   teacher's output (``psnr_teacher_AB/BA``), secondary PSNR to ground truth (``psnr_gt_AB/BA``).
+5. **Statistics** (``summary``): coevo against each other arm per recipe, budget and endpoint
+   (mean of both directions per seed), paired by seed, :func:`paired_stats.compare_all`:
+   mean difference, 95% interval, paired t and Wilcoxon, Holm over every comparison of the
+   endpoint's table, TOST at +-0.15 dB.
+
+Resumable cell by cell: each cell writes ``--work/cells/RECIPE/ARM_bBUDGET_sSEED.json`` last and a
+finished cell is skipped; ``--force`` removes only the cells this invocation names (their
+records and folders) and their entries in the results file. Results:
+``--out/evidence_TASK.json`` holds a flat list ``cells`` (every cell ever finished for this task,
+merged), ``summary`` and ``teacher``.
+
+    python benchmarks/evidence.py --task snow --seeds 8 --recipe both          # the full protocol
+    python benchmarks/evidence.py --tiny --out /tmp/evidence-tiny               # minutes, proves the plumbing
+
+``--tiny`` (a 32 px, ngf 8 teacher, 2 seeds x coevo and uniform x budget 0.1, one recipe) never
+writes into ``benchmarks/results``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from coevo.config import Config, config_to_dict, dump_config, load_config
+from coevo.core.files import atomic_write_text
+from coevo.models import load_generator
+from coevo.models.teacher import TeacherPaths, find_teacher
+from coevo.prune import Genome, l1_genome_for_macs, macs_ratio_of, random_genome_for_macs
+from coevo.prune.baselines import filter_importance
+from coevo.prune.budget import WidthFitter, genome_from_scores, random_scores, teacher_budget
+from coevo.search import MACS_CONVENTION, MACS_SIZE
+
+log = logging.getLogger("evidence")
+
+TASKS = ("snow", "dense")
+ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch")
+SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
+RECIPES = ("gan", "distill")
+BUDGETS = (0.05, 0.02, 0.1)
+DIRECTIONS = ("G_A", "G_B")
+EVAL = {"G_A": "AB", "G_B": "BA"}
+TOLERANCE = 0.01
+CELL_KEYS = ("arm", "budget", "seed", "recipe", "macs_ratio_A", "macs_ratio_B", "psnr_teacher_AB",
+             "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "same_as_l1")
+
+# The demo's networks (ngf 32, 6 blocks, 64 px) and search; any channel count, so that every arm
+# can land within 1% of the budget (multiples of 8 step the MACs by more than that at 0.02).
+FULL = ["search.channel_multiple=1", "search.population=16", "search.generations=12", "search.rerank_top=4",
+        "finetune.epochs=3", "finetune.epochs_decay=3"]
+# Seconds per cell on a CPU: a 32 px teacher of ngf 8 and 2 blocks, 48 training images per domain.
+TINY = ["data.synthetic_n_train=48", "data.synthetic_n_test=8", "data.load_size=32", "data.crop_size=32",
+        "data.val_fraction=0.25", "model.ngf=8", "model.n_blocks=2", "model.ndf=8", "model.n_layers_d=2",
+        "train.log_every=20", "search.population=4", "search.generations=2", "search.eval_images=4",
+        "search.eval_size=32", "search.channel_multiple=1", "search.rerank_top=0", "finetune.epochs=1",
+        "finetune.epochs_decay=1", "finetune.log_every=20", "finetune.sample_every=0"]
+
+
+# ----------------------------------------------------------------------------- MAC matching
+def match_macs(fitter: WidthFitter, widths: np.ndarray, target: float, tol: float = TOLERANCE,
+               max_moves: int = 10_000) -> Tuple[np.ndarray, bool]:
+    """Widths (layout order) within ``target * (1 +- tol)`` MACs, reached by single-channel moves.
+
+    Below the window a channel is added where it fits under the window's top, above it one is
+    removed where the rest stays above the window's bottom, each time in the group that has moved
+    least from its start relative to its width (the shape found by the arm is kept as far as the
+    budget allows). When no single move lands, the best add-one-drop-another pair is taken.
+    Returns ``(widths, within)``; ``within`` is False when no sequence of moves reached the window.
+    """
+    start = np.asarray(widths, dtype=np.int64).copy()
+    w = start.copy()
+    lo_t, hi_t = target * (1 - tol), target * (1 + tol)
+    eye = np.eye(len(w), dtype=np.int64)
+    base = np.maximum(start, 1).astype(np.float64)
+    for _ in range(max_moves):
+        m = float(fitter.macs(w))
+        if lo_t <= m <= hi_t:
+            return w, True
+        if m < lo_t:
+            cand = w[None, :] + eye
+            ok = (cand <= fitter.full).all(axis=1)
+            costs = fitter.macs(cand)
+            fits = ok & (costs <= hi_t)
+            if fits.any():
+                growth = (w + 1) / base
+                i = int(np.flatnonzero(fits)[np.argmin(growth[fits])])
+                w = cand[i]
+                continue
+        else:
+            cand = w[None, :] - eye
+            ok = (cand >= fitter.lo).all(axis=1)
+            costs = fitter.macs(cand)
+            fits = ok & (costs >= lo_t)
+            if fits.any():
+                shrink = (w - 1) / base
+                i = int(np.flatnonzero(fits)[np.argmax(shrink[fits])])
+                w = cand[i]
+                continue
+            if ok.any():  # every removal falls below the window: take the largest step down and add back
+                i = int(np.flatnonzero(ok)[np.argmax(costs[ok])])
+                w = cand[i]
+                continue
+        # no single move lands: the best pair (one channel in, another out)
+        best, best_gap = None, math.inf
+        for i in range(len(w)):
+            if w[i] >= fitter.full[i]:
+                continue
+            cand = w[None, :] + eye[i] - eye
+            ok = (cand >= fitter.lo).all(axis=1) & (cand <= fitter.full).all(axis=1)
+            ok[i] = False
+            costs = fitter.macs(cand)
+            for j in np.flatnonzero(ok & (costs >= lo_t) & (costs <= hi_t)):
+                gap = abs(float(costs[j]) - target)
+                if gap < best_gap:
+                    best, best_gap = cand[j], gap
+        if best is None:
+            return w, False
+        w = best
+    return w, bool(lo_t <= float(fitter.macs(w)) <= hi_t)
+
+
+def with_widths(genome: Genome, widths: Mapping[str, int], scores: Mapping[str, np.ndarray]) -> Genome:
+    """``genome`` with each group at ``widths[g]``: filters added in order of ``scores`` (highest first),
+    dropped lowest first; the filters it already keeps stay."""
+    kept = {}
+    for name, mask in genome.masks.items():
+        have = np.flatnonzero(mask)
+        n = int(widths[name])
+        if n >= len(have):
+            others = [int(i) for i in np.argsort(-scores[name], kind="stable") if not mask[i]]
+            kept[name] = sorted([*have.tolist(), *others[:n - len(have)]])
+        else:
+            order = have[np.argsort(-scores[name][have], kind="stable")]
+            kept[name] = sorted(int(i) for i in order[:n])
+    return Genome.from_kept(genome.arch, kept, tied=genome.tied, meta=dict(genome.meta))
+
+
+def matched(genome: Genome, teacher_gen, budget: float, scores: Mapping[str, np.ndarray],
+            tol: float = TOLERANCE) -> Tuple[Genome, Dict]:
+    """(genome moved to within ``tol`` of the budget's MACs, record of the move)."""
+    arch = genome.arch
+    fitter = WidthFitter(arch, MACS_SIZE, genome.tied, 1, 1, MACS_CONVENTION)
+    target = float(teacher_budget(arch, budget, MACS_SIZE, MACS_CONVENTION))
+    before = np.array([genome.widths()[n] for n in fitter.names])
+    after, within = match_macs(fitter, before, target, tol)
+    out = with_widths(genome, dict(zip(fitter.names, (int(v) for v in after))), scores)
+    ratio_before = macs_ratio_of(genome, MACS_SIZE, MACS_CONVENTION)
+    ratio = macs_ratio_of(out, MACS_SIZE, MACS_CONVENTION)
+    return out, {"macs_ratio_before_match": ratio_before, "macs_ratio": ratio, "within_tolerance": within,
+                 "channels_moved": int(np.abs(after - before).sum())}
+
+
+def uniform_genome(teacher_gen, budget: float) -> Genome:
+    """Every group at the same fraction of its width (rounded to nearest), the largest that fits the
+    budget; filters by L1 norm."""
+    arch = teacher_gen.arch
+    fitter = WidthFitter(arch, MACS_SIZE, False, 1, 1, MACS_CONVENTION)
+    budget_macs = teacher_budget(arch, budget, MACS_SIZE, MACS_CONVENTION)
+    ratio, widths = fitter.fit(fitter.full.astype(np.float64), fitter.full, budget_macs, offset=0.5, s_max=1.0)
+    return genome_from_scores(arch, fitter.expand(widths), filter_importance(teacher_gen), False,
+                              {"method": "uniform", "fraction": ratio, "macs_ratio": budget})
+
+
+def genome_key(genomes: Mapping[str, Genome]) -> str:
+    h = hashlib.sha256()
+    for d in DIRECTIONS:
+        h.update(genomes[d].to_bits().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- teacher
+def _val_ground_truth(cfg: Config, dataset) -> Dict[str, torch.Tensor]:
+    """The true translations of the held-out training images (rendered again from their scene numbers)."""
+    from coevo.data import to_tensor
+    from coevo.data.synthetic import render_scene
+    from PIL import Image
+
+    out = {}
+    for side, other, paths in (("A", "B", dataset.A_paths), ("B", "A", dataset.B_paths)):
+        images = []
+        for p in paths:
+            scene = render_scene(cfg.data.synthetic_seed, f"train{side}", int(Path(p).stem), cfg.data.load_size,
+                                 cfg.data.synthetic_task)[other]
+            img = Image.fromarray(scene)
+            if img.size != (cfg.data.crop_size, cfg.data.crop_size):
+                img = img.resize((cfg.data.crop_size, cfg.data.crop_size), Image.BICUBIC)
+            images.append(to_tensor(img))
+        out[other] = torch.stack(images)
+    return out
+
+
+@torch.no_grad()
+def _val_psnr(nets, val: Dict[str, torch.Tensor], gt: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    from coevo.evaluation.metrics import psnr
+
+    nets.G_A.eval(), nets.G_B.eval()
+    try:
+        ab = float(psnr(nets.G_A(val["A"]), gt["B"]).mean())
+        ba = float(psnr(nets.G_B(val["B"]), gt["A"]).mean())
+    finally:
+        nets.G_A.train(), nets.G_B.train()
+    return {"psnr_AB": ab, "psnr_BA": ba, "psnr": 0.5 * (ab + ba)}
+
+
+def converged(curve: Sequence[Mapping], window: int, tol_db: float) -> Optional[Dict]:
+    """The stopping rule: the last point's mean PSNR within ``tol_db`` of the latest point at least
+    ``window`` steps earlier; returns that comparison, or None while it does not hold."""
+    if not curve:
+        return None
+    last = curve[-1]
+    earlier = [p for p in curve if p["step"] <= last["step"] - window]
+    if not earlier:
+        return None
+    ref = earlier[-1]
+    change = last["psnr"] - ref["psnr"]
+    return {"from_step": ref["step"], "to_step": last["step"], "change_db": change} if abs(change) < tol_db else None
+
+
+def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: float = 0.1, cap: int = 30000,
+                     eval_every: int = 500) -> Dict:
+    """Train the teacher until held-out training PSNR stops moving (see the module docstring); resumable.
+
+    ``folder`` gets ``checkpoint.pt``, ``log.jsonl``, ``convergence.json`` (the curve, the rule, why it
+    stopped) and ``convergence.png``, and at the end the teacher's files (``G_A.pt`` ...).
+    """
+    from coevo.core.runs import mark_run_dir, run_entries
+    from coevo.data import build_datasets
+    from coevo.train.loop import CycleGANTrainer, LoopSettings
+    from coevo.train.teacher import build_cyclegan, save_teacher
+
+    record_path = folder / "convergence.json"
+    if record_path.is_file() and (folder / "G_A.pt").is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("status") == "done":
+            return record
+    folder.mkdir(parents=True, exist_ok=True)
+    if not run_entries(folder):
+        mark_run_dir(folder, "benchmarks/evidence.py teacher")
+    splits = build_datasets(cfg.data, seed=cfg.seed)
+    val = {"A": torch.stack([splits.val[i]["A"] for i in range(len(splits.val.A_paths))]),
+           "B": torch.stack([splits.val[i]["B"] for i in range(len(splits.val.B_paths))])}
+    gt = _val_ground_truth(cfg, splits.val)
+    chunks = -(-cap // eval_every)
+    train = copy.deepcopy(cfg.train)
+    train.epochs, train.epochs_decay, train.max_steps_per_epoch = chunks, 0, eval_every
+    settings = LoopSettings.from_section(train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
+    nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
+    trainer = CycleGANTrainer(nets, settings, folder)
+    curve: List[Dict] = []
+    if (folder / "checkpoint.pt").is_file():
+        trainer.resume()
+        if record_path.is_file():
+            curve = [p for p in json.loads(record_path.read_text())["curve"] if p["step"] <= trainer.global_step]
+    rule = {"window_steps": window, "tol_db": tol_db, "cap_steps": cap, "eval_every_steps": eval_every,
+            "metric": "mean over both directions of PSNR (dB) to the true translation of the held-out training "
+                      f"images ({len(val['A'])} + {len(val['B'])}, data.val_fraction={cfg.data.val_fraction})",
+            "schedule": f"constant learning rate {cfg.train.lr}, batch {cfg.train.batch_size}"}
+    if not curve:
+        curve.append({"step": 0, **_val_psnr(nets, val, gt)})
+    stop = converged(curve, window, tol_db)
+    t0 = time.perf_counter()
+    while stop is None and trainer.global_step < cap:
+        epoch = trainer.epoch
+        trainer.run_epoch(splits.train, epoch)
+        trainer.step_schedulers()
+        trainer.epoch = epoch + 1
+        curve.append({"step": trainer.global_step, **_val_psnr(nets, val, gt)})
+        log.info("teacher step %d: held-out PSNR A->B %.2f, B->A %.2f", trainer.global_step, curve[-1]["psnr_AB"],
+                 curve[-1]["psnr_BA"])
+        trainer.save_checkpoint()
+        atomic_write_text(record_path, json.dumps({"status": "training", "rule": rule, "curve": curve}, indent=1))
+        stop = converged(curve, window, tol_db)
+    record = {"status": "done", "rule": rule, "converged": stop is not None, "stopped_by": stop or "cap",
+              "steps": trainer.global_step, "final": curve[-1], "seconds_this_run": round(time.perf_counter() - t0, 1),
+              "curve": curve}
+    save_teacher(nets, folder)
+    dump_config(cfg, folder / "config.yaml")
+    plot_curve(record, folder / "convergence.png")
+    atomic_write_text(record_path, json.dumps(record, indent=1))
+    log.info("teacher %s after %d steps: held-out PSNR %.2f dB", "converged" if stop else "capped",
+             trainer.global_step, curve[-1]["psnr"])
+    return record
+
+
+def plot_curve(record: Mapping, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["step"] for p in record["curve"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("psnr_AB", "A->B"), ("psnr_BA", "B->A"), ("psnr", "mean")):
+        ax.plot(steps, [p[key] for p in record["curve"]], label=label, lw=2 if key == "psnr" else 1)
+    r = record["rule"]
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out training PSNR (dB)")
+    ax.set_title(f"teacher: {'converged' if record['converged'] else 'capped'} at {record['steps']} steps "
+                 f"(<{r['tol_db']} dB over {r['window_steps']})", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- cells
+def cell_name(arm: str, budget: float, seed: int) -> str:
+    return f"{arm}_b{budget:g}_s{seed}"
+
+
+def cell_path(work: Path, recipe: str, arm: str, budget: float, seed: int) -> Path:
+    return work / "cells" / recipe / f"{cell_name(arm, budget, seed)}.json"
+
+
+def _cfg_with(cfg: Config, overrides: Sequence[str]) -> Config:
+    from coevo.config import config_from_dict
+
+    return config_from_dict(config_to_dict(cfg), list(overrides))
+
+
+def search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float, seed: int) -> Tuple[Dict, Dict]:
+    """The coevo search at ``budget`` and ``seed`` (run, resumed or read back; shared by recipes and arms)."""
+    from coevo.search import run_search
+
+    folder = work / "search" / f"b{budget:g}_s{seed}"
+    if not (folder / "search.json").is_file():
+        scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}"])
+        resume = (folder / "state.pt").is_file()
+        run_search(scfg, folder, teacher=teacher, resume=resume, force=not resume, progress=False)
+    best = {d: Genome.load_json(folder / "genomes" / f"best_{d}.json") for d in DIRECTIONS}
+    return best, {"search_folder": str(folder)}
+
+
+def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherPaths, teacher: Mapping,
+                work: Path) -> Tuple[Dict[str, Genome], Dict]:
+    """The arm's pair before MAC matching, and what made it."""
+    s = cfg.search
+    cons = {"min_channels": s.min_channels, "channel_multiple": s.channel_multiple,
+            "convention": MACS_CONVENTION, "tied": s.tied}
+    base = SCRATCH.get(arm, arm)
+    if base == "coevo":
+        return search_pair(cfg, paths, work, budget, seed)
+    if base == "l1":
+        return {d: l1_genome_for_macs(teacher[d], budget, MACS_SIZE, **cons) for d in DIRECTIONS}, {}
+    if base == "random":
+        rng = np.random.default_rng([seed, 7])
+        return {d: random_genome_for_macs(teacher[d].arch, budget, MACS_SIZE, rng, **cons) for d in DIRECTIONS}, {}
+    if base == "uniform":
+        return {d: uniform_genome(teacher[d], budget) for d in DIRECTIONS}, {}
+    raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
+
+
+def matched_pair(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherPaths, teacher: Mapping,
+                 work: Path, tol: float) -> Tuple[Dict[str, Genome], Dict]:
+    genomes, info = arm_genomes(arm, budget, seed, cfg, paths, teacher, work)
+    out, moves = {}, {}
+    for d in DIRECTIONS:
+        # random arms add and drop channels at random, the others by the teacher's L1 norms
+        scores = (random_scores(teacher[d].arch, np.random.default_rng([seed, 11, DIRECTIONS.index(d)]))
+                  if SCRATCH.get(arm, arm) == "random" else filter_importance(teacher[d]))
+        out[d], moves[d] = matched(genomes[d], teacher[d], budget, scores, tol)
+    return out, {**info, "match": moves}
+
+
+def evaluate_pair(students: Mapping, teacher: Mapping, data: Path) -> Dict:
+    from coevo.evaluation.evaluate import translation_quality
+
+    out = {}
+    for d, direction in (("G_A", "AtoB"), ("G_B", "BtoA")):
+        q = translation_quality(students[d], data, direction, teacher=teacher[d])
+        tag = EVAL[d]
+        out.update({f"psnr_teacher_{tag}": q["psnr_to_teacher"], f"l1_teacher_{tag}": q["l1_to_teacher"],
+                    f"psnr_gt_{tag}": q["psnr"], f"ssim_gt_{tag}": q["ssim"],
+                    f"psnr_teacher_{tag}_per_image": q["psnr_to_teacher_per_image"]})
+    return out
+
+
+def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths: TeacherPaths, teacher: Mapping,
+             data: Path, work: Path, tol: float) -> Dict:
+    """One cell: genomes, MAC matching, fine-tuning (or reuse of an identical finished cell), test scores."""
+    from coevo.train.finetune import finetune_genomes
+
+    path = cell_path(work, recipe, arm, budget, seed)
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    genomes, info = matched_pair(arm, budget, seed, cfg, paths, teacher, work, tol)
+    l1, _ = matched_pair("l1", budget, seed, cfg, paths, teacher, work, tol)
+    scratch = arm in SCRATCH
+    same_as_l1 = all((genomes[d].widths() == l1[d].widths()) if scratch else (genomes[d] == l1[d])
+                     for d in DIRECTIONS)
+    init = "scratch" if scratch else "teacher"
+    key = genome_key(genomes)
+    record = {"arm": arm, "budget": budget, "seed": seed, "recipe": recipe, "init": init,
+              "macs_ratio_A": info["match"]["G_A"]["macs_ratio"], "macs_ratio_B": info["match"]["G_B"]["macs_ratio"],
+              "macs_within_tolerance": all(m["within_tolerance"] for m in info["match"].values()),
+              "tolerance": tol, "same_as_l1": bool(same_as_l1), "genome_key": key,
+              "widths": {d: genomes[d].widths() for d in DIRECTIONS}, **info}
+    twin = _finished_twin(work, recipe, seed, key, init, exclude=path)
+    if twin is not None:
+        record.update({k: twin[k] for k in twin if k.startswith(("psnr_", "l1_teacher", "ssim_"))},
+                      reused_from=cell_name(twin["arm"], twin["budget"], twin["seed"]))
+    else:
+        folder = work / "runs" / recipe / cell_name(arm, budget, seed)
+        ft_cfg = _cfg_with(cfg, [f"seed={seed}", f"finetune.mode={recipe}", f"finetune.init={init}"])
+        resume = (folder / "config.yaml").is_file()
+        finetune_genomes(ft_cfg, paths, genomes, folder, resume=resume, force=not resume and folder.exists(),
+                         source={"benchmark": "evidence", "arm": arm, "budget": budget})
+        students = {d: load_generator(folder / f"{d}.pt").eval() for d in DIRECTIONS}
+        record.update(evaluate_pair(students, teacher, data))
+        record["finetune_folder"] = str(folder)
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")  # last: the cell is finished
+    return record
+
+
+def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, exclude: Path) -> Optional[Dict]:
+    folder = work / "cells" / recipe
+    if not folder.is_dir():
+        return None
+    for p in sorted(folder.glob("*.json")):
+        if p == exclude:
+            continue
+        r = json.loads(p.read_text())
+        if r.get("seed") == seed and r.get("genome_key") == key and r.get("init") == init and "reused_from" not in r:
+            return r
+    return None
+
+
+def remove_cells(work: Path, cells: Sequence[Tuple[str, str, float, int]]) -> int:
+    """``--force``: delete these cells' records and fine-tune folders, nothing else; returns how many."""
+    from coevo.core.files import remove_owned
+
+    n = 0
+    for recipe, arm, budget, seed in cells:
+        for p in (cell_path(work, recipe, arm, budget, seed), work / "runs" / recipe / cell_name(arm, budget, seed)):
+            if p.exists():
+                remove_owned(p, work)
+                n += 1
+    return n
+
+
+def merge_cells(old: Sequence[Mapping], new: Sequence[Mapping], replaced: Sequence[Tuple[str, str, float, int]]
+                ) -> List[Dict]:
+    """The results file's cells: the old ones minus those ``replaced`` or ``new`` again, then the new ones."""
+    def ident(c):
+        return (c["recipe"], c["arm"], float(c["budget"]), int(c["seed"]))
+
+    drop = {(r, a, float(b), int(s)) for r, a, b, s in replaced} | {ident(c) for c in new}
+    kept = [dict(c) for c in old if ident(c) not in drop]
+    return sorted(kept + [dict(c) for c in new], key=lambda c: (c["recipe"], float(c["budget"]), c["arm"], c["seed"]))
+
+
+# ----------------------------------------------------------------------------- statistics
+def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
+    """coevo against every other arm, paired by seed, per recipe, budget and endpoint (Holm per endpoint table)."""
+    from paired_stats import compare_all
+
+    out: Dict = {}
+    for endpoint in ("psnr_teacher", "psnr_gt"):
+        pairs, meta = {}, {}
+        for recipe in sorted({c["recipe"] for c in cells}):
+            for budget in sorted({float(c["budget"]) for c in cells}):
+                group = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget]
+                value = {(c["arm"], c["seed"]): 0.5 * (c[f"{endpoint}_AB"] + c[f"{endpoint}_BA"]) for c in group
+                         if c.get(f"{endpoint}_AB") is not None and c.get(f"{endpoint}_BA") is not None}
+                for arm in ARMS:
+                    if arm == "coevo":
+                        continue
+                    seeds = sorted(s for (a, s) in value if a == arm and ("coevo", s) in value)
+                    if len(seeds) < 2:
+                        continue
+                    name = f"{recipe} b{budget:g}: coevo - {arm}"
+                    pairs[name] = ([value[("coevo", s)] for s in seeds], [value[(arm, s)] for s in seeds])
+                    meta[name] = {"recipe": recipe, "budget": budget, "arm": arm, "seeds": seeds}
+        stats = compare_all(pairs, margin=margin) if pairs else {}
+        out[endpoint] = {name: {**meta[name], **s} for name, s in stats.items()}
+    out["endpoints"] = {"psnr_teacher": "primary: mean over both directions of PSNR (dB) of the student's output "
+                                        "to the teacher's output, test split",
+                        "psnr_gt": "secondary: mean over both directions of PSNR (dB) to the ground truth"}
+    out["rule"] = (f"paired by seed; paired t and Wilcoxon; Holm over the comparisons of each endpoint's table; "
+                   f"TOST at +-{margin} dB; verdict better/worse (Holm p < 0.05), equivalent (TOST Holm p < 0.05), "
+                   "else undecided")
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="snow", choices=TASKS)
+    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--arms", help=f"subset of {','.join(ARMS)} (default all; coevo,uniform with --tiny)")
+    p.add_argument("--budgets", help="MAC ratios (default 0.05,0.02,0.1; 0.1 with --tiny)")
+    p.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 8; 2 with --tiny)")
+    p.add_argument("--recipe", default="gan", choices=[*RECIPES, "both"])
+    p.add_argument("--tol", type=float, default=TOLERANCE, help="MAC tolerance, relative (default 0.01)")
+    p.add_argument("--window", type=int, default=2000, help="teacher: steps over which PSNR must settle")
+    p.add_argument("--tol-db", type=float, default=0.1, help="teacher: settled when it moved less than this")
+    p.add_argument("--cap", type=int, default=30000, help="teacher: most training steps (default 30000)")
+    p.add_argument("--eval-every", type=int, default=500, help="teacher: steps between held-out evaluations")
+    p.add_argument("--work", help="default benchmarks/work/evidence-TASK (evidence-tiny-TASK with --tiny)")
+    p.add_argument("--out", default=None, help="results folder (default benchmarks/results; required with --tiny)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="redo the cells this invocation names (only those)")
+    p.add_argument("--tiny", action="store_true", help="2 seeds x coevo, uniform x budget 0.1 on a tiny teacher")
+    args = p.parse_args(argv)
+    if args.tiny:
+        if args.out is None or Path(args.out).resolve() == Path("benchmarks/results").resolve():
+            p.error("--tiny needs --out outside benchmarks/results (tiny numbers are not results)")
+        args.window, args.tol_db, args.cap, args.eval_every = 60, 0.1, 150, 30
+    tiny = {"arms": "coevo,uniform", "budgets": "0.1", "seeds": 2}
+    full = {"arms": ",".join(ARMS), "budgets": ",".join(f"{b:g}" for b in BUDGETS), "seeds": 8}
+    for key, value in (tiny if args.tiny else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = Path(args.out or "benchmarks/results")
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(args.arms) - set(ARMS))
+    if unknown:
+        p.error(f"unknown arm(s) {unknown}; choose from {','.join(ARMS)}")
+    args.budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
+    args.recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
+    args.work = Path(args.work or f"benchmarks/work/evidence-{'tiny-' if args.tiny else ''}{args.task}")
+    return args
+
+
+def read_config(args) -> Config:
+    return load_config(args.config, [*(TINY if args.tiny else FULL), f"data.synthetic_task={args.task}",
+                                     *args.overrides])
+
+
+def prepare(args) -> Tuple[Config, Path, Dict]:
+    """(config, data folder, teacher record): the work folder, the task's data and its converged teacher."""
+    from coevo.core.runs import mark_run_dir, run_entries
+    from coevo.data.synthetic import make_synthetic_dataset
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    if not run_entries(args.work):
+        mark_run_dir(args.work, "benchmarks/evidence.py")
+    data = (args.work / "data").resolve()
+    cfg = read_config(args)
+    cfg = _cfg_with(cfg, [f"data.root={data}", "data.synthetic=false"])
+    if not (data / "meta.json").is_file():
+        make_synthetic_dataset(data, size=cfg.data.load_size, n_train=cfg.data.synthetic_n_train,
+                               n_test=cfg.data.synthetic_n_test, seed=cfg.data.synthetic_seed, task=args.task)
+    saved = args.work / "config.yaml"
+    if saved.is_file():
+        from coevo.config import diff_configs
+
+        diffs = diff_configs(load_config(saved), cfg, ("data", "model", "train", "search", "finetune"))
+        if diffs:
+            raise SystemExit(f"evidence: {args.work} holds cells made with other settings ({', '.join(diffs)}); "
+                             "use another --work")
+    dump_config(cfg, saved)
+    record = converge_teacher(cfg, args.work / "teacher", args.window, args.tol_db, args.cap, args.eval_every)
+    return cfg, data, record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    cfg, data, teacher_record = prepare(args)
+    paths = find_teacher(args.work / "teacher")
+    teacher = {d: load_generator(getattr(paths, d)).eval() for d in DIRECTIONS}
+    cells = [(r, a, b, s) for r in args.recipes for b in args.budgets for s in range(args.seeds) for a in args.arms]
+    if args.force:
+        log.info("--force: removed %d entries of the %d named cells", remove_cells(args.work, cells), len(cells))
+    new = []
+    for i, (recipe, arm, budget, seed) in enumerate(cells, 1):
+        t0 = time.perf_counter()
+        record = run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, args.work, args.tol)
+        new.append(record)
+        log.info("cell %d/%d %s %s: MACs %.4f/%.4f of the teacher (target %g), PSNR to teacher %.2f/%.2f dB, "
+                 "to GT %.2f/%.2f dB%s (%.0f s)", i, len(cells), recipe, cell_name(arm, budget, seed),
+                 record["macs_ratio_A"], record["macs_ratio_B"], budget, record["psnr_teacher_AB"],
+                 record["psnr_teacher_BA"], record["psnr_gt_AB"], record["psnr_gt_BA"],
+                 ", same as L1" if record["same_as_l1"] else "", time.perf_counter() - t0)
+    out_path = args.out / f"evidence_{args.task}.json"
+    old = json.loads(out_path.read_text()).get("cells", []) if out_path.is_file() else []
+    all_cells = merge_cells(old, new, cells if args.force else [])
+    teacher_curve = args.out / f"evidence_{args.task}_teacher.png"
+    result = {
+        "benchmark": "evidence", "version": 1, "task": args.task, "tiny": args.tiny,
+        "command": " ".join(["python benchmarks/evidence.py", *(sys.argv[1:] if argv is None else argv)]),
+        "settings": {"config": config_to_dict(cfg), "macs_size": MACS_SIZE, "macs_convention": MACS_CONVENTION,
+                     "tolerance": args.tol, "work": str(args.work)},
+        "teacher": {k: v for k, v in teacher_record.items() if k != "curve"}
+        | {"curve_file": teacher_curve.name, "curve_points": len(teacher_record["curve"])},
+        "summary": summarise(all_cells),
+        "cell_keys": list(CELL_KEYS),
+        "cells": all_cells,
+        "wall_time_s_this_run": round(time.perf_counter() - start, 1),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
+    plot_curve(teacher_record, teacher_curve)
+    print(f"{args.task}: {len(new)} cells this run, {len(all_cells)} in {out_path}")
+    for endpoint in ("psnr_teacher", "psnr_gt"):
+        for name, s in result["summary"][endpoint].items():
+            print(f"  {endpoint} {name}: {s['mean']:+.3f} dB [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}], "
+                  f"Holm p {s['p_t_holm']:.3g}, TOST Holm p {s['p_tost_holm']:.3g} -> {s['verdict']} (n={s['n']})")
+    off = [c for c in new if not c["macs_within_tolerance"]]
+    if off:
+        print(f"  {len(off)} cells missed the {args.tol:.0%} MAC tolerance: "
+              + ", ".join(cell_name(c["arm"], c["budget"], c["seed"]) for c in off))
+    print(f"wall time {(time.perf_counter() - start) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The evidence benchmark's bookkeeping (benchmarks/evidence.py): MAC matching, uniform widths, cells, merging."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coevo.config import config_from_dict
+from coevo.core.runs import mark_run_dir
+from coevo.models import GeneratorArch, ResnetGenerator, save_generator
+from coevo.prune import macs_ratio_of, slim
+from coevo.prune.baselines import filter_importance
+from coevo.search import MACS_CONVENTION, MACS_SIZE
+from coevo.train.init import init_weights
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # evidence.py imports paired_stats as the scripts do
+SPEC = importlib.util.spec_from_file_location("evidence", BENCH / "evidence.py")
+ev = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(ev)
+
+
+def _teacher(ngf=8, n_blocks=2, seed=0):
+    g = ResnetGenerator(GeneratorArch.full(ngf=ngf, n_blocks=n_blocks))
+    return init_weights(g, torch.Generator().manual_seed(seed)).eval()
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return {"G_A": _teacher(seed=0), "G_B": _teacher(seed=1)}
+
+
+def _cfg():
+    return config_from_dict({"model": {"ngf": 8, "n_blocks": 2}, "search": {"channel_multiple": 1}})
+
+
+@pytest.mark.parametrize("budget", [0.1, 0.05])
+@pytest.mark.parametrize("arm", ["l1", "random", "uniform", "uniform-scratch"])
+def test_every_arm_lands_within_one_percent_of_the_budget(teacher, arm, budget, tmp_path):
+    genomes, info = ev.matched_pair(arm, budget, 3, _cfg(), None, teacher, tmp_path, ev.TOLERANCE)
+    for d in ("G_A", "G_B"):
+        ratio = macs_ratio_of(genomes[d], MACS_SIZE, MACS_CONVENTION)
+        assert abs(ratio / budget - 1) <= ev.TOLERANCE, (d, ratio)
+        assert info["match"][d]["within_tolerance"] and info["match"][d]["macs_ratio"] == pytest.approx(ratio)
+
+
+def test_matching_keeps_the_filters_it_had_and_moves_by_importance(teacher):
+    g = teacher["G_A"]
+    scores = filter_importance(g)
+    start = ev.uniform_genome(g, 0.05)
+    # far from the budget on purpose: 0.05's genome matched to 0.1 must only add filters
+    out, info = ev.matched(start, g, 0.1, scores)
+    assert info["within_tolerance"] and info["macs_ratio_before_match"] < 0.09
+    for name, mask in start.masks.items():
+        assert (out.masks[name] | mask == out.masks[name]).all(), name  # nothing it kept was dropped
+        added = np.flatnonzero(out.masks[name] & ~mask)
+        if len(added):  # the added ones are the best of those it had dropped
+            dropped_before = np.flatnonzero(~mask)
+            best = dropped_before[np.argsort(-scores[name][dropped_before], kind="stable")][:len(added)]
+            assert sorted(best.tolist()) == added.tolist(), name
+
+
+def test_match_reports_a_budget_it_cannot_reach(teacher):
+    g = teacher["G_A"]
+    fitter = ev.WidthFitter(g.arch, MACS_SIZE, False, 1, 1, MACS_CONVENTION)
+    too_small = float(fitter.min_macs()) * 0.5
+    _, within = ev.match_macs(fitter, fitter.lo.copy(), too_small)
+    assert not within
+
+
+def test_uniform_widths_are_one_fraction_of_every_group(teacher):
+    g = teacher["G_A"]
+    for budget in (0.1, 0.05, 0.3):
+        genome = ev.uniform_genome(g, budget)
+        f = genome.meta["fraction"]
+        for name, full in g.arch.widths.items():
+            assert genome.widths()[name] == max(1, int(np.floor(f * full + 0.5 + 1e-9))), (budget, name)
+        assert macs_ratio_of(genome, MACS_SIZE, MACS_CONVENTION) <= budget + 1e-12
+        # the kept filters are the ones with the largest L1 norm
+        scores = filter_importance(g)
+        for name, mask in genome.masks.items():
+            top = np.argsort(-scores[name], kind="stable")[:int(mask.sum())]
+            assert sorted(top.tolist()) == np.flatnonzero(mask).tolist()
+
+
+# ----------------------------------------------------------------------------- cells
+@pytest.fixture
+def fake_training(monkeypatch, teacher):
+    """finetune_genomes writes the slim pair untrained; the test scores are made up but deterministic."""
+    import coevo.train.finetune as ft
+
+    calls = []
+
+    def fake_finetune(cfg, paths, genomes, out, resume=False, force=False, source=None):
+        calls.append((source["arm"], cfg.finetune.mode, cfg.finetune.init, cfg.seed))
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for d in ("G_A", "G_B"):
+            save_generator(slim(teacher[d], genomes[d]), Path(out) / f"{d}.pt")
+        return Path(out)
+
+    def fake_scores(students, teacher_, data):
+        w = sum(students["G_A"].arch.widths.values())
+        return {"psnr_teacher_AB": 20.0 + w / 100, "psnr_teacher_BA": 21.0, "psnr_gt_AB": 15.0, "psnr_gt_BA": 16.0}
+
+    monkeypatch.setattr(ft, "finetune_genomes", fake_finetune)
+    monkeypatch.setattr(ev, "evaluate_pair", fake_scores)
+    return calls
+
+
+@pytest.fixture
+def work(tmp_path):
+    mark_run_dir(tmp_path / "work", "test")
+    return tmp_path / "work"
+
+
+def test_a_cell_is_written_once_then_skipped_and_twins_reuse(work, teacher, fake_training):
+    cfg = _cfg()
+    rec = ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert set(ev.CELL_KEYS) <= set(rec) and rec["same_as_l1"] and rec["macs_within_tolerance"]
+    assert ev.cell_path(work, "distill", "l1", 0.1, 0).is_file()
+    assert fake_training == [("l1", "distill", "teacher", 0)]
+    assert ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE) == rec
+    assert len(fake_training) == 1  # finished: read back, not trained again
+    # uniform is the same pair as L1 here: its numbers are L1's, not a second training
+    uni = ev.run_cell("uniform", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert uni["same_as_l1"] and uni["reused_from"] == "l1_b0.1_s0" and len(fake_training) == 1
+    assert uni["psnr_teacher_AB"] == rec["psnr_teacher_AB"]
+    # the scratch arm has the same widths but other weights: trained, and said to be L1's widths
+    scr = ev.run_cell("uniform-scratch", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert scr["init"] == "scratch" and scr["same_as_l1"] and "reused_from" not in scr
+    assert fake_training[-1] == ("uniform-scratch", "distill", "scratch", 0)
+    # another recipe or seed is another cell
+    ev.run_cell("l1", 0.1, 1, "gan", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert fake_training[-1] == ("l1", "gan", "teacher", 1)
+
+
+def test_force_removes_only_the_named_cells_and_merge_keeps_the_rest(work, teacher, fake_training):
+    cfg = _cfg()
+    for seed in (0, 1):
+        ev.run_cell("l1", 0.1, seed, "gan", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    named = [("gan", "l1", 0.1, 1)]
+    assert ev.remove_cells(work, named) == 2  # its record and its fine-tune folder
+    assert ev.cell_path(work, "gan", "l1", 0.1, 0).is_file()
+    assert not ev.cell_path(work, "gan", "l1", 0.1, 1).exists()
+    assert (work / "runs" / "gan" / "l1_b0.1_s0").is_dir() and not (work / "runs" / "gan" / "l1_b0.1_s1").exists()
+
+    def cell(arm, seed, value, recipe="gan"):
+        return {"recipe": recipe, "arm": arm, "budget": 0.1, "seed": seed, "psnr_teacher_AB": value}
+
+    old = [cell("l1", 0, 1.0), cell("l1", 1, 2.0), cell("coevo", 0, 3.0), cell("l1", 0, 9.0, "distill")]
+    merged = ev.merge_cells(old, [cell("l1", 1, 5.0)], named)
+    assert {(c["recipe"], c["arm"], c["seed"]): c["psnr_teacher_AB"] for c in merged} == {
+        ("gan", "l1", 0): 1.0, ("gan", "l1", 1): 5.0, ("gan", "coevo", 0): 3.0, ("distill", "l1", 0): 9.0}
+    # a forced cell that did not finish again leaves no stale entry behind
+    assert ("gan", "l1", 1) not in {(c["recipe"], c["arm"], c["seed"]) for c in ev.merge_cells(old, [], named)}
+
+
+def test_summary_pairs_by_seed_and_corrects_over_the_table():
+    cells = []
+    noise = (0.03, -0.02, 0.01, -0.03)
+    for seed in range(4):
+        for arm, shift in (("coevo", 1.0), ("l1", 0.01 * (seed % 2)), ("uniform", 1.0 + noise[seed])):
+            v = 20 + seed + shift
+            cells.append({"recipe": "gan", "arm": arm, "budget": 0.05, "seed": seed, "psnr_teacher_AB": v,
+                          "psnr_teacher_BA": v, "psnr_gt_AB": 10.0 + seed, "psnr_gt_BA": 10.0 + seed})
+    cells.append({**cells[0], "seed": 9, "arm": "l1"})  # a seed coevo lacks: not paired
+    s = ev.summarise(cells)["psnr_teacher"]
+    assert set(s) == {"gan b0.05: coevo - l1", "gan b0.05: coevo - uniform"}
+    l1 = s["gan b0.05: coevo - l1"]
+    assert l1["n"] == 4 and l1["seeds"] == [0, 1, 2, 3] and l1["mean"] == pytest.approx(0.995)
+    assert l1["verdict"] == "better" and l1["p_t_holm"] >= l1["p_t"]
+    assert s["gan b0.05: coevo - uniform"]["verdict"] == "equivalent"  # a few hundredths either way: inside 0.15
+    json.dumps(s)
