@@ -419,6 +419,25 @@ def test_finetune_on_two_processes_runs_resumes_and_loads_in_one(env, reference,
     assert losses_only(out) == before
 
 
+def test_distill_on_two_processes_is_the_one_process_run(env, reference, tmp_path):
+    """The distill recipe has no image pools: two ranks sharing each batch give one process's run."""
+    args = ["finetune", "--search", str(reference), "--set", "finetune.mode=distill", "--set", "finetune.epochs=2",
+            "--set", "finetune.batch_size=2", "--set", "finetune.max_steps_per_epoch=2", "--set",
+            "finetune.log_every=1"]
+    torchrun(args + ["--out", str(tmp_path / "two")])
+    torch.set_num_threads(1)
+    finetune(reference, tmp_path / "one", overrides=[a for a in args[3:] if a != "--set"])
+    report = json.loads((tmp_path / "two" / "finetune.json").read_text())
+    assert report["recipe"] == "distill" and report["steps"] == 4 and report["teacher_cache"]["misses"] == 0
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name in ("G_A.pt", "G_B.pt"):
+        # outputs, not weights: a conv bias in front of an instance norm has a zero gradient up to
+        # rounding, which Adam scales up, so those biases differ while the networks do not
+        with torch.no_grad():
+            one, two = load_generator(tmp_path / "one" / name)(x), load_generator(tmp_path / "two" / name)(x)
+        torch.testing.assert_close(one, two, rtol=1e-4, atol=1e-4, msg=name)
+
+
 @pytest.mark.slow
 def test_compress_on_two_processes(tmp_path):
     """Every stage under torchrun: teacher, search and fine-tune on both ranks, data/export/bench on rank 0."""
