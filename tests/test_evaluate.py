@@ -149,6 +149,7 @@ def test_cli_evaluate_writes_json(data_root, tmp_path, other_generator, teacher_
     assert r["teacher"].endswith("G_A.pt")
     printed = capsys.readouterr().out
     assert "PSNR to ground truth" in printed and "perceptual to teacher (discriminator)" in printed
+    assert "PSNR to teacher (dB)" in printed and f"{r['psnr_to_teacher']:.2f}" in printed
 
 
 def test_cli_evaluate_missing_inception_weights(data_root, tmp_path, tiny_generator, monkeypatch, capsys):

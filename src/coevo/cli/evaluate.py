@@ -13,6 +13,7 @@ _ROWS = [
     ("KID (mean over subsets)", "kid", ".4f"),
     ("PSNR to ground truth (dB)", "psnr", ".2f"),
     ("SSIM to ground truth", "ssim", ".4f"),
+    ("PSNR to teacher (dB)", "psnr_to_teacher", ".2f"),
     ("L1 to teacher", "l1_to_teacher", ".4f"),
     ("perceptual to teacher", "perceptual_to_teacher", ".4f"),
 ]
