@@ -182,6 +182,9 @@ def test_cli_demo_resumes_and_writes_report_and_timing(finished_run, tmp_path, c
     assert "demo finished in" in printed and str(out / "report.md") in printed
     timing = json.loads((out / "demo.json").read_text())
     assert timing["resumed"] is True and set(timing["stage_seconds"]) == set(STAGES)
+    assert timing["finetune_recipe"] == "gan"  # the default recipe of compress and demo
+    assert json.loads((out / "finetune" / "stage.json").read_text())["recipe"] == "gan"
+    assert json.loads((out / "report.json").read_text())["finetune_recipe"] == "gan"
     assert json.loads((out / "report.json").read_text())["directions"]["AtoB"]["grid"] == "grid_AtoB.png"
 
 

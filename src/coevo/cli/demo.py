@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(pipe.out, pipe.cfg)
     minutes = (time.perf_counter() - t0) / 60
     timing = {"wall_minutes": round(minutes, 2), "resumed": bool(args.resume),
+              "finetune_recipe": pipe.cfg.finetune.mode,
               "stage_seconds": {r.name: round(r.seconds, 1) for r in pipe.results}}
     atomic_write_text(pipe.out / "demo.json", json.dumps(timing, indent=2) + "\n")
     print()
