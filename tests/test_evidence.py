@@ -176,3 +176,61 @@ def test_summary_pairs_by_seed_and_corrects_over_the_table():
     assert l1["verdict"] == "better" and l1["p_t_holm"] >= l1["p_t"]
     assert s["gan b0.05: coevo - uniform"]["verdict"] == "equivalent"  # a few hundredths either way: inside 0.15
     json.dumps(s)
+
+
+# ----------------------------------------------------------------------------- teacher
+def test_the_stopping_rule_compares_with_the_point_a_window_earlier():
+    curve = [{"step": s, "psnr": p} for s, p in ((0, 10.0), (500, 14.0), (1000, 15.0), (1500, 15.5), (2000, 15.55),
+                                                   (2500, 15.58), (3000, 15.56))]
+    assert ev.converged(curve[:5], 2000, 0.1) is None  # 15.55 against step 0's 10.0
+    assert ev.converged(curve[:6], 2000, 0.1) is None  # 15.58 against 14.0
+    assert ev.converged(curve, 2000, 0.1) is None  # 15.56 against 15.0
+    more = curve + [{"step": 3500, "psnr": 15.57}]
+    assert ev.converged(more, 2000, 0.1) == {"from_step": 1500, "to_step": 3500, "change_db": pytest.approx(0.07)}
+    assert ev.converged(curve[:1], 2000, 0.1) is None and ev.converged([], 2000, 0.1) is None
+
+
+@pytest.fixture
+def teacher_cfg(tmp_path):
+    from coevo.data.synthetic import make_synthetic_dataset
+
+    data = tmp_path / "data"
+    make_synthetic_dataset(data, size=32, n_train=8, n_test=2, seed=0, task="snow")
+    return config_from_dict({
+        "data": {"root": str(data), "synthetic": False, "load_size": 32, "crop_size": 32, "val_fraction": 0.25},
+        "model": {"ngf": 4, "n_blocks": 1, "ndf": 4, "n_layers_d": 2},
+        "train": {"log_every": 1, "pool_size": 2, "sample_every": 0},
+    })
+
+
+def test_an_interrupted_teacher_resumes_to_the_same_curve_and_weights(tmp_path, teacher_cfg, monkeypatch):
+    from coevo.models.io import safe_torch_load
+    from coevo.train.loop import CycleGANTrainer
+
+    straight = ev.converge_teacher(teacher_cfg, tmp_path / "straight", window=100, cap=6, eval_every=2)
+    assert straight["status"] == "done" and not straight["converged"] and straight["stopped_by"] == "cap"
+    assert [p["step"] for p in straight["curve"]] == [0, 2, 4, 6] and straight["steps"] == 6
+    assert (tmp_path / "straight" / "convergence.png").is_file()
+
+    real = CycleGANTrainer.run_epoch
+    calls = {"n": 0}
+
+    def interrupted(self, dataset, epoch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, dataset, epoch)
+
+    monkeypatch.setattr(CycleGANTrainer, "run_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ev.converge_teacher(teacher_cfg, tmp_path / "resumed", window=100, cap=6, eval_every=2)
+    monkeypatch.setattr(CycleGANTrainer, "run_epoch", real)
+    resumed = ev.converge_teacher(teacher_cfg, tmp_path / "resumed", window=100, cap=6, eval_every=2)
+    assert resumed["curve"] == straight["curve"]
+    for name in ("G_A.pt", "G_B.pt", "D_A.pt", "D_B.pt"):
+        a = safe_torch_load(tmp_path / "straight" / name)["state_dict"]
+        b = safe_torch_load(tmp_path / "resumed" / name)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    # finished: read back, not trained again
+    monkeypatch.setattr(CycleGANTrainer, "run_epoch", lambda *a: pytest.fail("trained a finished teacher again"))
+    assert ev.converge_teacher(teacher_cfg, tmp_path / "resumed", window=100, cap=6, eval_every=2) == resumed
