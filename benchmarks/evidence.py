@@ -297,8 +297,8 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
             "metric": "mean over both directions of PSNR (dB) to the true translation of the held-out training "
                       f"images ({len(val['A'])} + {len(val['B'])}, data.val_fraction={cfg.data.val_fraction})",
             "schedule": f"constant learning rate {cfg.train.lr}, batch {cfg.train.batch_size}"}
-    if not curve:
-        curve.append({"step": 0, **_val_psnr(nets, val, gt)})
+    if not curve or curve[-1]["step"] < trainer.global_step:  # a stop between checkpoint and curve
+        curve.append({"step": trainer.global_step, **_val_psnr(nets, val, gt)})
     stop = converged(curve, window, tol_db)
     t0 = time.perf_counter()
     while stop is None and trainer.global_step < cap:
