@@ -338,7 +338,7 @@ def plot_curve(record: Mapping, path: Path) -> Path:
     ax.set_xlabel("training step")
     ax.set_ylabel("held-out training PSNR (dB)")
     ax.set_title(f"teacher: {'converged' if record['converged'] else 'capped'} at {record['steps']} steps "
-                 f"(<{r['tol_db']} dB over {r['window_steps']})", fontsize=9)
+                 f"(rule: change < {r['tol_db']} dB over {r['window_steps']} steps)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
