@@ -143,6 +143,9 @@ def distil(net: ResnetGenerator, inputs: torch.Tensor, target: torch.Tensor, ste
 def candidate_output(ctx: SearchContext, direction: str, genome: Genome) -> torch.Tensor:
     """The candidate's translation of the evaluation batch, NCHW in [-1, 1], float32.
 
+    The slim network is cut from the direction's :attr:`~coevo.search.context.DirectionContext.source`:
+    the teacher, or the supernet with ``search.fitness=supernet``.
+
     With ``ctx.trained_steps`` (``search.fitness=trained``) the slim network is first
     distilled towards the teacher from its inherited weights (:func:`distil`).
     """

@@ -324,7 +324,7 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
         if world > 1:
             distributed.check_same(_digest(nets), f"the supernet weights after step {step}")
         distributed.on_main(atomic_torch_save, {
-            "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed,
+            "format": CHECKPOINT_FORMAT, "step": step, "elapsed": elapsed, "arch": arch.to_dict(),
             "weights": {d: nets[d].generator.state_dict() for d in DIRECTIONS},
             "optim": {d: optims[d].state_dict() for d in DIRECTIONS}}, run / "checkpoint.pt")
 
