@@ -140,7 +140,7 @@ def test_supernet_training_resumes_bit_identically(env, tmp_path):
                            load_generator(whole / "G_A.pt").model[1].weight)
 
 
-def test_search_on_the_supernet_scores_its_weights_and_is_deterministic(env, tmp_path):
+def test_search_on_the_supernet_scores_its_weights_and_is_deterministic(env, tmp_path, caplog):
     cfg = make_cfg(env, fitness="supernet")
     ctx = build_context(cfg, resolve_teacher(env["teacher"]), env["supernet"])
     weights = load_generator(env["supernet"] / "G_A.pt")
@@ -156,6 +156,13 @@ def test_search_on_the_supernet_scores_its_weights_and_is_deterministic(env, tmp
     proxy = run_search(make_cfg(env), tmp_path / "p", teacher=env["teacher"], progress=False)
     assert proxy.summary["supernet"] is None
     assert strip(tmp_path / "p")[0]["G_A"]["best"] != strip(tmp_path / "a")[0]["G_A"]["best"]
+    # a supernet trained for another budget still serves, with a warning
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="coevo.search.supernet"):
+        build_context(make_cfg(env, fitness="supernet", macs_ratio=0.5), resolve_teacher(env["teacher"]),
+                      env["supernet"])
+    assert "search.macs_ratio 0.3 -> 0.5" in caplog.text
     # resuming a finished search finds its supernet without being told
     again = run_search(cfg, tmp_path / "a", resume=True, progress=False)
     assert again.best == a.best

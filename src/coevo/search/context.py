@@ -356,9 +356,10 @@ def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = N
                              cfg.search.min_channels)
     weights = None
     if cfg.search.fitness == "supernet" and supernet is not None:
-        from .supernet import load_supernet
+        from .supernet import load_supernet, warn_if_trained_for_other_masks
 
         weights = load_supernet(supernet, teacher, {"G_A": G_A, "G_B": G_B})
+        warn_if_trained_for_other_masks(supernet, cfg.search)
     x_A, x_B = eval_batch(cfg)
     return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device, latency=latency, weights=weights,
                         supernet=None if supernet is None else str(Path(supernet).resolve()))

@@ -88,6 +88,18 @@ def load_supernet(folder: PathLike, teacher: TeacherPaths,
     return nets
 
 
+def warn_if_trained_for_other_masks(folder: PathLike, search_cfg) -> None:
+    """Log a warning when the supernet sampled its masks for other search settings (budget, repair, layout)
+    than ``search_cfg``: its weights still serve every mask, but were tuned for other sub-networks."""
+    sampled = read_supernet_record(folder).get("sampler") or {}
+    differ = [f"search.{k} {v!r} -> {getattr(search_cfg, k)!r}" for k, v in sampled.items()
+              if hasattr(search_cfg, k) and getattr(search_cfg, k) != v and k != "eval_size"]
+    if differ:
+        log.warning("the supernet in %s was trained on masks for other search settings (%s); it was tuned for "
+                    "other sub-networks than this search explores: train one with these settings for the best "
+                    "ranking", folder, ", ".join(differ))
+
+
 def write_weights_record(search_dir: PathLike, supernet: PathLike) -> Path:
     """Record in a search folder that its candidates took their weights from ``supernet``."""
     folder = Path(supernet).resolve()
