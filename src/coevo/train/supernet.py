@@ -25,6 +25,11 @@ Randomness: the images, flips and masks of step ``t`` come from generators seede
 RNG), so a resumed run draws what an uninterrupted one draws, and the checkpoint (weights, Adam
 states, step) makes it bit-identical at a fixed thread count.
 
+Under torchrun every rank trains: the step's masks are dealt out to the ranks (rank r takes masks
+r, r + N, ...), each scales its part of the mean loss, and the gradients are averaged in one
+all-reduce, so every rank takes the same optimiser step (equal to one process's up to float
+rounding); rank 0 alone writes, and the weights' digest is compared at every checkpoint.
+
 ``RUN_DIR``::
 
     config.yaml, inputs.json, data.json, teacher.json
