@@ -127,7 +127,8 @@ def test_supernet_training_resumes_bit_identically(env, tmp_path):
     timeless = lambda path: {k: v for k, v in safe_torch_load(path).items() if k != "elapsed"}  # wall clock
     assert_same_tree(timeless(stopped / "checkpoint.pt"), timeless(whole / "checkpoint.pt"))
     for d in DIRECTIONS:
-        assert_same_tree(load_generator(stopped / f"{d}.pt").state_dict(), load_generator(whole / f"{d}.pt").state_dict())
+        assert_same_tree(load_generator(stopped / f"{d}.pt").state_dict(),
+                         load_generator(whole / f"{d}.pt").state_dict())
     assert read_jsonl(stopped / "log.jsonl") == read_jsonl(whole / "log.jsonl")
     record = json.loads((whole / "supernet.json").read_text())
     assert record["steps"] == 4 and record["masks_per_step"] == 3 and record["teacher_outputs_cached"]

@@ -186,7 +186,8 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
             cfg.search.eval_size = eval_size_for(cfg, paths)
             if resume and saved.is_file():
                 _check_same_settings(run_dir, load_config(saved), cfg)
-            built["ctx"] = build_context(cfg, paths, weights_from)  # budget and metric errors come before any evaluation
+            # budget and metric errors come before any evaluation
+            built["ctx"] = build_context(cfg, paths, weights_from)
             _log_cost(built["ctx"], cfg)
             point = _restore_point(run_dir, cfg, resume)  # before config.yaml is rewritten: it may refuse
             write_inputs(run_dir, inputs_record(cfg, files))

@@ -65,7 +65,7 @@ from ..errors import CheckpointError
 from ..models import ResnetGenerator, save_generator
 from ..models.io import safe_torch_load
 from ..models.teacher import TeacherPaths, check_generator_pair, resolve_teacher
-from ..prune import Genome, filter_importance, layout_names, repair_to_budget
+from ..prune import Genome, filter_importance, repair_to_budget
 from ..prune.groups import conv_group_map
 from ..search.context import (
     MACS_CONVENTION, MACS_SIZE, Budget, check_budget, check_latency_budget, eval_size_for, latency_table_for,
@@ -415,7 +415,8 @@ def _digest(nets: Dict[str, SupernetGenerator]) -> str:
 
 
 @torch.no_grad()
-def _held_l1(nets: Dict[str, SupernetGenerator], data: DistillData, sampler: MaskSampler) -> Dict[str, Dict[str, float]]:
+def _held_l1(nets: Dict[str, SupernetGenerator], data: DistillData,
+             sampler: MaskSampler) -> Dict[str, Dict[str, float]]:
     """L1 to the teacher of the full network and the step-0 budget mask on a fixed batch (a sanity figure)."""
     out = {}
     for d in DIRECTIONS:
