@@ -7,14 +7,13 @@ import time
 from pathlib import Path
 
 from .common import add_data_arg, add_log_arg, job_config
+from ..errors import ConfigError
 
 
 def default_demo_config() -> Path:
     """configs/demo.yaml of the source tree (coevo is installed editable from a clone)."""
     repo = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
     if not repo.exists():
-        from ..errors import ConfigError
-
         raise ConfigError(f"{repo} not found; run the demo from a clone of coevo or pass --config FILE")
     return repo
 

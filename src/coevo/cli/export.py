@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from ..config import ExportConfig
+from ..errors import ConfigError
 
 # A fine-tune run holds the compressed pair under these names.
 RUN_GENERATORS = ("G_A", "G_B")
@@ -156,7 +157,6 @@ _FLAGS = {"export.check_size": "--check-size", "export.opset": "--opset",
 def _check_options(options) -> None:
     """The options (an ExportOptions) by the rules of the config keys they stand for, and the target against
     this machine."""
-    from ..errors import ConfigError
     from ..config import check_export_target, validate_section
 
     section = ExportConfig(formats=list(options.formats), check_size=options.check_size, opset=options.opset,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_from_args
 from .common import add_data_arg, add_log_arg, apply_restart, job_config, job_overrides
+from ..errors import ConfigError
 
 
 def add_parser(sub) -> None:
@@ -40,7 +41,6 @@ def add_parser(sub) -> None:
 
 def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
     """``--teacher ... --genome-a A.json --genome-b B.json``: any pair, fine-tuned by the one recipe."""
-    from ..errors import ConfigError
     from ..prune import Genome
     from ..train.finetune import finetune_genomes
 
@@ -59,7 +59,6 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..core.runs import undo_unstarted_run
     from ..train.finetune import finetune
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from ..errors import ConfigError
 
 
 def add_parser(sub):
@@ -57,8 +58,6 @@ def run(args) -> int:
     if args.keep_ratio is not None and (args.method != "l1" or not 0.0 < args.keep_ratio <= 1.0):
         return _fail("--keep-ratio needs --method l1 and a value in (0, 1]")
     from ..core.limits import check_image_side
-    from ..errors import ConfigError
-
     try:
         check_image_side(args.size, "--size")
     except ConfigError as e:

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from .common import add_data_arg, add_log_arg, apply_restart, job_config
+from ..errors import ConfigError
 
 
 def add_parser(sub) -> None:
@@ -27,7 +28,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
     from ..core.runs import undo_unstarted_run
     from ..train.teacher import train_teacher
 

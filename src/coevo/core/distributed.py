@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import CoevoError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,6 @@ def is_main() -> bool:
 
 def check_launch_device(device: str) -> None:
     """ConfigError for a device that cannot serve every process of this launch."""
-    from ..errors import ConfigError
-
     here = launch()
     dev = torch.device(device)
     if here.world_size <= 1 or dev.type != "cuda":

@@ -14,10 +14,9 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
-
-from ..errors import ConfigError
 from ..config import Config, config_to_dict, diff_configs, load_config
 from .files import atomic_write_text
+from ..errors import ConfigError
 
 RECORD_NAME = "inputs.json"
 _CHUNK = 1 << 20

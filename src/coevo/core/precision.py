@@ -12,6 +12,7 @@ import contextlib
 from typing import ContextManager
 
 import torch
+from ..errors import ConfigError
 
 AMP_MODES = ("none", "bf16")
 
@@ -20,8 +21,6 @@ def autocast(device: str | torch.device, amp: str) -> ContextManager:
     """The autocast context for ``amp`` on ``device`` (a no-op for ``none``)."""
     if amp == "none":
         return contextlib.nullcontext()
-    from ..errors import ConfigError
-
     device = torch.device(device)
     if amp != "bf16":
         raise ConfigError(f"amp must be one of {list(AMP_MODES)}, got {amp!r}")

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Dict, Generic, Iterator, MutableMapping, Optional, Tuple, Type, TypeVar
-
 from ..errors import ConfigError
-
 T = TypeVar("T")
 
 

@@ -24,6 +24,7 @@ from . import distributed
 from ..errors import CoevoError
 from .files import RUN_MARKER, atomic_write_text, is_orphan_temp, remove_orphan_temps, remove_owned
 from .outputs import Inputs, check_outputs_apart, describe_foreign, foreign_entries, foreign_in_entry
+from ..errors import ConfigError
 
 
 
@@ -312,8 +313,6 @@ def apply_threads(threads: Optional[int]) -> None:
     from .limits import MAX_THREADS
 
     if threads < 0 or threads > MAX_THREADS:
-        from ..errors import ConfigError
-
         raise ConfigError(f"threads must be >= 1 (or 0 for torch's default) and at most {MAX_THREADS}, got {threads}")
     already = torch.get_num_threads() == int(threads)
     torch.set_num_threads(int(threads))

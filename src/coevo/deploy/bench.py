@@ -42,6 +42,7 @@ from .backends import (  # noqa: F401  (BACKENDS, native_backend: public here to
 from ..errors import CoevoError
 from ..core.files import PathLike, atomic_save_figure, atomic_write_text
 from .timing import cuda_event_ms, machine_info, rotating_rounds, wall_ms  # noqa: F401  (machine_info: public here too)
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,6 @@ class BenchError(CoevoError, RuntimeError):
 
 def check_settings(size: int, batch: int, warmup: int, repeats: int, backends: Sequence[str] = ("eager",)) -> None:
     """Raise :class:`coevo.config.ConfigError` naming the first benchmark setting that cannot work."""
-    from ..errors import ConfigError
     from ..core.limits import MAX_BENCH_BATCH, MIN_SIZE, check_image_side
 
     unknown = [b for b in backends if b not in REGISTRY]

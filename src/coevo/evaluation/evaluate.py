@@ -33,6 +33,7 @@ from ..core.guards import check_finite
 from ..data.errors import DataError
 from .metrics import extract_features, fid_kid_from_features, inception_extractor, psnr, ssim
 from ..core.files import atomic_write_text
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,6 @@ def check_request(data_root: PathLike, direction: str = "AtoB", size: Optional[i
     (FID on, a teacher given) to also refuse a request that would measure nothing (no ground truth
     either): the CLI's empty table; the library returns the image count even then."""
     data_root = Path(data_root)
-    from ..errors import ConfigError
     from ..core.limits import check_image_side
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

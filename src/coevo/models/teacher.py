@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from ..errors import CheckpointError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ def resolve_teacher(folder: Optional[str | Path] = None, g_ab: Optional[str | Pa
     as ResNet generators and share one architecture (:func:`check_generator_pair`).
     Raises :class:`~coevo.config.ConfigError` for a wrong combination of arguments.
     """
-    from ..errors import ConfigError
-
     if folder is not None and (g_ab is not None or g_ba is not None):
         raise ConfigError("give the teacher either as a folder (--teacher) or as two generator files "
                           "(--teacher-ab with --teacher-ba), not both")

@@ -30,6 +30,7 @@ from ..models.teacher import TeacherPaths
 from ..evaluation.perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
 from ..core.limits import image_side_ok, image_side_rule
 from ..core.precision import autocast
+from ..errors import ConfigError
 from ..prune import BudgetError, count_macs, filter_importance, min_macs, teacher_budget
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     """
     s = search_cfg
     if getattr(s, "fitness", "proxy") == "supernet" and weights is None:
-        raise _config_error("search.fitness=supernet needs a supernet: train one with `coevo supernet --teacher T "
+        raise ConfigError("search.fitness=supernet needs a supernet: train one with `coevo supernet --teacher T "
                             "--out DIR` and give it to the search (--supernet DIR), or run `coevo compress`")
     if G_A.arch.to_dict() != G_B.arch.to_dict():
         from ..errors import CheckpointError
@@ -207,8 +208,6 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     elif s.compute == "reward":
         budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
     else:
-        from ..errors import ConfigError
-
         raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
     device = torch.device(device)
     amp = getattr(s, "amp", "none")
@@ -303,12 +302,6 @@ def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
     return tuple(None if n is None else n.to(device).eval() for n in nets)
 
 
-def _config_error(message: str):
-    from ..errors import ConfigError
-
-    return ConfigError(message)
-
-
 def teacher_image_size(paths: TeacherPaths) -> Optional[int]:
     """The image size a coevo teacher run trained at (its summary.json), None when unknown."""
     summary = Path(paths.G_A).parent / "summary.json"
@@ -326,7 +319,7 @@ def eval_size_for(cfg, paths: TeacherPaths) -> int:
         return int(cfg.search.eval_size)
     size = teacher_image_size(paths) or int(cfg.data.crop_size)
     if not image_side_ok(size):
-        raise _config_error(f"the search would evaluate at {size}x{size}, which the generator cannot run: "
+        raise ConfigError(f"the search would evaluate at {size}x{size}, which the generator cannot run: "
                             f"set search.eval_size to {image_side_rule()}")
     return size
 

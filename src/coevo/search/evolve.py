@@ -32,6 +32,7 @@ from .fitness import Evaluator, FitnessTerms, Objective
 from .operators import Breeder
 from .population import Candidate, Population, Repairer, initial_population
 from .state import PopulationState, SearchState
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +237,6 @@ class CoevolutionSearch:
     def restore(self, state: SearchState, history: Optional[List[Dict]] = None) -> None:
         """Continue from ``state`` (and the history lines written up to it)."""
         if state.tied != bool(self.cfg.tied):
-            from ..errors import ConfigError
-
             raise ConfigError("search.tied differs from the run being resumed; it cannot change mid-search")
         self.rng.bit_generator.state = state.rng_state
         self.populations = {}

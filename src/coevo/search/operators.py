@@ -17,6 +17,7 @@ from typing import List, Tuple, Type
 import numpy as np
 
 from ..core.registry import Registry
+from ..errors import ConfigError
 
 Bits = np.ndarray  # 1-D bool
 
@@ -178,8 +179,6 @@ class Breeder:
     def __post_init__(self) -> None:
         p = np.array([self.p_copy, self.p_crossover, self.p_mutation], dtype=np.float64)
         if (p < 0).any() or p.sum() <= 0:
-            from ..errors import ConfigError
-
             raise ConfigError(
                 "search.copy_prob, crossover_prob and mutation_prob must be >= 0 and not all zero, "
                 f"got {p.tolist()}"

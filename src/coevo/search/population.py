@@ -10,6 +10,7 @@ from ..models import GeneratorArch
 from ..prune import Genome, repair_to_budget
 from .context import MACS_CONVENTION, MACS_SIZE, Budget
 from .fitness import FitnessTerms
+from ..errors import ConfigError
 
 
 @dataclass
@@ -71,8 +72,6 @@ class Repairer:
                  channel_multiple: int = 1, mode: str = "importance",
                  importance: Optional[Dict[str, np.ndarray]] = None) -> None:
         if mode not in ("importance", "random"):
-            from ..errors import ConfigError
-
             raise ConfigError(f"search.repair must be 'importance' or 'random', got {mode!r}")
         if mode == "importance" and importance is None:
             raise ValueError("importance repair needs the filter importance scores")

@@ -55,6 +55,7 @@ from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
 from .evolve import CoevolutionSearch, check_search_config
 from .supernet import recorded_supernet, supernet_files, write_weights_record
 from .state import SearchState, load_state, save_state
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,6 @@ def run_search(cfg: Config, out: str | Path, teacher: Optional[str | Path | Teac
     built = {}  # rank 0's context, built (and checked) before anything else runs
 
     if supernet is not None and cfg.search.fitness != "supernet":
-        from ..errors import ConfigError
-
         raise ConfigError(f"a supernet is given but search.fitness is {cfg.search.fitness}; set "
                           "search.fitness=supernet to score candidates with it, or drop --supernet")
 

@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Sequence
 
 import torch
-
-from ..errors import ConfigError
 from ..config import Config, diff_configs, dump_config, load_config
 from ..data import UnpairedImageDataset, ensure_data_root
 from ..data.prepare import run_data
@@ -15,6 +13,7 @@ from ..core.inputs import check_config_file, check_same_inputs, inputs_record, w
 from ..core.runlock import check_not_running, lock_run_dir
 from ..core.outputs import Inputs, check_outputs_apart, data_input
 from ..core.runs import prepare_run_dir
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Optional
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,6 @@ FOLDER = "tensorboard"
 
 def check_available(kind: str) -> None:
     """ConfigError unless ``kind`` is a known logger whose package is installed."""
-    from ..errors import ConfigError
-
     if kind not in LOGGERS:
         raise ConfigError(f"log must be one of {', '.join(LOGGERS)}, got {kind!r}")
     if kind == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
