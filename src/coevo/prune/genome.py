@@ -23,7 +23,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..models.family import arch_from_dict, arch_group_names
 from ..models.generator import GeneratorArch, group_names
+from ..models.unet import UnetArch
 from ..core.files import PathLike, atomic_write_text, regular_file
 from ..errors import CoevoError
 
@@ -39,15 +41,18 @@ def _is_inner(name: str) -> bool:
     return name.endswith(".inner")
 
 
-def layout_names(n_blocks: int, tied: bool = False) -> List[str]:
-    """Groups that own bits in :meth:`Genome.to_bits`, in order (tied mode leaves out the inner groups)."""
-    return [n for n in group_names(n_blocks) if not (tied and _is_inner(n))]
+def layout_names(n_blocks, tied: bool = False) -> List[str]:
+    """Groups that own bits in :meth:`Genome.to_bits`, in order (tied mode leaves out the inner groups).
+
+    ``n_blocks``: a ResNet's block count, or an architecture of either family."""
+    names = group_names(n_blocks) if isinstance(n_blocks, int) else arch_group_names(n_blocks)
+    return [n for n in names if not (tied and _is_inner(n))]
 
 
 def bit_layout(arch: GeneratorArch, tied: bool = False) -> Dict[str, slice]:
     """``{group: slice of the bit string}`` for :meth:`Genome.to_bits` / :meth:`Genome.from_bits`."""
     out, start = {}, 0
-    for name in layout_names(arch.n_blocks, tied):
+    for name in layout_names(arch, tied):
         out[name] = slice(start, start + arch.widths[name])
         start += arch.widths[name]
     return out
@@ -95,13 +100,12 @@ class Genome:
         if not isinstance(masks, Mapping):
             raise GenomeError(f"masks must be a mapping of group name -> bool array, got {type(masks).__name__}")
         arch = self.arch
-        names = group_names(arch.n_blocks)
+        names = arch_group_names(arch)
         unknown = [k for k in masks if k not in arch.widths]
         if unknown:
-            raise GenomeError(
-                f"unknown channel group(s) {unknown} for a {arch.n_blocks}-block generator; "
-                f"the groups are {names}"
-            )
+            raise GenomeError(f"unknown channel group(s) {unknown} for {_family(arch)}; the groups are {names}")
+        if self.tied and isinstance(arch, UnetArch):
+            raise GenomeError("a U-Net has no tied layout (no residual blocks); use tied=False")
         if self.tied:
             bad = [n for n in names if _is_inner(n) and arch.widths[n] != arch.widths["trunk"]]
             if bad:
@@ -109,7 +113,7 @@ class Genome:
                     f"tied mode needs every inner group as wide as the trunk ({arch.widths['trunk']}); "
                     f"{bad} differ. Use tied=False for this architecture"
                 )
-        required = layout_names(arch.n_blocks, self.tied)
+        required = layout_names(arch, self.tied)
         missing = [n for n in required if n not in masks]
         if missing:
             raise GenomeError(f"missing channel group(s) {missing}; a genome needs a mask for each of {required}")
@@ -141,8 +145,7 @@ class Genome:
         for name, indices in kept.items():
             if name not in arch.widths:
                 raise GenomeError(
-                    f"unknown channel group '{name}' for a {arch.n_blocks}-block generator; "
-                    f"the groups are {group_names(arch.n_blocks)}"
+                    f"unknown channel group '{name}' for {_family(arch)}; the groups are {arch_group_names(arch)}"
                 )
             masks[name] = _indices_to_mask(name, indices, arch.widths[name])
         genome = cls(arch, masks, tied=tied, meta=dict(meta or {}))
@@ -184,11 +187,11 @@ class Genome:
 
     @property
     def n_bits(self) -> int:
-        return sum(self.arch.widths[n] for n in layout_names(self.arch.n_blocks, self.tied))
+        return sum(self.arch.widths[n] for n in layout_names(self.arch, self.tied))
 
     def to_bits(self) -> np.ndarray:
         """All layout masks concatenated in group order (bool, length :attr:`n_bits`)."""
-        return np.concatenate([self.masks[n] for n in layout_names(self.arch.n_blocks, self.tied)])
+        return np.concatenate([self.masks[n] for n in layout_names(self.arch, self.tied)])
 
     def key(self) -> bytes:
         """Hashable cache key: equal masks give equal keys (the same slim network)."""
@@ -227,7 +230,7 @@ class Genome:
 
     def __repr__(self) -> str:
         return (
-            f"Genome(ngf={self.arch.ngf}, n_blocks={self.arch.n_blocks}, tied={self.tied}, "
+            f"Genome(ngf={self.arch.ngf}, {_family_size(self.arch)}, tied={self.tied}, "
             f"widths={self.widths()})"
         )
 
@@ -256,7 +259,7 @@ class Genome:
             if key not in d:
                 raise GenomeError(f"genome has no '{key}' entry")
         try:
-            arch = GeneratorArch.from_dict(d["arch"])
+            arch = arch_from_dict(d["arch"])
         except (KeyError, TypeError, ValueError) as e:
             raise GenomeError(f"genome architecture is invalid: {e}") from e
         return cls.from_kept(arch, d["kept"], tied=bool(d.get("tied", False)), meta=d.get("meta") or {})
@@ -282,6 +285,14 @@ class Genome:
             return cls.from_dict(data)
         except GenomeError as e:
             raise GenomeError(f"{path}: {e}") from e
+
+
+def _family(arch) -> str:
+    return f"a {arch.num_downs}-level U-Net" if isinstance(arch, UnetArch) else f"a {arch.n_blocks}-block generator"
+
+
+def _family_size(arch) -> str:
+    return f"num_downs={arch.num_downs}" if isinstance(arch, UnetArch) else f"n_blocks={arch.n_blocks}"
 
 
 def _indices_to_mask(name: str, indices: Sequence[int], size: int) -> np.ndarray:

@@ -13,6 +13,9 @@ second conv, so they are free. ``tests/test_prune_groups.py`` checks this
 declaration against the network's real data flow.
 
 The final conv to RGB (``head``) is never pruned: its outputs are the image.
+
+A U-Net (:mod:`coevo.models.unet`) has one group per conv output (``down{i}``, ``up{i}``);
+an up-conv reads a concatenation, so it consumes two groups (:func:`conv_inputs`).
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
+from ..models.family import arch_convs, arch_group_names
 from ..models.generator import GeneratorArch, group_names
 from ..models.topology import group_wiring, resnet_convs
+from ..models.unet import UnetArch
 
 
 @dataclass
@@ -46,6 +51,15 @@ class ChannelGroup:
 
 def channel_groups(arch: GeneratorArch) -> List[ChannelGroup]:
     """The prunable channel groups of ``arch`` in :func:`coevo.models.group_names` order."""
+    if isinstance(arch, UnetArch):
+        wiring = {g: ([], []) for g in arch_group_names(arch)}
+        for conv in arch_convs(arch):
+            if conv.output is not None:
+                wiring[conv.output][0].append(conv.name)
+            for g in conv.inputs:
+                if g is not None:
+                    wiring[g][1].append(conv.name)
+        return [ChannelGroup(g, arch.widths[g], p, c) for g, (p, c) in wiring.items()]
     return [
         ChannelGroup(name, arch.widths[name], list(producers), list(consumers))
         for name, (producers, consumers) in _wiring(arch.n_blocks).items()
@@ -53,7 +67,10 @@ def channel_groups(arch: GeneratorArch) -> List[ChannelGroup]:
 
 
 def conv_names(n_blocks: int) -> List[str]:
-    """Conv names in data-flow order, as :meth:`ResnetGenerator.named_convs` yields them."""
+    """Conv names in data-flow order, as :meth:`ResnetGenerator.named_convs` yields them
+    (an architecture instead of ``n_blocks``: as its family's generator yields them)."""
+    if not isinstance(n_blocks, int):
+        return [conv.name for conv in arch_convs(n_blocks)]
     return [spec.name for spec in resnet_convs(n_blocks)]
 
 
@@ -61,8 +78,17 @@ def conv_group_map(arch: GeneratorArch) -> Dict[str, Tuple[Optional[str], Option
     """``{conv name: (input group, output group)}`` in data-flow order.
 
     ``None`` marks the image side (the stem's input, the head's output): never pruned.
+    A conv reading a concatenation (a U-Net up-conv) has a tuple of input groups.
     """
+    if isinstance(arch, UnetArch):
+        return {n: (ins if len(ins) > 1 else ins[0], out) for n, (ins, out) in conv_inputs(arch).items()}
     return dict(conv_io(arch.n_blocks))
+
+
+def conv_inputs(arch) -> Dict[str, Tuple[Tuple[Optional[str], ...], Optional[str]]]:
+    """``{conv name: (input groups, output group)}`` for either family: the input-channel index
+    space of a conv is its input groups side by side, in this order."""
+    return {conv.name: (conv.inputs, conv.output) for conv in arch_convs(arch)}
 
 
 @lru_cache(maxsize=64)

@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..models.generator import GeneratorArch, group_names
+from ..models.generator import GeneratorArch
 from ..models.topology import resnet_convs
+from ..models.family import arch_group_names, convs_of_layout
+from ..models.unet import UnetArch, unet_convs
 from .groups import conv_io
 from ..errors import CoevoError
 
@@ -90,12 +92,43 @@ def mac_terms(n_blocks: int, height: int, width: int, convention: str) -> Tuple[
     return tuple(terms)
 
 
-def macs_from_widths(widths: Mapping[str, int], n_blocks: int, height: int, width: int,
+@lru_cache(maxsize=1024)
+def unet_mac_terms(num_downs: int, height: int, width: int, convention: str) -> Tuple[Tuple[int, str, str], ...]:
+    """:func:`mac_terms` of a U-Net: a conv reading a concatenation gives one term per input group
+    (its MACs are linear in its input channels)."""
+    _check_convention(convention)
+    step = 2 ** num_downs
+    if height % step or width % step:
+        raise ValueError(f"a {num_downs}-level U-Net needs sides that are multiples of {step}, got {height}x{width}")
+    terms = []
+    h, w = height, width
+    for conv in convs_of_layout(("unet", num_downs)):
+        h_in, w_in = h, w
+        if conv.kind == "down":  # (n + 2*1 - 4) // 2 + 1
+            h, w = h // 2, w // 2
+        else:  # (n - 1)*2 - 2*1 + 4
+            h, w = 2 * h, 2 * w
+        pixels = h_in * w_in if (conv.kind == "up" and convention == "flopcounter") else h * w
+        for g in conv.inputs:
+            terms.append((conv.kernel * conv.kernel * pixels, g or _IMAGE_IN, conv.output or _IMAGE_OUT))
+    return tuple(terms)
+
+
+def _terms(layout, height: int, width: int, convention: str) -> Tuple[Tuple[int, str, str], ...]:
+    """MAC terms of a ResNet (``layout``: its block count) or of an architecture of either family."""
+    if isinstance(layout, UnetArch):
+        return unet_mac_terms(layout.num_downs, height, width, convention)
+    return mac_terms(layout if isinstance(layout, int) else layout.n_blocks, height, width, convention)
+
+
+def macs_from_widths(widths: Mapping[str, int], n_blocks, height: int, width: int,
                      convention: str = "published", in_channels: int = 3, out_channels: int = 3) -> int:
-    """MACs for a widths dict (group name -> filters) without building a :class:`GeneratorArch`."""
+    """MACs for a widths dict (group name -> filters) without building a :class:`GeneratorArch`.
+
+    ``n_blocks``: a ResNet's block count, or an architecture of either family (its layer table)."""
     get = widths.__getitem__
     total = 0
-    for coef, a, b in mac_terms(n_blocks, height, width, convention):
+    for coef, a, b in _terms(n_blocks, height, width, convention):
         ca = in_channels if a == _IMAGE_IN else get(a)
         cb = out_channels if b == _IMAGE_OUT else get(b)
         total += coef * ca * cb
@@ -111,19 +144,21 @@ def count_macs(arch: GeneratorArch, height: Size, width: int | None = None,
     ``FlopCounterMode``/2; 49.55G). Norms, activations, padding and additions are not counted.
     """
     h, w = hw(height, width)
-    return macs_from_widths(arch.widths, arch.n_blocks, h, w, convention, arch.in_channels, arch.out_channels)
+    return macs_from_widths(arch.widths, _layout(arch), h, w, convention, arch.in_channels, arch.out_channels)
 
 
 def macs_of_genome(genome: "Genome", height: Size, width: int | None = None, convention: str = "published") -> int:
     """MACs of the slim network a :class:`~coevo.prune.Genome` describes (see :func:`count_macs`)."""
     h, w = hw(height, width)
     a = genome.arch
-    return macs_from_widths(genome.widths(), a.n_blocks, h, w, convention, a.in_channels, a.out_channels)
+    return macs_from_widths(genome.widths(), _layout(a), h, w, convention, a.in_channels, a.out_channels)
 
 
 def count_params(arch: Union[GeneratorArch, "torch.nn.Module"]) -> int:
     """Exact parameter count of a generator architecture (conv weights and biases; the
     InstanceNorms have none), or of any network given as a module (its parameters)."""
+    if isinstance(arch, UnetArch):
+        return _unet_params(arch)
     if not isinstance(arch, GeneratorArch):
         return sum(p.numel() for p in arch.parameters())
     ext = dict(arch.widths)
@@ -135,11 +170,29 @@ def count_params(arch: Union[GeneratorArch, "torch.nn.Module"]) -> int:
     return total
 
 
+def _layout(arch):
+    return arch if isinstance(arch, UnetArch) else arch.n_blocks
+
+
+def _unet_params(arch: UnetArch) -> int:
+    """Conv weights, the biases the reference gives (every conv under instance norm, the last
+    up-conv always) and the batch norms' weight and bias."""
+    ext = {**arch.widths, None: None}
+    total = 0
+    for spec in unet_convs(arch.num_downs):
+        c_in = sum(arch.in_channels if g is None else ext[g] for g in spec.cins)
+        c_out = arch.out_channels if spec.cout is None else ext[spec.cout]
+        total += c_in * c_out * spec.kernel * spec.kernel
+        total += c_out if (arch.bias or spec.cout is None) else 0
+        total += 2 * c_out if (arch.norm == "batch" and spec.norm_index is not None) else 0
+    return total
+
+
 def min_macs(arch: GeneratorArch, size: Size, min_channels: int = 1, convention: str = "published") -> int:
     """MACs of the narrowest network allowed: every group at ``min_channels`` (or its full width if smaller)."""
     h, w = hw(size)
     widths = {n: min(int(min_channels), c) for n, c in arch.widths.items()}
-    return macs_from_widths(widths, arch.n_blocks, h, w, convention, arch.in_channels, arch.out_channels)
+    return macs_from_widths(widths, _layout(arch), h, w, convention, arch.in_channels, arch.out_channels)
 
 
 class MacTable:
@@ -150,10 +203,10 @@ class MacTable:
 
     def __init__(self, arch: GeneratorArch, size: Size, convention: str = "published") -> None:
         h, w = hw(size)
-        names = group_names(arch.n_blocks)
+        names = arch_group_names(arch)
         index = {n: i for i, n in enumerate(names)}
         index[_IMAGE_IN], index[_IMAGE_OUT] = len(names), len(names) + 1
-        terms = mac_terms(arch.n_blocks, h, w, convention)
+        terms = _terms(_layout(arch), h, w, convention)
         self.names = names
         self._a = np.array([index[a] for _, a, _ in terms])
         self._b = np.array([index[b] for _, _, b in terms])

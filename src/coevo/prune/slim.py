@@ -12,7 +12,9 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..models.family import describe_arch
 from ..models.generator import ResnetGenerator
+from ..models.unet import UnetArch, UnetGenerator
 from .genome import Genome, GenomeError
 from .groups import conv_group_map
 
@@ -26,6 +28,9 @@ def check_genome_fits(arch, genome: Genome, where: str = "this generator") -> No
     """GenomeError naming both architectures unless ``genome`` was cut from a network of ``arch``
     (same blocks, channels, widths, normalisation and padding)."""
     b = genome.arch
+    if isinstance(arch, UnetArch) or isinstance(b, UnetArch):
+        _check_unet_fits(arch, b, where)
+        return
     fields = ("n_blocks", "in_channels", "out_channels", "norm", "padding")
     if any(getattr(arch, f) != getattr(b, f) for f in fields):
         raise GenomeError(f"the genome is for {_describe(b)}, {where} is {_describe(arch)}; give a genome "
@@ -36,6 +41,47 @@ def check_genome_fits(arch, genome: Genome, where: str = "this generator") -> No
             f"the genome is for {_describe(b)}, {where} is {_describe(arch)} and its widths differ "
             f"{{group: (generator, genome)}} = {diff}; give a genome made from this network"
         )
+
+
+def _check_unet_fits(arch, b, where: str) -> None:
+    fields = ("num_downs", "in_channels", "out_channels", "norm", "dropout")
+    if type(arch) is not type(b) or any(getattr(arch, f) != getattr(b, f) for f in fields):
+        raise GenomeError(f"the genome is for {describe_arch(b)}, {where} is {describe_arch(arch)}; give a "
+                          "genome made from this network")
+    if arch.widths != b.widths:
+        diff = {n: (arch.widths[n], b.widths[n]) for n in arch.widths if arch.widths[n] != b.widths[n]}
+        raise GenomeError(f"the genome is for {describe_arch(b)}, {where} is {describe_arch(arch)} and its "
+                          f"widths differ {{group: (generator, genome)}} = {diff}; give a genome made from "
+                          "this network")
+
+
+def _kept_index(genome: Genome, groups, device) -> torch.Tensor:
+    """Kept channel indices of one group, or of a concatenation of groups (a tuple: the
+    index spaces side by side, each shifted by the widths before it)."""
+    if isinstance(groups, str):
+        return torch.as_tensor(genome.kept(groups), dtype=torch.long, device=device)
+    parts, offset = [], 0
+    for g in groups:
+        parts.append(torch.as_tensor(genome.kept(g), dtype=torch.long, device=device) + offset)
+        offset += genome.arch.widths[g]
+    return torch.cat(parts)
+
+
+def _slice_norms(old: nn.Module, new: nn.Module, genome: Genome) -> None:
+    """Copy the kept channels of every per-channel norm tensor not copied yet (a BatchNorm's
+    affine parameters and running statistics; the step counter whole)."""
+    groups = {name: g_out for name, (_, g_out) in conv_group_map(old.arch).items()}
+    new_norms = dict(new.named_norms())
+    for name, norm in old.named_norms():
+        keep = _kept_index(genome, groups[name], next(old.parameters()).device)
+        target = new_norms[name]
+        for attr, t in list(norm.named_parameters(recurse=False)) + list(norm.named_buffers(recurse=False)):
+            if t is None or not getattr(target, attr).is_meta:
+                continue
+            value = t.clone() if t.dim() == 0 else t.index_select(0, keep).contiguous()
+            if isinstance(t, nn.Parameter):
+                value = nn.Parameter(value, requires_grad=t.requires_grad)
+            setattr(target, attr, value)
 
 
 def _check_match(generator: ResnetGenerator, genome: Genome) -> None:
@@ -65,7 +111,7 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
         w, b = conv.weight, conv.bias
         for g in (g_in, g_out):
             if g is not None and g not in index:
-                index[g] = torch.as_tensor(genome.kept(g), dtype=torch.long, device=w.device)
+                index[g] = _kept_index(genome, g, w.device)
         # Conv2d weights are [out, in, k, k], ConvTranspose2d weights [in, out, k, k].
         dim_groups = (g_in, g_out) if isinstance(conv, nn.ConvTranspose2d) else (g_out, g_in)
         with torch.no_grad():
@@ -79,6 +125,8 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
             if b is not None:
                 b_new = b.clone() if g_out is None else b.index_select(0, index[g_out])
                 target.bias = nn.Parameter(b_new, requires_grad=b.requires_grad)
+    if isinstance(generator, UnetGenerator):
+        _slice_norms(generator, new, genome)
     leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
     if leftover:
         raise RuntimeError(f"slim() does not know how to copy {leftover}; update coevo.prune.slim")
@@ -107,6 +155,8 @@ class MaskedGenerator(nn.Module):
         self.generator = copy.deepcopy(generator) if copy_weights else generator
         self.genome = genome.copy()
         convs = dict(self.generator.named_convs())
+        if isinstance(self.generator, UnetGenerator):  # zeros must survive the norm: mask its output
+            convs.update(self.generator.named_group_outputs())
         ref = next(self.generator.parameters())
         for name, (_, g_out) in conv_group_map(generator.arch).items():
             if g_out is None:
