@@ -268,9 +268,11 @@ def _unsupported_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     """
     keys = set(state_dict)
     if any(k.startswith("model.model.") for k in keys):
-        return ("this is a U-Net generator (keys 'model.model.0...', the reference's --netG unet_256/unet_128); "
-                "coevo compresses the ResNet generator only (--netG resnet_9blocks/resnet_6blocks, "
-                "which CycleGAN uses)")
+        return ("this is a U-Net generator (keys 'model.model.0...', the reference's --netG unet_256/unet_128). "
+                "coevo can read its architecture and prune it from Python (coevo.models.unet.infer_unet_arch and "
+                "UnetGenerator: the reference's exact keys; coevo.prune: channel groups, genomes, slim, MAC "
+                "counts), but the search, fine-tuning, export and the command-line stages take only the ResNet "
+                "generator (--netG resnet_9blocks/resnet_6blocks, which CycleGAN uses) so far")
     dropout = sorted(k for k in keys if ".conv_block.6." in k)
     if dropout:
         return (f"this ResNet generator was trained with dropout (use_dropout=True: {dropout[0]!r} where "
