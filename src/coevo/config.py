@@ -51,6 +51,9 @@ class ModelConfig:
     n_blocks: int = 9
     ndf: int = 64
     n_layers_d: int = 3
+    # How generators run where outputs are scored (teacher and student alike): "eval", or "train" as the
+    # reference's test script without --eval (BatchNorm on batch statistics, Dropout on).
+    reference_mode: str = "eval"
 
 
 @dataclass
@@ -572,6 +575,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": LATENCY_TARGETS,
         "search.fitness": ("proxy", "trained", "supernet"),
+        "model.reference_mode": ("train", "eval"),
         "data.synthetic_task": tuple(sorted(TASKS.names())),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*sorted(PERCEPTUAL_METRICS.names()), "auto"],

@@ -55,14 +55,16 @@ def _check_direction(direction: str) -> Tuple[str, str, str]:
     return DIRECTIONS[direction]
 
 
-def _as_module(model: ModelLike, device: Union[str, torch.device]) -> nn.Module:
+def _as_module(model: ModelLike, device: Union[str, torch.device], reference_mode: str = "eval") -> nn.Module:
+    from ..models.generator import set_reference_mode
+
     if not isinstance(model, nn.Module):
         from ..models.io import load_generator
 
         model = load_generator(model)
     if str(device) != "cpu":
         model = model.to(device)
-    return model.eval()
+    return set_reference_mode(model, reference_mode)
 
 
 def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
@@ -164,7 +166,7 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
 def translation_quality(model: ModelLike, data_root: PathLike, direction: str = "AtoB",
                         teacher: Optional[ModelLike] = None, perceptual_metric: Optional[Callable] = None,
                         size: Optional[int] = None, batch_size: int = 8,
-                        device: Union[str, torch.device] = "cpu") -> Dict:
+                        device: Union[str, torch.device] = "cpu", reference_mode: str = "eval") -> Dict:
     """Cheap quality numbers, no FID: PSNR/SSIM to ground truth, L1/perceptual distance to a teacher.
 
     Args:
@@ -174,6 +176,8 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
         perceptual_metric: ``metric(x, y) -> Tensor[N]`` (see :func:`coevo.evaluation.perceptual.build_perceptual`),
             applied to (model output, teacher output); ignored without a teacher.
         size: resize inputs to ``size`` x ``size``; None keeps each image's size (rounded down to a multiple of 4).
+        reference_mode: ``"eval"`` or ``"train"`` for model and teacher alike (``model.reference_mode``;
+            see :func:`coevo.models.generator.set_reference_mode`).
 
     Returns:
         dict with ``psnr``, ``ssim`` (means over images, dB and [0, 1]), ``psnr_per_image``,
@@ -182,8 +186,8 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
         ``perceptual_to_teacher``, ``perceptual`` (the metric's name), ``n_images``, ``images``;
         None for what was not measured.
     """
-    model = _as_module(model, device)
-    teacher = None if teacher is None else _as_module(teacher, device)
+    model = _as_module(model, device, reference_mode)
+    teacher = None if teacher is None else _as_module(teacher, device, reference_mode)
     result, _ = _score(model, Path(data_root), direction, teacher, perceptual_metric, size, batch_size,
                        device, extractor=None)
     return result
@@ -231,7 +235,8 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
                        feature_extractor: Optional[nn.Module] = None, perceptual: Optional[str] = "discriminator",
                        discriminator: Optional[Union[nn.Module, PathLike]] = None, size: Optional[int] = None,
                        batch_size: int = 8, compute_fid: bool = True, kid_subset_size: Optional[int] = None,
-                       lpips_net: str = "alex", device: Union[str, torch.device] = "cpu") -> Dict:
+                       lpips_net: str = "alex", device: Union[str, torch.device] = "cpu",
+                       reference_mode: str = "eval") -> Dict:
     """Full evaluation of ``model`` translating ``test{A|B}`` of ``data_root`` (see the module docstring).
 
     Args:
@@ -245,6 +250,7 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
         size: resize inputs and reals to ``size`` x ``size``; None keeps native sizes.
         compute_fid: False skips FID/KID (no Inception weights needed).
         kid_subset_size: images per KID subset; default min(1000, n_real, n_fake).
+        reference_mode: how model and teacher run, ``"eval"`` or ``"train"`` (see :func:`translation_quality`).
 
     Returns:
         the :func:`translation_quality` dict plus ``fid``, ``kid``, ``kid_std``, ``n_real``,
@@ -265,8 +271,8 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
         else:
             extractor, fid_features = feature_extractor, f"custom ({type(feature_extractor).__name__})"
         extractor = extractor.to(device).eval()
-    model = _as_module(model, device)
-    teacher_m = None if teacher is None else _as_module(teacher, device)
+    model = _as_module(model, device, reference_mode)
+    teacher_m = None if teacher is None else _as_module(teacher, device, reference_mode)
     metric = None
     if teacher_m is not None and perceptual is not None:
         metric = _build_metric(perceptual, discriminator, direction, lpips_net, device)

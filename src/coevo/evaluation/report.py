@@ -88,6 +88,7 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
     report: Dict = {"run_dir": str(run_dir.resolve()), "machine": bench.get("machine", {}),
                     "mac_convention": "published (ConvTranspose counted per output pixel; conv MACs only)",
                     "bench_size": size, "data": _data_record(run_dir), "directions": {},
+                    "reference_mode": cfg.model.reference_mode,
                     **_teacher_use(run_dir, teacher)}
     quality_metric = _quality_metric(report["search_metric"], teacher.has_discriminators)
     for direction, g, d, in_dir, gt_dir in DIRECTIONS:
@@ -99,8 +100,11 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
             discriminator=load_discriminator(getattr(teacher, d)) if quality_metric == "discriminator" else None,
             feature_generator=(load_generator(getattr(teacher, reader))
                                if quality_metric == "teacher-features" else None))
-        q_t = translation_quality(g_t, data_root, direction, teacher=None, perceptual_metric=metric)
-        q_s = translation_quality(g_s, data_root, direction, teacher=g_t, perceptual_metric=metric)
+        mode = cfg.model.reference_mode
+        q_t = translation_quality(g_t, data_root, direction, teacher=None, perceptual_metric=metric,
+                                  reference_mode=mode)
+        q_s = translation_quality(g_s, data_root, direction, teacher=g_t, perceptual_metric=metric,
+                                  reference_mode=mode)
         macs_t = count_macs(g_t.arch, size, size)
         macs_s = count_macs(g_s.arch, size, size)
         speed = speed_summary(bench["results"], g, deployed_backend.get(g))

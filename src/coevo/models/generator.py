@@ -18,9 +18,12 @@ import torch
 from torch import nn
 
 from ..core.limits import MIN_SIZE, SIZE_MULTIPLE  # noqa: F401  (re-exported: the generator's size needs)
-from .topology import resnet_convs, unit_layers
+from .topology import NORMS, resnet_convs, unit_layers
 
 ARCH_VERSION = 1
+# How the reference's test script runs a generator: in train mode unless --eval (BatchNorm then
+# normalises with the batch's statistics and Dropout stays on), or in eval mode.
+REFERENCE_MODES = ("train", "eval")
 
 
 def group_names(n_blocks: int) -> List[str]:
@@ -46,6 +49,8 @@ class GeneratorArch:
     ``widths`` maps each channel group name (see :func:`group_names`) to its
     number of filters. ``ngf`` records the width of the original (teacher)
     network the widths were derived from; it does not change the layer shapes.
+    ``norm`` (instance | batch | none) and ``dropout`` are the reference's ``--norm`` and
+    ``--use_dropout``; both change the state_dict layout (see :mod:`coevo.models.topology`).
     """
 
     ngf: int = 64
@@ -55,6 +60,7 @@ class GeneratorArch:
     widths: Dict[str, int] = field(default_factory=dict)
     norm: str = "instance"
     padding: str = "reflect"
+    dropout: bool = False
 
     def __post_init__(self) -> None:
         if self.n_blocks < 1:
@@ -78,8 +84,12 @@ class GeneratorArch:
         if bad:
             raise ValueError(f"every channel group needs at least one filter; got {bad}")
         self.widths = {n: int(self.widths[n]) for n in expected}
-        if self.norm != "instance" or self.padding != "reflect":
-            raise ValueError("only norm='instance' and padding='reflect' are supported")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.padding != "reflect":
+            raise ValueError("only padding='reflect' is supported")
+        if not isinstance(self.dropout, bool):
+            raise ValueError(f"dropout must be true or false, got {self.dropout!r}")
 
     @classmethod
     def full(cls, ngf: int = 64, n_blocks: int = 9) -> "GeneratorArch":
@@ -90,7 +100,8 @@ class GeneratorArch:
         return self.widths == full_widths(self.ngf, self.n_blocks)
 
     def with_widths(self, widths: Mapping[str, int]) -> "GeneratorArch":
-        return GeneratorArch(self.ngf, self.n_blocks, self.in_channels, self.out_channels, dict(widths))
+        return GeneratorArch(self.ngf, self.n_blocks, self.in_channels, self.out_channels, dict(widths),
+                             norm=self.norm, padding=self.padding, dropout=self.dropout)
 
     def to_dict(self) -> dict:
         return {
@@ -103,6 +114,7 @@ class GeneratorArch:
             "widths": dict(self.widths),
             "norm": self.norm,
             "padding": self.padding,
+            "dropout": self.dropout,
         }
 
     @classmethod
@@ -122,20 +134,22 @@ class GeneratorArch:
             widths={k: int(v) for k, v in d["widths"].items()},
             norm=d.get("norm", "instance"),
             padding=d.get("padding", "reflect"),
+            dropout=d.get("dropout", False),  # absent from files written before dropout was supported
         )
 
 
 class ResnetBlock(nn.Module):
-    """Residual block: x + norm(conv(relu(norm(conv(x))))), both convs 3x3 with reflection padding.
+    """Residual block: x + norm(conv(dropout(relu(norm(conv(x)))))), both convs 3x3 with reflection padding.
 
-    ``conv_block.1`` maps trunk -> inner channels, ``conv_block.5`` inner -> trunk
+    ``conv_block.1`` maps trunk -> inner channels, ``conv_block.5`` (``.6`` with dropout) inner -> trunk
     (the layers of :func:`coevo.models.topology.resnet_convs`' ``block_in`` and ``block_out`` units).
     """
 
-    def __init__(self, trunk: int, inner: int) -> None:
+    def __init__(self, trunk: int, inner: int, norm: str = "instance", dropout: bool = False) -> None:
         super().__init__()
-        conv1, conv2 = resnet_convs(1)[3:5]
-        self.conv_block = nn.Sequential(*unit_layers(conv1, trunk, inner), *unit_layers(conv2, inner, trunk))
+        conv1, conv2 = resnet_convs(1, dropout)[3:5]
+        self.conv_block = nn.Sequential(*unit_layers(conv1, trunk, inner, norm),
+                                        *unit_layers(conv2, inner, trunk, norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv_block(x)
@@ -153,13 +167,13 @@ class ResnetGenerator(nn.Module):
         a = self.arch
         width = {**a.widths, None: None}
         layers: List[nn.Module] = []
-        for spec in resnet_convs(a.n_blocks):  # the layer table, in data-flow order
+        for spec in resnet_convs(a.n_blocks, a.dropout):  # the layer table, in data-flow order
             cin = a.in_channels if spec.cin is None else width[spec.cin]
             cout = a.out_channels if spec.cout is None else width[spec.cout]
             if spec.block is None:
-                layers += unit_layers(spec, cin, cout)
+                layers += unit_layers(spec, cin, cout, a.norm)
             elif spec.name.endswith("conv1"):
-                layers.append(ResnetBlock(width["trunk"], cout))
+                layers.append(ResnetBlock(width["trunk"], cout, a.norm, a.dropout))
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,9 +192,18 @@ class ResnetGenerator(nn.Module):
 
         Names: stem, down1, down2, block{i}.conv1, block{i}.conv2, up1, up2, head.
         """
-        for spec in resnet_convs(self.arch.n_blocks):
+        for spec in resnet_convs(self.arch.n_blocks, self.arch.dropout):
             module = self.model[spec.seq]
             yield spec.name, module if spec.sub is None else module.conv_block[spec.sub]
+
+    def named_norms(self) -> Iterator[Tuple[str, nn.Module]]:
+        """(conv name, the norm layer right after it) for every conv followed by one (all but the head):
+        InstanceNorm2d, BatchNorm2d or, for ``norm='none'``, the Identity in its place."""
+        for spec in resnet_convs(self.arch.n_blocks, self.arch.dropout):
+            if spec.tail == "tanh":
+                continue
+            module = self.model[spec.seq]
+            yield spec.name, self.model[spec.seq + 1] if spec.sub is None else module.conv_block[spec.sub + 1]
 
     def features(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
         """Encoder activations of ``x`` (NCHW, [-1, 1]), one per name in ``layers``, in that order.
@@ -207,6 +230,23 @@ class ResnetGenerator(nn.Module):
         return [out[n] for n in layers]
 
 
+def set_reference_mode(model: nn.Module, mode: str = "eval") -> nn.Module:
+    """``model`` switched to the reference's test-time behaviour ``mode`` (see :data:`REFERENCE_MODES`), in place.
+
+    ``"train"`` puts it in train mode but stops its BatchNorms from updating their running statistics:
+    evaluating must not change the weights a later eval-mode use or a saved file sees. Without batch
+    norm or dropout both modes give the same output.
+    """
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"reference mode must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
+    model.train(mode == "train")
+    if mode == "train":
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.track_running_stats = False  # with the buffers kept, eval mode still reads them
+    return model
+
+
 def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GeneratorArch:
     """Recover a :class:`GeneratorArch` from the shapes in a (reference or coevo) state_dict.
 
@@ -221,6 +261,11 @@ def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Genera
     block_ids = sorted(
         {int(k.split(".")[1]) for k in keys if k.startswith("model.") and ".conv_block." in k}
     )
+    first = f"model.{block_ids[0]}.conv_block" if block_ids else ""
+    # the block's second conv: conv_block.5, or conv_block.6 behind a Dropout (a 4-D weight either way;
+    # without dropout conv_block.6 is the second norm, whose BatchNorm weight is 1-D)
+    w6 = state_dict.get(f"{first}.6.weight")
+    dropout = f"{first}.5.weight" not in keys and isinstance(w6, torch.Tensor) and w6.dim() == 4
     if "model.1.weight" not in keys or not block_ids:
         raise ValueError(
             "this state_dict is not a CycleGAN ResnetGenerator: expected keys 'model.1.weight' and "
@@ -230,7 +275,8 @@ def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Genera
     if block_ids != list(range(10, 10 + len(block_ids))):
         raise ValueError(f"unexpected residual block indices {block_ids}; expected 10, 11, ...")
     nb = len(block_ids)
-    specs = resnet_convs(nb)
+    specs = resnet_convs(nb, dropout)
+    norm = _infer_norm(state_dict, specs[0])
     missing = [f"{s.key}.weight" for s in specs if f"{s.key}.weight" not in keys]
     if missing:
         raise ValueError(f"this state_dict lacks {', '.join(repr(k) for k in missing[:3])} of a {nb}-block "
@@ -249,7 +295,24 @@ def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Genera
         in_channels=int(stem.shape[1]),
         out_channels=int(head.shape[0]),
         widths={k: int(v) for k, v in widths.items()},
+        norm=norm,
+        dropout=dropout,
     )
+
+
+def _infer_norm(state_dict: Mapping[str, torch.Tensor], stem) -> str:
+    """The reference's ``--norm`` from the stem's keys: BatchNorm has an affine weight after the conv;
+    InstanceNorm has none but its conv has a bias (running stats alone are an InstanceNorm of a torch
+    before 0.4, whose loader drops them); with neither, the Identity of ``--norm none``."""
+    norm_key = f"model.{stem.seq + 1}"
+    if f"{norm_key}.weight" in state_dict:
+        return "batch"
+    if f"{stem.key}.bias" in state_dict:
+        return "instance"
+    if f"{norm_key}.running_mean" in state_dict:
+        raise ValueError(f"{norm_key!r} has running statistics but no affine weight, and the stem conv has no "
+                         "bias: neither the reference's BatchNorm (affine) nor its InstanceNorm (conv bias)")
+    return "none"
 
 
 def _sample_keys(keys, n: int = 4) -> str:
@@ -260,9 +323,7 @@ def _sample_keys(keys, n: int = 4) -> str:
 def _unsupported_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     """A message naming a known layout coevo cannot load, or "" when none is recognised.
 
-    The reference code (junyanz/pytorch-CycleGAN-and-pix2pix) can also save: a ResNet
-    generator with ``use_dropout=True`` (a Dropout after each block's first ReLU moves
-    the second conv from ``conv_block.5`` to ``conv_block.6``), U-Net generators
+    The reference code (junyanz/pytorch-CycleGAN-and-pix2pix) can also save U-Net generators
     (``--netG unet_256``/``unet_128``: keys ``model.model.0...``) and PatchGAN
     discriminators (4x4 kernels).
     """
@@ -273,11 +334,6 @@ def _unsupported_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
                 "UnetGenerator: the reference's exact keys; coevo.prune: channel groups, genomes, slim, MAC "
                 "counts), but the search, fine-tuning, export and the command-line stages take only the ResNet "
                 "generator (--netG resnet_9blocks/resnet_6blocks, which CycleGAN uses) so far")
-    dropout = sorted(k for k in keys if ".conv_block.6." in k)
-    if dropout:
-        return (f"this ResNet generator was trained with dropout (use_dropout=True: {dropout[0]!r} where "
-                "coevo expects 'conv_block.5'); coevo supports the generator without dropout, as the "
-                "reference CycleGAN models are trained (--no_dropout)")
     w = state_dict.get("model.0.weight")
     if "model.1.weight" not in keys and isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) == (4, 4):
         return ("this is a PatchGAN discriminator (4x4 convolutions from 'model.0.weight'), "

@@ -52,13 +52,14 @@ def safe_torch_load(path: PathLike) -> Any:
 
 
 def _clean_state_dict(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}  # DataParallel
     out = {}
     for k, v in sd.items():
-        if k.startswith("module."):  # saved from DataParallel
-            k = k[len("module."):]
         # Old reference checkpoints carry InstanceNorm running stats that
-        # InstanceNorm2d(track_running_stats=False) neither has nor wants.
-        if k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+        # InstanceNorm2d(track_running_stats=False) neither has nor wants. A BatchNorm's
+        # (the layer beside them has an affine weight) are part of the model and stay.
+        if k.endswith(("running_mean", "running_var", "num_batches_tracked")) \
+                and f"{k.rsplit('.', 1)[0]}.weight" not in sd:
             continue
         out[k] = v
     return out
@@ -172,8 +173,9 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
             a = model.arch
             # said once per file: a run loads its teacher in every stage
             (log.debug if str(path) in _REPORTED else log.info)(
-                "loaded reference checkpoint %s (inferred ngf %d, %d residual blocks%s)", path, a.ngf, a.n_blocks,
-                "" if a.is_full else ", channel-pruned")
+                "loaded reference checkpoint %s (inferred ngf %d, %d residual blocks, %s norm, %s, %d->%d "
+                "channels%s)", path, a.ngf, a.n_blocks, a.norm, "dropout" if a.dropout else "no dropout",
+                a.in_channels, a.out_channels, "" if a.is_full else ", channel-pruned")
             _REPORTED.add(str(path))
         else:
             raise CheckpointError(

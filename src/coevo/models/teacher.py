@@ -130,8 +130,15 @@ def resolve_teacher(folder: Optional[str | Path] = None, g_ab: Optional[str | Pa
 
 
 def describe_arch(arch) -> str:
-    """``ngf 64, 9 residual blocks`` (plus the widths when channel-pruned)."""
+    """``ngf 64, 9 residual blocks`` (plus norm, dropout and channels where not the CycleGAN default, and
+    the widths when channel-pruned)."""
     text = f"ngf {arch.ngf}, {arch.n_blocks} residual blocks"
+    if arch.norm != "instance":
+        text += f", {arch.norm} norm"
+    if arch.dropout:
+        text += ", dropout"
+    if (arch.in_channels, arch.out_channels) != (3, 3):
+        text += f", {arch.in_channels}->{arch.out_channels} channels"
     return text if arch.is_full else f"{text}, pruned widths {arch.widths}"
 
 

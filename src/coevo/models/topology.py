@@ -27,6 +27,7 @@ from torch import nn
 
 KINDS = ("same", "down", "up")  # reflection-padded, size kept | stride 2, zero padding 1 | transposed, stride 2
 TAILS = ("norm_relu", "norm", "tanh")
+NORMS = ("instance", "batch", "none")  # the reference's --norm choices
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class ConvSpec:
     on a side. ``seq``: index into the generator's ``model`` Sequential of the conv (or of
     its residual block); ``sub``: index into the block's ``conv_block`` (None outside blocks).
     ``end``: index into ``model`` of the unit's last layer (for feature taps).
+    ``dropout``: a Dropout(0.5) follows the unit's ReLU (the reference's ``--use_dropout``,
+    inside residual blocks only), which shifts every later layer of the block by one.
     """
 
     name: str
@@ -51,6 +54,7 @@ class ConvSpec:
     seq: int
     sub: Optional[int]
     end: int
+    dropout: bool = False
 
     @property
     def key(self) -> str:
@@ -70,39 +74,60 @@ def _padding(kind: str, kernel: int) -> int:
     return kernel // 2 if kind == "same" else 0
 
 
-def _n_layers(kind: str, kernel: int, tail: str) -> int:
-    return (1 if _padding(kind, kernel) else 0) + 1 + {"norm_relu": 2, "norm": 1, "tanh": 1}[tail]
+def _n_layers(kind: str, kernel: int, tail: str, dropout: bool = False) -> int:
+    return (1 if _padding(kind, kernel) else 0) + 1 + {"norm_relu": 2, "norm": 1, "tanh": 1}[tail] + int(dropout)
 
 
-def norm_layer(channels: int) -> nn.InstanceNorm2d:
-    """The reference CycleGAN's InstanceNorm: affine=False, no running stats."""
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+def norm_layer(channels: int, norm: str = "instance") -> nn.Module:
+    """The reference CycleGAN's norm layers (``get_norm_layer``): InstanceNorm with affine=False and no
+    running stats; BatchNorm with affine weights and running stats; for ``none`` an Identity, which
+    keeps the Sequential indices (and so the state_dict keys) of the normalised networks."""
+    if norm == "instance":
+        return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels, affine=True, track_running_stats=True)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
 
 
-def unit_layers(spec: ConvSpec, cin: int, cout: int) -> List[nn.Module]:
+def conv_bias(spec: ConvSpec, norm: str) -> bool:
+    """The reference gives a conv a bias only under InstanceNorm (``use_bias = norm_layer ==
+    nn.InstanceNorm2d``, false for batch and for none), except the head, which always has one."""
+    return spec.tail == "tanh" or norm == "instance"
+
+
+def unit_layers(spec: ConvSpec, cin: int, cout: int, norm: str = "instance") -> List[nn.Module]:
     """The layers of ``spec``'s unit with ``cin`` -> ``cout`` channels, exactly as the generator holds them."""
     layers: List[nn.Module] = []
     pad = _padding(spec.kind, spec.kernel)
+    bias = conv_bias(spec, norm)
     if pad:
         layers.append(nn.ReflectionPad2d(pad))
     if spec.kind == "up":
-        layers.append(nn.ConvTranspose2d(cin, cout, spec.kernel, stride=2, padding=1, output_padding=1, bias=True))
+        layers.append(nn.ConvTranspose2d(cin, cout, spec.kernel, stride=2, padding=1, output_padding=1, bias=bias))
     elif spec.kind == "down":
-        layers.append(nn.Conv2d(cin, cout, spec.kernel, stride=2, padding=1, bias=True))
+        layers.append(nn.Conv2d(cin, cout, spec.kernel, stride=2, padding=1, bias=bias))
     else:
-        layers.append(nn.Conv2d(cin, cout, spec.kernel, bias=True))
+        layers.append(nn.Conv2d(cin, cout, spec.kernel, bias=bias))
     if spec.tail in ("norm_relu", "norm"):
-        layers.append(norm_layer(cout))
+        layers.append(norm_layer(cout, norm))
     if spec.tail == "norm_relu":
         layers.append(nn.ReLU(True))
     elif spec.tail == "tanh":
         layers.append(nn.Tanh())
+    if spec.dropout:
+        layers.append(nn.Dropout(0.5))
     return layers
 
 
 @lru_cache(maxsize=64)
-def resnet_convs(n_blocks: int) -> Tuple[ConvSpec, ...]:
-    """The layer table of the reference ResNet generator with ``n_blocks`` residual blocks."""
+def resnet_convs(n_blocks: int, dropout: bool = False) -> Tuple[ConvSpec, ...]:
+    """The layer table of the reference ResNet generator with ``n_blocks`` residual blocks.
+
+    ``dropout``: the blocks' first units end in a Dropout (``--use_dropout``). The norm
+    (instance, batch or none) changes no index: ``none`` holds an Identity in the norm's place.
+    """
     # (name, kind, kernel, tail, input group, output group, latency unit, input size divisor)
     rows = [("stem", "same", 7, "norm_relu", None, "stem", "stem", 1),
             ("down1", "down", 3, "norm_relu", "stem", "down1", "down1", 1),
@@ -116,9 +141,10 @@ def resnet_convs(n_blocks: int) -> Tuple[ConvSpec, ...]:
     specs, seq, sub = [], 0, 0
     for name, kind, kernel, tail, cin, cout, unit, scale in rows:
         pad = 1 if _padding(kind, kernel) else 0
-        size = _n_layers(kind, kernel, tail)
+        drop = dropout and name.endswith("conv1")
+        size = _n_layers(kind, kernel, tail, drop)
         if name.startswith("block"):  # both units of a block live in one ResnetBlock at index seq
-            specs.append(ConvSpec(name, kind, kernel, tail, cin, cout, unit, scale, seq, sub + pad, seq))
+            specs.append(ConvSpec(name, kind, kernel, tail, cin, cout, unit, scale, seq, sub + pad, seq, drop))
             sub += size
             if name.endswith("conv2"):
                 seq, sub = seq + 1, 0

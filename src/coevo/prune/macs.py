@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Dict, Mapping, Sequence, Tuple, Union
 import numpy as np
 
 from ..models.generator import GeneratorArch
-from ..models.topology import resnet_convs
+from ..models.topology import conv_bias, resnet_convs
 from ..models.family import arch_group_names, convs_of_layout
 from ..models.unet import UnetArch, unet_convs
 from .groups import conv_io
@@ -155,8 +155,9 @@ def macs_of_genome(genome: "Genome", height: Size, width: int | None = None, con
 
 
 def count_params(arch: Union[GeneratorArch, "torch.nn.Module"]) -> int:
-    """Exact parameter count of a generator architecture (conv weights and biases; the
-    InstanceNorms have none), or of any network given as a module (its parameters)."""
+    """Exact parameter count of a generator architecture (conv weights and biases, which the reference
+    gives a conv only under InstanceNorm and to the head; a BatchNorm's weight and bias; InstanceNorm has
+    none), or of any network given as a module (its parameters)."""
     if isinstance(arch, UnetArch):
         return _unet_params(arch)
     if not isinstance(arch, GeneratorArch):
@@ -164,9 +165,11 @@ def count_params(arch: Union[GeneratorArch, "torch.nn.Module"]) -> int:
     ext = dict(arch.widths)
     ext[_IMAGE_IN], ext[_IMAGE_OUT] = arch.in_channels, arch.out_channels
     total = 0
-    for (_, (cin, cout)), (k, _) in zip(conv_io(arch.n_blocks), _layer_shapes(arch.n_blocks)):
+    for (_, (cin, cout)), spec in zip(conv_io(arch.n_blocks), resnet_convs(arch.n_blocks)):
         c_in, c_out = ext[cin or _IMAGE_IN], ext[cout or _IMAGE_OUT]
-        total += c_in * c_out * k * k + c_out
+        total += c_in * c_out * spec.kernel * spec.kernel + c_out * conv_bias(spec, arch.norm)
+        if arch.norm == "batch" and spec.tail != "tanh":
+            total += 2 * c_out
     return total
 
 

@@ -1,8 +1,13 @@
 """Turn a genome into a network: physically narrower (:func:`slim`) or full width with zeros (:func:`masked_generator`).
 
 Both give the same output (up to float rounding): a dropped filter's channel is
-exactly zero after the InstanceNorm and ReLU that follow it, so it contributes
-nothing downstream, which is what removing it does.
+exactly zero after the norm and ReLU that follow it, so it contributes nothing
+downstream, which is what removing it does. A BatchNorm would turn a zero channel
+into its bias (or shift it by its running mean), so under ``norm='batch'`` the mask
+sits after the norm; InstanceNorm (no affine) and no norm keep zeros zero, so there
+it sits on the conv. BatchNorm works per channel, so its parameters and running
+statistics are sliced with their channels and slim == masked in train mode too
+(dropout aside: its random masks differ between the two shapes).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from .groups import conv_group_map
 
 def _describe(arch) -> str:
     return (f"a {arch.n_blocks}-block {arch.in_channels}->{arch.out_channels} generator (ngf={arch.ngf}, "
-            f"norm={arch.norm}, padding={arch.padding})")
+            f"norm={arch.norm}, padding={arch.padding}, dropout={arch.dropout})")
 
 
 def check_genome_fits(arch, genome: Genome, where: str = "this generator") -> None:
@@ -31,7 +36,7 @@ def check_genome_fits(arch, genome: Genome, where: str = "this generator") -> No
     if isinstance(arch, UnetArch) or isinstance(b, UnetArch):
         _check_unet_fits(arch, b, where)
         return
-    fields = ("n_blocks", "in_channels", "out_channels", "norm", "padding")
+    fields = ("n_blocks", "in_channels", "out_channels", "norm", "padding", "dropout")
     if any(getattr(arch, f) != getattr(b, f) for f in fields):
         raise GenomeError(f"the genome is for {_describe(b)}, {where} is {_describe(arch)}; give a genome "
                           "made from this network")
@@ -105,6 +110,9 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
         new = type(generator)(arch)
     old_convs: Dict[str, nn.Module] = dict(generator.named_convs())
     new_convs: Dict[str, nn.Module] = dict(new.named_convs())
+    resnet = not isinstance(generator, UnetGenerator)  # a ResNet's BatchNorms are sliced with their conv here
+    old_norms: Dict[str, nn.Module] = dict(generator.named_norms()) if resnet else {}
+    new_norms: Dict[str, nn.Module] = dict(new.named_norms()) if resnet else {}
     index: Dict[str, torch.Tensor] = {}
     for name, (g_in, g_out) in conv_group_map(generator.arch).items():
         conv = old_convs[name]
@@ -125,6 +133,9 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
             if b is not None:
                 b_new = b.clone() if g_out is None else b.index_select(0, index[g_out])
                 target.bias = nn.Parameter(b_new, requires_grad=b.requires_grad)
+            norm = old_norms.get(name)
+            if isinstance(norm, nn.BatchNorm2d):
+                _slice_batch_norm(norm, new_norms[name], index[g_out])
     if isinstance(generator, UnetGenerator):
         _slice_norms(generator, new, genome)
     leftover = [n for n, t in list(new.named_parameters()) + list(new.named_buffers()) if t.is_meta]
@@ -132,6 +143,16 @@ def slim(generator: ResnetGenerator, genome: Genome) -> ResnetGenerator:
         raise RuntimeError(f"slim() does not know how to copy {leftover}; update coevo.prune.slim")
     new.train(generator.training)
     return new
+
+
+def _slice_batch_norm(old: nn.BatchNorm2d, new: nn.BatchNorm2d, keep: torch.Tensor) -> None:
+    """Copy the kept channels of ``old``'s affine parameters and running statistics into ``new``."""
+    for name in ("weight", "bias"):
+        p = getattr(old, name)
+        setattr(new, name, nn.Parameter(p.index_select(0, keep).contiguous(), requires_grad=p.requires_grad))
+    new.running_mean = old.running_mean.index_select(0, keep).contiguous()
+    new.running_var = old.running_var.index_select(0, keep).contiguous()
+    new.num_batches_tracked = old.num_batches_tracked.clone()
 
 
 def _mask_output(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
@@ -157,6 +178,8 @@ class MaskedGenerator(nn.Module):
         convs = dict(self.generator.named_convs())
         if isinstance(self.generator, UnetGenerator):  # zeros must survive the norm: mask its output
             convs.update(self.generator.named_group_outputs())
+        elif generator.arch.norm == "batch":  # see the module docstring: mask after the BatchNorm
+            convs.update(self.generator.named_norms())
         ref = next(self.generator.parameters())
         for name, (_, g_out) in conv_group_map(generator.arch).items():
             if g_out is None:

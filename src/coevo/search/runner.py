@@ -368,6 +368,7 @@ def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths)
             "teacher_params": count_params(teacher_arch),
             "widths": cand.genome.widths(),
             "teacher_widths": dict(teacher_arch.widths),
+            "teacher_arch": teacher_arch.to_dict(),  # norm, dropout and channels as inferred from the files
         }
         if table is not None:
             out["best"][d]["predicted_ms"] = table.predict(cand.genome.arch.with_widths(cand.genome.widths()))

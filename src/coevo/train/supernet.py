@@ -108,6 +108,10 @@ class SupernetGenerator(nn.Module):
 
     def __init__(self, generator: ResnetGenerator) -> None:
         super().__init__()
+        if generator.arch.norm == "batch":
+            # one batch carries copies under several masks: BatchNorm's statistics would mix them
+            raise ValueError("a supernet cannot train a batch-norm generator (its masks share one batch, and "
+                             "BatchNorm normalises across it); use search.fitness: proxy or trained")
         self.generator = generator
         self._keep: Dict[str, torch.Tensor] = {}
         convs = dict(generator.named_convs())

@@ -1,0 +1,223 @@
+"""Every ResNet generator the reference code trains: --norm instance|batch|none, with and without
+--use_dropout, 3- and 1-channel data. Layouts are written out by hand from the reference's
+ResnetGenerator/ResnetBlock, independent of coevo's layer table."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from coevo.config import Config, validate
+from coevo.errors import ConfigError
+from coevo.models import GeneratorArch, ResnetGenerator
+from coevo.models.generator import infer_arch_from_state_dict, set_reference_mode
+from coevo.models.io import load_generator, save_generator
+from coevo.prune import Genome, count_macs, count_params, slim
+from coevo.prune.slim import masked_generator
+
+NGF, BLOCKS, SIZE = 4, 2, 32
+COMBOS = list(itertools.product(("instance", "batch", "none"), (False, True), (3, 1)))
+IDS = [f"{n}-{'dropout' if d else 'nodrop'}-{c}ch" for n, d, c in COMBOS]
+
+
+def _arch(norm, dropout, nc, **kw):
+    return GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=nc, out_channels=nc, norm=norm, dropout=dropout, **kw)
+
+
+def expected_layout(norm, dropout, nc):
+    """{key: shape} of the reference ``ResnetGenerator(nc, nc, ngf=4, norm_layer=..., use_dropout=dropout,
+    n_blocks=2)``: ``model`` = pad, conv, norm, relu (0-3); conv, norm, relu (4-6, 7-9); the blocks (10, 11);
+    convT, norm, relu (12-14, 15-17); pad, conv, tanh (18-20). In a block: pad, conv, norm, relu, [dropout],
+    pad, conv, norm. A conv has a bias only under instance norm (``use_bias``), the last one always.
+    --norm none puts an Identity where the norm was: the indices do not move."""
+    bias = norm == "instance"
+    out = {}
+
+    def conv(key, shape):
+        out[f"{key}.weight"] = shape
+        if bias:
+            out[f"{key}.bias"] = (shape[1] if len(shape) == 4 and key in ("model.12", "model.15") else shape[0],)
+
+    def bn(key, c):
+        if norm == "batch":
+            out.update({f"{key}.weight": (c,), f"{key}.bias": (c,), f"{key}.running_mean": (c,),
+                        f"{key}.running_var": (c,), f"{key}.num_batches_tracked": ()})
+
+    conv("model.1", (4, nc, 7, 7)); bn("model.2", 4)
+    conv("model.4", (8, 4, 3, 3)); bn("model.5", 8)
+    conv("model.7", (16, 8, 3, 3)); bn("model.8", 16)
+    second = 6 if dropout else 5
+    for b in (10, 11):
+        conv(f"model.{b}.conv_block.1", (16, 16, 3, 3)); bn(f"model.{b}.conv_block.2", 16)
+        conv(f"model.{b}.conv_block.{second}", (16, 16, 3, 3)); bn(f"model.{b}.conv_block.{second + 1}", 16)
+    conv("model.12", (16, 8, 3, 3)); bn("model.13", 8)  # ConvTranspose2d weights are [in, out, k, k]
+    conv("model.15", (8, 4, 3, 3)); bn("model.16", 4)
+    out["model.19.weight"], out["model.19.bias"] = (nc, 4, 7, 7), (nc,)
+    return out
+
+
+def _randomise(g: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial weights everywhere, BatchNorm affine parameters and running statistics included."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in itertools.chain(g.named_parameters(), g.named_buffers()):
+            if t.dtype.is_floating_point:
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=gen) * (0.3 if t.dim() == 4 else 0.5))
+    return g
+
+
+def _x(nc, n=2, seed=1):
+    return torch.rand(n, nc, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _random_genome(arch, seed=0):
+    rng = np.random.default_rng(seed)
+    return Genome(arch, {n: np.concatenate([[True], rng.random(c - 1) < 0.5]) for n, c in arch.widths.items()})
+
+
+@pytest.mark.parametrize("norm,dropout,nc", COMBOS, ids=IDS)
+def test_keys_shapes_inference_and_round_trip(tmp_path, norm, dropout, nc):
+    arch = _arch(norm, dropout, nc)
+    g = _randomise(ResnetGenerator(arch)).eval()
+    sd = g.state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected_layout(norm, dropout, nc)
+    assert infer_arch_from_state_dict(sd) == arch
+    x = _x(nc)
+    with torch.no_grad():
+        y = g(x)
+    # a bare state_dict (the reference's latest_net_G_A.pth) and both coevo formats
+    torch.save({k: v.clone() for k, v in sd.items()}, tmp_path / "latest_net_G_A.pth")
+    for path in (tmp_path / "latest_net_G_A.pth", save_generator(g, tmp_path / "g.pt"),
+                 save_generator(g, tmp_path / "g.safetensors")):
+        loaded = load_generator(path)
+        assert loaded.arch == arch
+        with torch.no_grad():
+            assert torch.equal(loaded(x), y), path
+    assert GeneratorArch.from_dict(arch.to_dict()) == arch
+
+
+@pytest.mark.parametrize("norm,dropout,nc", COMBOS, ids=IDS)
+def test_pruning_is_exact(norm, dropout, nc):
+    arch = _arch(norm, dropout, nc)
+    g = _randomise(ResnetGenerator(arch)).eval()
+    x = _x(nc)
+    with torch.no_grad():
+        y = g(x)
+        assert torch.equal(slim(g, Genome.all_keep(arch))(x), y)
+        genome = _random_genome(arch)
+        s = slim(g, genome)
+        assert not s.training and s.arch == genome.slim_arch()
+        m = masked_generator(g, genome).eval()
+        ys, ym = s(x), m(x)
+    torch.testing.assert_close(ys, ym, atol=1e-5, rtol=1e-5)
+    assert (ys - y).abs().max() > 1e-3  # the genome does cut something
+    if norm == "batch":  # the BatchNorm parameters and running statistics travel with their channels
+        keep = torch.as_tensor(genome.kept("stem"))
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            assert torch.equal(s.state_dict()[f"model.2.{k}"], g.state_dict()[f"model.2.{k}"][keep])
+    if not dropout:  # BatchNorm on batch statistics is per channel too
+        g.train()
+        with torch.no_grad():
+            torch.testing.assert_close(slim(g, genome)(x), masked_generator(g, genome)(x), atol=1e-5, rtol=1e-5)
+
+
+def _hand_macs(arch, size):
+    """Conv MACs by hand, transposed convs per output pixel (the published convention); norms not counted."""
+    w, c, s = arch.widths, arch.in_channels, size
+    inner = sum(w[f"block{i}.inner"] * w["trunk"] * 2 for i in range(arch.n_blocks)) * 9 * (s // 4) ** 2
+    return (49 * c * w["stem"] * s * s + 9 * w["stem"] * w["down1"] * (s // 2) ** 2
+            + 9 * w["down1"] * w["trunk"] * (s // 4) ** 2 + inner
+            + 9 * w["trunk"] * w["up1"] * (s // 2) ** 2 + 9 * w["up1"] * w["up2"] * s * s
+            + 49 * w["up2"] * arch.out_channels * s * s)
+
+
+@pytest.mark.parametrize("norm,dropout,nc", COMBOS, ids=IDS)
+def test_macs_and_params(norm, dropout, nc):
+    arch = _arch(norm, dropout, nc)
+    for a in (arch, _random_genome(arch).slim_arch()):
+        g = ResnetGenerator(a).eval()
+        assert count_macs(a, SIZE) == _hand_macs(a, SIZE)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            g(torch.zeros(1, nc, SIZE, SIZE))
+        assert count_macs(a, SIZE, convention="flopcounter") == counter.get_total_flops() // 2
+        assert count_params(a) == count_params(g)
+
+
+def test_old_instance_norm_running_stats_are_dropped_and_batch_norm_stats_kept(tmp_path):
+    inst = _randomise(ResnetGenerator(_arch("instance", False, 3))).eval()
+    sd = dict(inst.state_dict())
+    for key in ("model.2", "model.5", "model.10.conv_block.2"):  # InstanceNorm2d of torch < 0.4
+        sd[f"{key}.running_mean"], sd[f"{key}.running_var"] = torch.zeros(4), torch.ones(4)
+        sd[f"{key}.num_batches_tracked"] = torch.tensor(3)
+    torch.save(sd, tmp_path / "old.pth")
+    assert load_generator(tmp_path / "old.pth").arch.norm == "instance"
+
+    bn = _randomise(ResnetGenerator(_arch("batch", True, 1))).eval()
+    sd = {f"module.{k}": v for k, v in bn.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "bn.pth")  # DataParallel names, a torch before 0.4.1 (no num_batches_tracked)
+    loaded = load_generator(tmp_path / "bn.pth")
+    assert loaded.arch == bn.arch
+    assert torch.equal(loaded.model[2].running_mean, bn.model[2].running_mean)
+    with torch.no_grad():
+        assert torch.equal(loaded(_x(1)), bn(_x(1)))
+
+
+def test_old_arch_dicts_load_without_dropout():
+    d = GeneratorArch.full(ngf=4, n_blocks=2).to_dict()
+    del d["dropout"]
+    assert GeneratorArch.from_dict(d) == GeneratorArch.full(ngf=4, n_blocks=2)
+    with pytest.raises(ValueError, match="norm"):
+        GeneratorArch(ngf=4, n_blocks=2, norm="group")
+
+
+def test_reference_mode_train_uses_batch_statistics_without_changing_the_weights():
+    g = _randomise(ResnetGenerator(_arch("batch", False, 3)))
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    x = _x(3, n=4)
+    with torch.no_grad():
+        y_eval = set_reference_mode(g, "eval")(x)
+        y_train = set_reference_mode(g, "train")(x)
+        y_again = set_reference_mode(g, "train")(x)
+    assert g.training and (y_train - y_eval).abs().max() > 1e-3
+    assert torch.equal(y_train, y_again)  # no dropout: deterministic on batch statistics
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(set_reference_mode(g, "eval")(x), y_eval)
+    with pytest.raises(ValueError, match="reference mode"):
+        set_reference_mode(g, "test")
+    inst = _randomise(ResnetGenerator(_arch("instance", False, 3)))
+    with torch.no_grad():
+        assert torch.equal(set_reference_mode(inst, "train")(x), set_reference_mode(inst, "eval")(x))
+
+
+def test_reference_mode_is_a_config_choice():
+    cfg = Config()
+    assert cfg.model.reference_mode == "eval"
+    cfg.model.reference_mode = "train"
+    validate(cfg)
+    cfg.model.reference_mode = "test"
+    with pytest.raises(ConfigError, match="reference_mode"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_batch_norm_generator_exports(tmp_path, dropout):
+    from coevo.deploy.export import export_generator
+
+    g = _randomise(ResnetGenerator(_arch("batch", dropout, 1)))
+    genome = _random_genome(g.arch)
+    s = slim(g, genome).eval()
+    report = export_generator(s, tmp_path, "G_A", formats=("safetensors", "onnx"), check_size=48)
+    assert all(entry["ok"] for entry in report.values()), report
+    loaded = load_generator(tmp_path / "G_A.safetensors")
+    assert loaded.arch == s.arch
+    with torch.no_grad():
+        assert torch.equal(loaded(_x(1)), s(_x(1)))
