@@ -406,3 +406,31 @@ def test_params_count_matches_the_network(norm):
     arch = UnetArch(num_downs=6, ngf=3, norm=norm, in_channels=1)
     for a in (arch, _random_genome(arch, 2).slim_arch()):
         assert count_params(a) == sum(p.numel() for p in UnetGenerator(a).parameters())
+
+
+# ----------------------------------------------------------------- budgets and baselines
+def test_l1_random_and_repair_meet_a_mac_budget():
+    from coevo.prune import l1_genome, l1_genome_for_macs, random_genome_for_macs, repair_to_budget
+    from coevo.prune.baselines import filter_importance, macs_ratio_of
+
+    torch.manual_seed(0)
+    teacher = _randomise_norms(UnetGenerator(UnetArch(num_downs=5, ngf=4))).eval()
+    scores = filter_importance(teacher)
+    assert list(scores) == unet_group_names(5)
+    # an up-conv's filter is its OUTPUT channel: ConvTranspose2d weights are [in, out, k, k]
+    w = dict(teacher.named_convs())["up2"].weight.detach().double()
+    np.testing.assert_allclose(scores["up2"], w.abs().sum(dim=(0, 2, 3)).numpy())
+    genome = l1_genome_for_macs(teacher, 0.25, 32)
+    assert 0.1 < macs_ratio_of(genome, 32) <= 0.25  # widths of 4..32 filters step coarsely
+    kept = genome.kept("down3")
+    assert sorted(np.argsort(-scores["down3"], kind="stable")[:len(kept)].tolist()) == kept
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(slim(teacher, genome)(x), masked_generator(teacher, genome)(x),
+                                   rtol=1e-4, atol=1e-5)
+    assert l1_genome(teacher, 0.5).widths()["down5"] == 16
+    rng = np.random.default_rng(0)
+    assert macs_ratio_of(random_genome_for_macs(teacher.arch, 0.3, 32, rng), 32) <= 0.3
+    budget = count_macs(teacher.arch, 32) // 5
+    repaired = repair_to_budget(Genome.all_keep(teacher.arch), budget, 32, importance=scores)
+    assert macs_of_genome(repaired, 32) <= budget

@@ -55,7 +55,8 @@ def l1_genome(generator: ResnetGenerator, keep_ratio: float, min_channels: int =
     if not 0.0 < float(keep_ratio) <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
     arch = generator.arch
-    fitter = WidthFitter(arch, 4, tied, min_channels, channel_multiple)  # size unused: no budget here
+    # The size is unused (no budget here) but must be one the network takes: a U-Net halves it num_downs times.
+    fitter = WidthFitter(arch, getattr(arch, "size_multiple", 4), tied, min_channels, channel_multiple)
     widths = fitter.widths_at(float(keep_ratio), fitter.full.astype(np.float64), fitter.full, offset=0.5)[0]
     meta = {"method": "l1", "keep_ratio": float(keep_ratio), "min_channels": int(min_channels),
             "channel_multiple": int(channel_multiple)}

@@ -14,7 +14,8 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from ..models.generator import GeneratorArch, group_names
+from ..models.family import arch_group_names
+from ..models.generator import GeneratorArch
 from .genome import Genome, layout_names
 from .macs import BudgetError, MacTable, Size, count_macs, hw
 
@@ -64,10 +65,10 @@ class WidthFitter:
             raise ValueError(f"channel_multiple must be >= 1, got {channel_multiple}")
         self.arch, self.size, self.tied = arch, hw(size), tied
         self.min_channels, self.multiple, self.convention = int(min_channels), int(channel_multiple), convention
-        self.names = layout_names(arch.n_blocks, tied)
+        self.names = layout_names(arch, tied)
         pos = {n: i for i, n in enumerate(self.names)}
         self._expand = np.array([pos["trunk" if (tied and n.endswith(".inner")) else n]
-                                 for n in group_names(arch.n_blocks)])
+                                 for n in arch_group_names(arch)])
         self.full = np.array([arch.widths[n] for n in self.names], dtype=np.int64)
         self.lo = np.minimum(self.min_channels, self.full)
         # What the budget counts: MACs, or any table with MacTable's interface (width vectors in
@@ -123,7 +124,7 @@ class WidthFitter:
     def expand(self, widths: np.ndarray) -> Dict[str, int]:
         """Layout width vector -> ``{group: width}`` for every group."""
         full = np.asarray(widths)[self._expand]
-        return {n: int(v) for n, v in zip(group_names(self.arch.n_blocks), full)}
+        return {n: int(v) for n, v in zip(arch_group_names(self.arch), full)}
 
 
 def keep_top(n: int, scores: np.ndarray, prefer: Optional[np.ndarray] = None) -> np.ndarray:
@@ -140,13 +141,13 @@ def keep_top(n: int, scores: np.ndarray, prefer: Optional[np.ndarray] = None) ->
 def genome_from_scores(arch: GeneratorArch, widths: Mapping[str, int], scores: Mapping[str, np.ndarray],
                        tied: bool = False, meta: Optional[Mapping] = None) -> Genome:
     """Keep the ``widths[g]`` highest-scoring channels of each layout group ``g``."""
-    masks = {n: keep_top(int(widths[n]), scores[n]) for n in layout_names(arch.n_blocks, tied)}
+    masks = {n: keep_top(int(widths[n]), scores[n]) for n in layout_names(arch, tied)}
     return Genome(arch, masks, tied=tied, meta=dict(meta or {}))
 
 
 def random_scores(arch: GeneratorArch, rng: np.random.Generator, tied: bool = False) -> Dict[str, np.ndarray]:
     """Independent uniform scores per channel, drawn in layout order (so fixed by the rng state)."""
-    return {n: rng.random(arch.widths[n]) for n in layout_names(arch.n_blocks, tied)}
+    return {n: rng.random(arch.widths[n]) for n in layout_names(arch, tied)}
 
 
 def repair_to_budget(genome: Genome, max_macs: int, size: Size, rng: Optional[np.random.Generator] = None,
@@ -169,7 +170,7 @@ def repair_to_budget(genome: Genome, max_macs: int, size: Size, rng: Optional[np
     """
     arch, tied = genome.arch, genome.tied
     if importance is not None:
-        scores = {n: np.asarray(importance[n], dtype=np.float64) for n in layout_names(arch.n_blocks, tied)}
+        scores = {n: np.asarray(importance[n], dtype=np.float64) for n in layout_names(arch, tied)}
     elif rng is not None:
         scores = random_scores(arch, rng, tied)
     else:
