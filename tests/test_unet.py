@@ -434,3 +434,47 @@ def test_l1_random_and_repair_meet_a_mac_budget():
     budget = count_macs(teacher.arch, 32) // 5
     repaired = repair_to_budget(Genome.all_keep(teacher.arch), budget, 32, importance=scores)
     assert macs_of_genome(repaired, 32) <= budget
+
+
+# ----------------------------------------------------------------- loading
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_load_generator_reads_a_reference_unet_and_coevo_files(tmp_path, norm):
+    from coevo.models import load_generator, save_generator
+
+    torch.manual_seed(0)
+    ref = _RefUnet(3, 3, 6, ngf=2, norm_layer=_ref_norm(norm))
+    sd = {f"module.{k}": v for k, v in ref.state_dict().items()}  # as saved from DataParallel
+    torch.save(sd, tmp_path / "latest_net_G.pth")
+    gen = load_generator(tmp_path / "latest_net_G.pth")
+    assert isinstance(gen, UnetGenerator) and not gen.training
+    assert gen.arch == UnetArch(num_downs=6, ngf=2, norm=norm)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(gen(x), ref.eval()(x))
+    genome = _random_genome(gen.arch, 3)
+    student = slim(gen, genome)
+    for name in ("s.pt", "s.safetensors"):
+        back = load_generator(save_generator(student, tmp_path / name))
+        assert isinstance(back, UnetGenerator) and back.arch == student.arch
+        with torch.no_grad():
+            assert torch.equal(back(x), student(x))
+
+
+def test_prune_cli_on_a_unet_and_the_pipeline_refuses_it(tmp_path, capsys):
+    from coevo.cli import main
+    from coevo.errors import CheckpointError
+    from coevo.models import load_generator
+    from coevo.models.teacher import TeacherPaths, check_generator_pair
+
+    torch.manual_seed(0)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(_RefUnet(3, 3, 5, ngf=4, norm_layer=_ref_norm("instance")).state_dict(), path)
+    rc = main(["prune", "--generator", str(path), "--macs-ratio", "0.3", "--size", "64",
+               "--out", str(tmp_path / "slim.pt")])
+    assert rc == 0, capsys.readouterr().err
+    student = load_generator(tmp_path / "slim.pt")
+    assert isinstance(student, UnetGenerator)
+    assert count_macs(student.arch, 64) <= 0.3 * count_macs(UnetArch(num_downs=5, ngf=4, norm="instance"), 64)
+    assert Genome.load_json(tmp_path / "slim.genome.json").slim_arch() == student.arch
+    with pytest.raises(CheckpointError, match="U-Net generator.*search, fine-tuning and export"):
+        check_generator_pair(TeacherPaths(G_A=path, G_B=path))

@@ -46,6 +46,7 @@ def run(args) -> int:
     import numpy as np
 
     from ..models import ResnetGenerator, load_generator, save_generator
+    from ..models.unet import UnetGenerator
     from ..prune import (
         BudgetError, GenomeError, count_macs, count_params, l1_genome, l1_genome_for_macs,
         random_genome_for_macs, slim,
@@ -71,7 +72,7 @@ def run(args) -> int:
         return _fail(f"{', '.join(existing)} already exist(s); pass --force to overwrite or choose another --out")
 
     teacher = load_generator(args.generator)
-    if not isinstance(teacher, ResnetGenerator):
+    if not isinstance(teacher, (ResnetGenerator, UnetGenerator)):
         return _fail(f"{args.generator} is an exported graph; prune needs a checkpoint (.pt, .pth, .safetensors)")
     common = dict(min_channels=args.min_channels, channel_multiple=args.channel_multiple, tied=args.tied)
     try:

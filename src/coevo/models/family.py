@@ -71,3 +71,9 @@ def describe_arch(arch: Arch) -> str:
                 f"norm={arch.norm}, dropout={arch.dropout})")
     return (f"a {arch.n_blocks}-block {arch.in_channels}->{arch.out_channels} generator (ngf={arch.ngf}, "
             f"norm={arch.norm}, padding={arch.padding})")
+
+
+class AnyGeneratorArch:
+    """``from_dict`` of either family (by ``kind``), for readers that take an architecture class."""
+
+    from_dict = staticmethod(arch_from_dict)

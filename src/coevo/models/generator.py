@@ -330,10 +330,10 @@ def _unsupported_layout(state_dict: Mapping[str, torch.Tensor]) -> str:
     keys = set(state_dict)
     if any(k.startswith("model.model.") for k in keys):
         return ("this is a U-Net generator (keys 'model.model.0...', the reference's --netG unet_256/unet_128). "
-                "coevo can read its architecture and prune it from Python (coevo.models.unet.infer_unet_arch and "
-                "UnetGenerator: the reference's exact keys; coevo.prune: channel groups, genomes, slim, MAC "
-                "counts), but the search, fine-tuning, export and the command-line stages take only the ResNet "
-                "generator (--netG resnet_9blocks/resnet_6blocks, which CycleGAN uses) so far")
+                "coevo.models.unet.infer_unet_arch reads it and coevo.load_generator returns a UnetGenerator "
+                "(the reference's exact keys); coevo prune and coevo.prune prune it (channel groups, genomes, slim, "
+                "MAC counts), but the search, fine-tuning and export take only the ResNet generator "
+                "(--netG resnet_9blocks/resnet_6blocks, which CycleGAN uses) so far")
     w = state_dict.get("model.0.weight")
     if "model.1.weight" not in keys and isinstance(w, torch.Tensor) and w.dim() == 4 and tuple(w.shape[-2:]) == (4, 4):
         return ("this is a PatchGAN discriminator (4x4 convolutions from 'model.0.weight'), "

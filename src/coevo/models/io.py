@@ -27,6 +27,8 @@ from ..core.guards import first_non_finite
 from ..errors import CheckpointError
 from ..core.files import PathLike, atomic_path, atomic_torch_save, regular_file
 from .archive import arch_from_dict
+from .family import AnyGeneratorArch
+from .unet import UnetArch, UnetGenerator, infer_unet_arch, is_unet_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,10 @@ def generator_from_state_dict(sd: Mapping[str, torch.Tensor], arch: GeneratorArc
     sd = _clean_state_dict(sd)
     if arch is None:
         try:
-            arch = infer_arch_from_state_dict(sd)
+            arch = infer_unet_arch(sd) if is_unet_state_dict(sd) else infer_arch_from_state_dict(sd)
         except ValueError as e:
             raise CheckpointError(f"{source}: {e}") from e
-    model = ResnetGenerator(arch)
+    model = UnetGenerator(arch) if isinstance(arch, UnetArch) else ResnetGenerator(arch)
     _load_into(model, sd, source)
     return model
 
@@ -138,7 +140,7 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
     """Load any generator coevo knows, with no flags. Returns a module in eval mode.
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
-    is a :class:`ResnetGenerator`; ONNX exports come back as modules that run the exported
+    is a :class:`ResnetGenerator`, or a :class:`~coevo.models.unet.UnetGenerator` for U-Net keys; ONNX exports come back as modules that run the exported
     graph in ONNX Runtime (see :mod:`coevo.deploy.exported`).
 
     torch.export (``.pt2``) and TorchScript archives can hold code that torch runs when it loads
@@ -164,10 +166,19 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
         obj = safe_torch_load(path)
         if isinstance(obj, dict) and obj.get("format") == GEN_FORMAT:
             arch, sd = _checkpoint_parts(obj, path)
-            model = generator_from_state_dict(sd, arch_from_dict(GeneratorArch, arch, path), path)
+            model = generator_from_state_dict(sd, arch_from_dict(AnyGeneratorArch, arch, path), path)
         elif isinstance(obj, dict) and obj.get("format") == DISC_FORMAT:
             raise CheckpointError(f"{path} is a coevo discriminator (D_A/D_B), not a generator; give the G_A or G_B "
                                   "file of the run")
+        elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()) \
+                and is_unet_state_dict(_clean_state_dict(obj)):
+            model = generator_from_state_dict(obj, None, path)
+            a = model.arch
+            (log.debug if str(path) in _REPORTED else log.info)(
+                "loaded reference U-Net checkpoint %s (inferred %d down-samplings, ngf %d, %s norm, %d->%d "
+                "channels%s; dropout has no weights, so it is taken as off)", path, a.num_downs, a.ngf, a.norm,
+                a.in_channels, a.out_channels, "" if a.is_full else ", channel-pruned")
+            _REPORTED.add(str(path))
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             model = generator_from_state_dict(obj, None, path)
             a = model.arch
@@ -194,7 +205,7 @@ def _rebuild_from_archive(path: Path, kind: str) -> ResnetGenerator:
         arch, sd = read_archive(path, kind)
     except UntrustedArchiveError as e:
         raise CheckpointError(str(e)) from e
-    model = generator_from_state_dict(sd, None if arch is None else arch_from_dict(GeneratorArch, arch, path), path)
+    model = generator_from_state_dict(sd, None if arch is None else arch_from_dict(AnyGeneratorArch, arch, path), path)
     log.info("%s: rebuilt the generator from the weights stored in the file; its exported program is not run "
              "(pass --trust-model to run the program itself)", path)
     return model
@@ -217,7 +228,7 @@ def _load_safetensors_generator(path: Path) -> ResnetGenerator:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path} has malformed architecture metadata (not JSON: {e}); the file is "
                                   "corrupt or was not written by coevo; re-export it") from e
-        arch = arch_from_dict(GeneratorArch, arch, path)
+        arch = arch_from_dict(AnyGeneratorArch, arch, path)
     return generator_from_state_dict(sd, arch, path)
 
 

@@ -16,6 +16,7 @@ from typing import Dict, Optional
 
 from ..errors import CheckpointError
 from ..errors import ConfigError
+from .unet import UnetArch
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,12 @@ def check_generator_pair(paths: TeacherPaths):
             raise CheckpointError(f"teacher {k} {getattr(paths, k)} is an ONNX export; the search and fine-tuning "
                                   "need PyTorch weights (a state_dict, a coevo .pt, .safetensors or .pt2)")
     nets = {k: load_generator(getattr(paths, k)) for k in _GENERATORS}  # every other kind loads as a ResnetGenerator
+    unets = [k for k, net in nets.items() if isinstance(net.arch, UnetArch)]
+    if unets:
+        raise CheckpointError(
+            f"teacher {unets[0]} ({getattr(paths, unets[0])}) is a U-Net generator (the reference's --netG "
+            "unet_256/unet_128). coevo loads it and prunes it from Python (coevo.load_generator, coevo.prune), "
+            "but the search, fine-tuning and export take the ResNet generator only so far")
     a, b = nets["G_A"].arch, nets["G_B"].arch
     if a.to_dict() != b.to_dict():
         raise CheckpointError(

@@ -280,11 +280,13 @@ def infer_unet_arch(state_dict: Mapping[str, torch.Tensor], dropout: bool = Fals
     while f"{block_prefix(n + 1)}.model.1.weight" in keys:
         n += 1
     if n < MIN_DOWNS:
-        raise ValueError(f"this U-Net has {n} levels; the reference builds at least {MIN_DOWNS}")
+        raise ValueError(f"this U-Net generator has {n} levels (keys 'model.model.0...'); the reference builds at "
+                         f"least {MIN_DOWNS}: the file is incomplete or of another network")
     specs = unet_convs(n)
     missing = [f"{s.key}.weight" for s in specs if f"{s.key}.weight" not in keys]
     if missing:
-        raise ValueError(f"this U-Net state_dict lacks {missing[:3]}; the file is incomplete or of another network")
+        raise ValueError(f"this U-Net generator's state_dict lacks {missing[:3]}; the file is incomplete or of "
+                         "another network")
     if any(k.endswith("running_mean") for k in keys):
         norm = "batch"
     elif f"{block_prefix(2)}.model.1.bias" in keys:
