@@ -437,12 +437,12 @@ def test_l1_random_and_repair_meet_a_mac_budget():
 
 
 # ----------------------------------------------------------------- loading
-@pytest.mark.parametrize("norm", ["instance", "none"])
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
 def test_load_generator_reads_a_reference_unet_and_coevo_files(tmp_path, norm):
     from coevo.models import load_generator, save_generator
 
     torch.manual_seed(0)
-    ref = _RefUnet(3, 3, 6, ngf=2, norm_layer=_ref_norm(norm))
+    ref = _randomise_norms(_RefUnet(3, 3, 6, ngf=2, norm_layer=_ref_norm(norm)))
     sd = {f"module.{k}": v for k, v in ref.state_dict().items()}  # as saved from DataParallel
     torch.save(sd, tmp_path / "latest_net_G.pth")
     gen = load_generator(tmp_path / "latest_net_G.pth")
