@@ -478,3 +478,13 @@ def test_prune_cli_on_a_unet_and_the_pipeline_refuses_it(tmp_path, capsys):
     assert Genome.load_json(tmp_path / "slim.genome.json").slim_arch() == student.arch
     with pytest.raises(CheckpointError, match="U-Net generator.*search, fine-tuning and export"):
         check_generator_pair(TeacherPaths(G_A=path, G_B=path))
+    assert main(["export", "--run", str(path), "--out", str(tmp_path / "exp"), "--formats", "safetensors"]) == 2
+    assert "U-Net generator; export takes the ResNet generator only" in capsys.readouterr().err
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((40, 50, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "a.png")
+    rc = main(["translate", "--model", str(tmp_path / "slim.pt"), "--input", str(tmp_path / "imgs"),
+               "--out", str(tmp_path / "out"), "--size", "64"])
+    assert rc == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "out" / "a.png").size == (64, 64)
