@@ -215,9 +215,45 @@ def test_batch_norm_generator_exports(tmp_path, dropout):
     g = _randomise(ResnetGenerator(_arch("batch", dropout, 1)))
     genome = _random_genome(g.arch)
     s = slim(g, genome).eval()
-    report = export_generator(s, tmp_path, "G_A", formats=("safetensors", "onnx"), check_size=48)
+    report = export_generator(s, tmp_path, "G_A", formats=("safetensors", "onnx", "torch-export"), check_size=48)
     assert all(entry["ok"] for entry in report.values()), report
-    loaded = load_generator(tmp_path / "G_A.safetensors")
-    assert loaded.arch == s.arch
+    for suffix in ("safetensors", "pt2"):  # the .pt2 read as data: its step counters are int64 weights
+        loaded = load_generator(tmp_path / f"G_A.{suffix}")
+        assert loaded.arch == s.arch
+        assert torch.equal(loaded.model[2].num_batches_tracked, s.model[2].num_batches_tracked)
+        with torch.no_grad():
+            assert torch.equal(loaded(_x(1)), s(_x(1)))
+
+
+def test_translate_in_train_mode_is_one_image_at_a_time_on_its_own_statistics(image_folder, tmp_path):
+    from coevo.data import load_image, to_tensor
+    from coevo.evaluation.translate import input_images, plan_translation, run_translation
+
+    g = _randomise(ResnetGenerator(_arch("batch", False, 3)))
+    paths = input_images(image_folder / "testA")
+    outputs = {}
+    for mode in ("eval", "train"):
+        plan = plan_translation(paths, tmp_path / mode)
+        outputs[mode] = [load_image(p) for p in run_translation(g, plan, batch=4, reference_mode=mode)]
+    first = to_tensor(load_image(paths[0])).unsqueeze(0)
     with torch.no_grad():
-        assert torch.equal(loaded(_x(1)), s(_x(1)))
+        alone = set_reference_mode(g, "train")(first)
+    expected = to_tensor(outputs["train"][0]).unsqueeze(0)
+    assert (alone - expected).abs().max() <= 2 / 255  # 8-bit PNG rounding
+    assert any(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(outputs["eval"], outputs["train"]))
+
+
+def test_one_channel_generator_translates_the_images_luma(image_folder, tmp_path):
+    from PIL import Image
+
+    from coevo.data import load_image
+    from coevo.evaluation.translate import input_images, plan_translation, run_translation
+
+    g = _randomise(ResnetGenerator(_arch("instance", True, 1))).eval()
+    paths = input_images(image_folder / "testA")
+    written = run_translation(g, plan_translation(paths, tmp_path / "out"), batch=2)
+    luma = np.asarray(load_image(paths[1]).convert("L"), dtype=np.float32) / 127.5 - 1.0
+    with torch.no_grad():
+        y = g(torch.from_numpy(luma)[None, None])[0, 0]
+    out = np.asarray(Image.open(written[1]).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    assert np.abs(out - y.numpy()[..., None]).max() <= 2 / 255  # gray RGB, 8-bit rounding

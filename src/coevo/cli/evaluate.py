@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--kid-subset-size", type=int, default=None,
                    help="images per KID subset (default: min(1000, #real, #translated))")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--reference-mode", choices=["eval", "train"], default="eval",
+                   help="run model and teacher in eval mode (default), or in train mode as the reference's test "
+                        "script does without --eval (batch norm on batch statistics, dropout on)")
     p.add_argument("--out", metavar="FILE.json", help="write every number (and per-image PSNR/SSIM) as JSON")
     add_trust_model(p)
     p.set_defaults(func=run)
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         load_generator(args.model, trust=args.trust_model), args.data, args.direction, teacher=teacher, inception_weights=args.inception_weights,
         perceptual=perceptual, discriminator=disc, size=args.size, batch_size=args.batch_size,
         compute_fid=not args.no_fid, kid_subset_size=args.kid_subset_size, device=args.device,
+        reference_mode=args.reference_mode,
     )
     result["model"] = str(Path(args.model).resolve())
     result["teacher"] = None if teacher is None else str(Path(teacher).resolve())

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
                         "rounded down to multiples of 4")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--reference-mode", choices=["eval", "train"], default="eval",
+                   help="eval mode (default), or train mode one image at a time, as the reference's test script "
+                        "runs without --eval (batch norm on the image's statistics, dropout on)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace PNGs that already exist in --output (default: refuse before translating)")
     p.add_argument("--skip-bad", action="store_true",
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad,
                             source=args.input)
     model = load_generator(args.model, trust=args.trust_model)
-    written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model)
+    written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model,
+                              reference_mode=args.reference_mode)
     print(f"wrote {len(written)} image(s) to {args.output}")
     if plan.skipped:
         print(f"skipped {len(plan.skipped)} unreadable image(s):")

@@ -67,6 +67,12 @@ def _as_module(model: ModelLike, device: Union[str, torch.device], reference_mod
     return set_reference_mode(model, reference_mode)
 
 
+def _reference_batch(batch_size: int, reference_mode: str) -> int:
+    """One image per forward in train mode: a BatchNorm's batch statistics would otherwise mix images,
+    and the reference's test script translates one at a time."""
+    return 1 if reference_mode == "train" else batch_size
+
+
 def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
     """Batches (NCHW in [-1, 1], paths) of consecutive same-sized images of ``folder``, in name order."""
     from ..data import SingleImageDataset
@@ -188,6 +194,7 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
     """
     model = _as_module(model, device, reference_mode)
     teacher = None if teacher is None else _as_module(teacher, device, reference_mode)
+    batch_size = _reference_batch(batch_size, reference_mode)
     result, _ = _score(model, Path(data_root), direction, teacher, perceptual_metric, size, batch_size,
                        device, extractor=None)
     return result
@@ -254,7 +261,8 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
 
     Returns:
         the :func:`translation_quality` dict plus ``fid``, ``kid``, ``kid_std``, ``n_real``,
-        ``real_folders``, ``fid_features``, ``kid_subset_size`` (None when FID was skipped).
+        ``real_folders``, ``fid_features``, ``kid_subset_size`` (None when FID was skipped),
+        ``reference_mode`` and the model's ``arch``.
 
     Raises:
         coevo.evaluation.metrics.InceptionWeightsError: ``compute_fid`` without ``feature_extractor``
@@ -273,6 +281,7 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
         extractor = extractor.to(device).eval()
     model = _as_module(model, device, reference_mode)
     teacher_m = None if teacher is None else _as_module(teacher, device, reference_mode)
+    batch_size = _reference_batch(batch_size, reference_mode)
     metric = None
     if teacher_m is not None and perceptual is not None:
         metric = _build_metric(perceptual, discriminator, direction, lpips_net, device)
@@ -289,6 +298,7 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
                         real_folders=[f.name for f in folders], fid_features=fk.features,
                         kid_subset_size=fk.kid_subset_size)
     result.update(fid_part)
+    result["reference_mode"] = reference_mode
     if isinstance(model, nn.Module) and hasattr(model, "arch"):
         result["arch"] = model.arch.to_dict()
     return result

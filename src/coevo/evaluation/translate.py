@@ -1,7 +1,8 @@
 """Apply a generator to image files and write the translations as PNGs.
 
 Works with any module :func:`coevo.load_generator` returns (eager, torch.export, ONNX incl. INT8, TorchScript):
-each takes and returns NCHW RGB tensors in [-1, 1].
+each takes and returns NCHW RGB tensors in [-1, 1] (a 1-channel generator: the images' luma; its
+1-channel output is written as gray RGB).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -143,19 +145,26 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
 
 
 def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
-                    device: str | torch.device = "cpu", source: str = "the model") -> List[Path]:
+                    device: str | torch.device = "cpu", source: str = "the model",
+                    reference_mode: str = "eval") -> List[Path]:
     """Translate the inputs of ``plan`` with ``model``; returns the written PNGs in input order.
 
     Images of the same size share a forward pass of up to ``batch`` images. Each PNG
-    is written atomically. ``source`` names the model in errors (its file).
+    is written atomically. ``source`` names the model in errors (its file). ``reference_mode``
+    ``"train"`` runs it as the reference's test script without ``--eval`` does: in train mode
+    (see :func:`coevo.models.generator.set_reference_mode`), one image per forward.
     """
     from ..data import load_image, to_image, to_tensor
     from ..core.files import atomic_path
     from ..deploy.exported import check_image_to_image
 
+    from ..models.generator import set_reference_mode
+
     if batch < 1:
         raise DataError(f"--batch must be >= 1, got {batch}")
-    model = model.to(device).eval()
+    model = set_reference_mode(model.to(device), reference_mode)
+    if reference_mode == "train":  # a BatchNorm's batch statistics must not mix images
+        batch = 1
     size = plan.size
     if size is None:
         log.info("no --size: each image keeps its size, with height and width rounded down to multiples "
@@ -164,6 +173,8 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
 
     pending: List[Tuple[Path, torch.Tensor]] = []
     resized = 0
+    # a 1-channel generator (--input_nc 1) reads the image's luma, as the reference's Grayscale(1) gives it
+    gray = getattr(getattr(model, "arch", None), "in_channels", 3) == 1
 
     def flush() -> None:
         # The shape check runs before the first write: a file of another network writes nothing.
@@ -183,7 +194,8 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
             if img.size != target:
                 resized += size is None
                 img = img.resize(target, Image.BICUBIC)
-            t = to_tensor(img)
+            t = to_tensor(img) if not gray else \
+                torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 127.5 - 1.0).unsqueeze(0)
             if pending and (pending[0][1].shape != t.shape or len(pending) == batch):
                 flush()
             pending.append((p, t))

@@ -40,6 +40,7 @@ MAX_JSON_BYTES = 64 << 20
 MAX_RATIO = 200  # uncompressed / compressed bytes of one entry; torch stores entries uncompressed
 # torch.export's serialised ScalarType codes (torch/_export/serde/schema.py) that a generator's weights use
 _PT2_DTYPES = {6: torch.float16, 7: torch.float32, 8: torch.float64, 13: torch.bfloat16}
+_PT2_COUNTER = "num_batches_tracked"  # a BatchNorm's step counter, the one integer (int64, code 5) weight
 
 
 class UntrustedArchiveError(ValueError):
@@ -159,6 +160,8 @@ def _pt2_tensor(archive: Archive, name: str, entry: Mapping[str, Any]) -> torch.
     if entry.get("use_pickle") or not isinstance(meta, Mapping) or not isinstance(file, str) or "/" in file:
         raise UntrustedArchiveError(f"{path}: weight {name!r} is not stored as a raw tensor")
     dtype = _PT2_DTYPES.get(meta.get("dtype"))
+    if dtype is None and name.endswith(_PT2_COUNTER) and meta.get("dtype") == 5:
+        dtype = torch.int64
     if dtype is None:
         raise UntrustedArchiveError(f"{path}: weight {name!r} has dtype code {meta.get('dtype')!r}; a generator's "
                                     "weights are float16, bfloat16, float32 or float64")
@@ -182,7 +185,8 @@ def pt2_state_dict(archive: Archive) -> Dict[str, torch.Tensor]:
     if not isinstance(config, dict) or not config:
         raise UntrustedArchiveError(f"{archive.path} holds no weights ({archive.top}/{PT2_WEIGHTS_CONFIG}); "
                                     "not a torch.export program of a generator")
-    return {str(k): _pt2_tensor(archive, str(k), v).float() for k, v in config.items()}
+    tensors = {str(k): _pt2_tensor(archive, str(k), v) for k, v in config.items()}
+    return {k: t.float() if t.is_floating_point() else t for k, t in tensors.items()}
 
 
 def torchscript_state_dict(archive: Archive) -> Dict[str, torch.Tensor]:
