@@ -140,8 +140,9 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
     """Load any generator coevo knows, with no flags. Returns a module in eval mode.
 
     For coevo checkpoints, safetensors files and reference CycleGAN checkpoints this
-    is a :class:`ResnetGenerator`, or a :class:`~coevo.models.unet.UnetGenerator` for U-Net keys; ONNX exports come back as modules that run the exported
-    graph in ONNX Runtime (see :mod:`coevo.deploy.exported`).
+    is a :class:`ResnetGenerator`, or a :class:`~coevo.models.unet.UnetGenerator` for U-Net
+    keys; ONNX exports come back as modules that run the exported graph in ONNX Runtime
+    (see :mod:`coevo.deploy.exported`).
 
     torch.export (``.pt2``) and TorchScript archives can hold code that torch runs when it loads
     them. Unless ``trust`` is True (the CLI's ``--trust-model``), coevo never hands them to torch:
