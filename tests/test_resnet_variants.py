@@ -170,10 +170,11 @@ def test_old_instance_norm_running_stats_are_dropped_and_batch_norm_stats_kept(t
         assert torch.equal(loaded(_x(1)), bn(_x(1)))
 
 
-def test_old_arch_dicts_load_without_dropout():
+def test_arch_dicts_without_dropout_are_those_of_older_files():
     d = GeneratorArch.full(ngf=4, n_blocks=2).to_dict()
-    del d["dropout"]
+    assert "dropout" not in d  # fingerprints and cache keys hashed from it do not change
     assert GeneratorArch.from_dict(d) == GeneratorArch.full(ngf=4, n_blocks=2)
+    assert _arch("batch", True, 1).to_dict()["dropout"] is True
     with pytest.raises(ValueError, match="norm"):
         GeneratorArch(ngf=4, n_blocks=2, norm="group")
 
@@ -257,3 +258,15 @@ def test_one_channel_generator_translates_the_images_luma(image_folder, tmp_path
         y = g(torch.from_numpy(luma)[None, None])[0, 0]
     out = np.asarray(Image.open(written[1]).convert("RGB"), dtype=np.float32) / 127.5 - 1.0
     assert np.abs(out - y.numpy()[..., None]).max() <= 2 / 255  # gray RGB, 8-bit rounding
+
+
+def test_latency_table_times_the_teachers_norm_and_is_not_reused_across_norms():
+    from coevo.deploy.latency import LatencyTableError, _unit, measure_table
+
+    assert any(isinstance(m, nn.BatchNorm2d) for m in _unit("block_in", 4, 4, "batch").modules())
+    teacher = _arch("batch", True, 1)
+    table = measure_table(teacher, size=16, points=2, warmup=0, repeats=1, calibration=1)
+    table.check(_random_genome(teacher).slim_arch())
+    assert table.predict(teacher) > 0
+    with pytest.raises(LatencyTableError, match="batch norm"):
+        table.check(_arch("instance", True, 1))

@@ -62,10 +62,10 @@ def _unit_spec(kind: str) -> ConvSpec:
     raise ValueError(f"unknown unit {kind!r}")
 
 
-def _unit(kind: str, cin: int, cout: int) -> nn.Module:
+def _unit(kind: str, cin: int, cout: int, norm: str = "instance") -> nn.Module:
     """The layers of one unit, exactly as :class:`ResnetGenerator` builds them (the residual add of
-    ``block_out`` is not timed here: the calibration fit absorbs it)."""
-    return nn.Sequential(*unit_layers(_unit_spec(kind), cin, cout))
+    ``block_out`` is not timed here: the calibration fit absorbs it; nor is a Dropout, identity in eval)."""
+    return nn.Sequential(*unit_layers(_unit_spec(kind), cin, cout, norm))
 
 
 # unit -> (input channels, output channels, input size divisor) as functions of the widths
@@ -146,11 +146,12 @@ class LatencyTable:
 
     def check(self, arch: GeneratorArch) -> None:
         t = GeneratorArch.from_dict(self.teacher)
-        if (arch.ngf, arch.n_blocks) != (t.ngf, t.n_blocks) or any(
+        if (arch.ngf, arch.n_blocks, arch.norm) != (t.ngf, t.n_blocks, t.norm) or any(
                 arch.widths[n] > t.widths[n] for n in group_names(t.n_blocks)):
             raise LatencyTableError(
-                f"the latency table was measured for an ngf {t.ngf}, {t.n_blocks}-block generator; this network "
-                f"(ngf {arch.ngf}, {arch.n_blocks} blocks) is not cut from it: measure a table for its teacher "
+                f"the latency table was measured for an ngf {t.ngf}, {t.n_blocks}-block generator ({t.norm} norm); "
+                f"this network (ngf {arch.ngf}, {arch.n_blocks} blocks, {arch.norm} norm) is not cut from it: "
+                "measure a table for its teacher "
                 "(coevo bench --latency-table)")
 
     # -- files
@@ -210,7 +211,8 @@ def measure_latency(model: nn.Module, size: int, target: str = "cpu", batch: int
     ``size`` x ``size``."""
     device = torch.device("cuda" if target == "cuda" else "cpu")
     g = torch.Generator().manual_seed(int(seed))
-    x = (torch.rand(batch, 3, size, size, generator=g) * 2 - 1).to(device)
+    channels = getattr(getattr(model, "arch", None), "in_channels", 3)  # a generator of 1-channel data reads 1
+    x = (torch.rand(batch, channels, size, size, generator=g) * 2 - 1).to(device)
     return _timer(target)(model.to(device).eval(), x, warmup, repeats)
 
 
@@ -262,7 +264,7 @@ def measure_table(teacher: GeneratorArch, size: int = 256, target: str = "cpu", 
                 x = torch.rand(batch, cin, s, s, device=device) * 2 - 1
                 row = []
                 for cout in couts:
-                    module = _unit(kind, cin, cout).to(device).eval()
+                    module = _unit(kind, cin, cout, teacher.norm).to(device).eval()
                     row.append(timer(module, x, warmup, repeats))
                     done += 1
                     if progress:

@@ -114,7 +114,9 @@ class GeneratorArch:
             "widths": dict(self.widths),
             "norm": self.norm,
             "padding": self.padding,
-            "dropout": self.dropout,
+            # only when set: the dicts (and the fingerprints, cache keys and resumes hashed from them) of
+            # networks without dropout stay those of files written before dropout was supported
+            **({"dropout": True} if self.dropout else {}),
         }
 
     @classmethod

@@ -340,6 +340,11 @@ def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = N
     # A metric this teacher cannot serve fails before any network or image is read.
     resolve_perceptual(cfg.search.perceptual, teacher.has_discriminators, cfg.search.lpips_net)
     G_A, G_B, D_A, D_B = load_teacher(teacher, cfg.device)
+    if cfg.model.reference_mode == "train" and (G_A.arch.norm == "batch" or G_A.arch.dropout):
+        # a batch of evaluation images in train mode would mix BatchNorm statistics and draw dropout
+        # masks at random: the fitness must be one deterministic number per genome
+        log.warning("model.reference_mode is train, but the search scores teacher and candidates in eval mode; "
+                    "the report and `coevo evaluate --reference-mode train` measure train mode")
     latency = None
     if cfg.search.compute == "budget":  # fail before reading any image
         check_budget(G_A.arch, cfg.search.macs_ratio, cfg.search.min_channels)
