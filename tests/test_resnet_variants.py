@@ -270,3 +270,43 @@ def test_latency_table_times_the_teachers_norm_and_is_not_reused_across_norms():
     assert table.predict(teacher) > 0
     with pytest.raises(LatencyTableError, match="batch norm"):
         table.check(_arch("instance", True, 1))
+
+
+@pytest.mark.parametrize("norm,dropout", [("batch", True), ("none", False)])
+def test_compress_a_reference_variant_end_to_end(tmp_path, norm, dropout, capsys):
+    import json
+
+    import yaml
+
+    from coevo.cli import main
+    from coevo.config import load_config
+    from coevo.evaluation.report import build_report
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n=8, size=32)
+    files = []
+    for i, name in enumerate(("latest_net_G_A.pth", "latest_net_G_B.pth")):
+        g = _randomise(ResnetGenerator(_arch(norm, dropout, 3)), seed=i)
+        torch.save(g.state_dict(), tmp_path / name)
+        files.append(tmp_path / name)
+    cfg = {"seed": 0, "data": {"synthetic": False, "root": str(data), "load_size": 32, "crop_size": 32,
+                               "val_fraction": 0.25},
+           "model": {"ngf": 4, "n_blocks": 2, "ndf": 4, "reference_mode": "train"},
+           "search": {"population": 4, "generations": 1, "eval_images": 3, "eval_size": 32, "macs_ratio": 0.25},
+           "finetune": {"epochs": 1, "epochs_decay": 0, "max_steps_per_epoch": 2, "log_every": 1, "pool_size": 2,
+                        "sample_images": 2},
+           "export": {"formats": ["safetensors", "onnx"], "check_size": 40},
+           "bench": {"size": 32, "warmup": 1, "repeats": 1, "threads": 1}}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    argv = ["compress", "--config", str(tmp_path / "tiny.yaml"), "--out", str(out),
+            "--teacher-ab", str(files[0]), "--teacher-ba", str(files[1])]
+    assert main(argv) == 0, capsys.readouterr().err
+    search = json.loads((out / "search" / "search.json").read_text())
+    teacher_arch = search["best"]["G_A"]["teacher_arch"]
+    assert teacher_arch["norm"] == norm and teacher_arch.get("dropout", False) == dropout
+    assert search["best"]["G_A"]["macs_ratio"] <= 0.25
+    student = load_generator(out / "export" / "G_A.safetensors")
+    assert student.arch.norm == norm and student.arch.dropout == dropout
+    report = build_report(out, load_config(out / "config.yaml"))
+    assert report["reference_mode"] == "train"

@@ -114,8 +114,8 @@ class GeneratorArch:
             "widths": dict(self.widths),
             "norm": self.norm,
             "padding": self.padding,
-            # only when set: the dicts (and the fingerprints, cache keys and resumes hashed from them) of
-            # networks without dropout stay those of files written before dropout was supported
+            # only when set: a network without dropout keeps the dict (and the fingerprints, cache keys
+            # and resume checks hashed from it) of files that have no such field
             **({"dropout": True} if self.dropout else {}),
         }
 
@@ -136,7 +136,7 @@ class GeneratorArch:
             widths={k: int(v) for k, v in d["widths"].items()},
             norm=d.get("norm", "instance"),
             padding=d.get("padding", "reflect"),
-            dropout=d.get("dropout", False),  # absent from files written before dropout was supported
+            dropout=d.get("dropout", False),  # absent when false
         )
 
 
