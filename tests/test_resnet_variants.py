@@ -310,3 +310,11 @@ def test_compress_a_reference_variant_end_to_end(tmp_path, norm, dropout, capsys
     assert student.arch.norm == norm and student.arch.dropout == dropout
     report = build_report(out, load_config(out / "config.yaml"))
     assert report["reference_mode"] == "train"
+
+
+def test_a_supernet_refuses_batch_norm_by_name():
+    from coevo.train.supernet import SupernetGenerator
+
+    with pytest.raises(ConfigError, match="batch-norm.*search.fitness: proxy or trained"):
+        SupernetGenerator(ResnetGenerator(_arch("batch", False, 3)))
+    SupernetGenerator(ResnetGenerator(_arch("none", True, 1)))

@@ -61,7 +61,7 @@ from ..core.guards import check_finite
 from ..core.inputs import InputsChangedError, file_fingerprint, teacher_files
 from ..core.runlock import releasing
 from ..core.runs import append_jsonl, read_jsonl, truncate_jsonl, undo_failed_start
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import ResnetGenerator, save_generator
 from ..models.io import safe_torch_load
 from ..models.teacher import TeacherPaths, check_generator_pair, resolve_teacher
@@ -110,7 +110,7 @@ class SupernetGenerator(nn.Module):
         super().__init__()
         if generator.arch.norm == "batch":
             # one batch carries copies under several masks: BatchNorm's statistics would mix them
-            raise ValueError("a supernet cannot train a batch-norm generator (its masks share one batch, and "
+            raise ConfigError("a supernet cannot train a batch-norm generator (its masks share one batch, and "
                              "BatchNorm normalises across it); use search.fitness: proxy or trained")
         self.generator = generator
         self._keep: Dict[str, torch.Tensor] = {}
