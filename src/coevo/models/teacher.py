@@ -160,6 +160,13 @@ def check_generator_pair(paths: TeacherPaths):
             "unet_256/unet_128). coevo loads it and prunes it from Python (coevo.load_generator, coevo.prune), "
             "but the search, fine-tuning and export take the ResNet generator only so far")
     a, b = nets["G_A"].arch, nets["G_B"].arch
+    gray = [k for k, net in nets.items() if (net.arch.in_channels, net.arch.out_channels) != (3, 3)]
+    if gray:
+        arch = nets[gray[0]].arch
+        raise CheckpointError(
+            f"teacher {gray[0]} ({getattr(paths, gray[0])}) is a {arch.in_channels}->{arch.out_channels} channel "
+            "generator (the reference's --input_nc/--output_nc). coevo loads, prunes (coevo prune), exports and "
+            "translates it, but the search and fine-tuning read RGB images so far")
     if a.to_dict() != b.to_dict():
         raise CheckpointError(
             f"the teacher's two generators differ in architecture: G_A ({paths.G_A}) is {describe_arch(a)}, "
