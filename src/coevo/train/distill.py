@@ -54,13 +54,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..core import distributed
 from ..core.files import atomic_torch_save
 from ..core.precision import autocast
-from ..core.runs import truncate_jsonl
 from ..errors import CheckpointError, ConfigError
-from ..models.io import safe_torch_load
 from . import losses
 from .curves import Curves
-from .loop import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CycleGANTrainer, EpochHook, FeatureAdapters,
-                   GeneratorPair, LoopSettings, _forward_keeping, linear_decay)
+from .loop import CycleGANTrainer, EpochHook, FeatureAdapters, GeneratorPair, LoopSettings, _forward_keeping, linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +189,8 @@ class DistillTrainer(CycleGANTrainer):
     ``cache``: build the teacher cache from ``cache_images`` (``{"G_A": [CHW...], "G_B": [...]}``).
     """
 
+    RECIPE = RECIPE
+
     def __init__(self, students: GeneratorPair, settings: LoopSettings, run_dir: str | Path,
                  teacher: GeneratorPair, hook: Optional[EpochHook] = None,
                  cache_images: Optional[Mapping[str, Sequence[torch.Tensor]]] = None, flips: bool = True) -> None:
@@ -240,38 +239,21 @@ class DistillTrainer(CycleGANTrainer):
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "recipe": RECIPE,
-            "section": self.s.section, "epoch": self.epoch, "total_epochs": self.s.total_epochs,
-            "global_step": self.global_step, "log_records": self.log_records, "seconds": self.seconds,
-            "last_epoch": dict(self.last_epoch),
+            **self._progress_state(),
             "nets": {k: {n: v.detach().cpu() for n, v in getattr(self.nets, k).state_dict().items()}
                      for k in ("G_A", "G_B")},
-            "adapters": ({n: v.detach().cpu() for n, v in self.adapters.state_dict().items()}
-                         if self.adapters is not None else {}),
             "optimizers": {"G": self.opt_G.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict()},
-            "hook": self.hook.state_dict() if self.hook is not None else {},
-            "world_size": self.world,
         }
 
     def save_checkpoint(self) -> None:
-        if not distributed.is_main():
+        if not distributed.is_main():  # no image pools to gather: the students and one optimizer
             return
         atomic_torch_save(self.state_dict(), self.checkpoint_path)
         log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = safe_torch_load(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a coevo training checkpoint")
-        if ckpt.get("recipe") != RECIPE:
-            raise CheckpointError(f"{path} was written by the {ckpt.get('recipe', 'gan')} recipe, this run "
-                                  "distills; resume with the run's own finetune.mode")
-        if int(ckpt["version"]) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer coevo (checkpoint version {ckpt['version']})")
-        if int(ckpt["total_epochs"]) != self.s.total_epochs:
-            raise CheckpointError(f"{path} belongs to a {ckpt['total_epochs']}-epoch run, this run has "
-                                  f"{self.s.total_epochs} epochs; resume with the original settings")
+        ckpt = self._read_checkpoint(path)
         try:
             for k in ("G_A", "G_B"):
                 getattr(self.nets, k).load_state_dict(ckpt["nets"][k])
@@ -281,22 +263,7 @@ class DistillTrainer(CycleGANTrainer):
             self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
-        if self.hook is not None:
-            self.hook.load_state_dict(ckpt["hook"])
-        self.epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.log_records = int(ckpt["log_records"])
-        self.seconds = float(ckpt["seconds"])
-        self.last_epoch = dict(ckpt["last_epoch"])
-
-    def resume(self) -> None:
-        if self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
-            log.info("resuming after epoch %d (step %d)", self.epoch, self.global_step)
-        else:
-            log.info("no checkpoint in %s yet: starting from the first epoch", self.run_dir)
-        if self.rank == 0:
-            truncate_jsonl(self.log_path, self.log_records)
+        self._restore_progress(ckpt)
 
     # ------------------------------------------------------------------ one step
     def step(self, real_A: torch.Tensor, real_B: torch.Tensor, epoch: int) -> Dict[str, float]:

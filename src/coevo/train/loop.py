@@ -357,11 +357,14 @@ class CycleGANTrainer:
         return self.run_dir / LOG_NAME
 
     # ------------------------------------------------------------------ checkpoint
-    def state_dict(self) -> Dict[str, Any]:
-        """Only tensors, dicts, lists, numbers and strings: loadable with ``weights_only=True``."""
+    RECIPE = "gan"  # what a checkpoint's "recipe" says; a run refuses another recipe's checkpoint
+
+    def _progress_state(self) -> Dict[str, Any]:
+        """The part of a checkpoint every recipe shares: format, counters, the model-selection hook."""
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
+            "recipe": self.RECIPE,
             "section": self.s.section,
             "epoch": self.epoch,
             "total_epochs": self.s.total_epochs,
@@ -369,15 +372,21 @@ class CycleGANTrainer:
             "log_records": self.log_records,
             "seconds": self.seconds,
             "last_epoch": dict(self.last_epoch),
-            "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
-                     for k, net in self.nets.as_dict().items()},
             "adapters": ({n: v.detach().cpu() for n, v in self.adapters.state_dict().items()}
                          if self.adapters is not None else {}),
+            "hook": self.hook.state_dict() if self.hook is not None else {},
+            "world_size": self.world,
+        }
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Only tensors, dicts, lists, numbers and strings: loadable with ``weights_only=True``."""
+        return {
+            **self._progress_state(),
+            "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
+                     for k, net in self.nets.as_dict().items()},
             "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
             "pools": self._pools(),
-            "hook": self.hook.state_dict() if self.hook is not None else {},
-            "world_size": self.world,
         }
 
     def _pools(self) -> Dict[str, Any]:
@@ -397,10 +406,14 @@ class CycleGANTrainer:
         atomic_torch_save(state, self.checkpoint_path)
         log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
 
-    def load_checkpoint(self, path: Path) -> None:
+    def _read_checkpoint(self, path: Path) -> Dict[str, Any]:
+        """``path`` loaded and checked to be this recipe's checkpoint of a run of this length."""
         ckpt = safe_torch_load(path)
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{path} is not a coevo training checkpoint")
+        if ckpt.get("recipe", "gan") != self.RECIPE:
+            raise CheckpointError(f"{path} was written by the {ckpt.get('recipe', 'gan')} recipe, this run uses "
+                                  f"{self.RECIPE}; resume with the run's own finetune.mode")
         if int(ckpt["version"]) > CHECKPOINT_VERSION:
             raise CheckpointError(f"{path} was written by a newer coevo (checkpoint version {ckpt['version']})")
         if int(ckpt["total_epochs"]) != self.s.total_epochs:
@@ -408,6 +421,19 @@ class CycleGANTrainer:
                 f"{path} belongs to a {ckpt['total_epochs']}-epoch run, this run has {self.s.total_epochs} "
                 "epochs; resume with the original settings or start a new run"
             )
+        return ckpt
+
+    def _restore_progress(self, ckpt: Mapping[str, Any]) -> None:
+        if self.hook is not None:
+            self.hook.load_state_dict(ckpt["hook"])
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.log_records = int(ckpt["log_records"])
+        self.seconds = float(ckpt["seconds"])
+        self.last_epoch = dict(ckpt["last_epoch"])
+
+    def load_checkpoint(self, path: Path) -> None:
+        ckpt = self._read_checkpoint(path)
         try:
             for k, net in self.nets.as_dict().items():
                 net.load_state_dict(ckpt["nets"][k])
@@ -428,13 +454,7 @@ class CycleGANTrainer:
                 self.pool_fake_B.load_state_dict(pools[self.rank]["fake_B"], self.device)
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
-        if self.hook is not None:
-            self.hook.load_state_dict(ckpt["hook"])
-        self.epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.log_records = int(ckpt["log_records"])
-        self.seconds = float(ckpt["seconds"])
-        self.last_epoch = dict(ckpt["last_epoch"])
+        self._restore_progress(ckpt)
 
     def resume(self) -> None:
         """Continue from ``checkpoint.pt``; log lines written after it are dropped and replayed."""
