@@ -57,7 +57,9 @@ from ..core.precision import autocast
 from ..errors import CheckpointError, ConfigError
 from . import losses
 from .curves import Curves
-from .loop import CycleGANTrainer, EpochHook, FeatureAdapters, GeneratorPair, LoopSettings, _forward_keeping, linear_decay
+from .loop import (
+    CycleGANTrainer, EpochHook, FeatureAdapters, GeneratorPair, LoopSettings, _forward_keeping, linear_decay,
+)
 
 log = logging.getLogger(__name__)
 
