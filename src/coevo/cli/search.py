@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, add_log_arg, apply_restart, job_config
+from ._teacher import add_teacher_arguments, teacher_and_config
+from .common import add_data_arg, add_log_arg, job_config
 
 
 def add_parser(sub):
@@ -34,23 +34,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from ..core.runs import RunDirError, undo_unstarted_run
+    from ..core.runs import undo_unstarted_run
     from ..search import run_search
 
     out = Path(args.out)
-    if args.resume and args.force:
-        raise RunDirError("--resume and --force contradict each other; choose one")
-    apply_restart(args)
-    teacher = teacher_from_args(args)  # on --resume, None: the run's teacher.json
-    if args.resume:
-        if not (out / "config.yaml").exists():
-            raise RunDirError(f"cannot resume: {out} holds no search (config.yaml missing); drop --resume")
-        config_path = args.config or out / "config.yaml"
-    else:
-        if teacher is None:
-            raise RunDirError("a new search needs a teacher: --teacher FOLDER, or --teacher-ab FILE "
-                              "--teacher-ba FILE")
-        config_path = args.config
+    teacher, config_path = teacher_and_config(args, "search")
     cfg = job_config(args, config_path)
     with undo_unstarted_run(out, args.resume, ("state.pt",)):
         result = run_search(cfg, out, teacher=teacher, resume=args.resume, force=args.force,

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, add_log_arg, apply_restart, job_config
+from ._teacher import add_teacher_arguments, teacher_and_config
+from .common import add_data_arg, add_log_arg, job_config
 
 
 def add_parser(sub) -> None:
@@ -33,22 +33,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.runs import RunDirError, undo_unstarted_run
+    from ..core.runs import undo_unstarted_run
     from ..train.supernet import train_supernet
 
     out = Path(args.out)
-    if args.resume and args.force:
-        raise RunDirError("--resume and --force contradict each other; choose one")
-    apply_restart(args)
-    teacher = teacher_from_args(args)  # on --resume, None: the run's teacher.json
-    if args.resume:
-        if not (out / "config.yaml").exists():
-            raise RunDirError(f"cannot resume: {out} holds no supernet run (config.yaml missing); drop --resume")
-        config_path = args.config or out / "config.yaml"
-    else:
-        if teacher is None:
-            raise RunDirError("a supernet needs a teacher: --teacher FOLDER, or --teacher-ab FILE --teacher-ba FILE")
-        config_path = args.config
+    teacher, config_path = teacher_and_config(args, "supernet run")
     cfg = job_config(args, config_path)
     with undo_unstarted_run(out, args.resume, ("checkpoint.pt",)):
         run_dir = train_supernet(cfg, out, teacher=teacher, resume=args.resume, force=args.force)
