@@ -47,6 +47,55 @@ def assert_same_tree(a, b, path="checkpoint"):
         assert a == b, path
 
 
+def direct_edges(gen, x: torch.Tensor, image_out: str, channels=range):
+    """``{(producer, out channel): {(consumer, in channel), ...}}``: the real data flow of ``gen``.
+
+    One output channel of one conv (``gen.named_convs()``) is perturbed while every other conv's
+    output is frozen to its clean value, so only the convs that read that channel directly see
+    a change. ``image_out`` names the conv that writes the image (not a producer of any group);
+    ``channels(width)`` picks the output channels to try (default: all).
+    """
+    convs = dict(gen.named_convs())
+    clean_in, clean_out = {}, {}
+
+    def record(name):
+        def hook(mod, inp, out):
+            clean_in[name], clean_out[name] = inp[0].detach().clone(), out.detach().clone()
+        return hook
+
+    handles = [c.register_forward_hook(record(n)) for n, c in convs.items()]
+    with torch.no_grad():
+        gen(x)
+    for h in handles:
+        h.remove()
+    edges = {}
+    for producer in convs:
+        if producer == image_out:
+            continue
+        for c in channels(clean_out[producer].shape[1]):
+            seen = {}
+
+            def freeze(name):
+                def hook(mod, inp, out):
+                    seen[name] = inp[0].detach().clone()
+                    out = clean_out[name].clone()
+                    if name == producer:
+                        out[:, c] += 3.0 + out[:, c].abs()
+                    return out
+                return hook
+
+            handles = [m.register_forward_hook(freeze(n)) for n, m in convs.items()]
+            with torch.no_grad():
+                gen(x)
+            for h in handles:
+                h.remove()
+            edges[(producer, c)] = {
+                (q, int(j)) for q in convs
+                for j in torch.nonzero((seen[q] - clean_in[q]).abs().amax(dim=(0, 2, 3)) > 1e-6).flatten()
+            }
+    return edges
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "data")

@@ -15,52 +15,7 @@ import torch
 from coevo.models import GeneratorArch, ResnetGenerator, group_names
 from coevo.prune import channel_groups, conv_group_map
 
-
-def _direct_edges(gen: ResnetGenerator, x: torch.Tensor):
-    """{(producer, out channel): {(consumer, in channel), ...}} for a few channels of every producer."""
-    convs = dict(gen.named_convs())
-    clean_in, clean_out = {}, {}
-
-    def record(name):
-        def hook(mod, inp, out):
-            clean_in[name], clean_out[name] = inp[0].detach().clone(), out.detach().clone()
-        return hook
-
-    handles = [c.register_forward_hook(record(n)) for n, c in convs.items()]
-    with torch.no_grad():
-        gen(x)
-    for h in handles:
-        h.remove()
-
-    edges = {}
-    noise = torch.Generator().manual_seed(0)
-    for producer in convs:
-        if producer == "head":
-            continue
-        width = clean_out[producer].shape[1]
-        for c in sorted({0, width // 2, width - 1}):
-            seen = {}
-
-            def freeze(name):
-                def hook(mod, inp, out):
-                    seen[name] = inp[0].detach().clone()
-                    out = clean_out[name].clone()
-                    if name == producer:
-                        out[:, c] += 5 * torch.randn(out[:, c].shape, generator=noise)
-                    return out
-                return hook
-
-            handles = [m.register_forward_hook(freeze(n)) for n, m in convs.items()]
-            with torch.no_grad():
-                gen(x)
-            for h in handles:
-                h.remove()
-            edges[(producer, c)] = {
-                (q, int(j))
-                for q in convs
-                for j in torch.nonzero((seen[q] - clean_in[q]).abs().amax(dim=(0, 2, 3)) > 1e-6).flatten()
-            }
-    return edges
+from conftest import direct_edges
 
 
 def _derive_groups(edges):
@@ -103,7 +58,7 @@ ARCHS = [
 def test_declared_groups_match_real_data_flow(arch):
     torch.manual_seed(0)
     gen = ResnetGenerator(arch).eval()
-    edges = _direct_edges(gen, torch.randn(1, 3, 16, 20))
+    edges = direct_edges(gen, torch.randn(1, 3, 16, 20), "head", channels=lambda w: sorted({0, w // 2, w - 1}))
     # A producer's channel c reaches input channel c of its group's consumers (those
     # downstream of it: block 1's output skips past block 0) and nothing else.
     io = conv_group_map(arch)

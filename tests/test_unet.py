@@ -19,6 +19,8 @@ from coevo.prune import Genome, MacTable, channel_groups, count_macs, count_para
 from coevo.prune.groups import conv_inputs
 from coevo.prune.macs import macs_of_genome
 
+from conftest import direct_edges
+
 
 # ----------------------------------------------------------------- the reference code, restated
 class _RefIdentity(nn.Module):
@@ -215,56 +217,12 @@ UNEVEN = UnetArch(num_downs=5, ngf=4, norm="batch", widths={"down1": 3, "down2":
                                                               "down5": 4, "up5": 5, "up4": 2, "up3": 6, "up2": 3})
 
 
-def _direct_edges(gen: UnetGenerator, x: torch.Tensor):
-    """{(producer, out channel): {(consumer, in channel)}}: one channel of one conv's output is
-    perturbed while every other conv's output is frozen to its clean value."""
-    convs = dict(gen.named_convs())
-    clean_in, clean_out = {}, {}
-
-    def record(name):
-        def hook(mod, inp, out):
-            clean_in[name], clean_out[name] = inp[0].detach().clone(), out.detach().clone()
-        return hook
-
-    handles = [c.register_forward_hook(record(n)) for n, c in convs.items()]
-    with torch.no_grad():
-        gen(x)
-    for h in handles:
-        h.remove()
-    edges = {}
-    for producer in convs:
-        if producer == "up1":
-            continue
-        for c in range(clean_out[producer].shape[1]):
-            seen = {}
-
-            def freeze(name):
-                def hook(mod, inp, out):
-                    seen[name] = inp[0].detach().clone()
-                    out = clean_out[name].clone()
-                    if name == producer:
-                        out[:, c] += 3.0 + out[:, c].abs()
-                    return out
-                return hook
-
-            handles = [m.register_forward_hook(freeze(n)) for n, m in convs.items()]
-            with torch.no_grad():
-                gen(x)
-            for h in handles:
-                h.remove()
-            edges[(producer, c)] = {
-                (q, int(j)) for q in convs
-                for j in torch.nonzero((seen[q] - clean_in[q]).abs().amax(dim=(0, 2, 3)) > 0).flatten()
-            }
-    return edges
-
-
 @pytest.mark.parametrize("arch", [UNEVEN, UnetArch(num_downs=6, ngf=2, norm="instance")],
                          ids=["batch-uneven", "instance-6"])
 def test_declared_groups_match_real_data_flow(arch):
     torch.manual_seed(0)
     gen = _randomise_norms(UnetGenerator(arch)).eval()
-    edges = _direct_edges(gen, torch.randn(2, 3, 2 ** arch.num_downs, 2 * 2 ** arch.num_downs))
+    edges = direct_edges(gen, torch.randn(2, 3, 2 ** arch.num_downs, 2 * 2 ** arch.num_downs), "up1")
     # What the table declares: channel c of group g is input channel offset(g) + c of each consumer.
     expected = {}
     for conv, (inputs, _) in conv_inputs(arch).items():
