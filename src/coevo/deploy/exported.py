@@ -338,10 +338,7 @@ def load_exported(path: PathLike, providers: Optional[Sequence[str]] = None,
     ``trust=True``: pass it only for files this process wrote or the user vouched for
     (``--trust-model``). :func:`coevo.load_generator` rebuilds untrusted ones from their weights.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"exported model not found: {path}")
-    regular_file(path, "exported model")
+    path = regular_file(path, "exported model")  # missing, a folder, a pipe or a device: refused here
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return OnnxGenerator(path, providers=providers, intra_op_num_threads=intra_op_num_threads).eval()

@@ -150,10 +150,7 @@ def load_generator(path: PathLike, trust: bool = False) -> nn.Module:
     archive (:mod:`coevo.models.archive`). With ``trust=True`` the exported program itself is
     loaded (after :func:`~coevo.deploy.exported.check_pt2_archive` for ``.pt2``).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"generator file not found: {path}")
-    regular_file(path, "generator file")
+    path = regular_file(path, "generator file")  # missing, a folder, a pipe or a device: refused here
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         model = _load_safetensors_generator(path)
