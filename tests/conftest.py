@@ -31,6 +31,19 @@ def make_image_folder(root: Path, n: int = 4, size: int = 32, seed: int = 0,
     return root
 
 
+def make_teacher_folder(folder: Path, arch: GeneratorArch, seed: int = 0, ndf: int = 4) -> Path:
+    """A (random, seeded) coevo teacher folder: G_A.pt, G_B.pt and PatchGAN D_A.pt, D_B.pt."""
+    from coevo.models import DiscriminatorArch, NLayerDiscriminator, save_discriminator, save_generator
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    for name in ("G_A", "G_B"):
+        save_generator(ResnetGenerator(arch), folder / f"{name}.pt")
+    for name in ("D_A", "D_B"):
+        save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=ndf)), folder / f"{name}.pt")
+    return folder
+
+
 def assert_same_tree(a, b, path="checkpoint"):
     """Bit-identical nested dicts/lists of tensors and numbers (checkpoints, search states)."""
     if isinstance(a, torch.Tensor):

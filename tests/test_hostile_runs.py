@@ -22,7 +22,7 @@ from coevo.models import (DiscriminatorArch, GeneratorArch, NLayerDiscriminator,
 from coevo.prune import Genome
 from coevo.core.runlock import LOCK_NAME
 
-from conftest import make_image_folder
+from conftest import make_image_folder, make_teacher_folder
 from test_safety import one_error_line, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,24 +37,13 @@ FINETUNE = {"epochs": 1, "epochs_decay": 0, "max_steps_per_epoch": 2, "log_every
             "sample_images": 2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Images, a (random) teacher with discriminators, half genomes of it, and a config file."""
     root = tmp_path_factory.mktemp("hostile")
     data = make_image_folder(root / "data", n=6, size=32)
-    teacher = root / "teacher"
-    teacher.mkdir()
-    torch.manual_seed(0)
     arch = GeneratorArch.full(ngf=4, n_blocks=1)
-    for name in ("G_A", "G_B"):
-        save_generator(ResnetGenerator(arch), teacher / f"{name}.pt")
-    for name in ("D_A", "D_B"):
-        save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / f"{name}.pt")
+    teacher = make_teacher_folder(root / "teacher", arch)
     genomes = {}
     for i, name in enumerate(("G_A", "G_B")):
         genome = Genome.from_kept(arch, {n: list(range(i % 2, w, 2)) for n, w in arch.widths.items()})

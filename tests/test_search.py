@@ -12,12 +12,7 @@ import yaml
 from coevo.cli import main
 from coevo.config import config_from_dict, load_config
 from coevo.models import (
-    DiscriminatorArch,
     GeneratorArch,
-    NLayerDiscriminator,
-    ResnetGenerator,
-    save_discriminator,
-    save_generator,
 )
 from coevo.models.io import safe_torch_load
 from coevo.evaluation.perceptual import PerceptualWeightsError
@@ -36,7 +31,7 @@ from coevo.search import fitness as fitness_module
 from coevo.search.context import eval_batch, split_images
 from coevo.models.teacher import find_teacher
 
-from conftest import make_image_folder
+from conftest import make_image_folder, make_teacher_folder
 
 SEARCH = {"population": 5, "generations": 3, "eval_images": 3, "eval_size": 32}
 
@@ -52,14 +47,7 @@ def _one_thread():
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_env")
     data = make_image_folder(root / "data", n=6, size=32)
-    teacher = root / "teacher"
-    teacher.mkdir()
-    torch.manual_seed(0)
-    arch = GeneratorArch.full(ngf=4, n_blocks=2)
-    save_generator(ResnetGenerator(arch), teacher / "G_A.pt")
-    save_generator(ResnetGenerator(arch), teacher / "G_B.pt")
-    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / "D_A.pt")
-    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), teacher / "D_B.pt")
+    teacher = make_teacher_folder(root / "teacher", GeneratorArch.full(ngf=4, n_blocks=2))
     return {"root": root, "data": data, "teacher": teacher}
 
 
