@@ -15,7 +15,10 @@ from coevo.models import GeneratorArch, ResnetGenerator
 def _few_threads():
     # One thread: tiny models gain nothing from more, and on a CI machine shared with
     # other jobs torch's default (one per core) made runs 5-20x slower here.
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_image_folder(root: Path, n: int = 4, size: int = 32, seed: int = 0,

@@ -19,14 +19,6 @@ from test_finetune import _assert_same, search_dir  # noqa: F401  (the fixture)
 DISTILL = ["finetune.mode=distill"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _trainer(tmp_path, search_dir, name, cached, lambda_feature=0.0):  # noqa: F811
     cfg, teacher_paths, genomes = read_search_dir(search_dir, DISTILL + [f"finetune.lambda_feature={lambda_feature}"])
     teacher, students, discriminators = _slim_pair(teacher_paths, genomes, cfg)

@@ -22,15 +22,6 @@ from coevo.train.teacher import build_cyclegan, save_teacher
 CALLS_PER_STEP = 6  # gan_loss calls per CycleGAN step
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets gain nothing from a second thread; on a busy 2-core machine two threads crawl.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_config(root, **finetune_values):
     ft = {"epochs": 2, "epochs_decay": 1, "max_steps_per_epoch": 2, "log_every": 1, "pool_size": 2,
           "sample_images": 2}

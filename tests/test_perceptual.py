@@ -15,12 +15,6 @@ from coevo.evaluation.perceptual import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The tiny tensors here gain nothing from threads, and threads fight on a busy machine.
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def images():
     g = torch.Generator().manual_seed(0)

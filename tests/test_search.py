@@ -36,13 +36,6 @@ from conftest import make_image_folder, make_teacher_folder
 SEARCH = {"population": 5, "generations": 3, "eval_images": 3, "eval_size": 32}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny networks gain nothing from threads, and threads fight on a busy machine. Results are
-    # bit-identical only at a fixed thread count, so module fixtures set it too.
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("search_env")

@@ -14,8 +14,7 @@ from coevo.cli import main
 from coevo.config import config_from_dict
 from coevo.core.runs import read_jsonl
 from coevo.models import (
-    DiscriminatorArch, GeneratorArch, NLayerDiscriminator, ResnetGenerator, load_generator, save_discriminator,
-    save_generator,
+    GeneratorArch, load_generator,
 )
 from coevo.models.io import safe_torch_load
 from coevo.models.teacher import resolve_teacher
@@ -24,26 +23,14 @@ from coevo.search import DIRECTIONS, build_context, run_search
 from coevo.search.context import MACS_SIZE
 from coevo.train.supernet import MaskSampler, SupernetGenerator, search_budget, train_supernet
 
-from conftest import assert_same_tree, make_image_folder
+from conftest import assert_same_tree, make_image_folder, make_teacher_folder
 
 SEARCH = {"population": 4, "generations": 1, "eval_images": 3, "eval_size": 32, "macs_ratio": 0.3}
 SUPERNET = {"steps": 4, "batch_size": 2, "random_masks": 1, "checkpoint_every": 2, "log_every": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)  # bit-identical results need a fixed thread count
-
-
 def _teacher(folder: Path, ngf: int = 4, seed: int = 0) -> Path:
-    folder.mkdir(parents=True)
-    torch.manual_seed(seed)
-    arch = GeneratorArch.full(ngf=ngf, n_blocks=2)
-    save_generator(ResnetGenerator(arch), folder / "G_A.pt")
-    save_generator(ResnetGenerator(arch), folder / "G_B.pt")
-    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), folder / "D_A.pt")
-    save_discriminator(NLayerDiscriminator(DiscriminatorArch(ndf=4)), folder / "D_B.pt")
-    return folder
+    return make_teacher_folder(folder, GeneratorArch.full(ngf=ngf, n_blocks=2), seed)
 
 
 @pytest.fixture(scope="module")

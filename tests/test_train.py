@@ -52,16 +52,6 @@ def interrupt_after(monkeypatch, calls: int, exc=KeyboardInterrupt, value=None):
     monkeypatch.setattr(losses, "gan_loss", patched)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets gain nothing from a second thread, and on a busy 2-core machine two
-    # threads that wait on each other make each step ten times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def count_calls(monkeypatch) -> dict:
     real = losses.gan_loss
     count = {"n": 0}
