@@ -205,7 +205,7 @@ def check_pt2_archive(path: PathLike) -> None:
 
     path = Path(path)
     try:
-        Archive(path)  # one top folder, no duplicate or case-variant entry names, no zip bomb
+        Archive(path).close()  # one top folder, no duplicate or case-variant entry names, no zip bomb
     except UntrustedArchiveError as e:
         raise UnsafeExportError(str(e)) from e
     docs: Dict[str, Any] = {}

@@ -58,20 +58,33 @@ class Archive:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         try:
-            with zipfile.ZipFile(self.path) as zf:
-                infos = zf.infolist()
+            self._zip = zipfile.ZipFile(self.path)  # opened once: every entry is read through it
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise UntrustedArchiveError(f"{self.path} is not a readable zip archive ({e}); the file may be "
                                         "truncated or not an exported model") from e
-        names = [i.filename for i in infos]
-        self._check_names(names)
-        tops = {n.split("/", 1)[0] for n in names}
-        if len(tops) != 1 or any("/" not in n for n in names):
-            raise UntrustedArchiveError(f"{self.path}: entries lie outside one top folder ({sorted(tops)[:4]}); "
-                                        "not an archive torch writes")
-        self.top = tops.pop()
-        self._check_sizes(infos)
+        try:
+            infos = self._zip.infolist()
+            names = [i.filename for i in infos]
+            self._check_names(names)
+            tops = {n.split("/", 1)[0] for n in names}
+            if len(tops) != 1 or any("/" not in n for n in names):
+                raise UntrustedArchiveError(f"{self.path}: entries lie outside one top folder "
+                                            f"({sorted(tops)[:4]}); not an archive torch writes")
+            self.top = tops.pop()
+            self._check_sizes(infos)
+        except BaseException:
+            self.close()
+            raise
         self.infos: Dict[str, zipfile.ZipInfo] = {i.filename.split("/", 1)[1]: i for i in infos}
+
+    def close(self) -> None:
+        self._zip.close()
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_names(self, names: List[str]) -> None:
         seen: Dict[str, str] = {}
@@ -107,8 +120,7 @@ class Archive:
             raise UntrustedArchiveError(f"{self.path}: {self.top}/{name} is {info.file_size} bytes, over the "
                                         f"{limit}-byte limit for it")
         try:
-            with zipfile.ZipFile(self.path) as zf:
-                return zf.read(info)
+            return self._zip.read(info)
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             raise UntrustedArchiveError(f"cannot read {self.top}/{name} from {self.path} ({e}); the file may "
                                         "be truncated") from e
@@ -208,9 +220,9 @@ def torchscript_state_dict(archive: Archive) -> Dict[str, torch.Tensor]:
 
 def read_archive(path: PathLike, kind: str) -> tuple:
     """``(arch dict or None, state_dict)`` of a ``.pt2`` (``kind="pt2"``) or TorchScript archive; runs nothing."""
-    archive = Archive(path)
-    sd = pt2_state_dict(archive) if kind == "pt2" else torchscript_state_dict(archive)
-    return _arch(archive), sd
+    with Archive(path) as archive:
+        sd = pt2_state_dict(archive) if kind == "pt2" else torchscript_state_dict(archive)
+        return _arch(archive), sd
 
 
 def torchscript_weights_entry(model: ResnetGenerator) -> bytes:
