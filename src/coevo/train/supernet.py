@@ -59,6 +59,7 @@ from ..core import distributed
 from ..core.files import atomic_torch_save, atomic_write_text
 from ..core.guards import check_finite
 from ..core.inputs import InputsChangedError, file_fingerprint, teacher_files
+from ..core.rng import derive_seed, torch_rng
 from ..core.runlock import releasing
 from ..core.runs import append_jsonl, read_jsonl, truncate_jsonl, undo_failed_start
 from ..errors import CheckpointError, ConfigError
@@ -85,14 +86,6 @@ SAMPLER_KEYS = ("compute", "macs_ratio", "latency_ratio", "latency_ms", "latency
 STREAM_DATA, STREAM_MASKS = 21, 22  # rng stream tags, distinct from coevo.train.loop's
 HELD_STEP = 2 ** 40  # the "step" of the fixed batch and masks the finished supernet is checked on
 CHECKPOINT_FORMAT = "coevo.supernet.checkpoint"
-
-
-def _torch_rng(*parts: int) -> torch.Generator:
-    """A ``torch.Generator`` seeded from integers (independent streams, no global RNG)."""
-    seed = int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 # ----------------------------------------------------------------------------- the masked network
@@ -225,7 +218,7 @@ class DistillData:
         return torch.cat([net(x[i:i + batch]) for i in range(0, len(x), batch)])
 
     def batch(self, direction: str, step: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        g = _torch_rng(self.seed, STREAM_DATA, step, DIRECTIONS.index(direction))
+        g = torch_rng(derive_seed(self.seed, STREAM_DATA, step, DIRECTIONS.index(direction)))
         images = self.images[direction]
         index = torch.randint(len(images), (self.batch_size,), generator=g)
         flip = (torch.rand(self.batch_size, generator=g) < 0.5) if self.flip else torch.zeros(self.batch_size,
