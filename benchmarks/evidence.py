@@ -13,7 +13,8 @@ One protocol, per built-in task (``--task snow`` or ``dense``, 64 px, exact grou
 
    * ``coevo``: the search as users run it (:func:`coevo.search.run_search`, ``search.macs_ratio`` =
      the budget, the seed as ``seed``);
-   * ``l1``: one-shot L1-norm pruning (:func:`coevo.prune.l1_genome_for_macs`, the config's constraints);
+   * ``l1``: one-line global L1-norm pruning (:func:`global_l1_genome`: filters ranked across the network
+     by their layer-normalised L1 norm, one threshold; each group gets its own width);
    * ``random``: a random genome (:func:`coevo.prune.random_genome_for_macs`, seeded);
    * ``uniform``: every group at the same width fraction, its filters chosen by L1 norm (the
      narrow student of OMGD, initialised from the teacher);
@@ -68,7 +69,7 @@ from coevo.config import Config, config_to_dict, dump_config, load_config
 from coevo.core.files import atomic_write_text
 from coevo.models import load_generator
 from coevo.models.teacher import TeacherPaths, find_teacher
-from coevo.prune import Genome, l1_genome_for_macs, macs_ratio_of, random_genome_for_macs
+from coevo.prune import Genome, macs_ratio_of, random_genome_for_macs
 from coevo.prune.baselines import filter_importance
 from coevo.prune.budget import WidthFitter, genome_from_scores, random_scores, teacher_budget
 from coevo.search import MACS_CONVENTION, MACS_SIZE
@@ -83,6 +84,14 @@ BUDGETS = (0.05, 0.02, 0.1)
 DIRECTIONS = ("G_A", "G_B")
 EVAL = {"G_A": "AB", "G_B": "BA"}
 TOLERANCE = 0.01
+ARM_DEFINITIONS = {
+    "coevo": "coevo's co-evolutionary search as users run it (search.macs_ratio = the budget)",
+    "l1": "global L1: filters ranked network-wide by L1 norm / the group's mean L1 norm, one threshold",
+    "random": "random per-group keep densities scaled to the budget, random filters",
+    "uniform": "every group at the same width fraction, filters by L1 norm, weights from the teacher",
+    "uniform-scratch": "the uniform widths, weights re-initialised",
+    "coevo-scratch": "the searched widths, weights re-initialised",
+}
 CELL_KEYS = ("arm", "budget", "seed", "recipe", "macs_ratio_A", "macs_ratio_B", "psnr_teacher_AB",
              "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "same_as_l1")
 
@@ -203,6 +212,36 @@ def uniform_genome(teacher_gen, budget: float) -> Genome:
                               {"method": "uniform", "fraction": ratio, "macs_ratio": budget})
 
 
+def global_l1_genome(teacher_gen, budget: float) -> Genome:
+    """One-line global L1 pruning: every filter ranked across the whole network by its L1 norm divided
+    by the mean L1 norm of its group (the "mean" normaliser of Torch-Pruning's global pruning: raw norms
+    are not comparable between layers of different fan-in), one threshold for all, the highest that
+    fits the budget's MACs; every group keeps at least one filter. Unlike ``uniform`` it gives each
+    group its own width."""
+    arch = teacher_gen.arch
+    fitter = WidthFitter(arch, MACS_SIZE, False, 1, 1, MACS_CONVENTION)
+    budget_macs = teacher_budget(arch, budget, MACS_SIZE, MACS_CONVENTION)
+    scores = filter_importance(teacher_gen)
+    norm = {g: v / max(float(np.mean(v)), 1e-12) for g, v in scores.items()}
+
+    def widths_at(t: float) -> np.ndarray:
+        return np.array([max(1, int((norm[n] > t).sum())) for n in fitter.names], dtype=np.int64)
+
+    values = np.unique(np.concatenate(list(norm.values())))  # candidate thresholds, ascending
+    lo, hi = 0, len(values) - 1  # the smallest threshold index whose widths fit
+    if fitter.macs(widths_at(float(values[hi]))) > budget_macs:
+        raise ValueError(f"global L1: no threshold fits {budget:g} of the MACs")
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fitter.macs(widths_at(float(values[mid]))) <= budget_macs:
+            hi = mid
+        else:
+            lo = mid + 1
+    t = float(values[lo])
+    return genome_from_scores(arch, fitter.expand(widths_at(t)), scores, False,
+                              {"method": "global-l1", "threshold": t, "macs_ratio": budget})
+
+
 def genome_key(genomes: Mapping[str, Genome]) -> str:
     h = hashlib.sha256()
     for d in DIRECTIONS:
@@ -245,17 +284,37 @@ def _val_psnr(nets, val: Dict[str, torch.Tensor], gt: Dict[str, torch.Tensor]) -
 
 
 def converged(curve: Sequence[Mapping], window: int, tol_db: float) -> Optional[Dict]:
-    """The stopping rule: the last point's mean PSNR within ``tol_db`` of the latest point at least
-    ``window`` steps earlier; returns that comparison, or None while it does not hold."""
+    """The stopping rule: the mean PSNR of the evaluations in the last ``window`` steps within ``tol_db`` of
+    the mean over the ``window`` steps before them; returns that comparison, or None while it does not hold.
+
+    Means over windows, not two single evaluations: one held-out evaluation of a GAN moves by tenths of
+    a dB from one checkpoint to the next, so two points can agree by chance while the curve still rises.
+    """
     if not curve:
         return None
-    last = curve[-1]
-    earlier = [p for p in curve if p["step"] <= last["step"] - window]
-    if not earlier:
+    end = curve[-1]["step"]
+    if curve[0]["step"] > end - 2 * window:
         return None
-    ref = earlier[-1]
-    change = last["psnr"] - ref["psnr"]
-    return {"from_step": ref["step"], "to_step": last["step"], "change_db": change} if abs(change) < tol_db else None
+    last = [p["psnr"] for p in curve if end - window < p["step"] <= end]
+    before = [p["psnr"] for p in curve if end - 2 * window < p["step"] <= end - window]
+    if not last or not before:
+        return None
+    change = float(np.mean(last) - np.mean(before))
+    if abs(change) >= tol_db:
+        return None
+    return {"from_step": end - 2 * window, "to_step": end, "change_db": change,
+            "mean_before_db": float(np.mean(before)), "mean_last_db": float(np.mean(last))}
+
+
+def weights_digest(nets) -> str:
+    """sha256 (16 hex digits) of the generators' weights, so a retrained teacher can be checked against
+    the one the committed cells used."""
+    h = hashlib.sha256()
+    for name in ("G_A", "G_B"):
+        for key, t in sorted(getattr(nets, name).state_dict().items()):
+            h.update(key.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: float = 0.1, cap: int = 30000,
@@ -294,6 +353,8 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
         if record_path.is_file():
             curve = [p for p in json.loads(record_path.read_text())["curve"] if p["step"] <= trainer.global_step]
     rule = {"window_steps": window, "tol_db": tol_db, "cap_steps": cap, "eval_every_steps": eval_every,
+            "rule": f"stop when the mean held-out PSNR over the last {window} steps is within {tol_db} dB of "
+                    f"the mean over the {window} steps before",
             "metric": "mean over both directions of PSNR (dB) to the true translation of the held-out training "
                       f"images ({len(val['A'])} + {len(val['B'])}, data.val_fraction={cfg.data.val_fraction})",
             "schedule": f"constant learning rate {cfg.train.lr}, batch {cfg.train.batch_size}"}
@@ -313,7 +374,7 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
         atomic_write_text(record_path, json.dumps({"status": "training", "rule": rule, "curve": curve}, indent=1))
         stop = converged(curve, window, tol_db)
     record = {"status": "done", "rule": rule, "converged": stop is not None, "stopped_by": stop or "cap",
-              "steps": trainer.global_step, "final": curve[-1], "seconds_this_run": round(time.perf_counter() - t0, 1),
+              "steps": trainer.global_step, "weights_sha256": weights_digest(nets), "final": curve[-1], "seconds_this_run": round(time.perf_counter() - t0, 1),
               "curve": curve}
     save_teacher(nets, folder)
     dump_config(cfg, folder / "config.yaml")
@@ -385,7 +446,7 @@ def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherP
     if base == "coevo":
         return search_pair(cfg, paths, work, budget, seed)
     if base == "l1":
-        return {d: l1_genome_for_macs(teacher[d], budget, MACS_SIZE, **cons) for d in DIRECTIONS}, {}
+        return {d: global_l1_genome(teacher[d], budget) for d in DIRECTIONS}, {}
     if base == "random":
         rng = np.random.default_rng([seed, 7])
         return {d: random_genome_for_macs(teacher[d].arch, budget, MACS_SIZE, rng, **cons) for d in DIRECTIONS}, {}
@@ -547,6 +608,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true", help="redo the cells this invocation names (only those)")
+    p.add_argument("--teacher-only", action="store_true", help="train (or resume) the converged teacher, no cells")
     p.add_argument("--tiny", action="store_true", help="2 seeds x coevo, uniform x budget 0.1 on a tiny teacher")
     args = p.parse_args(argv)
     if args.tiny:
@@ -612,39 +674,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = find_teacher(args.work / "teacher")
     teacher = {d: load_generator(getattr(paths, d)).eval() for d in DIRECTIONS}
     cells = [(r, a, b, s) for r in args.recipes for b in args.budgets for s in range(args.seeds) for a in args.arms]
+    if args.teacher_only:
+        cells = []
     if args.force:
         log.info("--force: removed %d entries of the %d named cells", remove_cells(args.work, cells), len(cells))
-    new = []
+    out_path = args.out / f"evidence_{args.task}.json"
+    new: List[Dict] = []
+
+    def write_results() -> Dict:
+        """The results file as of now (after the teacher and after every cell, so a stop loses no cell)."""
+        old = json.loads(out_path.read_text()).get("cells", []) if out_path.is_file() else []
+        all_cells = merge_cells(old, new, cells if args.force else [])
+        teacher_curve = args.out / f"evidence_{args.task}_teacher.png"
+        result = {
+            "benchmark": "evidence", "version": 2, "task": args.task, "tiny": args.tiny,
+            "command": " ".join(["python benchmarks/evidence.py", *(sys.argv[1:] if argv is None else argv)]),
+            "settings": {"config": config_to_dict(cfg), "macs_size": MACS_SIZE, "macs_convention": MACS_CONVENTION,
+                         "tolerance": args.tol, "work": str(args.work), "arm_definitions": ARM_DEFINITIONS},
+            "teacher": {k: v for k, v in teacher_record.items() if k != "curve"}
+            | {"curve_file": teacher_curve.name, "curve_points": len(teacher_record["curve"])},
+            "summary": summarise(all_cells),
+            "cell_keys": list(CELL_KEYS),
+            "cells": all_cells,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
+        atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
+        plot_curve(teacher_record, teacher_curve)
+        return result
+
+    result = write_results()
     for i, (recipe, arm, budget, seed) in enumerate(cells, 1):
         t0 = time.perf_counter()
         record = run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, args.work, args.tol)
         new.append(record)
+        result = write_results()
         log.info("cell %d/%d %s %s: MACs %.4f/%.4f of the teacher (target %g), PSNR to teacher %.2f/%.2f dB, "
                  "to GT %.2f/%.2f dB%s (%.0f s)", i, len(cells), recipe, cell_name(arm, budget, seed),
                  record["macs_ratio_A"], record["macs_ratio_B"], budget, record["psnr_teacher_AB"],
                  record["psnr_teacher_BA"], record["psnr_gt_AB"], record["psnr_gt_BA"],
                  ", same as L1" if record["same_as_l1"] else "", time.perf_counter() - t0)
-    out_path = args.out / f"evidence_{args.task}.json"
-    old = json.loads(out_path.read_text()).get("cells", []) if out_path.is_file() else []
-    all_cells = merge_cells(old, new, cells if args.force else [])
-    teacher_curve = args.out / f"evidence_{args.task}_teacher.png"
-    result = {
-        "benchmark": "evidence", "version": 1, "task": args.task, "tiny": args.tiny,
-        "command": " ".join(["python benchmarks/evidence.py", *(sys.argv[1:] if argv is None else argv)]),
-        "settings": {"config": config_to_dict(cfg), "macs_size": MACS_SIZE, "macs_convention": MACS_CONVENTION,
-                     "tolerance": args.tol, "work": str(args.work)},
-        "teacher": {k: v for k, v in teacher_record.items() if k != "curve"}
-        | {"curve_file": teacher_curve.name, "curve_points": len(teacher_record["curve"])},
-        "summary": summarise(all_cells),
-        "cell_keys": list(CELL_KEYS),
-        "cells": all_cells,
-        "wall_time_s_this_run": round(time.perf_counter() - start, 1),
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
-    atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
-    plot_curve(teacher_record, teacher_curve)
-    print(f"{args.task}: {len(new)} cells this run, {len(all_cells)} in {out_path}")
+    print(f"{args.task}: {len(new)} cells this run, {len(result['cells'])} in {out_path}")
     for endpoint in ("psnr_teacher", "psnr_gt"):
         for name, s in result["summary"][endpoint].items():
             print(f"  {endpoint} {name}: {s['mean']:+.3f} dB [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}], "

@@ -118,15 +118,17 @@ def work(tmp_path):
     return tmp_path / "work"
 
 
-def test_a_cell_is_written_once_then_skipped_and_twins_reuse(work, teacher, fake_training):
+def test_a_cell_is_written_once_then_skipped_and_twins_reuse(work, teacher, fake_training, monkeypatch):
     cfg = _cfg()
+    # make L1 give the uniform pair, so that two arms land on the same pair (as a search can return L1's)
+    monkeypatch.setattr(ev, "global_l1_genome", ev.uniform_genome)
     rec = ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
     assert set(ev.CELL_KEYS) <= set(rec) and rec["same_as_l1"] and rec["macs_within_tolerance"]
     assert ev.cell_path(work, "distill", "l1", 0.1, 0).is_file()
     assert fake_training == [("l1", "distill", "teacher", 0)]
     assert ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE) == rec
     assert len(fake_training) == 1  # finished: read back, not trained again
-    # uniform is the same pair as L1 here: its numbers are L1's, not a second training
+    # uniform is the same pair as L1 (patched above): its numbers are L1's, not a second training
     uni = ev.run_cell("uniform", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
     assert uni["same_as_l1"] and uni["reused_from"] == "l1_b0.1_s0" and len(fake_training) == 1
     assert uni["psnr_teacher_AB"] == rec["psnr_teacher_AB"]
@@ -179,15 +181,37 @@ def test_summary_pairs_by_seed_and_corrects_over_the_table():
 
 
 # ----------------------------------------------------------------------------- teacher
-def test_the_stopping_rule_compares_with_the_point_a_window_earlier():
-    curve = [{"step": s, "psnr": p} for s, p in ((0, 10.0), (500, 14.0), (1000, 15.0), (1500, 15.5), (2000, 15.55),
-                                                   (2500, 15.58), (3000, 15.56))]
-    assert ev.converged(curve[:5], 2000, 0.1) is None  # 15.55 against step 0's 10.0
-    assert ev.converged(curve[:6], 2000, 0.1) is None  # 15.58 against 14.0
-    assert ev.converged(curve, 2000, 0.1) is None  # 15.56 against 15.0
-    more = curve + [{"step": 3500, "psnr": 15.57}]
-    assert ev.converged(more, 2000, 0.1) == {"from_step": 1500, "to_step": 3500, "change_db": pytest.approx(0.07)}
-    assert ev.converged(curve[:1], 2000, 0.1) is None and ev.converged([], 2000, 0.1) is None
+def test_the_stopping_rule_compares_the_means_of_two_windows():
+    # every 500 steps; window 1000: the last two evaluations against the two before them
+    curve = [{"step": s, "psnr": p} for s, p in ((0, 10.0), (500, 14.0), (1000, 15.0), (1500, 15.5), (2000, 15.6))]
+    assert ev.converged(curve[:4], 1000, 0.1) is None  # 1500 steps: no two full windows yet
+    assert ev.converged(curve, 1000, 0.1) is None  # (15.5 + 15.6) / 2 against (14.0 + 15.0) / 2
+    more = curve + [{"step": 2500, "psnr": 15.4}, {"step": 3000, "psnr": 15.8}]
+    # (15.4 + 15.8) / 2 = 15.6 against 15.55: settled, although 15.8 - 15.4 alone is 0.4 dB
+    assert ev.converged(more, 1000, 0.1) == {"from_step": 1000, "to_step": 3000, "change_db": pytest.approx(0.05),
+                                             "mean_before_db": pytest.approx(15.55), "mean_last_db": pytest.approx(15.6)}
+    # two single points agreeing by chance do not stop it while the windows still rise
+    rising = curve + [{"step": 2500, "psnr": 16.4}, {"step": 3000, "psnr": 15.55}]
+    assert ev.converged(rising, 1000, 0.1) is None
+    assert ev.converged(curve[:1], 1000, 0.1) is None and ev.converged([], 1000, 0.1) is None
+
+
+def test_global_l1_gives_each_group_its_own_width_under_the_budget():
+    from coevo.models.generator import GeneratorArch, ResnetGenerator
+
+    torch.manual_seed(0)
+    gen = ResnetGenerator(GeneratorArch.full(ngf=16, n_blocks=2))
+    with torch.no_grad():  # make one group's filters clearly stronger than the rest
+        dict(gen.named_convs())["stem"].weight.mul_(torch.linspace(0.1, 3.0, 16).view(16, 1, 1, 1))
+    g = ev.global_l1_genome(gen, 0.1)
+    u = ev.uniform_genome(gen, 0.1)
+    assert ev.macs_ratio_of(g, ev.MACS_SIZE, ev.MACS_CONVENTION) <= 0.1
+    assert g.widths() != u.widths()
+    assert min(g.widths().values()) >= 1
+    scores = filter_importance(gen)
+    for name, mask in g.masks.items():  # the kept filters are each group's strongest
+        kept, dropped = scores[name][mask], scores[name][~mask]
+        assert not len(dropped) or kept.min() >= dropped.max()
 
 
 @pytest.fixture
