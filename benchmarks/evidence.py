@@ -341,9 +341,14 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
     val = {"A": torch.stack([splits.val[i]["A"] for i in range(len(splits.val.A_paths))]),
            "B": torch.stack([splits.val[i]["B"] for i in range(len(splits.val.B_paths))])}
     gt = _val_ground_truth(cfg, splits.val)
-    chunks = -(-cap // eval_every)
+    # One "epoch" of the loop = one evaluation interval: eval_every steps, or a pass over the training
+    # images when that is shorter. epochs = cap keeps the learning rate constant for as many intervals
+    # as can occur (each is >= 1 step); a smaller count would start the schedule's decay (and past
+    # it, a negative factor) before the cap.
+    per_epoch = -(-len(splits.train) // cfg.train.batch_size)
+    eval_every = min(eval_every, per_epoch)
     train = copy.deepcopy(cfg.train)
-    train.epochs, train.epochs_decay, train.max_steps_per_epoch = chunks, 0, eval_every
+    train.epochs, train.epochs_decay, train.max_steps_per_epoch = cap, 0, eval_every
     settings = LoopSettings.from_section(train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
     nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
     trainer = CycleGANTrainer(nets, settings, folder)

@@ -227,6 +227,19 @@ def teacher_cfg(tmp_path):
     })
 
 
+def test_the_teacher_learning_rate_stays_constant_to_the_cap(tmp_path, teacher_cfg):
+    # 6 training images: an interval is one pass (6 steps), not eval_every (10); 5 intervals to the cap.
+    # The schedule must not decay (nor turn negative) after cap / eval_every intervals.
+    from coevo.models.io import safe_torch_load
+
+    rec = ev.converge_teacher(teacher_cfg, tmp_path / "t", window=1000, cap=30, eval_every=10)
+    assert [p["step"] for p in rec["curve"]] == [0, 6, 12, 18, 24, 30]
+    assert rec["rule"]["eval_every_steps"] == 6
+    ckpt = safe_torch_load(tmp_path / "t" / "checkpoint.pt")
+    for opt in ("G", "D"):
+        assert [g["lr"] for g in ckpt["optimizers"][opt]["param_groups"]] == [teacher_cfg.train.lr]
+
+
 def test_an_interrupted_teacher_resumes_to_the_same_curve_and_weights(tmp_path, teacher_cfg, monkeypatch):
     from coevo.models.io import safe_torch_load
     from coevo.train.loop import CycleGANTrainer
