@@ -32,9 +32,14 @@ class DataConfig:
     # Folder with trainA, trainB, testA, testB. A folder you give is always used and never written
     # into. None: the built-in set in the run folder's data/ (see coevo.data.prepare.ensure_data_root).
     root: Optional[str] = None
+    # unaligned: trainA/ trainB/ testA/ testB/ (CycleGAN) | aligned: train/ (val/) test/, each image A and B
+    # side by side (pix2pix, coevo.data.aligned) | auto: what the folder holds (train/ without trainA/: aligned)
+    layout: str = "auto"
+    direction: str = "AtoB"            # aligned data: AtoB translates the left half into the right, BtoA back
     synthetic: bool = True             # build the built-in set at ``root`` when it is missing, empty or built-in
     synthetic_seed: int = 0            # the built-in set's scenes (fixed: every run seed sees the same data)
     synthetic_task: str = "snow"       # snow (the demo's) | dense (harder: more, smaller, finer-striped objects)
+    #                                    | pix2pix (paired: snow scenes, A|B side by side; coevo.data.paired_synthetic)
     synthetic_n_train: int = 200
     synthetic_n_test: int = 40
     load_size: int = 64                # resize to this before cropping
@@ -152,6 +157,21 @@ class SearchConfig:
 
 
 @dataclass
+class Pix2PixConfig:
+    """pix2pix (Isola et al. 2017) on aligned data (coevo.train.pix2pix): a U-Net generator and a PatchGAN
+    on the 6-channel input|output pair, with the reference's defaults; the loop settings come from ``train``."""
+
+    num_downs: int = 0                 # U-Net down-samplings; 0: log2(data.crop_size), at most 8 (unet_256 at 256 px)
+    norm: str = "batch"                # batch | instance | none (generator and discriminator)
+    # The reference trains with dropout unless --no_dropout; a U-Net file has no dropout key, so a reference
+    # latest_net_G.pth is loaded with this value
+    dropout: bool = True
+    gan_mode: str = "vanilla"          # vanilla (the reference's pix2pix: BCE on logits) | lsgan
+    lambda_l1: float = 100.0           # L1 to the paired target
+    lambda_distill: float = 10.0       # fine-tuning a compressed student: L1 to the teacher's output
+
+
+@dataclass
 class SupernetConfig:
     """The weight-sharing supernet behind ``search.fitness: supernet`` (coevo.train.supernet).
 
@@ -224,6 +244,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pix2pix: Pix2PixConfig = field(default_factory=Pix2PixConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -506,6 +527,9 @@ RULES: Dict[str, Rule] = {
     "model.n_layers_d": _at_least(1),
     **{f"train.{k}": r for k, r in _LOOP_RULES.items()},
     "train.init_gain": _above(0),
+    "pix2pix.num_downs": ((lambda v: v == 0 or 5 <= v <= 16), "0 (from data.crop_size) or in [5, 16]"),
+    "pix2pix.lambda_l1": _at_least(0),
+    "pix2pix.lambda_distill": _at_least(0),
     "search.population": _at_least(2),
     "search.generations": _at_least(0),
     "search.tournament_size": _at_least(1),
@@ -576,7 +600,11 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.latency_target": LATENCY_TARGETS,
         "search.fitness": ("proxy", "trained", "supernet"),
         "model.reference_mode": ("train", "eval"),
-        "data.synthetic_task": tuple(sorted(TASKS.names())),
+        "data.synthetic_task": (*sorted(TASKS.names()), "pix2pix"),
+        "data.layout": ("auto", "unaligned", "aligned"),
+        "data.direction": ("AtoB", "BtoA"),
+        "pix2pix.norm": ("batch", "instance", "none"),
+        "pix2pix.gan_mode": ("vanilla", "lsgan"),
         # auto: the teacher's discriminators when it has them, else a metric that needs none
         "search.perceptual": [*sorted(PERCEPTUAL_METRICS.names()), "auto"],
         "search.lpips_net": sorted(LPIPS_BACKBONES),
@@ -613,6 +641,9 @@ def _check_relations(section: str, s: Any) -> None:
     """Rules that tie two keys of one section together."""
     if section == "data" and s.crop_size > s.load_size:
         raise ConfigError(f"data.crop_size ({s.crop_size}) must be <= data.load_size ({s.load_size})")
+    if section == "data" and s.synthetic_task == "pix2pix" and s.layout == "unaligned":
+        raise ConfigError("data.synthetic_task=pix2pix is the paired built-in set (aligned layout), but "
+                          "data.layout=unaligned; set data.layout=aligned (or auto), or another synthetic_task")
     if section == "search":
         if s.elitism >= s.population:
             raise ConfigError(f"search.elitism ({s.elitism}) must be smaller than search.population "

@@ -26,9 +26,10 @@ def add_parser(sub):
     s.add_argument("--n-train", type=int, default=200, help="images per training domain (default: %(default)s)")
     s.add_argument("--n-test", type=int, default=40, help="images per test domain (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0, help="scene seed (default: %(default)s)")
-    s.add_argument("--task", choices=["snow", "dense"], default="snow",
-                   help="snow (the demo's) or dense (harder: more, smaller objects with finer stripes and "
-                        "texture); default: %(default)s")
+    s.add_argument("--task", choices=["snow", "dense", "pix2pix"], default="snow",
+                   help="snow (the demo's), dense (harder: more, smaller objects with finer stripes and "
+                        "texture), or pix2pix (paired, aligned layout: train/ val/ test/ of snow scenes, summer "
+                        "and winter side by side); default: %(default)s")
     s.add_argument("--force", action="store_true", help="replace a synthetic set coevo wrote in --out")
 
     c = actions.add_parser("check", help="count images per split and list unreadable files",
@@ -55,6 +56,15 @@ def _synthetic(args) -> int:
     from ..data.synthetic import make_synthetic_dataset
 
     start = time.perf_counter()
+    if args.task == "pix2pix":
+        from ..data.paired_synthetic import default_n_val, make_paired_synthetic
+
+        out = make_paired_synthetic(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test,
+                                    seed=args.seed, force=args.force)
+        print(f"paired synthetic data set ready in {out} ({time.perf_counter() - start:.1f} s): train/ "
+              f"{args.n_train}, val/ {default_n_val(args.n_test)}, test/ {args.n_test} pairs, each A (summer) | B "
+              f"(winter, its exact translation) side by side; {args.size}x{args.size} px halves, seed {args.seed}")
+        return 0
     out = make_synthetic_dataset(args.out, size=args.size, n_train=args.n_train, n_test=args.n_test,
                                  seed=args.seed, force=args.force, task=args.task)
     print(f"synthetic data set ready in {out} ({time.perf_counter() - start:.1f} s): "

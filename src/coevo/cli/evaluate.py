@@ -68,6 +68,41 @@ def _resolve_teacher(args: argparse.Namespace):
     return teacher, disc
 
 
+def _run_paired(args: argparse.Namespace) -> int:
+    """`coevo evaluate` on aligned data: PSNR/SSIM to the paired target, and to the teacher when given."""
+    from ..evaluation.evaluate import save_json
+    from ..evaluation.paired import evaluate_paired
+    from ..models.io import load_generator
+
+    if args.out:
+        from ..core.outputs import check_outputs_apart
+
+        check_outputs_apart(args.out, {"--model file": args.model, "data folder": args.data,
+                                       "teacher": args.teacher}, kind="file")
+    teacher = args.teacher
+    if teacher is not None and Path(teacher).is_dir():
+        from ..models.pix2pix import find_pix2pix_teacher
+
+        teacher = find_pix2pix_teacher(teacher).G
+    result = evaluate_paired(load_generator(args.model, trust=args.trust_model), args.data, args.direction,
+                             teacher=teacher, size=args.size, batch_size=args.batch_size, device=args.device,
+                             reference_mode=args.reference_mode)
+    result["model"] = str(Path(args.model).resolve())
+    result["teacher"] = None if teacher is None else str(Path(teacher).resolve())
+    print(f"{args.model}: {args.direction} on the {result['n_images']} pairs of {Path(args.data) / 'test'} "
+          f"(aligned; {args.reference_mode} mode; no FID on paired data)")
+    rows = [("PSNR to target (dB)", result["psnr"], ".2f"), ("SSIM to target", result["ssim"], ".4f"),
+            ("PSNR to teacher (dB)", result["psnr_to_teacher"], ".2f"),
+            ("SSIM to teacher", result["ssim_to_teacher"], ".4f"), ("L1 to teacher", result["l1_to_teacher"], ".4f")]
+    rows = [(label, format(v, spec)) for label, v, spec in rows if v is not None]
+    width = max(len(label) for label, _ in rows)
+    print("\n".join([f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
+                    + [f"{label:<{width}}  {v}" for label, v in rows]))
+    if args.out:
+        print(f"wrote {save_json(result, args.out)}")
+    return 0
+
+
 def _table(result: dict) -> str:
     rows = [(label, result.get(key), spec) for label, key, spec in _ROWS]
     rows = [(label, format(v, spec)) for label, v, spec in rows if v is not None]
@@ -86,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models.io import load_generator
 
     check_device_available(args.device)
+    from ..data.aligned import detect_layout
+
+    if detect_layout(args.data) == "aligned":  # paired data (pix2pix): the target is the other half
+        return _run_paired(args)
     check_request(args.data, args.direction, args.size, args.batch_size,
                   measures=(not args.no_fid, args.teacher is not None))
     if args.out:  # checked before hours of work: never over an input, a device or a pipe

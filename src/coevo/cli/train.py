@@ -41,6 +41,16 @@ def run(args: argparse.Namespace) -> int:
                           "FILE --resume")
     config = args.config if args.config is not None else Path(args.out) / "config.yaml"
     cfg = job_config(args, config)
+    from ..data.aligned import resolve_layout
+
+    if resolve_layout(cfg.data) == "aligned":  # paired data: a pix2pix teacher (coevo.train.pix2pix)
+        from ..train.pix2pix import train_pix2pix
+
+        with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
+            out = train_pix2pix(cfg, args.out, resume=args.resume, force=args.force)
+        print(f"pix2pix teacher: {out} (G.pt, D.pt, latest_net_G.pth, latest_net_D.pth; samples in "
+              f"{out / 'samples'}, test PSNR in summary.json)")
+        return 0
     with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
         out = train_teacher(cfg, args.out, resume=args.resume, force=args.force)
     print(f"teacher: {out} (G_A.pt, G_B.pt, D_A.pt, D_B.pt; samples in {out / 'samples'})")

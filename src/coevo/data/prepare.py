@@ -43,6 +43,10 @@ def run_data(cfg, run_dir: str | Path, resume: bool = False, saved_root: Optiona
     if not cfg.root and saved_root:
         cfg.root = saved_root
     cfg.root = resolve_root(cfg, run_dir)
+    from .aligned import resolve_layout, run_aligned_data
+
+    if resolve_layout(cfg) == "aligned":  # pix2pix: train/ val/ test/ of A|B pairs
+        return run_aligned_data(cfg, run_dir, resume)
     ensure_data_root(cfg)
     record = data_record(cfg.root, cfg.skip_bad_images)
     saved = Path(run_dir) / RECORD_NAME
