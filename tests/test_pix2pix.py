@@ -359,3 +359,77 @@ def test_evaluate_scores_the_paired_target_in_both_directions(tmp_path, paired_s
     # train mode (the reference's test script without --eval) runs one image per forward
     r = evaluate_paired(run / "G.pt", paired_set, reference_mode="train")
     assert r["reference_mode"] == "train" and r["psnr"] != result["psnr"]
+
+
+# ----------------------------------------------------------------- search and fine-tuning of a student
+@pytest.fixture(scope="module")
+def pix2pix_teacher(tmp_path_factory, paired_set):
+    cfg = tiny_cfg(paired_set, "train.epochs_decay=0")
+    return train_pix2pix(cfg, tmp_path_factory.mktemp("teacher") / "run")
+
+
+def search_cfg(root, *extra):
+    return tiny_cfg(root, "search.population=4", "search.generations=2", "search.eval_images=1",
+                    "search.macs_ratio=0.25", *extra)
+
+
+def test_one_population_search_meets_the_budget_and_resumes_exactly(tmp_path, paired_set, pix2pix_teacher):
+    from coevo.prune import Genome
+    from coevo.search.pix2pix import run_pix2pix_search
+
+    cfg = search_cfg(paired_set)
+    straight = run_pix2pix_search(cfg, tmp_path / "s", pix2pix_teacher)
+    summary = json.loads((straight / "search.json").read_text())
+    assert summary["metric"] == "discriminator" and summary["finished"] and summary["generations"] == 2
+    assert summary["best"]["macs"] <= summary["budget"]["max_macs"] and summary["best"]["macs_ratio"] <= 0.25
+    assert summary["best"]["l1_target"] > 0 and summary["best"]["perceptual"] >= 0
+    history = read_jsonl(straight / "history.jsonl")
+    assert [r["generation"] for r in history] == [0, 1, 2]
+    assert json.loads((straight / "teacher.json").read_text())["kind"] == "pix2pix"
+
+    resumed = run_pix2pix_search(cfg, tmp_path / "r", pix2pix_teacher, stop_after=1)
+    assert len(read_jsonl(resumed / "history.jsonl")) == 2
+    run_pix2pix_search(cfg, resumed, resume=True)  # the teacher from the run's teacher.json
+    a, b = safe_torch_load(straight / "state.pt"), safe_torch_load(resumed / "state.pt")
+    for key in ("populations", "rng_state", "generation", "cache"):
+        assert_same_tree(a[key], b[key], key)
+    assert Genome.load_json(straight / "genomes" / "best_G.json") == Genome.load_json(resumed / "genomes" / "best_G.json")
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert drop(history) == drop(read_jsonl(resumed / "history.jsonl"))
+
+
+def test_search_without_the_d_uses_an_offline_metric(tmp_path, paired_set, pix2pix_teacher):
+    import shutil
+
+    from coevo.search.pix2pix import run_pix2pix_search
+
+    only_g = tmp_path / "g_only"
+    only_g.mkdir()
+    shutil.copy(pix2pix_teacher / "latest_net_G.pth", only_g)
+    run = run_pix2pix_search(search_cfg(paired_set, "search.generations=0"), tmp_path / "s", only_g)
+    summary = json.loads((run / "search.json").read_text())
+    assert summary["metric"] in ("teacher-features", "lpips", "l1") and summary["teacher"].keys() == {"kind", "G"}
+    with pytest.raises(ConfigError, match="search.compute=latency"):
+        run_pix2pix_search(search_cfg(paired_set, "search.compute=latency"), tmp_path / "lat", only_g)
+
+
+def test_searched_student_is_fine_tuned_by_the_pix2pix_objective(tmp_path, paired_set, pix2pix_teacher):
+    from coevo.models.io import load_generator
+    from coevo.prune import Genome
+    from coevo.search.pix2pix import run_pix2pix_search
+    from coevo.train.pix2pix import finetune_pix2pix
+
+    search = run_pix2pix_search(search_cfg(paired_set, "search.generations=1"), tmp_path / "s", pix2pix_teacher)
+    out = finetune_pix2pix(search, tmp_path / "ft")
+    record = json.loads((out / "finetune.json").read_text())
+    genome = Genome.load_json(search / "genomes" / "best_G.json")
+    student = load_generator(out / "G.pt")
+    assert student.arch.widths == genome.widths() == record["widths"] and record["macs_ratio"] <= 0.25
+    assert record["discriminator"] == "teacher" and record["steps"] == 2
+    assert record["test"]["images"] == 2 and record["test"]["psnr_gap_db"] == pytest.approx(
+        record["test"]["teacher"]["psnr"] - record["test"]["student"]["psnr"])
+    steps = [r for r in read_jsonl(out / "log.jsonl") if r["kind"] == "step"]
+    assert steps and all(r["distill"] > 0 and r["G_L1"] > 0 for r in steps)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():  # the reference-named copy is the same network
+        assert torch.equal(student(x), load_generator(out / "latest_net_G.pth")(x))

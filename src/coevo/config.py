@@ -167,8 +167,7 @@ class Pix2PixConfig:
     # latest_net_G.pth is loaded with this value
     dropout: bool = True
     gan_mode: str = "vanilla"          # vanilla (the reference's pix2pix: BCE on logits) | lsgan
-    lambda_l1: float = 100.0           # L1 to the paired target
-    lambda_distill: float = 10.0       # fine-tuning a compressed student: L1 to the teacher's output
+    lambda_l1: float = 100.0           # L1 to the paired target (a compressed student's distillation: finetune.lambda_distill)
 
 
 @dataclass
@@ -529,7 +528,6 @@ RULES: Dict[str, Rule] = {
     "train.init_gain": _above(0),
     "pix2pix.num_downs": ((lambda v: v == 0 or 5 <= v <= 16), "0 (from data.crop_size) or in [5, 16]"),
     "pix2pix.lambda_l1": _at_least(0),
-    "pix2pix.lambda_distill": _at_least(0),
     "search.population": _at_least(2),
     "search.generations": _at_least(0),
     "search.tournament_size": _at_least(1),

@@ -191,7 +191,8 @@ class Pix2PixObjective:
     @classmethod
     def from_config(cls, cfg: Config, distill: bool = False) -> "Pix2PixObjective":
         p = cfg.pix2pix
-        return cls(gan_mode=p.gan_mode, lambda_l1=p.lambda_l1, lambda_distill=p.lambda_distill if distill else 0.0,
+        return cls(gan_mode=p.gan_mode, lambda_l1=p.lambda_l1,
+                   lambda_distill=cfg.finetune.lambda_distill if distill else 0.0,
                    reference_mode=cfg.model.reference_mode)
 
 
@@ -540,7 +541,7 @@ def train_pix2pix(cfg: Config, out_dir: str | Path, resume: bool = False, force:
 def finetune_pix2pix_student(cfg: Config, student: nn.Module, teacher: nn.Module, splits, out_dir: str | Path,
                              teacher_d: Optional[NLayerDiscriminator] = None, resume: bool = False) -> Dict[str, Any]:
     """Fine-tune a compressed pix2pix generator in ``out_dir`` (an existing, writable folder) by the pix2pix
-    objective plus distillation: ``GAN(D(x|G(x))) + pix2pix.lambda_l1 * |G(x) - y| + pix2pix.lambda_distill
+    objective plus distillation: ``GAN(D(x|G(x))) + pix2pix.lambda_l1 * |G(x) - y| + finetune.lambda_distill
     * |G(x) - T(x)|`` with the loop settings of ``cfg.finetune`` (epochs, lr, ...).
 
     ``splits``: :class:`coevo.data.aligned.AlignedSplits`. ``teacher_d``: the teacher's conditional
@@ -578,3 +579,68 @@ def stack_val(splits) -> Dict[str, torch.Tensor]:
     from ..data.aligned import stack_pairs
 
     return stack_pairs(splits.val)
+
+
+# Config parts that decide a fine-tuned pix2pix student: resuming with other values is refused.
+FINETUNE_SECTIONS = ("seed", "data", "model", "finetune", "pix2pix")
+
+
+@releasing
+def finetune_pix2pix(search_dir: str | Path, out_dir: str | Path, cfg: Optional[Config] = None, resume: bool = False,
+                     force: bool = False) -> Path:
+    """Fine-tune the best genome of a pix2pix search run (:mod:`coevo.search.pix2pix`) into ``out_dir``.
+
+    The student is cut from the teacher (:func:`coevo.prune.slim`: the teacher's surviving filters and
+    batch-norm statistics) and trained by :func:`finetune_pix2pix_student` against the teacher's
+    conditional discriminator (a fresh one when the teacher has none). ``cfg``: default, the search
+    run's config. Writes config.yaml, checkpoint.pt, log.jsonl, genomes/G.json, G.pt, latest_net_G.pth,
+    D.pt and finetune.json (widths, MACs against the teacher, val and test PSNR of student and teacher).
+    """
+    from ..data.aligned import build_aligned_datasets
+    from ..models.pix2pix import Pix2PixPaths, load_pix2pix_discriminator, load_pix2pix_generator
+    from ..prune import Genome, slim
+    from ..prune.macs import count_macs
+
+    search_dir, out_dir = Path(search_dir), Path(out_dir)
+    if cfg is None:
+        from ..config import load_config
+
+        cfg = load_config(search_dir / "config.yaml")
+    cfg = copy.deepcopy(cfg)
+    paths = Pix2PixPaths.from_dict(json.loads((search_dir / "teacher.json").read_text()))
+    genome_file = search_dir / "genomes" / "best_G.json"
+    files = {"teacher G": paths.G, "genome": genome_file, **({"teacher D": paths.D} if paths.D else {})}
+    with undo_failed_start(out_dir, resume):
+        out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune", files=files)
+        teacher = load_pix2pix_generator(paths.G, dropout=cfg.pix2pix.dropout)
+        teacher_d = load_pix2pix_discriminator(paths.D, teacher) if paths.D else None
+        genome = Genome.load_json(genome_file)
+        with torch.no_grad():
+            student = slim(teacher, genome)
+        splits = build_aligned_datasets(cfg.data, cfg.seed)
+    genome.save_json(out / "genomes" / "G.json")
+    result = finetune_pix2pix_student(cfg, student, teacher, splits, out, teacher_d=teacher_d, resume=resume)
+    student, d = result["G"], result["D"]
+    save_generator(student, out / "G.pt")
+    save_reference_state_dict(student, out / "latest_net_G.pth")
+    save_discriminator(d, out / "D.pt")
+    size = cfg.data.crop_size
+    mode = cfg.model.reference_mode
+    student_test, teacher_test = quality_on(student, splits.test, mode), quality_on(teacher, splits.test, mode)
+    macs = {k: count_macs(g.arch, size, size, convention="published") for k, g in (("student", student),
+                                                                                   ("teacher", teacher))}
+    record = {
+        "stage": "finetune", "kind": "pix2pix", "recipe": "pix2pix GAN + lambda_l1 L1 + distillation",
+        "discriminator": result["discriminator"], "epochs": result["result"].epochs,
+        "steps": result["result"].global_step, "seconds": round(result["result"].seconds, 2),
+        "selected_epoch": result["best_epoch"], "val_psnr": result["val_psnr"], "val_source": splits.val_source,
+        "widths": genome.widths(), "macs": macs, "macs_ratio": macs["student"] / macs["teacher"],
+        "image_size": size, "reference_mode": mode,
+        "test": {"student": student_test, "teacher": teacher_test,
+                 "psnr_gap_db": teacher_test["psnr"] - student_test["psnr"], "images": len(splits.test)},
+        "teacher": paths.to_dict(), "search": str(search_dir.resolve()),
+    }
+    atomic_write_text(out / "finetune.json", json.dumps(record, indent=2) + "\n")
+    log.info("pix2pix student: %.3f of the teacher's MACs, test PSNR %.2f dB (teacher %.2f dB): %s",
+             record["macs_ratio"], student_test["psnr"], teacher_test["psnr"], out)
+    return out

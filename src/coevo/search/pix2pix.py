@@ -1,0 +1,360 @@
+"""The pix2pix search: ONE population of genomes for the one generator (there is no cycle partner).
+
+A candidate genome of the teacher G (a U-Net, or any generator coevo prunes) is cut from the
+teacher's weights (:func:`coevo.prune.slim`) and scored on ``search.eval_images`` held-out
+training pairs ``(x, y)`` (``val/``, or the held-out part of ``train/``; never ``test/``):
+
+* ``perceptual`` = mean over pairs of metric(candidate(x), teacher(x)); the metric is the teacher's
+  conditional discriminator's feature distance when the teacher has ``latest_net_D.pth``
+  (the discriminator reads ``x|output``, 6 channels), else what ``search.perceptual`` resolves to
+  offline (LPIPS when its backbone file is present, else the teacher's own encoder features, else L1);
+* ``l1`` = mean |candidate(x) - y|, the distance to the paired target (kept in the ``cycle`` field of
+  :class:`~coevo.search.fitness.FitnessTerms`, weighted by ``search.weight_cycle``);
+* ``quality`` = weight_perceptual * perceptual + weight_cycle * l1, ``fitness`` = 1 / quality.
+
+Every genome meets the MAC budget (``search.macs_ratio`` of the teacher, repaired as the CycleGAN
+search repairs: :class:`~coevo.search.population.Repairer`); generations breed with the same
+operators (:class:`~coevo.search.operators.Breeder`) and keep ``search.elitism`` elites. Candidates
+run in ``model.reference_mode`` (train: batch statistics per image and fixed dropout masks, the same
+for every candidate). One seeded numpy generator drives everything; its state is in ``state.pt``
+after every generation, so a resumed search ends as the uninterrupted one.
+
+``run_pix2pix_search(cfg, out, teacher)`` writes config.yaml, data.json, teacher.json (``kind:
+pix2pix``), history.jsonl, state.pt, genomes/best_G.json and search.json.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config, dump_config, load_config
+from ..core.files import atomic_write_text
+from ..core.rng import derive_seed, torch_rng
+from ..core.runs import append_jsonl, read_jsonl, undo_failed_start
+from ..errors import ConfigError
+from ..models.pix2pix import Pix2PixPaths, find_pix2pix_teacher, load_pix2pix_discriminator, load_pix2pix_generator
+from ..prune import Genome, l1_genome_for_macs, slim
+from ..prune.baselines import filter_importance
+from .context import MACS_CONVENTION, Budget, check_budget
+from .fitness import FitnessTerms, Objective, check_terms, compute_terms, genome_hex
+from .operators import Breeder
+from .population import Candidate, Population, Repairer, initial_population
+from .state import PopulationState, SearchState, load_state, save_state
+
+log = logging.getLogger(__name__)
+
+NAME = "G"
+STREAM_EVAL_PICK = 21
+STREAM_EVAL_DROPOUT = 22
+# Config parts that decide the search's result: resuming with other values is refused.
+SEARCH_SECTIONS = ("seed", "data", "model", "search", "pix2pix")
+
+
+class ConditionalFeatures(nn.Module):
+    """A pix2pix discriminator seen as a feature extractor of outputs: ``features(y) = D.features(x|y)``
+    for the fixed inputs ``x`` (what :class:`~coevo.evaluation.perceptual.DiscriminatorMetric` reads)."""
+
+    def __init__(self, discriminator: nn.Module, inputs: torch.Tensor) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+        self.register_buffer("inputs", inputs)
+
+    def features(self, y: torch.Tensor) -> List[torch.Tensor]:
+        return self.discriminator.features(torch.cat([self.inputs[: y.shape[0]], y], 1))
+
+
+@dataclass
+class Pix2PixSearchContext:
+    """The frozen inputs of every evaluation: the teacher, the pairs, the metric and its target."""
+
+    teacher: nn.Module
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    teacher_output: torch.Tensor
+    metric: nn.Module
+    target: List[torch.Tensor]
+    importance: Dict[str, np.ndarray]
+    budget: Budget
+    metric_name: str
+    reference_mode: str = "eval"
+    dropout_seed: int = 0
+
+
+def _pick(n: int, k: int, seed: int) -> List[int]:
+    if k >= n:
+        return list(range(n))
+    rng = np.random.default_rng([STREAM_EVAL_PICK, int(seed)])
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
+
+
+def eval_pairs(cfg: Config, size: int) -> Dict[str, torch.Tensor]:
+    """``search.eval_images`` held-out training pairs (``val/``, else the held-out part of ``train/``),
+    chosen by ``cfg.seed``, at ``size`` x ``size``, as ``{"A": inputs, "B": targets}``."""
+    from ..data.aligned import AlignedDataset, build_aligned_datasets, stack_pairs
+    from ..data.errors import DataError
+
+    splits = build_aligned_datasets(cfg.data, cfg.seed)
+    if splits.val is None:
+        raise DataError(f"the pix2pix search scores candidates on held-out training pairs, and {splits.root} has no "
+                        f"val/ and data.val_fraction is {cfg.data.val_fraction}: add val/ or set it above 0")
+    ds: AlignedDataset = copy.copy(splits.val)
+    ds.load_size = ds.crop_size = int(size)
+    return stack_pairs(ds.subset(_pick(len(ds), cfg.search.eval_images, cfg.seed)))
+
+
+def _run(net: nn.Module, x: torch.Tensor, mode: str, dropout_seed: int) -> torch.Tensor:
+    """``net(x)`` as outputs are scored: eval mode on the batch, or train mode one image at a time with
+    dropout masks from a fixed seed (every candidate sees the same masks)."""
+    from ..train.pix2pix import scoring_mode, seed_dropout
+
+    with torch.inference_mode():
+        if mode == "eval":
+            return net.eval()(x).float()
+        seed_dropout(net, torch_rng(dropout_seed))
+        with scoring_mode(net, mode):
+            return torch.cat([net(x[i:i + 1]) for i in range(x.shape[0])]).float()
+
+
+def build_pix2pix_context(cfg: Config, paths: Pix2PixPaths) -> Pix2PixSearchContext:
+    """Load the teacher, pick the evaluation pairs, build the metric and the budget (errors before any work)."""
+    from ..evaluation.perceptual import build_perceptual, resolve_perceptual
+
+    s = cfg.search
+    if s.compute == "latency":
+        raise ConfigError("the pix2pix search takes a MAC budget (search.compute=budget or reward) so far, not "
+                          "search.compute=latency")
+    if s.fitness != "proxy":
+        raise ConfigError(f"the pix2pix search scores the inherited weights (search.fitness=proxy) so far, not "
+                          f"search.fitness={s.fitness}")
+    if s.tied:
+        raise ConfigError("search.tied ties a ResNet's inner channels; the pix2pix search does not take it")
+    teacher = load_pix2pix_generator(paths.G, dropout=cfg.pix2pix.dropout)
+    arch = teacher.arch
+    size = cfg.search.eval_size or cfg.data.crop_size
+    multiple = getattr(arch, "size_multiple", 4)
+    if size % multiple:
+        raise ConfigError(f"the evaluation size {size} is not a multiple of {multiple}, which this generator needs; "
+                          f"set search.eval_size (e.g. {max(multiple, size - size % multiple)})")
+    budget = check_budget(arch, s.macs_ratio, s.min_channels) if s.compute == "budget" else \
+        Budget(teacher_macs=check_budget(arch, 1.0, s.min_channels).teacher_macs, max_macs=None, macs_ratio=None)
+    pairs = eval_pairs(cfg, size)
+    dropout_seed = derive_seed(cfg.seed, STREAM_EVAL_DROPOUT)
+    teacher_output = _run(teacher, pairs["A"], cfg.model.reference_mode, dropout_seed)
+    name = resolve_perceptual(s.perceptual, paths.has_discriminator, s.lpips_net)
+    if name == "discriminator":
+        d = load_pix2pix_discriminator(paths.D, teacher).eval()
+        metric = build_perceptual("discriminator", discriminator=ConditionalFeatures(d, pairs["A"]))
+    elif name == "teacher-features" and not hasattr(teacher, "features"):
+        log.info("pix2pix search: this generator has no encoder features to compare; using l1 to the teacher")
+        name, metric = "l1", build_perceptual("l1")
+    else:
+        metric = build_perceptual(name, lpips_net=s.lpips_net, feature_generator=teacher)
+    with torch.inference_mode():
+        target = [t.float() for t in metric.embed(teacher_output)]
+    log.info("pix2pix search context: %d held-out pairs at %dx%d, metric %s, %s mode", pairs["A"].shape[0], size, size,
+             name, cfg.model.reference_mode)
+    return Pix2PixSearchContext(teacher, pairs["A"], pairs["B"], teacher_output, metric, target,
+                                filter_importance(teacher), budget, name, cfg.model.reference_mode, dropout_seed)
+
+
+def evaluate_pix2pix(ctx: Pix2PixSearchContext, objective: Objective, genomes: Sequence[Genome]) -> List[FitnessTerms]:
+    """Fitness of each genome (see the module docstring); a pure function of its arguments."""
+    out = []
+    for genome in genomes:
+        with torch.no_grad():
+            net = slim(ctx.teacher, genome)
+        y = _run(net, ctx.inputs, ctx.reference_mode, ctx.dropout_seed)
+        with torch.inference_mode():
+            perceptual = float(ctx.metric.distance([e.float() for e in ctx.metric.embed(y)], ctx.target).mean())
+            l1 = float((y - ctx.targets).abs().mean())
+        out.append(check_terms(objective.score(perceptual, l1, *compute_terms(genome)), NAME, genome))
+    return out
+
+
+def _summary(pop: Population) -> Dict:
+    best = pop.best()
+    mean = {k: float(np.mean([getattr(c.terms, k) for c in pop.members]))
+            for k in ("fitness", "perceptual", "cycle", "quality", "macs")}
+    return {"best": {**best.terms.to_dict(), "l1_target": best.terms.cycle}, "mean": mean,
+            "best_widths": best.genome.widths(), "unique": len({c.genome.key() for c in pop.members})}
+
+
+class Pix2PixSearch:
+    """The single-population evolution (see the module docstring). Call :meth:`run`, or :meth:`initialise`
+    then :meth:`step`; :meth:`state` / :meth:`restore` checkpoint it."""
+
+    def __init__(self, ctx: Pix2PixSearchContext, search_cfg, seed: int) -> None:
+        from .evolve import check_search_config
+
+        check_search_config(search_cfg)
+        self.ctx, self.cfg = ctx, search_cfg
+        self.objective = Objective.from_config(search_cfg, images=int(ctx.inputs.shape[0]))
+        self.breeder = Breeder.from_config(search_cfg)
+        self.repairer = Repairer(ctx.teacher.arch, ctx.budget, False, search_cfg.min_channels,
+                                 search_cfg.channel_multiple, search_cfg.repair, ctx.importance)
+        self.rng = np.random.default_rng(int(seed))
+        self.population: Optional[Population] = None
+        self.cache: Dict[str, List[float]] = {}
+        self.evaluations = self.cache_hits = 0
+        self.generation = -1
+        self.history: List[Dict] = []
+        self.elapsed_s = 0.0
+
+    def evaluate(self, genomes: Sequence[Genome]) -> List[FitnessTerms]:
+        """:func:`evaluate_pix2pix` with a cache by bit string (results do not change)."""
+        keys = [genome_hex(g) for g in genomes]
+        new = {k: g for k, g in zip(keys, genomes) if k not in self.cache}
+        for k, t in zip(new, evaluate_pix2pix(self.ctx, self.objective, list(new.values()))):
+            self.cache[k] = t.to_row()
+        self.evaluations += len(new)
+        self.cache_hits += len(keys) - len(new)
+        return [FitnessTerms.from_row(self.cache[k]) for k in keys]
+
+    def seeds(self) -> List[Genome]:
+        s = self.cfg
+        if not s.seed_with_l1:
+            return []
+        return [l1_genome_for_macs(self.ctx.teacher, s.macs_ratio, self.ctx.budget.size, s.min_channels,
+                                   s.channel_multiple, MACS_CONVENTION)]
+
+    def initialise(self) -> Dict:
+        t0 = time.perf_counter()
+        s = self.cfg
+        pop = initial_population(NAME, self.ctx.teacher.arch, self.repairer, s.population, s.init_density, self.rng,
+                                 self.seeds())
+        pop.set_terms(self.evaluate(pop.genomes))
+        self.population, self.generation = pop, 0
+        return self._record(time.perf_counter() - t0)
+
+    def step(self) -> Dict:
+        if self.population is None:
+            raise RuntimeError("call initialise() (or restore()) before step()")
+        t0 = time.perf_counter()
+        s, pop = self.cfg, self.population
+        elites = [Candidate(pop.members[i].genome, pop.members[i].terms) for i in pop.ranking()[: s.elitism]]
+        bits = self.breeder.breed(pop.bits(), pop.fitness(), s.population - len(elites), self.rng)
+        children = [Candidate(self.repairer(b, self.rng)) for b in bits]
+        new = Population(NAME, elites + children)
+        new.set_terms(self.evaluate(new.genomes))
+        self.population = new
+        self.generation += 1
+        return self._record(time.perf_counter() - t0)
+
+    def _record(self, seconds: float) -> Dict:
+        self.elapsed_s += seconds
+        record = {"generation": self.generation, "evaluations": self.evaluations, "cache_hits": self.cache_hits,
+                  "seconds": round(seconds, 4), NAME: _summary(self.population)}
+        self.history.append(record)
+        return record
+
+    def best(self) -> Candidate:
+        return self.population.best()
+
+    def run(self, generations: Optional[int] = None, callback=None) -> Candidate:
+        total = self.cfg.generations if generations is None else int(generations)
+        while self.generation < total:
+            record = self.initialise() if self.generation < 0 else self.step()
+            b = record[NAME]["best"]
+            log.info("pix2pix search generation %d/%d: best fitness %.4g (perceptual %.4g, l1 %.4g, %.3g MACs)",
+                     self.generation, total, b["fitness"], b["perceptual"], b["cycle"], b["macs"])
+            if callback is not None:
+                callback(self, record)
+        return self.best()
+
+    def state(self) -> SearchState:
+        pop = self.population
+        return SearchState(generation=self.generation, rng_state=self.rng.bit_generator.state,
+                           populations={NAME: PopulationState(np.stack(pop.bits()),
+                                                              np.array([c.terms.to_row() for c in pop.members]))},
+                           cache={"rows": dict(self.cache), "evaluations": self.evaluations,
+                                  "cache_hits": self.cache_hits},
+                           history_len=len(self.history), elapsed_s=self.elapsed_s, tied=False,
+                           search_config=asdict(self.cfg))
+
+    def restore(self, state: SearchState, history: Optional[List[Dict]] = None) -> None:
+        self.rng.bit_generator.state = state.rng_state
+        ps = state.populations[NAME]
+        arch = self.ctx.teacher.arch
+        self.population = Population(NAME, [Candidate(Genome.from_bits(arch, b), FitnessTerms.from_row(r))
+                                            for b, r in zip(ps.bits, ps.terms)])
+        self.cache = {k: list(v) for k, v in state.cache["rows"].items()}
+        self.evaluations, self.cache_hits = int(state.cache["evaluations"]), int(state.cache["cache_hits"])
+        self.generation, self.elapsed_s = state.generation, state.elapsed_s
+        self.history = list(history or [])[: state.history_len]
+
+
+def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Path] = None, resume: bool = False,
+                       force: bool = False, stop_after: Optional[int] = None) -> Path:
+    """Run (or resume) the pix2pix search into ``out``; ``teacher``: a pix2pix teacher folder (on resume,
+    default: the run's teacher.json). ``stop_after``: stop after this many generations (resumable)."""
+    from ..core.inputs import check_config_file
+    from ..core.outputs import check_outputs_apart, data_input
+    from ..core.runlock import check_not_running, lock_run_dir
+    from ..core.runs import prepare_run_dir
+    from ..config import diff_configs
+    from ..data.prepare import run_data
+
+    cfg = copy.deepcopy(cfg)
+    with undo_failed_start(out, resume):
+        check_outputs_apart(out, {"data folder": data_input(cfg.data.root, out),
+                                  "teacher": None if teacher is None else Path(teacher)})
+        check_not_running(out)
+        run_dir = prepare_run_dir(out, resume=resume, force=force, command="search")
+        lock_run_dir(run_dir)
+        saved = run_dir / "config.yaml"
+        old = None
+        if resume and saved.is_file():
+            check_config_file(run_dir)
+            old = load_config(saved)
+            diffs = diff_configs(old, cfg, SEARCH_SECTIONS, ignore=("search.generations",))
+            if diffs:
+                raise ConfigError(f"cannot resume {run_dir}: the config differs in {', '.join(diffs)}; resume with "
+                                  "the run's own settings, or start a new run")
+        if teacher is not None:
+            paths = find_pix2pix_teacher(teacher)
+        elif (run_dir / "teacher.json").is_file():
+            paths = Pix2PixPaths.from_dict(json.loads((run_dir / "teacher.json").read_text()))
+        else:
+            raise ConfigError("no teacher: give the pix2pix teacher folder (latest_net_G.pth, latest_net_D.pth)")
+        run_data(cfg.data, run_dir, resume, old.data.root if old is not None else None)
+        ctx = build_pix2pix_context(cfg, paths)
+        state, history = None, []
+        if resume and (run_dir / "state.pt").is_file():
+            state = load_state(run_dir / "state.pt")
+            history = read_jsonl(run_dir / "history.jsonl")[: state.history_len]
+        atomic_write_text(run_dir / "teacher.json", json.dumps(paths.to_dict(), indent=2) + "\n")
+        dump_config(cfg, saved)
+    search = Pix2PixSearch(ctx, cfg.search, cfg.seed)
+    if state is not None:
+        search.restore(state, history)
+        atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        log.info("resumed %s after generation %d", run_dir, state.generation)
+
+    def checkpoint(s: Pix2PixSearch, record: Dict) -> None:
+        append_jsonl(run_dir / "history.jsonl", record)
+        s.best().genome.save_json(run_dir / "genomes" / f"best_{NAME}.json")
+        save_state(s.state(), run_dir / "state.pt")
+
+    target = cfg.search.generations if stop_after is None else min(cfg.search.generations, int(stop_after))
+    best = search.run(target, callback=checkpoint)
+    summary = {"kind": "pix2pix", "generations": search.generation, "population": cfg.search.population,
+               "evaluations": search.evaluations, "cache_hits": search.cache_hits,
+               "seconds": round(search.elapsed_s, 2), "metric": ctx.metric_name, "reference_mode": ctx.reference_mode,
+               "eval_pairs": int(ctx.inputs.shape[0]), "eval_size": int(ctx.inputs.shape[-1]),
+               "budget": {"macs_ratio": ctx.budget.macs_ratio, "max_macs": ctx.budget.max_macs,
+                          "teacher_macs": ctx.budget.teacher_macs, "size": ctx.budget.size,
+                          "convention": ctx.budget.convention},
+               "best": {**best.terms.to_dict(), "l1_target": best.terms.cycle, "widths": best.genome.widths(),
+                        "macs_ratio": best.terms.macs / ctx.budget.teacher_macs},
+               "teacher": paths.to_dict(), "finished": search.generation >= cfg.search.generations}
+    atomic_write_text(run_dir / "search.json", json.dumps(summary, indent=2) + "\n")
+    return run_dir
