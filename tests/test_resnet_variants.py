@@ -318,13 +318,3 @@ def test_a_supernet_refuses_batch_norm_by_name():
     with pytest.raises(ConfigError, match="batch-norm.*search.fitness: proxy or trained"):
         SupernetGenerator(ResnetGenerator(_arch("batch", False, 3)))
     SupernetGenerator(ResnetGenerator(_arch("none", True, 1)))
-
-
-def test_a_one_channel_teacher_is_refused_by_the_search_by_name(tmp_path):
-    from coevo.errors import CheckpointError
-    from coevo.models.teacher import resolve_teacher
-
-    for name in ("ab.pth", "ba.pth"):
-        torch.save(ResnetGenerator(_arch("instance", False, 1)).state_dict(), tmp_path / name)
-    with pytest.raises(CheckpointError, match=r"1->1 channel generator .*coevo prune"):
-        resolve_teacher(g_ab=tmp_path / "ab.pth", g_ba=tmp_path / "ba.pth")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..core.limits import SIZE_MULTIPLE, check_image_side
 from .errors import DataError
-from .images import LAYOUT_HINT, list_images, load_image, to_tensor
+from .images import LAYOUT_HINT, check_channels, list_images, load_image, to_tensor
 
 PathLike = Union[str, os.PathLike]
 
@@ -57,6 +57,19 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> Tuple[List[int], 
     return train, val
 
 
+def domain_channels(arch) -> Tuple[int, int]:
+    """``(channels of domain A, channels of domain B)`` images are read with for a teacher whose G_A
+    (A -> B) has architecture ``arch``: its input and output channels (1 reads grayscale, 3 RGB).
+    The data of a CycleGAN follow its generators, never a flag."""
+    return (check_channels(int(arch.in_channels), "the generator's input channels"),
+            check_channels(int(arch.out_channels), "the generator's output channels"))
+
+
+def _channels_of(img: Image.Image) -> int:
+    """1 for the grayscale images ``load_image(path, 1)`` reads, else 3."""
+    return 1 if img.mode == "L" else 3
+
+
 def _resize(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
     """Bicubic resize to (width, height); a no-op when the size already matches."""
     return img if img.size == size else img.resize(size, Image.BICUBIC)
@@ -79,7 +92,9 @@ class UnpairedImageDataset(Dataset):
 
     ``len`` is ``max(len(A), len(B))`` as in the reference CycleGAN. Item ``i``
     is ``{"A": 3xHxW, "B": 3xHxW, "A_path": str, "B_path": str}``, RGB float in
-    [-1, 1], with A = image ``i % len(A)``.
+    [-1, 1], with A = image ``i % len(A)``. ``channels``: how each domain is read, ``(A, B)``; a 1
+    reads that domain's images as grayscale (1xHxW), as a teacher of 1-channel data needs (see
+    :func:`domain_channels`).
 
     With augmentation (the default for ``phase="train"``): B is a random image,
     both are resized to ``load_size`` x ``load_size`` (bicubic), randomly
@@ -95,8 +110,10 @@ class UnpairedImageDataset(Dataset):
     def __init__(self, root: PathLike, phase: str = "train", load_size: int = 286, crop_size: int = 256,
                  flip: bool = True, skip_bad: bool = False, seed: int = 0,
                  indices_A: Optional[Sequence[int]] = None, indices_B: Optional[Sequence[int]] = None,
-                 *, augment: Optional[bool] = None) -> None:
+                 *, augment: Optional[bool] = None, channels: Tuple[int, int] = (3, 3)) -> None:
         self.root = Path(root)
+        self.channels = tuple(check_channels(int(c), f"the channels of domain {side}")
+                              for side, c in zip("AB", channels))
         self.phase = phase
         self.augment = (phase == "train") if augment is None else bool(augment)
         if crop_size < 1 or load_size < 1:
@@ -135,7 +152,7 @@ class UnpairedImageDataset(Dataset):
 
     def _transform(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         if not self.augment:
-            return to_tensor(_resize(img, (self.crop_size, self.crop_size)))
+            return to_tensor(_resize(img, (self.crop_size, self.crop_size)), _channels_of(img))
         img = _resize(img, (self.load_size, self.load_size))
         x = int(rng.integers(0, self.load_size - self.crop_size + 1))
         y = int(rng.integers(0, self.load_size - self.crop_size + 1))
@@ -144,7 +161,7 @@ class UnpairedImageDataset(Dataset):
         # Always draw, so the stream does not depend on ``flip``'s value.
         if rng.random() < 0.5 and self.flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(img)
+        return to_tensor(img, _channels_of(img))
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         if not 0 <= index < len(self):
@@ -155,21 +172,23 @@ class UnpairedImageDataset(Dataset):
             b_path = self.B_paths[int(rng.integers(0, len(self.B_paths)))]
         else:
             b_path = self.B_paths[index % len(self.B_paths)]
-        a = self._transform(load_image(a_path), rng)
-        b = self._transform(load_image(b_path), rng)
+        a = self._transform(load_image(a_path, self.channels[0]), rng)
+        b = self._transform(load_image(b_path, self.channels[1]), rng)
         return {"A": a, "B": b, "A_path": str(a_path), "B_path": str(b_path)}
 
 
 class SingleImageDataset(Dataset):
     """Every image of one folder, in name order, for inference: ``{"image": 3xHxW, "path": str}``.
 
-    ``image`` is RGB float in [-1, 1]. With ``size`` each image is resized
+    ``image`` is RGB float in [-1, 1] (``channels`` 1: grayscale, 1xHxW). With ``size`` each image is resized
     (bicubic) to ``size`` x ``size``; without it the image keeps its size except
     that H and W are resized down to the nearest multiple of 4, which the
     generator needs. Sizes may differ between images: use ``batch_size=1``.
     """
 
-    def __init__(self, folder: PathLike, size: Optional[int] = None, skip_bad: bool = False) -> None:
+    def __init__(self, folder: PathLike, size: Optional[int] = None, skip_bad: bool = False,
+                 channels: int = 3) -> None:
+        self.channels = check_channels(channels, f"images of {folder}")
         if size is not None:
             check_image_side(int(size), "image size", error=DataError)
         self.folder = Path(folder)
@@ -189,8 +208,8 @@ class SingleImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         path = self.paths[index]
-        img = load_image(path)
-        return {"image": to_tensor(_resize(img, self._target_size(img, path))), "path": str(path)}
+        img = load_image(path, self.channels)
+        return {"image": to_tensor(_resize(img, self._target_size(img, path)), self.channels), "path": str(path)}
 
 
 def shuffle_generator(seed: int, epoch: int) -> torch.Generator:

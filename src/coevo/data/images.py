@@ -12,6 +12,10 @@ Colour conversion rules of :func:`load_image` (every result is 8-bit RGB):
   image with values above 1 is taken to be on the 0..255 scale and clipped. A float
   image with NaN or inf pixels is rejected (:class:`DataError`), never silently filled.
 * The EXIF orientation tag is applied (phone photos come out upright).
+
+For a generator of 1-channel data (the reference's ``--input_nc 1``/``--output_nc 1``) images are
+read with ``channels=1``: the RGB image above, then Pillow's ``L`` (as the reference's
+``transforms.Grayscale(1)``), and come out as 1xHxW tensors; :func:`to_image` writes them back as ``L``.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
+IMAGE_CHANNELS = (1, 3)  # grayscale (mode L) and RGB: what a generator's --input_nc/--output_nc may be
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # Image formats users often have but coevo does not read: worth a warning, not silence.
 _UNSUPPORTED_IMAGE_EXTENSIONS = (
@@ -113,13 +118,34 @@ def _bad_image_message(path: Path, reason: str) -> str:
             f"`coevo data check {path.parent}` lists every bad file")
 
 
-def load_image(path: PathLike) -> Image.Image:
-    """Read ``path`` fully and return it as an 8-bit RGB :class:`PIL.Image.Image`.
+def check_channels(channels: int, what: str = "images") -> int:
+    """``channels`` when coevo reads images that way (1: grayscale, 3: RGB), else :class:`DataError`."""
+    if isinstance(channels, bool) or channels not in IMAGE_CHANNELS:
+        raise DataError(f"{what}: coevo reads images with 1 channel (grayscale, the reference's --input_nc 1) "
+                        f"or 3 (RGB), not {channels!r}")
+    return int(channels)
+
+
+def to_mode(im: Image.Image, channels: int = 3) -> Image.Image:
+    """An image of any mode as 8-bit RGB (``channels`` 3) or 8-bit grayscale ``L`` (``channels`` 1).
+
+    Grayscale is Pillow's ``L`` of the RGB image (ITU-R 601-2 luma), as the reference's
+    ``transforms.Grayscale(1)`` makes it; an ``L`` image comes back unchanged.
+    """
+    if check_channels(channels) == 3:
+        return to_rgb(im)
+    return im if im.mode == "L" else to_rgb(im).convert("L")
+
+
+def load_image(path: PathLike, channels: int = 3) -> Image.Image:
+    """Read ``path`` fully and return it as an 8-bit RGB :class:`PIL.Image.Image` (``channels`` 1:
+    8-bit grayscale ``L``, see :func:`to_mode`).
 
     Raises :class:`DataError` naming the file when it is missing, not an image,
     corrupt or truncated. Pillow decodes lazily, so the pixels are loaded here,
     and truncated files fail instead of coming back half grey.
     """
+    check_channels(channels)
     path = Path(path)
     try:
         regular_file(path, "image")
@@ -131,7 +157,7 @@ def load_image(path: PathLike) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
-            rgb = to_rgb(im).copy()
+            rgb = to_mode(im, channels).copy()
     except DataError as e:  # readable, but the pixels are unusable
         raise DataError(_bad_image_message(path, str(e))) from e
     except Exception as e:  # Pillow's plugins raise OSError, SyntaxError, ValueError, zlib errors...
@@ -268,17 +294,22 @@ def list_images(folder: PathLike, skip_bad: bool = False) -> List[Path]:
 
 
 # ----------------------------------------------------------------------------- tensors
-def to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL image -> float tensor 3xHxW, RGB, values in [-1, 1] (0 -> -1, 255 -> 1)."""
-    arr = np.asarray(to_rgb(img), dtype=np.float32)
+def to_tensor(img: Image.Image, channels: int = 3) -> torch.Tensor:
+    """PIL image -> float tensor 3xHxW, RGB, values in [-1, 1] (0 -> -1, 255 -> 1).
+
+    ``channels`` 1: 1xHxW, the image's grayscale (:func:`to_mode`), for a generator of 1-channel data.
+    """
+    arr = np.asarray(to_mode(img, channels), dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[..., None]
     return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1).contiguous()
 
 
 def to_image(tensor: torch.Tensor) -> Image.Image:
-    """Tensor 3xHxW (or 1x3xHxW, or 1-channel) in [-1, 1] -> 8-bit RGB PIL image.
+    """Tensor 3xHxW (or 1x3xHxW) in [-1, 1] -> 8-bit RGB PIL image; 1xHxW (or HxW) -> 8-bit grayscale ``L``.
 
     Values are clamped to [-1, 1] and rounded to the nearest level, so
-    ``to_image(to_tensor(img))`` reproduces an 8-bit image exactly.
+    ``to_image(to_tensor(img))`` reproduces an 8-bit image exactly (either mode).
     """
     t = tensor.detach()
     if t.dim() == 4:
@@ -289,7 +320,7 @@ def to_image(tensor: torch.Tensor) -> Image.Image:
         t = t.unsqueeze(0)
     if t.dim() != 3 or t.shape[0] not in (1, 3):
         raise ValueError(f"to_image expects 3xHxW or 1xHxW, got shape {tuple(t.shape)}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
     q = ((t.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if q.shape[0] == 1:
+        return Image.fromarray(q[0].contiguous().numpy(), mode="L")
     return Image.fromarray(q.permute(1, 2, 0).contiguous().numpy())

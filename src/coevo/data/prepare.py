@@ -156,19 +156,20 @@ def train_val_indices(full: UnpairedImageDataset, val_fraction: float, seed: int
     return split
 
 
-def build_datasets(cfg, seed: int = 0) -> DataSplits:
+def build_datasets(cfg, seed: int = 0, channels: Tuple[int, int] = (3, 3)) -> DataSplits:
     """Datasets for a DataConfig; ``seed`` drives augmentation and the held-out split.
 
     Pass the job's seed (``cfg.seed`` of the whole Config) so that every stage
-    holds out the same images.
+    holds out the same images. ``channels``: ``(A, B)``, how each domain is read (1: grayscale),
+    from the teacher (:func:`coevo.data.folder.domain_channels`).
     """
     root = ensure_data_root(cfg)
     full = UnpairedImageDataset(root, "train", load_size=cfg.load_size, crop_size=cfg.crop_size, flip=cfg.flip,
-                                skip_bad=cfg.skip_bad_images, seed=seed)
+                                skip_bad=cfg.skip_bad_images, seed=seed, channels=channels)
     split = train_val_indices(full, cfg.val_fraction, seed)
     (train_A, val_A), (train_B, val_B) = split["A"], split["B"]
     val = full.subset(val_A, val_B, augment=False) if val_A and val_B else None
     train = full.subset(train_A, train_B) if val is not None else full
     test = UnpairedImageDataset(root, "test", load_size=cfg.load_size, crop_size=cfg.crop_size, flip=False,
-                                skip_bad=cfg.skip_bad_images, seed=seed, augment=False)
+                                skip_bad=cfg.skip_bad_images, seed=seed, augment=False, channels=channels)
     return DataSplits(root=root, train=train, val=val, test=test)

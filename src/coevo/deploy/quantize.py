@@ -55,14 +55,16 @@ def _spread(n_total: int, n: int) -> List[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n_total - 1, n)})
 
 
-def calibration_inputs(folder: PathLike, n: int = CALIBRATION_IMAGES, size: Optional[int] = None) -> List[np.ndarray]:
-    """Up to ``n`` images of ``folder`` (spread over its sorted list) as 1x3xHxW float32 arrays in [-1, 1]."""
+def calibration_inputs(folder: PathLike, n: int = CALIBRATION_IMAGES, size: Optional[int] = None,
+                       channels: int = 3) -> List[np.ndarray]:
+    """Up to ``n`` images of ``folder`` (spread over its sorted list) as 1x3xHxW float32 arrays in [-1, 1]
+    (``channels`` 1: grayscale, 1x1xHxW, for a generator of 1-channel data)."""
     from ..data import SingleImageDataset
 
     folder = Path(folder)
     if not folder.is_dir():
         raise CalibrationError(f"calibration folder {folder} does not exist")
-    ds = SingleImageDataset(folder, size=size, skip_bad=True)
+    ds = SingleImageDataset(folder, size=size, skip_bad=True, channels=channels)
     if len(ds) == 0:
         raise CalibrationError(f"calibration folder {folder} holds no images")
     return [ds[i]["image"].unsqueeze(0).numpy().astype(np.float32) for i in _spread(len(ds), n)]
@@ -178,8 +180,10 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration: Sequenc
 
 # ----------------------------------------------------------------------------- the check
 def int8_quality(fp32: torch.nn.Module, int8: torch.nn.Module, inputs: PathLike,
-                 ground_truth: Optional[PathLike] = None, max_images: int = CHECK_IMAGES) -> Dict[str, Any]:
+                 ground_truth: Optional[PathLike] = None, max_images: int = CHECK_IMAGES,
+                 channels: int = 3) -> Dict[str, Any]:
     """PSNR of INT8 against fp32 outputs on the images of ``inputs``; both to ground truth when given.
+    ``channels``: the generators' input channels (1 reads the images as grayscale).
 
     ``fp32``, ``int8``: generators (NCHW, [-1, 1]). ``ground_truth``: a folder holding the
     exact translation of each input under the input's file name. Returns means (dB) and
@@ -189,7 +193,7 @@ def int8_quality(fp32: torch.nn.Module, int8: torch.nn.Module, inputs: PathLike,
     from ..evaluation.evaluate import _load_ground_truth
     from ..evaluation.metrics import psnr
 
-    ds = SingleImageDataset(inputs, skip_bad=True)
+    ds = SingleImageDataset(inputs, skip_bad=True, channels=channels)
     if len(ds) == 0:
         raise CalibrationError(f"{inputs} holds no images for the INT8 quality check")
     gt_dir = Path(ground_truth) if ground_truth is not None and Path(ground_truth).is_dir() else None

@@ -109,8 +109,9 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
         log.warning("%s: %s", name, why)
         entry["int8"] = {"skipped": why}
         return entry
+    channels = int(getattr(getattr(_model, "arch", None), "in_channels", 3))  # 1: grayscale images
     try:
-        calib = calibration_inputs(data.calibration, options.calibration_images)
+        calib = calibration_inputs(data.calibration, options.calibration_images, channels=channels)
     except CalibrationError as e:
         log.warning("%s: %s; deploying fp32 ONNX", name, e)
         entry["int8"] = {"skipped": str(e)}
@@ -120,7 +121,7 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
     threads = options.threads or None
     quality = int8_quality(OnnxGenerator(fp32_path, intra_op_num_threads=threads),
                            OnnxGenerator(int8_path, intra_op_num_threads=threads),
-                           data.test or data.calibration, data.ground_truth)
+                           data.test or data.calibration, data.ground_truth, channels=channels)
     reasons = int8_verdict(quality, MIN_PSNR_VS_FP32_DB, MAX_GT_DROP_DB)
     entry["int8"] = {"path": str(int8_path), "size_bytes": int8_path.stat().st_size,
                      "calibration": {"folder": str(data.calibration), **settings},

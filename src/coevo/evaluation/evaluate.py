@@ -73,11 +73,20 @@ def _reference_batch(batch_size: int, reference_mode: str) -> int:
     return 1 if reference_mode == "train" else batch_size
 
 
-def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
-    """Batches (NCHW in [-1, 1], paths) of consecutive same-sized images of ``folder``, in name order."""
+def model_channels(model: nn.Module) -> Tuple[int, int]:
+    """``(input, output)`` channels of a generator (1: grayscale data, see :mod:`coevo.data.images`); 3 and 3
+    for a module that does not say (an exported graph without its architecture)."""
+    arch = getattr(model, "arch", None)
+    return int(getattr(arch, "in_channels", 3)), int(getattr(arch, "out_channels", 3))
+
+
+def _image_batches(folder: Path, size: Optional[int], batch_size: int,
+                   channels: int = 3) -> Iterator[Tuple[torch.Tensor, List[Path]]]:
+    """Batches (NCHW in [-1, 1], paths) of consecutive same-sized images of ``folder``, in name order;
+    ``channels`` 1 reads them as grayscale."""
     from ..data import SingleImageDataset
 
-    ds = SingleImageDataset(folder, size=size)
+    ds = SingleImageDataset(folder, size=size, channels=channels)
     images: List[torch.Tensor] = []
     paths: List[Path] = []
     for i in range(len(ds)):
@@ -92,7 +101,8 @@ def _image_batches(folder: Path, size: Optional[int], batch_size: int) -> Iterat
 
 
 def _load_ground_truth(gt_dir: Path, paths: List[Path], like: torch.Tensor) -> torch.Tensor:
-    """Ground-truth images for ``paths`` (same file names in ``gt_dir``), resized to ``like``'s H x W."""
+    """Ground-truth images for ``paths`` (same file names in ``gt_dir``), resized to ``like``'s H x W and read
+    with its channels (grayscale for a 1-channel output)."""
     from ..data import load_image, to_tensor
 
     h, w = like.shape[-2:]
@@ -104,10 +114,11 @@ def _load_ground_truth(gt_dir: Path, paths: List[Path], like: torch.Tensor) -> t
                 f"{gt_dir} exists but holds no ground truth for {p.name}; it must hold one image per "
                 f"input with the same file name (rebuild the data set, or remove {gt_dir} to skip PSNR/SSIM)"
             )
-        img = load_image(gt)
+        channels = int(like.shape[1])
+        img = load_image(gt, channels)
         if img.size != (w, h):
             img = img.resize((w, h), Image.BICUBIC)
-        out.append(to_tensor(img))
+        out.append(to_tensor(img, channels))
     return torch.stack(out).to(like.device)
 
 
@@ -130,7 +141,7 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
     psnrs_t: List[float] = []
     perceptuals: List[float] = []
     feats: List[torch.Tensor] = []
-    for x, paths in _image_batches(data_root / in_dir, size, batch_size):
+    for x, paths in _image_batches(data_root / in_dir, size, batch_size, model_channels(model)[0]):
         x = x.to(device)
         names_in = ", ".join(str(p) for p in paths)
         y = check_finite(model(x).float(), f"the model's output for {names_in}")
@@ -231,9 +242,10 @@ def _real_folders(data_root: Path, domain: str) -> List[Path]:
     return found
 
 
-def _real_batches(folders: List[Path], size: Optional[int], batch_size: int) -> Iterator[torch.Tensor]:
+def _real_batches(folders: List[Path], size: Optional[int], batch_size: int,
+                  channels: int = 3) -> Iterator[torch.Tensor]:
     for folder in folders:
-        for x, _ in _image_batches(folder, size, batch_size):
+        for x, _ in _image_batches(folder, size, batch_size, channels):
             yield x
 
 
@@ -291,7 +303,9 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
                       "fid_features": None, "kid_subset_size": None}
     if extractor is not None:
         folders = _real_folders(data_root, out_domain)
-        real_feats = extract_features(_real_batches(folders, size, batch_size), extractor, batch_size, device)
+        # the reals as the model's outputs are: grayscale for a 1-channel generator (Inception sees gray RGB)
+        reals = _real_batches(folders, size, batch_size, model_channels(model)[1])
+        real_feats = extract_features(reals, extractor, batch_size, device)
         fk = fid_kid_from_features(real_feats, fake_feats, kid_subset_size=kid_subset_size,
                                    features=fid_features)
         fid_part.update(fid=fk.fid, kid=fk.kid, kid_std=fk.kid_std, n_real=fk.n_real,

@@ -54,6 +54,12 @@ def quantize_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
 
 
+def gray_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """NCHW with 1 channel (grayscale) -> the same image as 3 equal channels; anything else unchanged.
+    For networks pretrained on RGB (Inception, the LPIPS backbones) reading 1-channel data."""
+    return x.repeat(1, 3, 1, 1) if x.dim() == 4 and x.shape[1] == 1 else x
+
+
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
     if x.shape != y.shape or x.dim() != 4:
         raise ValueError(f"expected two NCHW tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -84,7 +90,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Structural similarity per image on 8-bit quantised images.
 
     Gaussian window 11x11, sigma 1.5, K1 = 0.01, K2 = 0.03, data range 255
-    (Wang et al. 2004); computed per RGB channel and averaged over channels and
+    (Wang et al. 2004); computed per channel (RGB, or the one of grayscale) and averaged over channels and
     over the valid (unpadded) window positions, as skimage's
     ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``.
 
@@ -257,12 +263,13 @@ def extract_features(images: Images, extractor: nn.Module, batch_size: int = 16,
 
     Args:
         images: NCHW float tensor in [-1, 1], or an iterable of such batches
-            (batches may differ in H and W).
+            (batches may differ in H and W). 1-channel (grayscale) images are repeated to 3 channels,
+            the gray RGB image a grayscale PNG opens as.
     """
     feats: List[torch.Tensor] = []
     for batch in _batches(images):
         for chunk in batch.split(batch_size):
-            f = extractor(quantize_uint8(chunk).to(device))
+            f = extractor(gray_to_rgb(quantize_uint8(chunk)).to(device))
             feats.append(f.reshape(f.shape[0], -1).double().cpu())
     if not feats:
         raise ValueError("no images to extract features from")

@@ -1,7 +1,9 @@
 """Pluggable perceptual distances between two batches of images.
 
 Every metric takes two NCHW RGB batches in [-1, 1] of the same shape and
-returns one distance per image (``Tensor[N]``, lower is closer)::
+returns one distance per image (``Tensor[N]``, lower is closer). 1-channel (grayscale) batches,
+the images of a generator of 1-channel data, work as well: ``discriminator`` and ``teacher-features``
+read them with the teacher's own 1-channel networks, ``lpips`` repeats the channel to gray RGB::
 
     metric = build_perceptual("discriminator", discriminator=D_A)
     d = metric(student_out, teacher_out)          # Tensor[N]
@@ -151,7 +153,9 @@ class TeacherFeatureMetric(PerceptualMetric):
         for p in self.generator.parameters():
             p.requires_grad_(False)
         self.pixel_weight = float(pixel_weight)
-        self.layers = ["stem", "down1", "down2", f"block{(generator.arch.n_blocks - 1) // 2}"]
+        layers = getattr(generator, "perceptual_layers", None)  # a U-Net names its own (down1..down4)
+        self.layers = list(layers) if layers else ["stem", "down1", "down2",
+                                                   f"block{(generator.arch.n_blocks - 1) // 2}"]
 
     def embed(self, x: torch.Tensor) -> Embedding:
         return [x] + [_normalise_channels(f) for f in self.generator.features(x, self.layers)]
@@ -187,7 +191,10 @@ class LpipsMetric(PerceptualMetric):
     def embed(self, x: torch.Tensor) -> Embedding:
         import lpips
 
-        feats = self.model.net(self.model.scaling_layer(x))
+        from .metrics import gray_to_rgb
+
+        # 1-channel (grayscale) images as the gray RGB images the ImageNet backbone was trained on
+        feats = self.model.net(self.model.scaling_layer(gray_to_rgb(x)))
         return [lpips.normalize_tensor(f) for f in feats]
 
     def distance(self, ex: Embedding, ey: Embedding) -> torch.Tensor:

@@ -31,36 +31,46 @@ TARGET_PSNR_GAP_DB = 1.0
 TARGET_SPEEDUP = 3.0
 
 
-def _grid_images(files: List[Path], side: int) -> torch.Tensor:
+def _grid_images(files: List[Path], side: int, channels: int = 3) -> torch.Tensor:
     """``files`` as one NCHW batch in [-1, 1]: at their own size (down to a multiple of 4, which the
     generators need) when they all share it, else each resized to ``side`` x ``side``, as photos of
-    mixed sizes are (a grid has one row height and one column width)."""
+    mixed sizes are (a grid has one row height and one column width). ``channels`` 1: grayscale."""
     from PIL import Image
 
     from ..data import load_image, to_tensor
 
-    images = [load_image(f) for f in files]
+    images = [load_image(f, channels) for f in files]
     sizes = {(w - w % SIZE_MULTIPLE, h - h % SIZE_MULTIPLE) for w, h in (im.size for im in images)}
     size = sizes.pop() if len(sizes) == 1 else (side, side)
-    return torch.stack([to_tensor(im if im.size == size else im.resize(size, Image.BICUBIC)) for im in images])
+    return torch.stack([to_tensor(im if im.size == size else im.resize(size, Image.BICUBIC), channels)
+                        for im in images])
 
 
 def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Path, n: int = 6,
-          side: int = 256) -> Optional[Path]:
+          side: int = 256, reference_mode: str = "eval") -> Optional[Path]:
     """Input, teacher, compressed (and ground truth when the data has it) for the first ``n`` test images;
-    ``side``: the square size images of mixed sizes are shown at."""
+    ``side``: the square size images of mixed sizes are shown at. Both generators run in ``reference_mode``
+    (in train mode one image per forward, as the measured numbers are)."""
     from ..data import list_images
+    from ..models.generator import set_reference_mode
+    from .evaluate import model_channels
     from .viz import save_grid
 
     files = list_images(data_root / in_dir)[:n]
     if not files:
         return None
-    x = _grid_images(files, side)
+    x = _grid_images(files, side, model_channels(model_t)[0])
+    step = 1 if reference_mode == "train" else len(x)
+
+    def run(model):
+        model = set_reference_mode(model, reference_mode)
+        return torch.cat([model(x[i:i + step]) for i in range(0, len(x), step)])
+
     with torch.inference_mode():
-        cols = [("input", x), ("teacher", model_t(x)), ("coevo", model_s(x))]
+        cols = [("input", x), ("teacher", run(model_t)), ("coevo", run(model_s))]
     gt = [data_root / gt_dir / f.name for f in files]
     if all(g.exists() for g in gt):
-        truth = _grid_images(gt, side)
+        truth = _grid_images(gt, side, model_channels(model_t)[1])
         if truth.shape[-2:] != x.shape[-2:]:
             truth = torch.nn.functional.interpolate(truth, size=tuple(x.shape[-2:]), mode="bicubic",
                                                     align_corners=False).clamp(-1, 1)
@@ -136,7 +146,7 @@ def build_report(run_dir: str | Path, cfg: Config) -> Dict:
             entry["checks"][f"psnr at most {TARGET_PSNR_GAP_DB} dB below teacher"] = \
                 entry["psnr_delta_db"] >= -TARGET_PSNR_GAP_DB
         grid = _grid(g_t, g_s, data_root, in_dir, gt_dir, run_dir / f"grid_{direction}.png",
-                     side=cfg.data.crop_size)
+                     side=cfg.data.crop_size, reference_mode=mode)
         entry["grid"] = grid.name if grid else None
         report["directions"][direction] = entry
     report["all_checks_pass"] = all(v for e in report["directions"].values() for v in e["checks"].values())

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
@@ -173,8 +172,9 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
 
     pending: List[Tuple[Path, torch.Tensor]] = []
     resized = 0
-    # a 1-channel generator (--input_nc 1) reads the image's luma, as the reference's Grayscale(1) gives it
-    gray = getattr(getattr(model, "arch", None), "in_channels", 3) == 1
+    # a 1-channel generator (--input_nc 1) reads the image's luma, as the reference's Grayscale(1) gives it;
+    # a 1-channel output is written as a grayscale PNG
+    channels = 1 if getattr(getattr(model, "arch", None), "in_channels", 3) == 1 else 3
 
     def flush() -> None:
         # The shape check runs before the first write: a file of another network writes nothing.
@@ -189,13 +189,12 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     # at ``batch`` images however large the folder.
     with torch.inference_mode():
         for p in plan.targets:
-            img = load_image(p)
+            img = load_image(p, channels)
             target = target_size(img, size, p)
             if img.size != target:
                 resized += size is None
                 img = img.resize(target, Image.BICUBIC)
-            t = to_tensor(img) if not gray else \
-                torch.from_numpy(np.asarray(img.convert("L"), dtype=np.float32) / 127.5 - 1.0).unsqueeze(0)
+            t = to_tensor(img, channels)
             if pending and (pending[0][1].shape != t.shape or len(pending) == batch):
                 flush()
             pending.append((p, t))

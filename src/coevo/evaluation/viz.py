@@ -40,7 +40,8 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> Tuple[int, int]:
 
 
 def make_grid_image(columns: Columns, max_rows: int = 8, title: Optional[str] = None) -> Image.Image:
-    """Draw ``columns`` — (label, NCHW tensor in [-1, 1]) pairs with equal N, H, W — as one RGB image.
+    """Draw ``columns`` — (label, NCHW tensor in [-1, 1]) pairs with equal N, H, W — as one RGB image
+    (1-channel columns, the images of a generator of grayscale data, are drawn as gray).
 
     The first ``max_rows`` images of every column are stacked top to bottom;
     each column has its label as a header, and ``title`` (if given) spans the top.
@@ -76,7 +77,7 @@ def make_grid_image(columns: Columns, max_rows: int = 8, title: Optional[str] = 
         draw.text((x + (cw - tw) // 2, title_h + PAD), label, fill=TEXT, font=font)
         for r in range(rows):
             y = title_h + header_h + PAD + r * (h + PAD)
-            grid.paste(to_image(batch[r]), (x + (cw - w) // 2, y))
+            grid.paste(to_image(batch[r]).convert("RGB"), (x + (cw - w) // 2, y))  # gray as gray RGB
         x += cw + PAD
     return grid
 

@@ -160,17 +160,41 @@ def check_generator_pair(paths: TeacherPaths):
             "unet_256/unet_128). coevo loads it and prunes it from Python (coevo.load_generator, coevo.prune), "
             "but the search, fine-tuning and export take the ResNet generator only so far")
     a, b = nets["G_A"].arch, nets["G_B"].arch
-    gray = [k for k, net in nets.items() if (net.arch.in_channels, net.arch.out_channels) != (3, 3)]
-    if gray:
-        arch = nets[gray[0]].arch
+    # the data are read with the generators' channels (1: grayscale, 3: RGB; coevo.data.domain_channels)
+    odd = [k for k, net in nets.items() if not {net.arch.in_channels, net.arch.out_channels} <= {1, 3}]
+    if odd:
+        arch = nets[odd[0]].arch
         raise CheckpointError(
-            f"teacher {gray[0]} ({getattr(paths, gray[0])}) is a {arch.in_channels}->{arch.out_channels} channel "
-            "generator (the reference's --input_nc/--output_nc). coevo loads, prunes (coevo prune), exports and "
-            "translates it, but the search and fine-tuning read RGB images so far")
+            f"teacher {odd[0]} ({getattr(paths, odd[0])}) is a {arch.in_channels}->{arch.out_channels} channel "
+            "generator (the reference's --input_nc/--output_nc); the search and fine-tuning read images as "
+            "1 channel (grayscale) or 3 (RGB). coevo loads, prunes (coevo prune), exports and translates it")
     if a.to_dict() != b.to_dict():
+        if (a.in_channels, a.out_channels) != (a.out_channels, a.in_channels) and \
+                (a.in_channels, a.out_channels) == (b.out_channels, b.in_channels):
+            raise CheckpointError(
+                f"the teacher maps {a.in_channels}-channel images to {a.out_channels}-channel ones (G_A {paths.G_A}) "
+                "and back; the search prices one MAC budget from one architecture, so it takes generators with "
+                "as many input as output channels (--input_nc equal to --output_nc) so far")
         raise CheckpointError(
             f"the teacher's two generators differ in architecture: G_A ({paths.G_A}) is {describe_arch(a)}, "
             f"G_B ({paths.G_B}) is {describe_arch(b)}. A CycleGAN trains a matching pair; give the two "
             "directions of one model"
         )
+    if paths.has_discriminators:
+        check_discriminator_channels(paths, a)
     return nets["G_A"], nets["G_B"]
+
+
+def check_discriminator_channels(paths: TeacherPaths, arch) -> None:
+    """:class:`CheckpointError` unless the teacher's D_A reads images of domain B (``arch``, G_A's, output
+    channels) and D_B those of domain A (its input channels): a discriminator of RGB images next to
+    generators of grayscale data (or the reverse) belongs to another model."""
+    from .io import load_discriminator
+
+    for k, channels, domain in (("D_A", arch.out_channels, "B"), ("D_B", arch.in_channels, "A")):
+        d = load_discriminator(getattr(paths, k))
+        if d.arch.in_channels != channels:
+            raise CheckpointError(
+                f"teacher {k} ({getattr(paths, k)}) reads {d.arch.in_channels}-channel images, but the generators' "
+                f"domain {domain} images have {channels} channel(s); give the discriminators of this model "
+                "(or none: fine-tuning then trains fresh ones)")

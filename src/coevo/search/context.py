@@ -250,7 +250,7 @@ def pick_eval_indices(train_indices: Sequence[int], k: int, seed: int, side: str
 
 
 def split_images(cfg, part: str = "train", k: Optional[int] = None, size: Optional[int] = None,
-                 seed: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                 seed: Optional[int] = None, channels: Tuple[int, int] = (3, 3)) -> Tuple[torch.Tensor, torch.Tensor]:
     """``k`` images per domain (all when None) of one part of the TRAINING split, never test.
 
     ``part``: "train" (the part teachers and students train on; the search's
@@ -264,12 +264,12 @@ def split_images(cfg, part: str = "train", k: Optional[int] = None, size: Option
     d = cfg.data
     size = cfg.search.eval_size if size is None else int(size)
     seed = cfg.seed if seed is None else int(seed)
-    splits = build_datasets(d, seed=seed)
+    splits = build_datasets(d, seed=seed, channels=channels)  # (A, B): 1 reads grayscale
     chosen = splits.train if part == "train" else splits.val
     if chosen is None:
         raise DataError(f"no held-out training images: data.val_fraction is {d.val_fraction}; set it above 0")
     full = UnpairedImageDataset(splits.root, "train", load_size=size, crop_size=size, flip=False,
-                                skip_bad=d.skip_bad_images, augment=False)
+                                skip_bad=d.skip_bad_images, augment=False, channels=channels)
     picked = {}
     for side in ("A", "B"):
         position = {p: i for i, p in enumerate(getattr(full, f"{side}_paths"))}
@@ -281,10 +281,10 @@ def split_images(cfg, part: str = "train", k: Optional[int] = None, size: Option
     return x_A, x_B
 
 
-def eval_batch(cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+def eval_batch(cfg, channels: Tuple[int, int] = (3, 3)) -> Tuple[torch.Tensor, torch.Tensor]:
     """The search's evaluation batch: ``search.eval_images`` per domain from the training part of the
     training split (never the held-out part, never test), chosen by ``cfg.seed``."""
-    return split_images(cfg, "train", cfg.search.eval_images)
+    return split_images(cfg, "train", cfg.search.eval_images, channels=channels)
 
 
 def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
@@ -358,6 +358,8 @@ def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = N
 
         weights = load_supernet(supernet, teacher, {"G_A": G_A, "G_B": G_B})
         warn_if_trained_for_other_masks(supernet, cfg.search)
-    x_A, x_B = eval_batch(cfg)
+    from ..data import domain_channels
+
+    x_A, x_B = eval_batch(cfg, domain_channels(G_A.arch))  # images as the teacher reads them (1: grayscale)
     return make_context(G_A, G_B, D_A, D_B, x_A, x_B, cfg.search, cfg.device, latency=latency, weights=weights,
                         supernet=None if supernet is None else str(Path(supernet).resolve()))

@@ -45,7 +45,7 @@ import torch
 from ..core import distributed
 from ..errors import ConfigError
 from ..config import Config, load_config
-from ..data import build_datasets
+from ..data import build_datasets, domain_channels
 from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, load_discriminator,
                       load_generator, save_generator)
 from ..core.files import atomic_write_text
@@ -178,13 +178,13 @@ class ValidationSelector:
 
 
 # ----------------------------------------------------------------------------- data
-def _split(cfg: Config):
+def _split(cfg: Config, channels=(3, 3)):
     """(training split, held-out {"A": NCHW, "B": NCHW} in [-1, 1], split sizes).
 
     The held-out split is the data module's (:func:`coevo.data.build_datasets`),
     shared by every stage; the test split is never read.
     """
-    splits = build_datasets(cfg.data, seed=cfg.seed)
+    splits = build_datasets(cfg.data, seed=cfg.seed, channels=channels)  # (A, B) as the teacher reads them
     if splits.val is None and cfg.finetune.select_on == "val":
         raise ConfigError(
             f"finetune.select_on=val needs held-out training images, but data.val_fraction="
@@ -200,7 +200,7 @@ def _split(cfg: Config):
     return splits.train, val, sizes
 
 
-def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
+def _discriminators(teacher_paths: TeacherPaths, cfg: Config, channels=(3, 3)):
     """(D_A, D_B, "teacher") when the teacher has them, else fresh ones and "fresh".
 
     Fresh discriminators follow ``cfg.model`` (ndf, n_layers_d) and the teacher
@@ -209,11 +209,13 @@ def _discriminators(teacher_paths: TeacherPaths, cfg: Config):
     if teacher_paths.has_discriminators:
         return load_discriminator(teacher_paths.D_A), load_discriminator(teacher_paths.D_B), "teacher"
     rng = torch_rng(derive_seed(cfg.seed, STREAM_FRESH_D))
-    arch = DiscriminatorArch(ndf=cfg.model.ndf, n_layers=cfg.model.n_layers_d)
-    log.info("the teacher has no discriminators: fine-tuning against fresh ones (ndf %d, %d layers)", arch.ndf,
-             arch.n_layers)
-    return (init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain),
-            init_weights(NLayerDiscriminator(arch), rng, cfg.train.init_gain), "fresh")
+    # D_A judges domain B images, D_B domain A ones: each reads its domain's channels (``channels`` = (A, B))
+    arch_A, arch_B = (DiscriminatorArch(ndf=cfg.model.ndf, n_layers=cfg.model.n_layers_d, in_channels=int(c))
+                      for c in (channels[1], channels[0]))
+    log.info("the teacher has no discriminators: fine-tuning against fresh ones (ndf %d, %d layers)", arch_A.ndf,
+             arch_A.n_layers)
+    return (init_weights(NLayerDiscriminator(arch_A), rng, cfg.train.init_gain),
+            init_weights(NLayerDiscriminator(arch_B), rng, cfg.train.init_gain), "fresh")
 
 
 # derive_seed stream of students re-initialised by finetune.init=scratch (apart from the loop's streams)
@@ -227,7 +229,7 @@ def _scratch_pair(teacher: GeneratorPair, teacher_paths: TeacherPaths, genomes: 
     students = {k: init_weights(slim(getattr(teacher, k), genomes[k]), rng, cfg.train.init_gain) for k in DIRECTIONS}
     if cfg.finetune.mode == "distill":
         return teacher, GeneratorPair(students["G_A"], students["G_B"]), "none"
-    D_A, D_B, origin = _discriminators(teacher_paths, cfg)
+    D_A, D_B, origin = _discriminators(teacher_paths, cfg, domain_channels(teacher.G_A.arch))
     return teacher, CycleGANNets(students["G_A"], students["G_B"], D_A, D_B), origin
 
 
@@ -244,7 +246,7 @@ def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Con
     cut = teacher if weights is None else GeneratorPair(_load_resnet(weights["G_A"]), _load_resnet(weights["G_B"]))
     if cfg.finetune.mode == "distill":
         return teacher, GeneratorPair(slim(cut.G_A, genomes["G_A"]), slim(cut.G_B, genomes["G_B"])), "none"
-    D_A, D_B, origin = _discriminators(teacher_paths, cfg)
+    D_A, D_B, origin = _discriminators(teacher_paths, cfg, domain_channels(teacher.G_A.arch))
     # slim() copies the kept filters into new, narrower layers: dropped filters cannot regrow.
     nets = CycleGANNets(slim(cut.G_A, genomes["G_A"]), slim(cut.G_B, genomes["G_B"]), D_A, D_B)
     return teacher, nets, origin
@@ -319,7 +321,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
                                files=files, genomes=genomes,
                                inputs={"search run": source.get("search_dir"),
                                        "genome file": list((source.get("genomes_from") or {}).values())})
-            built["split"] = _split(cfg)
+            built["split"] = _split(cfg, domain_channels(genomes["G_A"].arch))
             val = built["split"][1]
             for k in DIRECTIONS:
                 genomes[k].save_json(out / "genomes" / f"{k}.json")
@@ -333,7 +335,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
 
     # Under torchrun rank 0 prepares the folder and selects the model; every rank trains.
     out, cfg, discriminators, val_before = distributed.on_main(start)
-    train_set, val, split = built["split"] if built else _split(cfg)
+    train_set, val, split = built["split"] if built else _split(cfg, domain_channels(genomes["G_A"].arch))
     if built:
         teacher, nets, selector = built["teacher"], built["nets"], built["selector"]
     else:

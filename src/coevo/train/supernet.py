@@ -60,6 +60,7 @@ from ..core.files import atomic_torch_save, atomic_write_text
 from ..core.guards import check_finite
 from ..core.inputs import InputsChangedError, file_fingerprint, teacher_files
 from ..core.rng import derive_seed, torch_rng
+from ..data import domain_channels
 from ..core.runlock import releasing
 from ..core.runs import append_jsonl, read_jsonl, truncate_jsonl, undo_failed_start
 from ..errors import CheckpointError, ConfigError
@@ -199,7 +200,7 @@ class DistillData:
     and its mirror image. ``batch(direction, step)`` draws images and flips from ``(seed, step)``."""
 
     def __init__(self, cfg: Config, size: int, teachers: Dict[str, ResnetGenerator], device: torch.device) -> None:
-        x_A, x_B = split_images(cfg, "train", None, size, cfg.seed)
+        x_A, x_B = split_images(cfg, "train", None, size, cfg.seed, domain_channels(teachers["G_A"].arch))
         self.images = {"G_A": x_A.to(device), "G_B": x_B.to(device)}
         self.teachers, self.seed, self.flip = teachers, int(cfg.seed), bool(cfg.data.flip)
         self.batch_size = int(cfg.supernet.batch_size)
