@@ -433,3 +433,31 @@ def test_searched_student_is_fine_tuned_by_the_pix2pix_objective(tmp_path, paire
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     with torch.no_grad():  # the reference-named copy is the same network
         assert torch.equal(student(x), load_generator(out / "latest_net_G.pth")(x))
+
+
+def test_cli_search_finetune_and_compress_take_a_pix2pix_teacher(tmp_path, paired_set, pix2pix_teacher, capsys):
+    from coevo.models.io import load_generator
+
+    common = ["--data", str(paired_set), "--set", "data.load_size=64", "--set", "data.crop_size=64",
+              "--set", "model.ngf=4", "--set", "model.ndf=4", "--set", "search.population=4",
+              "--set", "search.generations=1", "--set", "search.eval_images=1", "--set", "finetune.epochs=1",
+              "--set", "finetune.max_steps_per_epoch=2", "--set", "export.formats=[safetensors]"]
+    assert main(["search", "--teacher", str(pix2pix_teacher), "--out", str(tmp_path / "s"), *common]) == 0
+    assert "pix2pix search: 1 generations" in capsys.readouterr().out
+    assert main(["finetune", "--search", str(tmp_path / "s"), "--out", str(tmp_path / "f")]) == 0
+    assert "test PSNR" in capsys.readouterr().out and (tmp_path / "f" / "G.pt").is_file()
+
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 0\n")
+    out = tmp_path / "c"
+    assert main(["compress", "--config", str(config), "--teacher", str(pix2pix_teacher), "--out", str(out),
+                 *common]) == 0
+    printed = capsys.readouterr().out
+    assert "pix2pix student:" in printed and "of the teacher's MACs" in printed
+    summary = json.loads((out / "compress.json").read_text())
+    assert summary["macs_ratio"] <= 0.25 and summary["export"]["safetensors"]["ok"]
+    student = load_generator(out / "export" / "G.safetensors")
+    assert student.arch.widths == summary["widths"]
+    before = (out / "finetune" / "G.pt").stat().st_mtime_ns
+    assert main(["compress", "--config", str(config), "--out", str(out), "--resume", *common]) == 0
+    assert (out / "finetune" / "G.pt").stat().st_mtime_ns == before  # finished stages are not redone

@@ -32,6 +32,36 @@ def print_stage(result) -> None:
     print(f"[{result.name}] {state} -> {result.path}", flush=True)
 
 
+def _is_pix2pix(args: argparse.Namespace) -> bool:
+    """A pix2pix job: a pix2pix teacher folder, a pix2pix run to resume, or no teacher and aligned data."""
+    from ..models.pix2pix import teacher_kind
+    from ..search.pix2pix import is_pix2pix_run
+
+    if args.teacher is not None:
+        return teacher_kind(args.teacher) == "pix2pix"
+    if args.teacher_ab is not None or args.teacher_ba is not None:
+        return False
+    if args.resume:
+        return is_pix2pix_run(args.out)
+    from ..data.aligned import resolve_layout
+
+    return resolve_layout(job_config(args, args.config).data) == "aligned"
+
+
+def _compress_pix2pix(args: argparse.Namespace) -> int:
+    """`coevo compress` on paired data: [train] -> one-population search -> fine-tune -> export."""
+    from ..search.pix2pix import compress_pix2pix
+
+    cfg = job_config(args, args.config)
+    s = compress_pix2pix(cfg, args.out, teacher=args.teacher, resume=args.resume, force=args.force)
+    t = s["test"]
+    print(f"pix2pix student: {s['macs_ratio']:.1%} of the teacher's MACs; test PSNR {t['student']['psnr']:.2f} dB "
+          f"(teacher {t['teacher']['psnr']:.2f} dB, gap {t['psnr_gap_db']:+.2f} dB) on {t['images']} pairs")
+    print(f"fine-tuned generator: {args.out}/finetune/G.pt; exports: {args.out}/export; summary: "
+          f"{args.out}/compress.json")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core import distributed
     from ..pipeline import UNSTARTED, Pipeline
@@ -39,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.runs import RUN_MARKER, undo_unstarted_run
 
     apply_restart(args, resume_file=RUN_MARKER)
+    if _is_pix2pix(args):
+        return _compress_pix2pix(args)
     teacher = teacher_from_args(args)  # a wrong teacher fails before any work
     cfg = job_config(args, args.config)
     pipe = Pipeline(cfg, args.out, teacher=teacher, resume=args.resume, force=args.force,

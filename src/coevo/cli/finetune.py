@@ -58,6 +58,22 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
     return finetune_genomes(cfg, teacher, genomes, args.out, resume=args.resume, force=args.force, source=source)
 
 
+def _finetune_pix2pix(args: argparse.Namespace, config: Path) -> int:
+    """The best genome of a pix2pix search, fine-tuned by the pix2pix objective plus distillation."""
+    from ..core.runs import undo_unstarted_run
+    from ..train.pix2pix import finetune_pix2pix
+
+    cfg = job_config(args, config)
+    with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
+        out = finetune_pix2pix(args.search, args.out, cfg, resume=args.resume, force=args.force)
+    r = json.loads((out / "finetune.json").read_text())
+    t = r["test"]
+    print(f"G: {r['macs']['student'] / 1e6:.1f}M MACs ({r['macs_ratio']:.1%} of the teacher); test PSNR "
+          f"{t['student']['psnr']:.2f} dB (teacher {t['teacher']['psnr']:.2f} dB) on {t['images']} pairs")
+    print(f"fine-tuned generator: {out / 'G.pt'} (epoch {r['selected_epoch']})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..core.runs import undo_unstarted_run
     from ..train.finetune import finetune
@@ -73,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         config = own if args.resume and own.is_file() else Path(args.search) / "config.yaml"
         if config.is_file():  # bad --set values fail here, and the run's threads apply unless --threads says
             job_config(args, config)
+        recorded = Path(args.search) / "teacher.json"
+        if recorded.is_file() and json.loads(recorded.read_text()).get("kind") == "pix2pix":
+            return _finetune_pix2pix(args, config)
         with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
             out = finetune(args.search, args.out, resume=args.resume, overrides=job_overrides(args), force=args.force)
     else:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_and_config
 from .common import add_data_arg, add_log_arg, job_config
+from ..errors import ConfigError
 
 
 def add_parser(sub):
@@ -33,11 +34,40 @@ def add_parser(sub):
     p.set_defaults(func=run)
 
 
+def _pix2pix_search(args, out: Path) -> int:
+    """A pix2pix teacher (one generator): the one-population search of :mod:`coevo.search.pix2pix`."""
+    import json
+
+    from ..core.runs import undo_unstarted_run
+    from ..search.pix2pix import run_pix2pix_search
+
+    if args.supernet is not None:
+        raise ConfigError("--supernet: the pix2pix search scores inherited weights (search.fitness=proxy) so far")
+    config = args.config if args.config or not args.resume else out / "config.yaml"
+    cfg = job_config(args, config)
+    with undo_unstarted_run(out, args.resume, ("state.pt",)):
+        run_dir = run_pix2pix_search(cfg, out, teacher=args.teacher, resume=args.resume, force=args.force)
+    s = json.loads((run_dir / "search.json").read_text())
+    b = s["best"]
+    print(f"pix2pix search: {s['generations']} generations, metric {s['metric']}, {s['evaluations']} evaluations "
+          f"({s['cache_hits']} cache hits), {s['seconds']:.1f}s")
+    print(f"G: fitness {b['fitness']:.4f}  perceptual {b['perceptual']:.4f}  L1 to target {b['l1_target']:.4f}  "
+          f"{b['macs'] / 1e9:.3f} GMACs ({b['macs_ratio']:.3f} of teacher)")
+    print(f"best genome: {run_dir / 'genomes' / 'best_G.json'}")
+    return 0
+
+
 def run(args) -> int:
     from ..core.runs import undo_unstarted_run
     from ..search import run_search
 
     out = Path(args.out)
+    from ..models.pix2pix import teacher_kind
+
+    recorded = out / "teacher.json"
+    if (args.teacher is not None and teacher_kind(args.teacher) == "pix2pix") or \
+            (args.resume and recorded.is_file() and '"pix2pix"' in recorded.read_text()):
+        return _pix2pix_search(args, out)
     teacher, config_path = teacher_and_config(args, "search")
     cfg = job_config(args, config_path)
     with undo_unstarted_run(out, args.resume, ("state.pt",)):

@@ -358,3 +358,81 @@ def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Pat
                "teacher": paths.to_dict(), "finished": search.generation >= cfg.search.generations}
     atomic_write_text(run_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     return run_dir
+
+
+# ----------------------------------------------------------------------------- coevo compress on paired data
+PIX2PIX_MARKER = "pix2pix.json"  # in a compress run folder: the run is a pix2pix one (its stages below)
+
+
+def is_pix2pix_run(folder: str | Path) -> bool:
+    """True for a ``coevo compress`` folder that :func:`compress_pix2pix` started."""
+    return (Path(folder) / PIX2PIX_MARKER).is_file()
+
+
+def compress_pix2pix(cfg: Config, out: str | Path, teacher: Optional[str | Path] = None, resume: bool = False,
+                     force: bool = False) -> Dict:
+    """The pix2pix pipeline into ``out``: [train a teacher] -> search -> fine-tune -> export.
+
+    ``teacher``: a pix2pix teacher folder; None trains one on ``cfg.data`` in ``out/teacher``. The data
+    are the aligned ``data.root`` (never written into), else the built-in paired set built in
+    ``out/data``. Stages that finished are skipped on ``resume``; an interrupted one resumes from its
+    checkpoint. Writes ``out/compress.json`` (the student's MACs against the teacher's, test PSNR of both,
+    the export report) and returns it.
+    """
+    from ..core.runs import prepare_run_dir
+    from ..data.aligned import ensure_aligned_root
+    from ..deploy.export import export_generator
+    from ..models.io import load_generator
+    from ..train.pix2pix import finetune_pix2pix, train_pix2pix
+
+    cfg = copy.deepcopy(cfg)
+    out = prepare_run_dir(out, resume=resume, force=force, resume_file=PIX2PIX_MARKER, command="compress")
+    if cfg.data.layout == "auto":
+        cfg.data.layout = "aligned"
+    if not cfg.data.root:
+        cfg.data.root = str((out / "data").resolve())
+    ensure_aligned_root(cfg.data)
+    marker = out / PIX2PIX_MARKER
+    if resume:
+        recorded = json.loads(marker.read_text())
+        teacher = teacher if teacher is not None else recorded.get("teacher")
+    else:
+        atomic_write_text(marker, json.dumps({"kind": "pix2pix", "teacher": None if teacher is None else
+                                              str(Path(teacher).resolve())}, indent=2) + "\n")
+    stages: Dict[str, Dict] = {}
+    t0 = time.perf_counter()
+    if teacher is None:
+        teacher_dir = out / "teacher"
+        if not (teacher_dir / "summary.json").is_file():
+            train_pix2pix(cfg, teacher_dir, resume=(teacher_dir / "config.yaml").is_file())
+        teacher = teacher_dir
+        stages["teacher"] = {"trained": True, "path": str(teacher_dir)}
+    else:
+        stages["teacher"] = {"trained": False, "path": str(Path(teacher).resolve())}
+    search_dir = out / "search"
+    done = (search_dir / "search.json").is_file() and json.loads((search_dir / "search.json").read_text())["finished"]
+    if not done:
+        run_pix2pix_search(cfg, search_dir, teacher, resume=(search_dir / "config.yaml").is_file())
+    stages["search"] = json.loads((search_dir / "search.json").read_text())["best"]
+    ft_dir = out / "finetune"
+    if not (ft_dir / "finetune.json").is_file():
+        finetune_pix2pix(search_dir, ft_dir, cfg, resume=(ft_dir / "config.yaml").is_file())
+    record = json.loads((ft_dir / "finetune.json").read_text())
+    student = load_generator(ft_dir / "G.pt")
+    multiple = student.arch.size_multiple if hasattr(student.arch, "size_multiple") else 4
+    check = max(multiple, cfg.export.check_size - cfg.export.check_size % multiple)
+    if check == cfg.data.crop_size:
+        check += multiple  # the parity check runs at a size other than the training size
+    export = export_generator(student, out / "export", "G", formats=cfg.export.formats, check_size=check,
+                              opset=cfg.export.opset, seed=cfg.seed)
+    summary = {
+        "kind": "pix2pix", "teacher": stages["teacher"], "search": stages["search"],
+        "macs_ratio": record["macs_ratio"], "macs": record["macs"], "widths": record["widths"],
+        "test": record["test"], "reference_mode": record["reference_mode"],
+        "export": {fmt: {k: e[k] for k in ("path", "max_abs_diff", "ok")} for fmt, e in export.items()},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(out / "compress.json", json.dumps(summary, indent=2) + "\n")
+    log.info("pix2pix compressed to %.3f of the teacher's MACs: test PSNR %.2f dB (teacher %.2f dB); %s",
+             summary["macs_ratio"], record["test"]["student"]["psnr"], record["test"]["teacher"]["psnr"], out)
+    return summary
