@@ -413,6 +413,40 @@ def plot_curve(record: Mapping, path: Path) -> Path:
     return path
 
 
+def plot_cells(cells: Sequence[Mapping], path: Path) -> Optional[Path]:
+    """PSNR to the teacher (mean of both directions) of every cell, one panel per recipe and budget,
+    one column per arm; each seed's cells joined by a thin line (the comparisons are paired by seed)."""
+    if not cells:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(c["recipe"], float(c["budget"])) for c in cells}, key=lambda k: (k[0], -k[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (recipe, budget) in zip(axes[0], panels):
+        group = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget]
+        arms = [a for a in ARMS if any(c["arm"] == a for c in group)]
+        value = {(c["arm"], c["seed"]): 0.5 * (c["psnr_teacher_AB"] + c["psnr_teacher_BA"]) for c in group}
+        for seed in sorted({c["seed"] for c in group}):
+            xs = [i for i, a in enumerate(arms) if (a, seed) in value]
+            ax.plot(xs, [value[(arms[i], seed)] for i in xs], color="0.75", lw=0.7, zorder=1)
+        for i, a in enumerate(arms):
+            ys = [v for (arm, _), v in value.items() if arm == a]
+            ax.scatter([i] * len(ys), ys, s=14, zorder=2)
+            ax.hlines(float(np.mean(ys)), i - 0.25, i + 0.25, color="k", lw=2, zorder=3)
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels(arms, rotation=35, ha="right", fontsize=8)
+        ax.set_title(f"{recipe}, {budget:g} of the MACs", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("PSNR to the teacher (dB), test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- cells
 def cell_name(arm: str, budget: float, seed: int) -> str:
     return f"{arm}_b{budget:g}_s{seed}"
@@ -706,6 +740,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
         atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
         plot_curve(teacher_record, teacher_curve)
+        plot_cells(all_cells, args.out / f"evidence_{args.task}.png")
         return result
 
     result = write_results()

@@ -121,6 +121,12 @@ def main(argv=None) -> int:
                    help="weights the genomes are cut from for fine-tuning")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", choices=("gan", "distill"), default="distill",
+                   help="fine-tuning recipe (finetune.mode) of every pair (default distill: the teacher cached)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides for every stage (e.g. the fine-tuning's epochs)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue in --work: finished fine-tunings and the supernet are reused (same settings only)")
     p.add_argument("--work", type=Path, default=Path("benchmarks/work/fitness_correlation"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
@@ -139,19 +145,29 @@ def main(argv=None) -> int:
     sets = [f"data.root={json.dumps(str(Path(args.data).resolve()))}", f"threads={args.threads}",
             f"seed={args.seed}", "search.channel_multiple=1", f"search.macs_ratio={args.macs_ratio}",
             "finetune.epochs=2", "finetune.epochs_decay=0", f"finetune.max_steps_per_epoch={args.steps}",
-            "finetune.sample_every=0"]
+            "finetune.sample_every=0", f"finetune.mode={args.recipe}", *args.overrides]
     cfg = load_config(args.config, sets)
     paths = find_teacher(args.teacher)
     ctx = build_context(cfg, paths)
-    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker
-    prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
+    # the benchmark's own scratch folder: replaced only when it carries coevo's run marker; with --resume
+    # kept when it was made with the same settings
+    fingerprint = {"argv": {k: str(v) for k, v in vars(args).items() if k not in ("resume", "out", "threads")}}
+    stamp = args.work / "benchmark_settings.json"
+    if args.resume and stamp.is_file():
+        if json.loads(stamp.read_text()) != fingerprint:
+            p.error(f"--resume: {args.work} was made with other settings ({stamp}); drop --resume to start again")
+    else:
+        prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
+        stamp.write_text(json.dumps(fingerprint, indent=1) + "\n")
     supernet, supernet_s = args.supernet, 0.0
     if supernet is None and args.supernet_steps > 0:
         from coevo.train.supernet import train_supernet
 
         t0 = time.perf_counter()
+        sn_dir = args.work / "supernet"
         supernet = train_supernet(load_config(args.config, sets + [f"supernet.steps={args.supernet_steps}"]),
-                                  args.work / "supernet", teacher=paths)
+                                  sn_dir, teacher=None if (sn_dir / "config.yaml").is_file() else paths,
+                                  resume=(sn_dir / "config.yaml").is_file())
         supernet_s = time.perf_counter() - t0
     sn_ctx = None
     if supernet is not None:
@@ -207,8 +223,14 @@ def main(argv=None) -> int:
         after.append([])
         for s in range(args.seeds):
             run_cfg = load_config(args.config, [*sets[:2], f"seed={args.seed + s}", *sets[3:]])
-            out = finetune_genomes(run_cfg, paths, {"G_A": genomes["G_A"][i], "G_B": genomes["G_B"][i]},
-                                   args.work / f"pair{i:02d}_seed{s}", source=source)
+            folder = args.work / f"pair{i:02d}_seed{s}"
+            if (folder / "finetune.json").is_file() and all((folder / f"{d}.pt").is_file() for d in ("G_A", "G_B")):
+                out = folder  # finished before a stop: reused
+            else:
+                out = finetune_genomes(run_cfg, paths, {"G_A": genomes["G_A"][i], "G_B": genomes["G_B"][i]},
+                                       folder, resume=(folder / "checkpoint.pt").is_file(),
+                                       force=folder.exists() and not (folder / "checkpoint.pt").is_file(),
+                                       source=source)
             students = {d: load_generator(out / f"{d}.pt").eval() for d in ("G_A", "G_B")}
             after[i].append(test_l1(students, teacher_nets, images))
         print(f"pair {i:2d}: test L1 to teacher after fine-tuning, per seed: "
@@ -232,7 +254,10 @@ def main(argv=None) -> int:
         "benchmark": "fitness_correlation",
         "command": "python benchmarks/fitness_correlation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine_info("cpu", args.threads),
-        "settings": {"genomes": args.genomes, "macs_ratio": args.macs_ratio, "finetune_steps": 2 * args.steps,
+        "settings": {"genomes": args.genomes, "macs_ratio": args.macs_ratio, "recipe": args.recipe,
+                     "overrides": args.overrides,
+                     "finetune_epochs": cfg.finetune.epochs + cfg.finetune.epochs_decay,
+                     "finetune_max_steps_per_epoch": cfg.finetune.max_steps_per_epoch,
                      "trained_steps": args.trained_steps, "trained_lr": args.trained_lr, "seed": args.seed,
                      "metric": ctx.metric_name, "eval_images": int(ctx["G_A"].inputs.shape[0])},
         "conventions": {"fitness": "higher is better", "finetuned": "test L1 to the teacher, lower is better; "

@@ -210,6 +210,66 @@ def frontier_table() -> str:
     return "\n\n".join(parts)
 
 
+ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "uniform": "uniform (L1)",
+             "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch"}
+
+
+def evidence_table() -> str:
+    """Per task (evidence_snow.json, evidence_dense.json): the teacher's convergence, per recipe and budget
+    every arm's PSNR to the teacher and to ground truth over its seeds, and coevo's paired comparisons."""
+    import numpy as np
+
+    runs = [(t, _load(f"evidence_{t}.json")) for t in ("snow", "dense")]
+    runs = [(t, d) for t, d in runs if d is not None and not d.get("tiny")]
+    if not runs:
+        return "_no results yet: `python benchmarks/evidence.py --task snow --recipe distill`_"
+    parts = []
+    for task, d in runs:
+        t = d["teacher"]
+        stop = t.get("stopped_by")
+        how = (f"converged after {t['steps']} steps (mean held-out PSNR moved {stop['change_db']:+.3f} dB over the "
+               f"last {t['rule']['window_steps']} steps)" if isinstance(stop, dict) else
+               f"capped at {t['steps']} steps, not converged by the rule" if t.get("status") == "done" else
+               f"still training ({t.get('steps', '?')} steps)")
+        final = t.get("final") or {}
+        parts.append(
+            f"**{task} task.** Teacher ({d['settings']['config']['model']['ngf']} filters, "
+            f"{d['settings']['config']['model']['n_blocks']} blocks, 64 px): {how}; held-out training PSNR "
+            f"{final.get('psnr_AB', float('nan')):.2f} / {final.get('psnr_BA', float('nan')):.2f} dB (A->B / B->A); "
+            f"curve `benchmarks/results/evidence_{task}_teacher.png`. MACs: {d['settings']['macs_convention']} "
+            f"convention at {d['settings']['macs_size']} px, every pair within +-{d['settings']['tolerance']:.0%} of "
+            f"the budget. PSNR in dB, test split, mean of both directions, mean ± std over seeds; per-seed numbers "
+            f"in `benchmarks/results/evidence_{task}.json`.")
+        cells = d["cells"]
+        rows = ["| recipe | budget | arm | seeds | MAC ratio (A, B) | PSNR to teacher | PSNR to ground truth | same as L1 |",
+                "|---|---|---|---|---|---|---|---|"]
+        for recipe in sorted({c["recipe"] for c in cells}):
+            for budget in sorted({float(c["budget"]) for c in cells}, key=lambda b: (b != 0.05, b != 0.02, b)):
+                for arm in ARM_NAMES:
+                    g = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget and c["arm"] == arm]
+                    if not g:
+                        continue
+                    pt = [0.5 * (c["psnr_teacher_AB"] + c["psnr_teacher_BA"]) for c in g]
+                    pg = [0.5 * (c["psnr_gt_AB"] + c["psnr_gt_BA"]) for c in g]
+                    ratios = [c["macs_ratio_A"] for c in g] + [c["macs_ratio_B"] for c in g]
+                    sd = lambda v: f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else ""  # noqa: E731
+                    rows.append(f"| {recipe} | {budget:g} | {ARM_NAMES[arm]} | {len(g)} | "
+                                f"{min(ratios):.4f}-{max(ratios):.4f} | {np.mean(pt):.2f}{sd(pt)} | "
+                                f"{np.mean(pg):.2f}{sd(pg)} | {sum(bool(c['same_as_l1']) for c in g)} |")
+        parts.append("\n".join(rows))
+        comp = d["summary"].get("psnr_teacher", {})
+        if comp:
+            lines = ["| comparison (PSNR to teacher) | seeds | mean difference [95% CI] | Holm p (t) | Wilcoxon p | "
+                     "TOST Holm p | verdict |", "|---|---|---|---|---|---|---|"]
+            for name, c in comp.items():
+                lines.append(f"| {name} | {c['n']} | {c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] | "
+                             f"{c['p_t_holm']:.3g} | {c['p_wilcoxon']:.3g} | {c['p_tost_holm']:.3g} | **{c['verdict']}** |")
+            parts.append("\n".join(lines))
+        else:
+            parts.append("_No comparison yet: each needs coevo and the other arm on at least 2 common seeds._")
+    return "\n\n".join(parts)
+
+
 def paper_scale_table() -> str:
     """Measured cost of the pipeline at paper scale (ngf 64, 9 blocks, 256 px) and the projected full job."""
     runs = [(dev, _load(f"paper_scale_{dev}.json")) for dev in ("cpu", "cuda")]
@@ -258,6 +318,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "search_cost": search_cost_table,
     "search_quality": search_quality_table,
     "frontier": frontier_table,
+    "evidence": evidence_table,
     "paper_scale": paper_scale_table,
 }
 

@@ -271,3 +271,26 @@ def test_an_interrupted_teacher_resumes_to_the_same_curve_and_weights(tmp_path, 
     # finished: read back, not trained again
     monkeypatch.setattr(CycleGANTrainer, "run_epoch", lambda *a: pytest.fail("trained a finished teacher again"))
     assert ev.converge_teacher(teacher_cfg, tmp_path / "resumed", window=100, cap=6, eval_every=2) == resumed
+
+
+def test_the_readme_table_and_plot_come_from_the_cells(tmp_path, monkeypatch):
+    import tables
+
+    rng = np.random.default_rng(0)
+    cells = [{"recipe": "distill", "budget": b, "arm": a, "seed": s, "macs_ratio_A": b, "macs_ratio_B": b * 1.005,
+              "psnr_teacher_AB": 25 + (1.0 if a == "coevo" else 0.0) + rng.normal(0, 0.05),
+              "psnr_teacher_BA": 26 + rng.normal(0, 0.05), "psnr_gt_AB": 15.0, "psnr_gt_BA": 16.0,
+              "same_as_l1": a == "l1"} for b in (0.05, 0.02) for a in ("coevo", "l1", "uniform") for s in range(4)]
+    result = {"tiny": False, "task": "snow", "cells": cells, "summary": ev.summarise(cells),
+              "settings": {"config": {"model": {"ngf": 32, "n_blocks": 6}}, "macs_convention": "published",
+                           "macs_size": 256, "tolerance": 0.01},
+              "teacher": {"status": "done", "steps": 4000, "stopped_by": "cap", "final": {"psnr_AB": 20.0, "psnr_BA": 21.0},
+                          "rule": {"window_steps": 2000}}}
+    (tmp_path / "evidence_snow.json").write_text(json.dumps(result))
+    monkeypatch.setattr(tables, "RESULTS", tmp_path)
+    text = tables.evidence_table()
+    assert "capped at 4000 steps" in text
+    assert "| distill | 0.05 | coevo (search) | 4 | 0.0500-0.0502 |" in text
+    assert text.count("**better**") == 4  # coevo vs l1 and vs uniform, at both budgets
+    assert "distill b0.02: coevo - uniform" in text
+    assert ev.plot_cells(cells, tmp_path / "p.png").stat().st_size > 0
