@@ -79,14 +79,20 @@ def _run_paired(args: argparse.Namespace) -> int:
 
         check_outputs_apart(args.out, {"--model file": args.model, "data folder": args.data,
                                        "teacher": args.teacher}, kind="file")
+    from ..models.io import EXPORTED_SUFFIXES
+    from ..models.pix2pix import find_pix2pix_teacher, load_pix2pix_generator
+
+    def load(path):  # a reference U-Net file has no dropout key: pix2pix.dropout's default (on) applies
+        if Path(path).suffix.lower() in EXPORTED_SUFFIXES:
+            return load_generator(path, trust=args.trust_model)
+        return load_pix2pix_generator(path)
+
     teacher = args.teacher
     if teacher is not None and Path(teacher).is_dir():
-        from ..models.pix2pix import find_pix2pix_teacher
-
         teacher = find_pix2pix_teacher(teacher).G
-    result = evaluate_paired(load_generator(args.model, trust=args.trust_model), args.data, args.direction,
-                             teacher=teacher, size=args.size, batch_size=args.batch_size, device=args.device,
-                             reference_mode=args.reference_mode)
+    result = evaluate_paired(load(args.model), args.data, args.direction,
+                             teacher=None if teacher is None else load(teacher), size=args.size,
+                             batch_size=args.batch_size, device=args.device, reference_mode=args.reference_mode)
     result["model"] = str(Path(args.model).resolve())
     result["teacher"] = None if teacher is None else str(Path(teacher).resolve())
     print(f"{args.model}: {args.direction} on the {result['n_images']} pairs of {Path(args.data) / 'test'} "
