@@ -258,3 +258,34 @@ def test_datasets_read_each_domain_with_the_teachers_channels(tmp_path):
     assert domain_channels(GeneratorArch(ngf=4, n_blocks=1, in_channels=1, out_channels=3)) == (1, 3)
     with pytest.raises(DataError, match="1 channel .* or 3"):
         SingleImageDataset(data / "testA", channels=4)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_held_out_scoring_runs_teacher_and_students_alike_and_leaves_the_students_as_they_were(tmp_path, mode):
+    """Fine-tuning's model selection measures fidelity with teacher and student in model.reference_mode:
+    a student identical to its batch-norm, dropout teacher scores exactly 0, its BatchNorm statistics do
+    not learn the held-out images, it stays in train mode, and the training's random stream is untouched."""
+    from coevo.prune import Genome, slim
+    from coevo.train.finetune import ValidationSelector
+    from coevo.train.loop import GeneratorPair
+
+    arch = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, norm="batch", dropout=True)
+    teacher = GeneratorPair(_randomise(ResnetGenerator(arch), 0).eval(), _randomise(ResnetGenerator(arch), 1).eval())
+    students = [slim(getattr(teacher, k), Genome.all_keep(arch)).train() for k in ("G_A", "G_B")]
+    before = [{k: v.clone() for k, v in s.state_dict().items()} for s in students]
+    gen = torch.Generator().manual_seed(5)
+    val_A, val_B = (torch.rand(3, 3, SIZE, SIZE, generator=gen) * 2 - 1 for _ in range(2))
+    rng = torch.get_rng_state()
+    selector = ValidationSelector(val_A, val_B, teacher, tmp_path, torch.device("cpu"), reference_mode=mode)
+    metrics = selector.evaluate(*students)
+    assert metrics["val_l1_A"] == metrics["val_l1_B"] == 0.0
+    assert torch.equal(torch.get_rng_state(), rng)
+    for s, b in zip(students, before):
+        assert s.training and all(m.training for m in s.modules())
+        assert all(m.track_running_stats for m in s.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        assert all(torch.equal(v, b[k]) for k, v in s.state_dict().items())
+    assert not teacher.G_A.training
+    with torch.no_grad():
+        eval_target = teacher.G_A(val_A)
+    # train mode: each image on its own batch statistics (and dropout on), unlike eval mode
+    assert torch.equal(selector.target_B, eval_target) == (mode == "eval")

@@ -11,6 +11,7 @@ domain B; G_BA = G_B maps B to A.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Sequence, Tuple
 
@@ -247,6 +248,42 @@ def set_reference_mode(model: nn.Module, mode: str = "eval") -> nn.Module:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.track_running_stats = False  # with the buffers kept, eval mode still reads them
     return model
+
+
+# The seed of the dropout masks a measurement in train reference mode draws (see :func:`scoring_mode`).
+SCORING_SEED = 0
+
+
+@contextmanager
+def scoring_mode(model: nn.Module, mode: str = "eval"):
+    """``model`` in reference mode ``mode`` for one measurement, then exactly as it was (a student in training
+    stays in train mode, its BatchNorms keep tracking running statistics).
+
+    Unlike :func:`set_reference_mode` it leaves nothing behind: in ``"train"`` mode the BatchNorms use the
+    batch's statistics without updating their running ones (held-out images must not leak into the weights),
+    and Dropout draws its masks from a private generator seeded with :data:`SCORING_SEED`, so a measurement is
+    repeatable, a network identical to its teacher measures as identical, and the caller's random stream
+    (a training run's) is not advanced.
+    """
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"reference mode must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    norms = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # torch.manual_seed reseeds every GPU too: each one in use gets its state back
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(SCORING_SEED)
+            model.train(mode == "train")
+            if mode == "train":
+                for m, _ in norms:
+                    m.track_running_stats = False
+            yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+        for m, track in norms:
+            m.track_running_stats = track
 
 
 def infer_arch_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> GeneratorArch:

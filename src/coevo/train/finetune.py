@@ -50,6 +50,7 @@ from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, l
                       load_generator, save_generator)
 from ..core.files import atomic_write_text
 from ..errors import CheckpointError
+from ..models.generator import scoring_mode
 from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, count_params, slim
 from ..core.inputs import teacher_files
@@ -114,12 +115,16 @@ class ValidationSelector:
     Images: ``val_A`` / ``val_B`` NCHW in [-1, 1]. Metrics: ``val_l1_A`` = mean
     |G_A(a) - T_A(a)|, ``val_l1_B`` likewise, ``val_l1`` their mean (lower is
     better), ``val_cycle_A/B`` = mean |G_B(G_A(a)) - a| (reported, not selected on).
+    Teacher and students run in ``reference_mode`` alike (``model.reference_mode``; in train mode one image
+    per forward, as the reference's test script), each measurement leaving the students as it found them
+    (:func:`coevo.models.generator.scoring_mode`).
     """
 
     def __init__(self, val_A: torch.Tensor, val_B: torch.Tensor, teacher: GeneratorPair, out_dir: Path,
                  device: torch.device, select_on: str = "val", batch: int = 8,
-                 extra: Mapping[str, Any] | None = None) -> None:
-        self.device, self.batch, self.select_on = device, batch, select_on
+                 extra: Mapping[str, Any] | None = None, reference_mode: str = "eval") -> None:
+        self.device, self.select_on, self.reference_mode = device, select_on, reference_mode
+        self.batch = 1 if reference_mode == "train" else batch  # batch statistics must not mix images
         self.out_dir = Path(out_dir)
         self.extra = dict(extra or {})
         self.val_A, self.val_B = val_A, val_B
@@ -133,8 +138,9 @@ class ValidationSelector:
     @torch.no_grad()
     def _run(self, model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
         model.to(self.device)
-        return torch.cat([model(images[i:i + self.batch].to(self.device)).cpu()
-                          for i in range(0, len(images), self.batch)])
+        with scoring_mode(model, self.reference_mode):
+            return torch.cat([model(images[i:i + self.batch].to(self.device)).cpu()
+                              for i in range(0, len(images), self.batch)])
 
     def evaluate(self, G_A: torch.nn.Module, G_B: torch.nn.Module) -> Dict[str, float]:
         fake_B, fake_A = self._run(G_A, self.val_A), self._run(G_B, self.val_B)
@@ -328,7 +334,8 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
 
             teacher, nets, discriminators = _slim_pair(teacher_paths, genomes, cfg, weights)
             selector = ValidationSelector(val["A"], val["B"], teacher, out, torch.device(cfg.device),
-                                          cfg.finetune.select_on, extra={"stage": "finetune", **source})
+                                          cfg.finetune.select_on, extra={"stage": "finetune", **source},
+                                          reference_mode=cfg.model.reference_mode)
             val_before = selector.evaluate(nets.G_A, nets.G_B) if len(val["A"]) else {}
         built.update(teacher=teacher, nets=nets, selector=selector)
         return out, cfg, discriminators, val_before
