@@ -289,3 +289,27 @@ def test_held_out_scoring_runs_teacher_and_students_alike_and_leaves_the_student
         eval_target = teacher.G_A(val_A)
     # train mode: each image on its own batch statistics (and dropout on), unlike eval mode
     assert torch.equal(selector.target_B, eval_target) == (mode == "eval")
+
+
+def test_drawing_training_samples_changes_nothing_in_a_batch_norm_dropout_run(tmp_path):
+    """Sample grids run the generators as they train (batch statistics, dropout on) without learning running
+    statistics from the samples or drawing from the training's random stream."""
+    from types import SimpleNamespace
+
+    from coevo.train.loop import CycleGANTrainer, GeneratorPair
+
+    arch = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=1, out_channels=1, norm="batch", dropout=True)
+    nets = GeneratorPair(_randomise(ResnetGenerator(arch), 0).train(), _randomise(ResnetGenerator(arch), 1).train())
+    before = {k: v.clone() for k, v in nets.G_A.state_dict().items()}
+    trainer = SimpleNamespace(nets=nets, device=torch.device("cpu"), epoch=1,
+                              s=SimpleNamespace(sample_images=2, section="finetune"))
+    images = {"A": torch.rand(2, 1, SIZE, SIZE) * 2 - 1, "B": torch.rand(2, 1, SIZE, SIZE) * 2 - 1}
+    rng = torch.get_rng_state()
+    for name in ("one.png", "two.png"):
+        CycleGANTrainer.save_samples(trainer, images, tmp_path / name)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(v, before[k]) for k, v in nets.G_A.state_dict().items())
+    assert nets.G_A.training and all(m.track_running_stats for m in nets.G_A.modules()
+                                     if isinstance(m, torch.nn.BatchNorm2d))
+    with Image.open(tmp_path / "one.png") as a, Image.open(tmp_path / "two.png") as b:
+        assert a.mode == "RGB" and a.tobytes() == b.tobytes()  # gray drawn as RGB; repeatable

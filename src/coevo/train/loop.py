@@ -51,6 +51,7 @@ from ..core import distributed
 from ..errors import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
+from ..models.generator import scoring_mode
 from ..core.files import atomic_torch_save
 from .curves import Curves
 from ..errors import CheckpointError
@@ -557,12 +558,18 @@ class CycleGANTrainer:
 
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:
-        """Grid of real_A | fake_B | rec_A | real_B | fake_A | rec_B (NCHW, [-1, 1])."""
+        """Grid of real_A | fake_B | rec_A | real_B | fake_A | rec_B (NCHW, [-1, 1]).
+
+        The generators run as they train (BatchNorm on batch statistics, dropout on) but leave nothing behind:
+        no running statistics learnt from the samples, no draw from the training's random stream
+        (:func:`coevo.models.generator.scoring_mode`), so drawing samples never changes a run's result."""
         n = self.nets
         real_A, real_B = images["A"].to(self.device), images["B"].to(self.device)
-        fake_B, fake_A = n.G_A(real_A), n.G_B(real_B)
-        columns = [("real_A", real_A), ("fake_B", fake_B), ("rec_A", n.G_B(fake_B)),
-                   ("real_B", real_B), ("fake_A", fake_A), ("rec_B", n.G_A(fake_A))]
+        with scoring_mode(n.G_A, "train"), scoring_mode(n.G_B, "train"):
+            fake_B, fake_A = n.G_A(real_A), n.G_B(real_B)
+            rec_A, rec_B = n.G_B(fake_B), n.G_A(fake_A)
+        columns = [("real_A", real_A), ("fake_B", fake_B), ("rec_A", rec_A),
+                   ("real_B", real_B), ("fake_A", fake_A), ("rec_B", rec_B)]
         save_grid([(k, v.cpu()) for k, v in columns], path, max_rows=self.s.sample_images,
                   title=f"{self.s.section} epoch {self.epoch}")
 
