@@ -313,3 +313,39 @@ def test_drawing_training_samples_changes_nothing_in_a_batch_norm_dropout_run(tm
                                      if isinstance(m, torch.nn.BatchNorm2d))
     with Image.open(tmp_path / "one.png") as a, Image.open(tmp_path / "two.png") as b:
         assert a.mode == "RGB" and a.tobytes() == b.tobytes()  # gray drawn as RGB; repeatable
+
+
+def test_metrics_of_rgb_networks_see_grayscale_as_gray_rgb(tmp_path, monkeypatch):
+    """LPIPS and the FID features (ImageNet networks, RGB only) read 1-channel images as 3 equal channels;
+    evaluate scores a 1-channel generator against its teacher in the teacher's 1-channel discriminator."""
+    pytest.importorskip("lpips")
+    import torchvision
+
+    from coevo.evaluation.evaluate import evaluate_generator
+    from coevo.evaluation.metrics import extract_features
+    from coevo.evaluation.perceptual import LPIPS_BACKBONES, build_perceptual
+
+    torch.manual_seed(0)
+    features = torchvision.models.alexnet().features  # a random AlexNet stands in for the ImageNet file
+    path = tmp_path / "hub" / "checkpoints" / LPIPS_BACKBONES["alex"][0]
+    path.parent.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    metric = build_perceptual("lpips", lpips_net="alex")
+    gen = torch.Generator().manual_seed(1)
+    x, y = (torch.rand(2, 1, SIZE, SIZE, generator=gen) * 2 - 1 for _ in range(2))
+    d = metric(x, y)
+    assert d.shape == (2,) and torch.equal(d, metric(x.repeat(1, 3, 1, 1), y.repeat(1, 3, 1, 1)))
+
+    rgb_only = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    rgb_only.forward = (lambda f: lambda u: f(u.float()))(rgb_only.forward)
+    assert torch.equal(extract_features(x, rgb_only), extract_features(x.repeat(1, 3, 1, 1), rgb_only))
+
+    teacher = tmp_path / "teacher"
+    reference_teacher(teacher, channels=1)
+    data = image_folder(tmp_path / "data", 4, gray=True)
+    result = evaluate_generator(teacher / "latest_net_G_B.pth", data, "AtoB", teacher=teacher / "latest_net_G_A.pth",
+                                feature_extractor=rgb_only, perceptual="discriminator",
+                                discriminator=teacher / "latest_net_D_A.pth", kid_subset_size=2)
+    assert result["fid"] is not None and result["n_real"] == 4 + 3
+    assert result["perceptual"] == "discriminator" and result["perceptual_to_teacher"] > 0
