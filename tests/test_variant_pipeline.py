@@ -349,3 +349,26 @@ def test_metrics_of_rgb_networks_see_grayscale_as_gray_rgb(tmp_path, monkeypatch
                                 discriminator=teacher / "latest_net_D_A.pth", kid_subset_size=2)
     assert result["fid"] is not None and result["n_real"] == 4 + 3
     assert result["perceptual"] == "discriminator" and result["perceptual_to_teacher"] > 0
+
+
+def test_a_supernet_of_a_one_channel_teacher_trains_on_grayscale_and_serves_the_search(tmp_path):
+    from coevo.config import config_from_dict
+    from coevo.models.teacher import resolve_teacher
+    from coevo.prune import count_macs
+    from coevo.search import run_search
+    from coevo.train.supernet import train_supernet
+
+    teacher = tmp_path / "teacher"
+    reference_teacher(teacher, channels=1, discriminators=False)
+    data = image_folder(tmp_path / "data", 6, gray=False)
+    cfg = config_from_dict({
+        "seed": 0, "data": {"root": str(data), "synthetic": False, "load_size": SIZE, "crop_size": SIZE},
+        "search": {"population": 4, "generations": 1, "eval_images": 3, "eval_size": SIZE, "macs_ratio": 0.25,
+                   "fitness": "supernet", "perceptual": "teacher-features"},
+        "supernet": {"steps": 2, "batch_size": 2, "random_masks": 1, "checkpoint_every": 2, "log_every": 1}})
+    supernet = train_supernet(cfg, tmp_path / "supernet", teacher=teacher)
+    assert load_generator(supernet / "G_A.pt").arch.in_channels == 1
+    result = run_search(cfg, tmp_path / "search", teacher=teacher, supernet=supernet, progress=False)
+    assert result.summary["supernet"] == str(supernet.resolve())
+    g_a = load_generator(resolve_teacher(teacher).G_A)
+    assert all(count_macs(result.best[k].slim_arch(), SIZE) <= 0.25 * count_macs(g_a.arch, SIZE) for k in ("G_A", "G_B"))
