@@ -461,3 +461,20 @@ def test_cli_search_finetune_and_compress_take_a_pix2pix_teacher(tmp_path, paire
     before = (out / "finetune" / "G.pt").stat().st_mtime_ns
     assert main(["compress", "--config", str(config), "--out", str(out), "--resume", *common]) == 0
     assert (out / "finetune" / "G.pt").stat().st_mtime_ns == before  # finished stages are not redone
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_the_full_genome_scores_as_the_teacher_in_either_reference_mode(paired_set, pix2pix_teacher, mode):
+    from coevo.prune import Genome
+    from coevo.search.fitness import Objective
+    from coevo.search.pix2pix import build_pix2pix_context, evaluate_pix2pix
+
+    cfg = search_cfg(paired_set, f"model.reference_mode={mode}")
+    ctx = build_pix2pix_context(cfg, find_pix2pix_teacher(pix2pix_teacher))
+    assert ctx.reference_mode == mode and ctx.teacher.arch.dropout
+    full = Genome.all_keep(ctx.teacher.arch)
+    objective = Objective.from_config(cfg.search, images=1)
+    (terms,) = evaluate_pix2pix(ctx, objective, [full])
+    assert terms.perceptual == 0.0  # the same network, the same dropout masks: the teacher's output exactly
+    assert terms.cycle == pytest.approx(float((ctx.teacher_output - ctx.targets).abs().mean()))
+    assert evaluate_pix2pix(ctx, objective, [full]) == [terms]  # deterministic, dropout included
