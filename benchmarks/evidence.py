@@ -77,7 +77,8 @@ from coevo.search import MACS_CONVENTION, MACS_SIZE
 log = logging.getLogger("evidence")
 
 TASKS = ("snow", "dense")
-ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch")
+ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet")
+DEFAULT_ARMS = ARMS[:6]  # coevo-supernet: on request (--arms), it trains a supernet per budget first
 SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
 RECIPES = ("gan", "distill")
 BUDGETS = (0.05, 0.02, 0.1)
@@ -91,6 +92,9 @@ ARM_DEFINITIONS = {
     "uniform": "every group at the same width fraction, filters by L1 norm, weights from the teacher",
     "uniform-scratch": "the uniform widths, weights re-initialised",
     "coevo-scratch": "the searched widths, weights re-initialised",
+    "coevo-supernet": "coevo's search on a weight-sharing supernet (search.fitness: supernet; one supernet per "
+                      "budget, trained once with the config's seed and shared by the seeds), students cut from "
+                      "the supernet and fine-tuned",
 }
 CELL_KEYS = ("arm", "budget", "seed", "recipe", "macs_ratio_A", "macs_ratio_B", "psnr_teacher_AB",
              "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "same_as_l1")
@@ -475,6 +479,29 @@ def search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float, s
     return best, {"search_folder": str(folder)}
 
 
+def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float,
+                         seed: int) -> Tuple[Dict, Dict]:
+    """The coevo search on a supernet at ``budget`` and ``seed``; the budget's supernet is trained (or
+    resumed) first in ``work/supernet/bBUDGET`` and shared by every seed."""
+    from coevo.search import run_search
+    from coevo.train.supernet import train_supernet
+
+    sn = work / "supernet" / f"b{budget:g}"
+    if not (sn / "supernet.json").is_file():
+        sn_cfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", "search.fitness=supernet"])
+        resume = (sn / "config.yaml").is_file()
+        train_supernet(sn_cfg, sn, teacher=None if resume else teacher, resume=resume,
+                       force=not resume and sn.exists())
+    folder = work / "search-supernet" / f"b{budget:g}_s{seed}"
+    if not (folder / "search.json").is_file():
+        scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}", "search.fitness=supernet"])
+        resume = (folder / "state.pt").is_file()
+        run_search(scfg, folder, teacher=teacher, resume=resume, force=not resume, progress=False,
+                   supernet=None if resume else sn)
+    best = {d: Genome.load_json(folder / "genomes" / f"best_{d}.json") for d in DIRECTIONS}
+    return best, {"search_folder": str(folder), "supernet_folder": str(sn)}
+
+
 def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherPaths, teacher: Mapping,
                 work: Path) -> Tuple[Dict[str, Genome], Dict]:
     """The arm's pair before MAC matching, and what made it."""
@@ -484,6 +511,8 @@ def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherP
     base = SCRATCH.get(arm, arm)
     if base == "coevo":
         return search_pair(cfg, paths, work, budget, seed)
+    if base == "coevo-supernet":
+        return supernet_search_pair(cfg, paths, work, budget, seed)
     if base == "l1":
         return {d: global_l1_genome(teacher[d], budget) for d in DIRECTIONS}, {}
     if base == "random":
@@ -533,7 +562,7 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
     scratch = arm in SCRATCH
     same_as_l1 = all((genomes[d].widths() == l1[d].widths()) if scratch else (genomes[d] == l1[d])
                      for d in DIRECTIONS)
-    init = "scratch" if scratch else "teacher"
+    init = "scratch" if scratch else "supernet" if arm == "coevo-supernet" else "teacher"
     key = genome_key(genomes)
     record = {"arm": arm, "budget": budget, "seed": seed, "recipe": recipe, "init": init,
               "macs_ratio_A": info["match"]["G_A"]["macs_ratio"], "macs_ratio_B": info["match"]["G_B"]["macs_ratio"],
@@ -546,10 +575,12 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
                       reused_from=cell_name(twin["arm"], twin["budget"], twin["seed"]))
     else:
         folder = work / "runs" / recipe / cell_name(arm, budget, seed)
-        ft_cfg = _cfg_with(cfg, [f"seed={seed}", f"finetune.mode={recipe}", f"finetune.init={init}"])
+        ft_cfg = _cfg_with(cfg, [f"seed={seed}", f"finetune.mode={recipe}",
+                                 f"finetune.init={'teacher' if init == 'supernet' else init}"])
         resume = (folder / "config.yaml").is_file()
         finetune_genomes(ft_cfg, paths, genomes, folder, resume=resume, force=not resume and folder.exists(),
-                         source={"benchmark": "evidence", "arm": arm, "budget": budget})
+                         source={"benchmark": "evidence", "arm": arm, "budget": budget,
+                                 **({"search_dir": info["search_folder"]} if init == "supernet" else {})})
         students = {d: load_generator(folder / f"{d}.pt").eval() for d in DIRECTIONS}
         record.update(evaluate_pair(students, teacher, data))
         record["finetune_folder"] = str(folder)
@@ -597,7 +628,8 @@ def merge_cells(old: Sequence[Mapping], new: Sequence[Mapping], replaced: Sequen
 
 # ----------------------------------------------------------------------------- statistics
 def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
-    """coevo against every other arm, paired by seed, per recipe, budget and endpoint (Holm per endpoint table)."""
+    """coevo against every other arm (and coevo-supernet against the baselines and coevo), paired by seed, per
+    recipe, budget and endpoint (Holm over each endpoint's table)."""
     from paired_stats import compare_all
 
     out: Dict = {}
@@ -608,15 +640,16 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
                 group = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget]
                 value = {(c["arm"], c["seed"]): 0.5 * (c[f"{endpoint}_AB"] + c[f"{endpoint}_BA"]) for c in group
                          if c.get(f"{endpoint}_AB") is not None and c.get(f"{endpoint}_BA") is not None}
-                for arm in ARMS:
-                    if arm == "coevo":
-                        continue
-                    seeds = sorted(s for (a, s) in value if a == arm and ("coevo", s) in value)
-                    if len(seeds) < 2:
-                        continue
-                    name = f"{recipe} b{budget:g}: coevo - {arm}"
-                    pairs[name] = ([value[("coevo", s)] for s in seeds], [value[(arm, s)] for s in seeds])
-                    meta[name] = {"recipe": recipe, "budget": budget, "arm": arm, "seeds": seeds}
+                # coevo against every other arm; coevo-supernet (when run) against the baselines and the proxy search
+                for base, others in (("coevo", [a for a in ARMS if a not in ("coevo", "coevo-supernet")]),
+                                     ("coevo-supernet", ["l1", "random", "uniform", "coevo"])):
+                    for arm in others:
+                        seeds = sorted(s for (a, s) in value if a == arm and (base, s) in value)
+                        if len(seeds) < 2:
+                            continue
+                        name = f"{recipe} b{budget:g}: {base} - {arm}"
+                        pairs[name] = ([value[(base, s)] for s in seeds], [value[(arm, s)] for s in seeds])
+                        meta[name] = {"recipe": recipe, "budget": budget, "base": base, "arm": arm, "seeds": seeds}
         stats = compare_all(pairs, margin=margin) if pairs else {}
         out[endpoint] = {name: {**meta[name], **s} for name, s in stats.items()}
     out["endpoints"] = {"psnr_teacher": "primary: mean over both directions of PSNR (dB) of the student's output "
@@ -655,7 +688,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error("--tiny needs --out outside benchmarks/results (tiny numbers are not results)")
         args.window, args.tol_db, args.cap, args.eval_every = 60, 0.1, 150, 30
     tiny = {"arms": "coevo,uniform", "budgets": "0.1", "seeds": 2}
-    full = {"arms": ",".join(ARMS), "budgets": ",".join(f"{b:g}" for b in BUDGETS), "seeds": 8}
+    full = {"arms": ",".join(DEFAULT_ARMS), "budgets": ",".join(f"{b:g}" for b in BUDGETS), "seeds": 8}
     for key, value in (tiny if args.tiny else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)

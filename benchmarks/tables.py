@@ -211,7 +211,8 @@ def frontier_table() -> str:
 
 
 ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "uniform": "uniform (L1)",
-             "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch"}
+             "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch",
+             "coevo-supernet": "coevo on a supernet"}
 
 
 def evidence_table() -> str:

@@ -97,7 +97,8 @@ def fake_training(monkeypatch, teacher):
     calls = []
 
     def fake_finetune(cfg, paths, genomes, out, resume=False, force=False, source=None):
-        calls.append((source["arm"], cfg.finetune.mode, cfg.finetune.init, cfg.seed))
+        calls.append((source["arm"], cfg.finetune.mode, cfg.finetune.init, cfg.seed)
+                     + ((source["search_dir"],) if "search_dir" in source else ()))
         Path(out).mkdir(parents=True, exist_ok=True)
         for d in ("G_A", "G_B"):
             save_generator(slim(teacher[d], genomes[d]), Path(out) / f"{d}.pt")
@@ -139,6 +140,30 @@ def test_a_cell_is_written_once_then_skipped_and_twins_reuse(work, teacher, fake
     # another recipe or seed is another cell
     ev.run_cell("l1", 0.1, 1, "gan", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
     assert fake_training[-1] == ("l1", "gan", "teacher", 1)
+
+
+def test_the_supernet_arm_cuts_its_students_from_the_supernet_and_is_compared(work, teacher, fake_training,
+                                                                              monkeypatch):
+    cfg = _cfg()
+
+    def fake_supernet_search(cfg_, paths, work_, budget, seed):
+        return {d: ev.uniform_genome(teacher[d], budget) for d in ev.DIRECTIONS}, {"search_folder": "SEARCH"}
+
+    monkeypatch.setattr(ev, "supernet_search_pair", fake_supernet_search)
+    rec = ev.run_cell("coevo-supernet", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    # the students come from the supernet (the search folder records it), not from scratch nor a teacher twin
+    assert rec["init"] == "supernet" and "reused_from" not in rec
+    assert fake_training == [("coevo-supernet", "distill", "teacher", 0, "SEARCH")]
+    ev.run_cell("uniform", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert len(fake_training) == 2  # the same widths from the teacher's weights are another cell
+    assert "coevo-supernet" not in ev.parse_args(["--task", "snow"]).arms  # on request only
+    cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s, "psnr_teacher_AB": v + s * 0.1,
+              "psnr_teacher_BA": v, "psnr_gt_AB": 1.0, "psnr_gt_BA": 1.0}
+             for a, v in (("coevo", 20.0), ("coevo-supernet", 21.0), ("l1", 19.0)) for s in range(3)]
+    names = set(ev.summarise(cells)["psnr_teacher"])
+    # coevo-supernet against the baselines and the proxy search (once, not also as coevo - coevo-supernet)
+    assert names == {"distill b0.05: coevo - l1", "distill b0.05: coevo-supernet - l1",
+                     "distill b0.05: coevo-supernet - coevo"}
 
 
 def test_force_removes_only_the_named_cells_and_merge_keeps_the_rest(work, teacher, fake_training):
