@@ -372,3 +372,22 @@ def test_a_supernet_of_a_one_channel_teacher_trains_on_grayscale_and_serves_the_
     assert result.summary["supernet"] == str(supernet.resolve())
     g_a = load_generator(resolve_teacher(teacher).G_A)
     assert all(count_macs(result.best[k].slim_arch(), SIZE) <= 0.25 * count_macs(g_a.arch, SIZE) for k in ("G_A", "G_B"))
+
+
+def test_train_mode_measurements_and_translations_of_a_dropout_generator_repeat_exactly(tmp_path):
+    """Dropout stays on in the reference's train mode; coevo draws its masks from a fixed stream, so
+    evaluate and translate give the same numbers and files every time and leave the caller's stream alone."""
+    from coevo.evaluation.evaluate import translation_quality
+    from coevo.evaluation.translate import input_images, plan_translation, run_translation
+
+    arch = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=1, out_channels=1, dropout=True)
+    g, t = _randomise(ResnetGenerator(arch), 0), _randomise(ResnetGenerator(arch), 1)
+    data = image_folder(tmp_path / "data", 2, gray=True)
+    rng = torch.get_rng_state()
+    runs = [translation_quality(g, data, teacher=t, reference_mode="train") for _ in range(2)]
+    assert runs[0]["l1_to_teacher_per_image"] == runs[1]["l1_to_teacher_per_image"]
+    assert runs[0]["l1_to_teacher"] != translation_quality(g, data, teacher=t)["l1_to_teacher"]  # dropout on
+    paths = input_images(data / "testA")
+    files = [run_translation(g, plan_translation(paths, tmp_path / f"t{i}"), reference_mode="train") for i in (0, 1)]
+    assert [p.read_bytes() for p in files[0]] == [p.read_bytes() for p in files[1]]
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from ..core.guards import check_finite
+from ..models.generator import fixed_rng
 from ..data.errors import DataError
 from .metrics import extract_features, fid_kid_from_features, inception_extractor, psnr, ssim
 from ..core.files import atomic_write_text
@@ -56,6 +57,7 @@ def _check_direction(direction: str) -> Tuple[str, str, str]:
 
 
 def _as_module(model: ModelLike, device: Union[str, torch.device], reference_mode: str = "eval") -> nn.Module:
+    """``model`` (a module or a file) on ``device`` in ``reference_mode``."""
     from ..models.generator import set_reference_mode
 
     if not isinstance(model, nn.Module):
@@ -206,8 +208,9 @@ def translation_quality(model: ModelLike, data_root: PathLike, direction: str = 
     model = _as_module(model, device, reference_mode)
     teacher = None if teacher is None else _as_module(teacher, device, reference_mode)
     batch_size = _reference_batch(batch_size, reference_mode)
-    result, _ = _score(model, Path(data_root), direction, teacher, perceptual_metric, size, batch_size,
-                       device, extractor=None)
+    with fixed_rng():  # dropout in train mode: the same masks every time
+        result, _ = _score(model, Path(data_root), direction, teacher, perceptual_metric, size, batch_size,
+                           device, extractor=None)
     return result
 
 
@@ -298,7 +301,9 @@ def evaluate_generator(model: ModelLike, data_root: PathLike, direction: str = "
     if teacher_m is not None and perceptual is not None:
         metric = _build_metric(perceptual, discriminator, direction, lpips_net, device)
 
-    result, fake_feats = _score(model, data_root, direction, teacher_m, metric, size, batch_size, device, extractor)
+    with fixed_rng():  # dropout in train mode: the same masks every time
+        result, fake_feats = _score(model, data_root, direction, teacher_m, metric, size, batch_size, device,
+                                    extractor)
     fid_part: Dict = {"fid": None, "kid": None, "kid_std": None, "n_real": None, "real_folders": None,
                       "fid_features": None, "kid_subset_size": None}
     if extractor is not None:

@@ -52,7 +52,7 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
     ``side``: the square size images of mixed sizes are shown at. Both generators run in ``reference_mode``
     (in train mode one image per forward, as the measured numbers are)."""
     from ..data import list_images
-    from ..models.generator import set_reference_mode
+    from ..models.generator import fixed_rng, set_reference_mode
     from .evaluate import model_channels
     from .viz import save_grid
 
@@ -66,7 +66,7 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
         model = set_reference_mode(model, reference_mode)
         return torch.cat([model(x[i:i + step]) for i in range(0, len(x), step)])
 
-    with torch.inference_mode():
+    with torch.inference_mode(), fixed_rng():  # dropout in train mode: the same masks on every run
         cols = [("input", x), ("teacher", run(model_t)), ("coevo", run(model_s))]
     gt = [data_root / gt_dir / f.name for f in files]
     if all(g.exists() for g in gt):

@@ -157,7 +157,7 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     from ..core.files import atomic_path
     from ..deploy.exported import check_image_to_image
 
-    from ..models.generator import set_reference_mode
+    from ..models.generator import fixed_rng, set_reference_mode
 
     if batch < 1:
         raise DataError(f"--batch must be >= 1, got {batch}")
@@ -187,7 +187,7 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
 
     # Streams the inputs: consecutive images of one size share a batch, so memory stays
     # at ``batch`` images however large the folder.
-    with torch.inference_mode():
+    with torch.inference_mode(), fixed_rng():  # dropout in train mode: the same masks on every run
         for p in plan.targets:
             img = load_image(p, channels)
             target = target_size(img, size, p)

@@ -255,25 +255,34 @@ SCORING_SEED = 0
 
 
 @contextmanager
+def fixed_rng(seed: int = SCORING_SEED):
+    """Inside: torch's global random stream seeded with ``seed``; after: the caller's stream as it was (CPU
+    and every GPU in use). Dropout in train reference mode draws its masks here, so a measurement or a
+    translation repeats exactly and never advances a training run's stream."""
+    # torch.manual_seed reseeds every GPU too: each one in use gets its state back
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextmanager
 def scoring_mode(model: nn.Module, mode: str = "eval"):
     """``model`` in reference mode ``mode`` for one measurement, then exactly as it was (a student in training
     stays in train mode, its BatchNorms keep tracking running statistics).
 
     Unlike :func:`set_reference_mode` it leaves nothing behind: in ``"train"`` mode the BatchNorms use the
     batch's statistics without updating their running ones (held-out images must not leak into the weights),
-    and Dropout draws its masks from a private generator seeded with :data:`SCORING_SEED`, so a measurement is
-    repeatable, a network identical to its teacher measures as identical, and the caller's random stream
-    (a training run's) is not advanced.
+    and Dropout draws its masks from a stream seeded with :data:`SCORING_SEED` (:func:`fixed_rng`), so a
+    measurement is repeatable, a network identical to its teacher measures as identical, and the caller's
+    random stream (a training run's) is not advanced.
     """
     if mode not in REFERENCE_MODES:
         raise ValueError(f"reference mode must be one of {', '.join(REFERENCE_MODES)}, got {mode!r}")
     flags = [(m, m.training) for m in model.modules()]
     norms = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    # torch.manual_seed reseeds every GPU too: each one in use gets its state back
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(SCORING_SEED)
+        with fixed_rng():
             model.train(mode == "train")
             if mode == "train":
                 for m, _ in norms:
