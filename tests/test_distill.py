@@ -136,3 +136,5 @@ def test_the_report_says_which_recipe_fine_tuned():
     assert "recipe `distill`" in _teacher_line({"finetune_recipe": "distill", "finetune_discriminators": "none"})
     gan = _teacher_line({"finetune_discriminators": "teacher"})  # runs from before recipes were recorded
     assert "recipe `gan`" in gan and "the teacher's discriminators" in gan
+    assert "Search fitness: `proxy`" in gan  # runs from before search.fitness was recorded
+    assert "weight-sharing supernet" in _teacher_line({"search_fitness": "supernet"})

@@ -191,9 +191,14 @@ def _teacher_use(run_dir: Path, teacher) -> Dict:
             return {}
 
     finetune = read(run_dir / "finetune" / "finetune.json")
+    search = read(run_dir / "search" / "search.json")
     return {
         "teacher_has_discriminators": teacher.has_discriminators,
-        "search_metric": read(run_dir / "search" / "search.json").get("metric"),
+        # resnet | unet, as the search found it in the teacher's files (runs from before U-Nets: resnet)
+        "generator_family": search.get("generator_family", "resnet"),
+        "search_metric": search.get("metric"),
+        # proxy | trained | supernet (runs from before search.fitness existed: the proxy)
+        "search_fitness": search.get("fitness", "proxy"),
         # runs from before fresh discriminators existed always used the teacher's
         "finetune_discriminators": finetune.get("discriminators", "teacher"),
         # runs from before the distill recipe existed were all trained by the GAN recipe
@@ -221,11 +226,18 @@ def _fmt(x, spec: str) -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+FITNESS_WORDS = {"proxy": "candidates scored with the teacher's weights, untrained",
+                 "trained": "candidates distilled briefly before scoring",
+                 "supernet": "candidates scored with a weight-sharing supernet's weights"}
+
+
 def _teacher_line(report: Dict) -> str:
     discs = report.get("finetune_discriminators")
     has = report.get("teacher_has_discriminators", True)
     head = (f"Teacher: {'generators and discriminators' if has else 'generators only (no discriminators)'}. "
-            f"Search perceptual metric: `{report.get('search_metric') or 'n/a'}`. ")
+            f"Search fitness: `{report.get('search_fitness', 'proxy')}` "
+            f"({FITNESS_WORDS.get(report.get('search_fitness', 'proxy'), 'n/a')}), perceptual metric "
+            f"`{report.get('search_metric') or 'n/a'}`. ")
     if report.get("finetune_recipe") == "distill":
         return head + ("Fine-tuning (recipe `distill`) trained the pair on distillation to the teacher's outputs "
                        "alone, without discriminators.")
