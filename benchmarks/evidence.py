@@ -85,6 +85,7 @@ BUDGETS = (0.05, 0.02, 0.1)
 DIRECTIONS = ("G_A", "G_B")
 EVAL = {"G_A": "AB", "G_B": "BA"}
 TOLERANCE = 0.01
+CONSTANT_LR_INTERVALS = 1_000_000  # the teacher's loop length in intervals: its schedule never decays
 ARM_DEFINITIONS = {
     "coevo": "coevo's co-evolutionary search as users run it (search.macs_ratio = the budget)",
     "l1": "global L1: filters ranked network-wide by L1 norm / the group's mean L1 norm, one threshold",
@@ -346,13 +347,15 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
            "B": torch.stack([splits.val[i]["B"] for i in range(len(splits.val.B_paths))])}
     gt = _val_ground_truth(cfg, splits.val)
     # One "epoch" of the loop = one evaluation interval: eval_every steps, or a pass over the training
-    # images when that is shorter. epochs = cap keeps the learning rate constant for as many intervals
-    # as can occur (each is >= 1 step); a smaller count would start the schedule's decay (and past
-    # it, a negative factor) before the cap.
+    # images when that is shorter. epochs = CONSTANT_LR_INTERVALS (>= any cap, each interval being >= 1
+    # step, and independent of the cap so that a run can resume under another cap) keeps the learning
+    # rate constant; a smaller count would start the schedule's decay (and past it, a negative factor).
     per_epoch = -(-len(splits.train) // cfg.train.batch_size)
     eval_every = min(eval_every, per_epoch)
     train = copy.deepcopy(cfg.train)
-    train.epochs, train.epochs_decay, train.max_steps_per_epoch = cap, 0, eval_every
+    if cap > CONSTANT_LR_INTERVALS:
+        raise SystemExit(f"evidence: --cap {cap} is above {CONSTANT_LR_INTERVALS} steps")
+    train.epochs, train.epochs_decay, train.max_steps_per_epoch = CONSTANT_LR_INTERVALS, 0, eval_every
     settings = LoopSettings.from_section(train, "train", cfg.seed, cfg.device, cfg.data.num_workers)
     nets = build_cyclegan(cfg.model, cfg.seed, cfg.train.init_gain)
     trainer = CycleGANTrainer(nets, settings, folder)
