@@ -449,6 +449,18 @@ def test_cli_search_finetune_and_compress_take_a_pix2pix_teacher(tmp_path, paire
 
     config = tmp_path / "c.yaml"
     config.write_text("seed: 0\n")
+    # a one-shot baseline (coevo prune) fine-tuned by the same recipe
+    assert main(["prune", "--method", "l1", "--generator", str(pix2pix_teacher / "latest_net_G.pth"),
+                 "--out", str(tmp_path / "l1.pt")]) == 0
+    assert main(["finetune", "--teacher", str(pix2pix_teacher), "--genome-a", str(tmp_path / "l1.genome.json"),
+                 "--config", str(config), "--out", str(tmp_path / "f_l1"), *common]) == 0
+    assert "test PSNR" in capsys.readouterr().out
+    record = json.loads((tmp_path / "f_l1" / "finetune.json").read_text())
+    assert record["macs_ratio"] <= 0.25 and record["genome_from"].endswith("l1.genome.json")
+    assert main(["finetune", "--teacher", str(pix2pix_teacher), "--genome-a", str(tmp_path / "l1.genome.json"),
+                 "--genome-b", str(tmp_path / "l1.genome.json"), "--config", str(config), "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "a pix2pix teacher has one generator" in capsys.readouterr().err
     out = tmp_path / "c"
     assert main(["compress", "--config", str(config), "--teacher", str(pix2pix_teacher), "--out", str(out),
                  *common]) == 0

@@ -44,6 +44,10 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
     from ..prune import Genome
     from ..train.finetune import finetune_genomes
 
+    from ..models.pix2pix import teacher_kind
+
+    if args.teacher is not None and teacher_kind(args.teacher) == "pix2pix":
+        return _finetune_pix2pix_genome(args, own)
     if not (args.genome_a and args.genome_b):
         raise ConfigError("give --search RUN_DIR, or --teacher (or --teacher-ab/--teacher-ba) with both "
                           "--genome-a and --genome-b")
@@ -58,6 +62,18 @@ def _finetune_genomes(args: argparse.Namespace, own: Path) -> Path:
     return finetune_genomes(cfg, teacher, genomes, args.out, resume=args.resume, force=args.force, source=source)
 
 
+def _finetune_pix2pix_genome(args: argparse.Namespace, own: Path) -> Path:
+    """``--teacher PIX2PIX_DIR --genome-a G.json``: the one generator's genome (e.g. `coevo prune`), fine-tuned
+    by the pix2pix recipe."""
+    from ..train.pix2pix import finetune_pix2pix_genome
+
+    if not args.genome_a or args.genome_b:
+        raise ConfigError("a pix2pix teacher has one generator: give its genome as --genome-a (no --genome-b)")
+    cfg = job_config(args, own if args.resume and own.is_file() else args.config)
+    return finetune_pix2pix_genome(cfg, args.teacher, args.genome_a, args.out, resume=args.resume, force=args.force,
+                                   source={"genome_from": str(Path(args.genome_a).resolve())})
+
+
 def _finetune_pix2pix(args: argparse.Namespace, config: Path) -> int:
     """The best genome of a pix2pix search, fine-tuned by the pix2pix objective plus distillation."""
     from ..core.runs import undo_unstarted_run
@@ -66,6 +82,10 @@ def _finetune_pix2pix(args: argparse.Namespace, config: Path) -> int:
     cfg = job_config(args, config)
     with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
         out = finetune_pix2pix(args.search, args.out, cfg, resume=args.resume, force=args.force)
+    return _print_pix2pix(out)
+
+
+def _print_pix2pix(out: Path) -> int:
     r = json.loads((out / "finetune.json").read_text())
     t = r["test"]
     print(f"G: {r['macs']['student'] / 1e6:.1f}M MACs ({r['macs_ratio']:.1%} of the teacher); test PSNR "
@@ -98,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         with undo_unstarted_run(args.out, args.resume, ("checkpoint.pt",)):
             out = _finetune_genomes(args, own)
     report = json.loads((out / "finetune.json").read_text())
+    if report.get("kind") == "pix2pix":
+        return _print_pix2pix(out)
     for name, m in report["models"].items():
         print(f"{name}: {m['student']['macs'] / 1e6:.1f}M MACs ({m['macs_ratio']:.1%} of the teacher), "
               f"{m['student']['params'] / 1e3:.1f}k params")

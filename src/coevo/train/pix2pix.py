@@ -596,25 +596,52 @@ def finetune_pix2pix(search_dir: str | Path, out_dir: str | Path, cfg: Optional[
     run's config. Writes config.yaml, checkpoint.pt, log.jsonl, genomes/G.json, G.pt, latest_net_G.pth,
     D.pt and finetune.json (widths, MACs against the teacher, val and test PSNR of student and teacher).
     """
-    from ..data.aligned import build_aligned_datasets
-    from ..models.pix2pix import Pix2PixPaths, load_pix2pix_discriminator, load_pix2pix_generator
-    from ..prune import Genome, slim
-    from ..prune.macs import count_macs
+    from ..models.pix2pix import Pix2PixPaths
 
-    search_dir, out_dir = Path(search_dir), Path(out_dir)
+    search_dir = Path(search_dir)
     if cfg is None:
         from ..config import load_config
 
         cfg = load_config(search_dir / "config.yaml")
-    cfg = copy.deepcopy(cfg)
     paths = Pix2PixPaths.from_dict(json.loads((search_dir / "teacher.json").read_text()))
-    genome_file = search_dir / "genomes" / "best_G.json"
+    return finetune_pix2pix_genome(cfg, paths, search_dir / "genomes" / "best_G.json", out_dir, resume, force,
+                                   source={"search": str(search_dir.resolve())})
+
+
+def _for_teacher(genome, arch):
+    """``genome`` on ``arch`` when the two differ only in dropout (no weights, so not in the channel layout:
+    a genome from ``coevo prune`` of a reference file, which records no dropout); else as it is (slim checks)."""
+    from ..prune import Genome
+
+    drop = lambda a: {k: v for k, v in a.to_dict().items() if k != "dropout"}  # noqa: E731
+    if type(genome.arch) is type(arch) and genome.arch != arch and isinstance(arch, UnetArch) \
+            and drop(genome.arch) == drop(arch):
+        return Genome(arch, {n: m.copy() for n, m in genome.masks.items()}, genome.tied, dict(genome.meta))
+    return genome
+
+
+@releasing
+def finetune_pix2pix_genome(cfg: Config, paths, genome_file: str | Path, out_dir: str | Path, resume: bool = False,
+                            force: bool = False, source: Optional[Dict[str, Any]] = None) -> Path:
+    """:func:`finetune_pix2pix` for any genome of the teacher (``paths``: a
+    :class:`~coevo.models.pix2pix.Pix2PixPaths` or a teacher folder), e.g. ``coevo prune --method l1|random``:
+    every method is fine-tuned by the same recipe. ``source`` is recorded in finetune.json."""
+    from ..data.aligned import build_aligned_datasets
+    from ..models.pix2pix import Pix2PixPaths, find_pix2pix_teacher, load_pix2pix_discriminator, \
+        load_pix2pix_generator
+    from ..prune import Genome, slim
+    from ..prune.macs import count_macs
+
+    if not isinstance(paths, Pix2PixPaths):
+        paths = find_pix2pix_teacher(paths)
+    out_dir, genome_file = Path(out_dir), Path(genome_file)
+    cfg = copy.deepcopy(cfg)
     files = {"teacher G": paths.G, "genome": genome_file, **({"teacher D": paths.D} if paths.D else {})}
     with undo_failed_start(out_dir, resume):
         out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune", files=files)
         teacher = load_pix2pix_generator(paths.G, dropout=cfg.pix2pix.dropout)
         teacher_d = load_pix2pix_discriminator(paths.D, teacher) if paths.D else None
-        genome = Genome.load_json(genome_file)
+        genome = _for_teacher(Genome.load_json(genome_file), teacher.arch)
         with torch.no_grad():
             student = slim(teacher, genome)
         splits = build_aligned_datasets(cfg.data, cfg.seed)
@@ -638,7 +665,7 @@ def finetune_pix2pix(search_dir: str | Path, out_dir: str | Path, cfg: Optional[
         "image_size": size, "reference_mode": mode,
         "test": {"student": student_test, "teacher": teacher_test,
                  "psnr_gap_db": teacher_test["psnr"] - student_test["psnr"], "images": len(splits.test)},
-        "teacher": paths.to_dict(), "search": str(search_dir.resolve()),
+        "teacher": paths.to_dict(), "genome": str(genome_file.resolve()), **(source or {}),
     }
     atomic_write_text(out / "finetune.json", json.dumps(record, indent=2) + "\n")
     log.info("pix2pix student: %.3f of the teacher's MACs, test PSNR %.2f dB (teacher %.2f dB): %s",
