@@ -490,3 +490,15 @@ def test_the_full_genome_scores_as_the_teacher_in_either_reference_mode(paired_s
     assert terms.perceptual == 0.0  # the same network, the same dropout masks: the teacher's output exactly
     assert terms.cycle == pytest.approx(float((ctx.teacher_output - ctx.targets).abs().mean()))
     assert evaluate_pix2pix(ctx, objective, [full]) == [terms]  # deterministic, dropout included
+
+
+def test_data_check_reads_the_aligned_layout(tmp_path, paired_set, capsys):
+    assert main(["data", "check", str(paired_set)]) == 0
+    printed = capsys.readouterr().out
+    assert all(f"{s} " in printed for s in ("train", "val", "test")) and "OK" in printed
+    root = tmp_path / "d"
+    write_pairs(root / "train", inverted_pairs(2, 8))
+    Image.fromarray(np.zeros((8, 17, 3), np.uint8)).save(root / "train" / "odd.png")
+    assert main(["data", "check", str(root)]) == 1
+    printed = capsys.readouterr().out
+    assert "odd.png is 17x8 pixels" in printed and "test " in printed and "missing" in printed

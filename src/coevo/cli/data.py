@@ -84,9 +84,14 @@ def _check(args) -> int:
         raise DataError(f"{root} is not a folder; {LAYOUT_HINT}")
     folders = [root / s for s in SPLITS + EXTRA if (root / s).is_dir()]
     single = not any((root / s).is_dir() for s in SPLITS)
-    if single:
+    from ..data.aligned import ALIGNED_HINT, ALIGNED_SPLITS, REQUIRED_SPLITS, detect_layout, list_pairs
+
+    aligned = detect_layout(root) == "aligned"
+    if aligned:  # pix2pix: train/ (val/) test/ of A|B pairs
+        folders, single = [root / s for s in ALIGNED_SPLITS if (root / s).is_dir()], False
+    elif single:
         folders = [root]
-    missing = [] if single else [s for s in SPLITS if not (root / s).is_dir()]
+    missing = [] if single else [s for s in (REQUIRED_SPLITS if aligned else SPLITS) if not (root / s).is_dir()]
 
     problems = 0
     all_bad = []
@@ -106,6 +111,12 @@ def _check(args) -> int:
         print(f"{folder.name:<14} {len(images):>7} {len(bad):>5} {len(small):>6}")
         if len(bad) == len(images):
             problems += 1
+        elif aligned:  # every pair splits into two halves, and a split has one size
+            try:
+                list_pairs(folder, skip_bad=True)
+            except DataError as e:
+                print(f"pairs: {e}")
+                problems += 1
     for name in missing:
         print(f"{name:<14} {'-':>7} {'-':>5} {'-':>6}   missing")
         problems += 1
@@ -122,7 +133,7 @@ def _check(args) -> int:
               "train poorly; usable, but check they belong in the data set")
 
     if problems:
-        print(f"problems found in {root}: {LAYOUT_HINT}")
+        print(f"problems found in {root}: {ALIGNED_HINT if aligned else LAYOUT_HINT}")
         return 1
     if all_bad and not args.skip_bad:
         print(f"{len(all_bad)} unreadable file(s): re-download or delete them, or train with "
