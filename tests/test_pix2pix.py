@@ -502,3 +502,15 @@ def test_data_check_reads_the_aligned_layout(tmp_path, paired_set, capsys):
     assert main(["data", "check", str(root)]) == 1
     printed = capsys.readouterr().out
     assert "odd.png is 17x8 pixels" in printed and "test " in printed and "missing" in printed
+
+
+def test_coevo_train_on_aligned_data_trains_a_pix2pix_teacher(tmp_path, paired_set, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 0\ndata:\n  load_size: 64\n  crop_size: 64\nmodel:\n  ngf: 4\n  ndf: 4\n"
+                      "train:\n  epochs: 1\n  epochs_decay: 0\n  max_steps_per_epoch: 2\n")
+    out = tmp_path / "t"
+    assert main(["train", "--config", str(config), "--data", str(paired_set), "--out", str(out)]) == 0
+    assert "pix2pix teacher:" in capsys.readouterr().out
+    assert teacher_kind(out) == "pix2pix" and json.loads((out / "data.json").read_text())["layout"] == "aligned"
+    assert main(["train", "--out", str(out), "--resume"]) == 0  # a finished run: its files are rewritten alike
+    assert safe_torch_load(out / "checkpoint.pt")["global_step"] == 2
