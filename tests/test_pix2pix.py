@@ -470,6 +470,10 @@ def test_cli_search_finetune_and_compress_take_a_pix2pix_teacher(tmp_path, paire
     assert summary["macs_ratio"] <= 0.25 and summary["export"]["safetensors"]["ok"]
     student = load_generator(out / "export" / "G.safetensors")
     assert student.arch.widths == summary["widths"]
+    bad = tmp_path / "bad"  # a run that fails before its first checkpoint leaves nothing to resume or remove
+    assert main(["compress", "--config", str(config), "--teacher", str(pix2pix_teacher), "--out", str(bad), *common,
+                 "--set", "search.compute=latency"]) == 2
+    assert "search.compute=latency" in capsys.readouterr().err and not bad.exists()
     before = (out / "finetune" / "G.pt").stat().st_mtime_ns
     assert main(["compress", "--config", str(config), "--out", str(out), "--resume", *common]) == 0
     assert (out / "finetune" / "G.pt").stat().st_mtime_ns == before  # finished stages are not redone

@@ -50,10 +50,13 @@ def _is_pix2pix(args: argparse.Namespace) -> bool:
 
 def _compress_pix2pix(args: argparse.Namespace) -> int:
     """`coevo compress` on paired data: [train] -> one-population search -> fine-tune -> export."""
+    from ..core.runs import undo_unstarted_run
     from ..search.pix2pix import compress_pix2pix
 
     cfg = job_config(args, args.config)
-    s = compress_pix2pix(cfg, args.out, teacher=args.teacher, resume=args.resume, force=args.force)
+    with undo_unstarted_run(args.out, args.resume, ("teacher/checkpoint.pt", "search/state.pt",
+                                                    "finetune/checkpoint.pt")):
+        s = compress_pix2pix(cfg, args.out, teacher=args.teacher, resume=args.resume, force=args.force)
     t = s["test"]
     print(f"pix2pix student: {s['macs_ratio']:.1%} of the teacher's MACs; test PSNR {t['student']['psnr']:.2f} dB "
           f"(teacher {t['teacher']['psnr']:.2f} dB, gap {t['psnr_gap_db']:+.2f} dB) on {t['images']} pairs")
