@@ -592,6 +592,29 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
     return record
 
 
+def measure_speed(cells: Sequence[Mapping], teacher: Mapping, repeats: int = 15) -> Dict:
+    """Seed 0's fine-tuned pair of every recipe, arm and budget timed against the teacher: eager CPU, one
+    thread, 256 px, batch 1, all models interleaved round-robin in one run (a slow spell of a shared
+    machine hits them alike, so the speed-ups hold even where absolute times drift). Medians."""
+    from coevo.deploy.bench import benchmark_models
+
+    timed = [c for c in cells if c["seed"] == 0 and c.get("finetune_folder")]
+    out: Dict = {"settings": f"eager CPU, 1 thread, {MACS_SIZE} px, batch 1, interleaved round-robin; median of "
+                             f"{repeats} rounds after 3 warm-up rounds", "cells": {}, "teacher_ms": {}}
+    for d in DIRECTIONS:
+        models = {"teacher": teacher[d]}
+        for c in timed:
+            models[f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}"] = \
+                load_generator(Path(c["finetune_folder"]) / f"{d}.pt")
+        results = benchmark_models(models, size=MACS_SIZE, batch=1, threads=1, repeats=repeats, warmup=3)
+        t_ms = results[0].latency_ms_median
+        out["teacher_ms"][d] = round(t_ms, 3)
+        for r in results[1:]:
+            out["cells"].setdefault(r.name, {})[d] = {"ms": round(r.latency_ms_median, 3),
+                                                      "speedup": round(t_ms / r.latency_ms_median, 3)}
+    return out
+
+
 def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, exclude: Path) -> Optional[Dict]:
     folder = work / "cells" / recipe
     if not folder.is_dir():
@@ -683,6 +706,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--force", action="store_true", help="redo the cells this invocation names (only those)")
+    p.add_argument("--speed", action="store_true",
+                   help="after the cells, time seed 0's pair of every arm and budget against the teacher, interleaved")
     p.add_argument("--teacher-only", action="store_true", help="train (or resume) the converged teacher, no cells")
     p.add_argument("--tiny", action="store_true", help="2 seeds x coevo, uniform x budget 0.1 on a tiny teacher")
     args = p.parse_args(argv)
@@ -758,8 +783,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def write_results() -> Dict:
         """The results file as of now (after the teacher and after every cell, so a stop loses no cell)."""
-        old = json.loads(out_path.read_text()).get("cells", []) if out_path.is_file() else []
-        all_cells = merge_cells(old, new, cells if args.force else [])
+        previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
+        all_cells = merge_cells(previous.get("cells", []), new, cells if args.force else [])
         teacher_curve = args.out / f"evidence_{args.task}_teacher.png"
         result = {
             "benchmark": "evidence", "version": 2, "task": args.task, "tiny": args.tiny,
@@ -772,6 +797,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cell_keys": list(CELL_KEYS),
             "cells": all_cells,
         }
+        if "speed" in previous:  # kept until a --speed run measures it again
+            result["speed"] = previous["speed"]
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
         atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
@@ -790,6 +817,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  record["macs_ratio_A"], record["macs_ratio_B"], budget, record["psnr_teacher_AB"],
                  record["psnr_teacher_BA"], record["psnr_gt_AB"], record["psnr_gt_BA"],
                  ", same as L1" if record["same_as_l1"] else "", time.perf_counter() - t0)
+    if args.speed:
+        speed = measure_speed(result["cells"], teacher)
+        result["speed"] = speed
+        atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
+        for name, v in speed["cells"].items():
+            print(f"  speed {name}: " + ", ".join(f"{d} {v[d]['speedup']:.2f}x" for d in DIRECTIONS if d in v))
     print(f"{args.task}: {len(new)} cells this run, {len(result['cells'])} in {out_path}")
     for endpoint in ("psnr_teacher", "psnr_gt"):
         for name, s in result["summary"][endpoint].items():

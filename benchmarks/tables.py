@@ -215,6 +215,11 @@ ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "
              "coevo-supernet": "coevo on a supernet"}
 
 
+def _speedup(v: Dict | None) -> str:
+    """Mean speed-up of both directions against the teacher, or '-' where it was not timed."""
+    return f"{0.5 * (v['G_A']['speedup'] + v['G_B']['speedup']):.2f}x" if v and "G_A" in v and "G_B" in v else "-"
+
+
 def evidence_table() -> str:
     """Per task (evidence_snow.json, evidence_dense.json): the teacher's convergence, per recipe and budget
     every arm's PSNR to the teacher and to ground truth over its seeds, and coevo's paired comparisons."""
@@ -240,10 +245,12 @@ def evidence_table() -> str:
             f"curve `benchmarks/results/evidence_{task}_teacher.png`. MACs: {d['settings']['macs_convention']} "
             f"convention at {d['settings']['macs_size']} px, every pair within +-{d['settings']['tolerance']:.0%} of "
             f"the budget. PSNR in dB, test split, mean of both directions, mean ± std over seeds; per-seed numbers "
-            f"in `benchmarks/results/evidence_{task}.json`.")
+            f"in `benchmarks/results/evidence_{task}.json`."
+            + (f" Speed-up: {d['speed']['settings']}, against the teacher." if d.get("speed") else ""))
         cells = d["cells"]
-        rows = ["| recipe | budget | arm | seeds | MAC ratio (A, B) | PSNR to teacher | PSNR to ground truth | same as L1 |",
-                "|---|---|---|---|---|---|---|---|"]
+        speed = (d.get("speed") or {}).get("cells", {})
+        rows = ["| recipe | budget | arm | seeds | MAC ratio (A, B) | PSNR to teacher | PSNR to ground truth | same as L1 "
+                "| speed-up (seed 0) |", "|---|---|---|---|---|---|---|---|---|"]
         for recipe in sorted({c["recipe"] for c in cells}):
             for budget in sorted({float(c["budget"]) for c in cells}, key=lambda b: (b != 0.05, b != 0.02, b)):
                 for arm in ARM_NAMES:
@@ -256,7 +263,8 @@ def evidence_table() -> str:
                     sd = lambda v: f" ± {np.std(v, ddof=1):.2f}" if len(v) > 1 else ""  # noqa: E731
                     rows.append(f"| {recipe} | {budget:g} | {ARM_NAMES[arm]} | {len(g)} | "
                                 f"{min(ratios):.4f}-{max(ratios):.4f} | {np.mean(pt):.2f}{sd(pt)} | "
-                                f"{np.mean(pg):.2f}{sd(pg)} | {sum(bool(c['same_as_l1']) for c in g)} |")
+                                f"{np.mean(pg):.2f}{sd(pg)} | {sum(bool(c['same_as_l1']) for c in g)} | "
+                                f"{_speedup(speed.get(f'{recipe} {arm}_b{budget:g}_s0'))} |")
         parts.append("\n".join(rows))
         comp = d["summary"].get("psnr_teacher", {})
         if comp:

@@ -315,7 +315,24 @@ def test_the_readme_table_and_plot_come_from_the_cells(tmp_path, monkeypatch):
     monkeypatch.setattr(tables, "RESULTS", tmp_path)
     text = tables.evidence_table()
     assert "capped at 4000 steps" in text
-    assert "| distill | 0.05 | coevo (search) | 4 | 0.0500-0.0502 |" in text
+    assert "| distill | 0.05 | coevo (search) | 4 | 0.0500-0.0502 |" in text and text.count(" | - |") == 6  # not timed
     assert text.count("**better**") == 4  # coevo vs l1 and vs uniform, at both budgets
     assert "distill b0.02: coevo - uniform" in text
     assert ev.plot_cells(cells, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_speed_times_seed_0_of_every_cell_against_the_teacher(tmp_path, teacher, monkeypatch):
+    from coevo.models import save_generator
+    from coevo.prune.slim import slim
+
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    for d in ev.DIRECTIONS:
+        save_generator(slim(teacher[d], ev.uniform_genome(teacher[d], 0.1)), folder / f"{d}.pt")
+    cells = [{"recipe": "distill", "arm": "uniform", "budget": 0.1, "seed": s, "finetune_folder": str(folder)}
+             for s in (0, 1)] + [{"recipe": "distill", "arm": "l1", "budget": 0.1, "seed": 0, "reused_from": "x"}]
+    monkeypatch.setattr(ev, "MACS_SIZE", 32)
+    out = ev.measure_speed(cells, teacher, repeats=2)
+    assert list(out["cells"]) == ["distill uniform_b0.1_s0"]  # seed 0 only; a reused cell has no models of its own
+    v = out["cells"]["distill uniform_b0.1_s0"]
+    assert set(v) == {"G_A", "G_B"} and all(v[d]["speedup"] > 0 for d in v)
