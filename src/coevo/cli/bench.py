@@ -90,7 +90,11 @@ def run_latency_table(args: argparse.Namespace) -> int:
 
         raise CheckpointError(f"{args.model[0]} is an ONNX export; a latency table needs the generator's "
                               "PyTorch weights (.pt, .safetensors, .pt2 or latest_net_G_*.pth)")
-    model = load_generator(args.model[0])  # any other file is rebuilt as a ResnetGenerator
+    model = load_generator(args.model[0])  # any other file is rebuilt as a generator
+    from ..search.context import refuse_unet
+
+    refuse_unet(model.arch, "a latency table (coevo bench --latency-table)",
+                "time the U-Net itself with coevo bench --model FILE")
     out = writable_out_dir(args.out, "bench", inputs={"--model file": args.model[0]})
     threads = args.threads or 1
     print(f"measuring the latency table of {args.model[0]} on {target} with {threads} thread(s) at "
@@ -143,6 +147,15 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model file(s) not found: {', '.join(missing)}")
     # every model is loaded (and a refused file refused) before anything is written
     models = {name: load_generator(path, trust=args.trust_model) for name, path in models.items()}
+    from ..models.family import size_multiple
+
+    for name, model in models.items():  # a U-Net runs at multiples of 2**num_downs only
+        arch = getattr(model, "arch", None)
+        if arch is not None and args.size % size_multiple(arch):
+            print(f"coevo bench: error: --size {args.size} is not a multiple of {size_multiple(arch)}, which the "
+                  f"U-Net {name} needs; pass e.g. --size {-(-args.size // size_multiple(arch)) * size_multiple(arch)}",
+                  file=sys.stderr)
+            return 2
     # before the timing, not after it
     out = writable_out_dir(args.out, command="bench", inputs={"--model file": list(_named(args.model).values())})
     results = benchmark_models(models, size=args.size, batch=args.batch, threads=args.threads,

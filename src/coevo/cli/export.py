@@ -92,8 +92,7 @@ def run_data_root(source: Path) -> Optional[Path]:
 def _load_all(pairs: List[Tuple[str, Path]], single: bool):
     import logging
 
-    from ..models import ResnetGenerator
-    from ..models.unet import UnetArch
+    from ..models.family import is_generator
     from ..errors import CheckpointError
     from ..models.io import load_generator
 
@@ -107,10 +106,7 @@ def _load_all(pairs: List[Tuple[str, Path]], single: bool):
                 raise
             log.info("skipping %s: %s", path.name, e)  # discriminators, optimiser states, ...
             continue
-        if isinstance(getattr(model, "arch", None), UnetArch):
-            raise CheckpointError(f"{path} is a U-Net generator; export takes the ResNet generator only so far "
-                                  f"(coevo translate runs it with --size a multiple of {model.arch.size_multiple})")
-        if not isinstance(model, ResnetGenerator):
+        if not is_generator(model):
             raise CheckpointError(f"{path} is already an export; export from its .pt or .safetensors checkpoint")
         models.append((name, path, model))
     if not models:

@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
     p.add_argument("--output", required=True,
                    help="folder for the translated PNGs (created if missing); never the folder of the inputs")
     p.add_argument("--size", type=int, default=None,
-                   help="resize inputs to SIZE x SIZE (a multiple of 4); default: keep each image's size, "
-                        "rounded down to multiples of 4")
+                   help="resize inputs to SIZE x SIZE (a multiple of 4; of 2**num_downs for a U-Net); default: "
+                        "keep each image's size, rounded down to multiples of 4 (a U-Net: padded up to multiples "
+                        "of 2**num_downs, by reflection, and the output cropped back to the image's size)")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--reference-mode", choices=["eval", "train"], default="eval",

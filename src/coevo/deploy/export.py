@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..core.limits import MAX_IMAGE_SIDE, MIN_SIZE, SIZE_MULTIPLE, check_image_side
+from ..models.family import is_generator
 from ..models.generator import GeneratorArch, ResnetGenerator
 from ..core.files import PathLike, atomic_path, atomic_write_bytes, atomic_write_text
 from .exported import (  # noqa: F401  (re-exported: coevo.deploy.export is where users look)
@@ -55,17 +56,43 @@ class ExportError(CoevoError, RuntimeError):
 
 
 # ----------------------------------------------------------------------------- inputs
-def check_shapes(check_size: int) -> List[Tuple[int, int, int, int]]:
-    """Input shapes of the parity check: a square batch of one and a non-square batch of two."""
+def fit_side(size: int, multiple: int) -> int:
+    """``size`` rounded up to a multiple of ``multiple`` (a U-Net's sides are multiples of 2**num_downs)."""
+    return max(int(multiple), -(-int(size) // int(multiple)) * int(multiple))
+
+
+def example_side(size: int, multiple: int) -> int:
+    """The side an export traces at: ``size`` for a ResNet; for a U-Net at least two multiples, so that no
+    feature map is 1x1 (torch.export would specialise the shapes on it)."""
+    return size if multiple <= SIZE_MULTIPLE else max(fit_side(size, multiple), 2 * multiple)
+
+
+def model_multiple(model: nn.Module) -> int:
+    """The side multiple ``model``'s architecture runs at (4 for a ResNet, 2**num_downs for a U-Net)."""
+    from ..models.family import size_multiple
+
+    return size_multiple(model.arch)
+
+
+def check_shapes(check_size: int, multiple: int = SIZE_MULTIPLE) -> List[Tuple[int, int, int, int]]:
+    """Input shapes of the parity check: a square batch of one and a non-square batch of two.
+
+    ``multiple``: the network's side multiple; above 4 (a U-Net) ``check_size`` is rounded up to it and the
+    non-square shape is one multiple wider."""
     check_image_side(check_size, "the parity check size (--check-size, export.check_size)", MIN_SIZE)
+    if multiple > SIZE_MULTIPLE:
+        side = fit_side(check_size, multiple)
+        return [(1, 3, side, side), (2, 3, side, side + multiple)]
     short = max(MIN_SIZE, int(round(check_size * 2 / 3 / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
     return [(1, 3, check_size, check_size), (2, 3, short, check_size)]
 
 
-def check_inputs(check_size: int, seed: int = 0, in_channels: int = 3) -> List[torch.Tensor]:
-    """Seeded random NCHW inputs in [-1, 1] for the parity check."""
+def check_inputs(check_size: int, seed: int = 0, in_channels: int = 3,
+                 multiple: int = SIZE_MULTIPLE) -> List[torch.Tensor]:
+    """Seeded random NCHW inputs in [-1, 1] for the parity check (shapes: :func:`check_shapes`)."""
     g = torch.Generator().manual_seed(int(seed))
-    return [torch.rand((n, in_channels, h, w), generator=g) * 2 - 1 for n, _, h, w in check_shapes(check_size)]
+    return [torch.rand((n, in_channels, h, w), generator=g) * 2 - 1
+            for n, _, h, w in check_shapes(check_size, multiple)]
 
 
 def reference_outputs(model: nn.Module, name: str, check_size: int,
@@ -74,7 +101,7 @@ def reference_outputs(model: nn.Module, name: str, check_size: int,
     holds NaN or inf, before anything is written: such a model has no export worth keeping."""
     from ..core.guards import check_finite
 
-    inputs = check_inputs(check_size, seed, model.arch.in_channels)
+    inputs = check_inputs(check_size, seed, model.arch.in_channels, model_multiple(model))
     with torch.inference_mode():
         reference = [check_finite(model(x), f"{name}'s output on the export's check inputs",
                                   "its weights overflow float32 (a diverged or corrupt training run); "
@@ -124,7 +151,8 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
 
     Batch, height and width are dynamic (height and width multiples of 4). If torch cannot
     export them dynamically, the program is exported for ``static_shape`` only (default
-    ``1 x C x example_size x example_size``) and the returned info says so. The archive
+    ``1 x C x example_size x example_size``) and the returned info says so; a U-Net's always is (torch
+    would keep its sides dynamic only with guard code, which coevo does not load). The archive
     carries the architecture (``coevo_arch.json``) and ``coevo_program.json`` (dtype,
     channels_last, dynamic). Returns ``{"dtype", "channels_last", "dynamic", "dynamic_shapes",
     "static_shape", "fallback_reason"}``.
@@ -134,6 +162,8 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
     path = Path(path)
     arch = arch if arch is not None else getattr(model, "arch", None)
     in_ch = arch.in_channels if arch is not None else 3
+    multiple = model_multiple(model) if arch is not None else SIZE_MULTIPLE
+    example_size = example_side(example_size, multiple)
     model = copy.deepcopy(model).cpu().eval().to(dtype)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -148,8 +178,15 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
                             "dynamic": False, "dynamic_shapes": None, "static_shape": None, "fallback_reason": None}
     program = None
     reasons = []
+    specs = _dynamic_shape_specs()
+    if multiple > SIZE_MULTIPLE:
+        # a U-Net: torch keeps its sides dynamic only with guard code in the program (no side of one multiple,
+        # where the innermost feature map is 1x1), which coevo's loader refuses to execute: one shape
+        specs = []
+        reasons.append(f"a U-Net's dynamic sides need guard code in the program (multiples of {multiple}, not "
+                       "one), which coevo does not load")
     with quiet_export(), torch.no_grad():
-        for label, spec in _dynamic_shape_specs():
+        for label, spec in specs:
             try:
                 program = torch.export.export(model, dyn_example, dynamic_shapes=(spec,))
             except Exception as e:  # constraint violations name the guard torch could not keep dynamic
@@ -201,6 +238,8 @@ def save_onnx(model: nn.Module, path: PathLike, opset: int = 17, exporter: str =
     path = Path(path)
     arch = arch if arch is not None else getattr(model, "arch", None)
     in_ch = arch.in_channels if arch is not None else 3
+    if arch is not None:
+        example_size = example_side(example_size, model_multiple(model))
     example = (torch.zeros(1, in_ch, example_size, example_size),)
     info: Dict[str, Any] = {"exporter": None, "opset": None, "fallback_reason": None}
     with atomic_path(path) as tmp:
@@ -342,8 +381,8 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
     unknown = [f for f in formats if f not in WRITERS]
     if unknown or not formats:
         raise ValueError(f"unknown export formats {unknown or list(formats)}; choose from {list(WRITERS)}")
-    if not isinstance(getattr(model, "arch", None), GeneratorArch):
-        raise TypeError("export_generator needs a coevo ResnetGenerator (a module with .arch); "
+    if not is_generator(model):
+        raise TypeError("export_generator needs a coevo generator (ResnetGenerator or UnetGenerator); "
                         "re-export from the .pt/.safetensors checkpoint, not from an exported file")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +412,7 @@ def export_generator(model: ResnetGenerator, out_dir: PathLike, name: str,
         raise ExportError(
             f"exported {name} does not match eager PyTorch within {TOLERANCE:g}: "
             + ", ".join(f"{f} max |diff| {d:.3e}" for f, d in failed.items())
-            + f" (inputs {check_shapes(check_size)}, seed {seed}); see {out_dir / REPORT_NAME}"
+            + f" (inputs {check_shapes(check_size, model_multiple(model))}, seed {seed}); see {out_dir / REPORT_NAME}"
         )
     return report
 

@@ -297,12 +297,14 @@ def _json_metadata(text: str, path: PathLike, what: str) -> Any:
 
 
 def _stored_arch(text: Optional[str], path: PathLike, what: str) -> Optional[GeneratorArch]:
-    """The :class:`GeneratorArch` in an export's metadata entry ``what``; None when absent or empty."""
+    """The architecture (a :class:`GeneratorArch` or a U-Net's) in an export's metadata entry ``what``; None
+    when absent or empty."""
     if not text:
         return None
     from ..models.archive import arch_from_dict
+    from ..models.family import AnyGeneratorArch
 
-    return arch_from_dict(GeneratorArch, _json_metadata(text, path, what), path)
+    return arch_from_dict(AnyGeneratorArch, _json_metadata(text, path, what), path)
 
 
 def load_pt2(path: PathLike) -> ExportedProgramGenerator:
@@ -365,8 +367,10 @@ def check_image_to_image(model: nn.Module, x: torch.Tensor, source: PathLike) ->
     """``model(x)`` for NCHW ``x``, or :class:`CheckpointError` if ``model`` is no image-to-image generator.
 
     A generator returns a tensor of exactly the input's shape (same channels, same height
-    and width). An exported file of some other network (a classifier, a model for other
-    channels or sizes) fails here with a message naming ``source``, before it is used.
+    and width; a model that declares its output channels, ``model.arch.out_channels``, those:
+    the reference's ``--input_nc 1 --output_nc 3``). An exported file of some other network (a
+    classifier, a model for other channels or sizes) fails here with a message naming ``source``,
+    before it is used.
     """
     try:
         out = model(x)
@@ -375,7 +379,8 @@ def check_image_to_image(model: nn.Module, x: torch.Tensor, source: PathLike) ->
             f"{source} cannot run on a {'x'.join(map(str, x.shape))} image batch ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); it is not an image-to-image generator for "
             "this size (exported with a fixed input size?)") from e
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+    out_channels = getattr(getattr(model, "arch", None), "out_channels", None) or x.shape[1]
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (x.shape[0], out_channels, *x.shape[2:]):
         got = "x".join(map(str, out.shape)) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CheckpointError(
             f"{source} is not an image-to-image generator: for an input of shape "

@@ -181,9 +181,10 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration: Sequenc
 # ----------------------------------------------------------------------------- the check
 def int8_quality(fp32: torch.nn.Module, int8: torch.nn.Module, inputs: PathLike,
                  ground_truth: Optional[PathLike] = None, max_images: int = CHECK_IMAGES,
-                 channels: int = 3) -> Dict[str, Any]:
+                 size: Optional[int] = None, channels: int = 3) -> Dict[str, Any]:
     """PSNR of INT8 against fp32 outputs on the images of ``inputs``; both to ground truth when given.
     ``channels``: the generators' input channels (1 reads the images as grayscale).
+    ``size``: each image resized to ``size`` x ``size`` (None: its own size, rounded down to multiples of 4).
 
     ``fp32``, ``int8``: generators (NCHW, [-1, 1]). ``ground_truth``: a folder holding the
     exact translation of each input under the input's file name. Returns means (dB) and
@@ -193,7 +194,7 @@ def int8_quality(fp32: torch.nn.Module, int8: torch.nn.Module, inputs: PathLike,
     from ..evaluation.evaluate import _load_ground_truth
     from ..evaluation.metrics import psnr
 
-    ds = SingleImageDataset(inputs, skip_bad=True, channels=channels)
+    ds = SingleImageDataset(inputs, size=size, skip_bad=True, channels=channels)
     if len(ds) == 0:
         raise CalibrationError(f"{inputs} holds no images for the INT8 quality check")
     gt_dir = Path(ground_truth) if ground_truth is not None and Path(ground_truth).is_dir() else None

@@ -28,7 +28,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import torch
 
 from .export import (  # noqa: F401  (ExportOptions: public here too, where export_for_target is)
-    ExportOptions, REPORT_NAME, check_inputs, export_generator, merge_report_entry, save_torch_export,
+    ExportOptions, REPORT_NAME, check_inputs, export_generator, fit_side, merge_report_entry, model_multiple,
+    save_torch_export,
 )
 from ..core.files import PathLike
 from ..core.registry import Registry
@@ -88,8 +89,7 @@ def find_deploy_data(root: Optional[PathLike], name: str) -> DeployData:
 # ----------------------------------------------------------------------------- cpu
 def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[str, Any], data: DeployData,
                 options: ExportOptions) -> Dict[str, Any]:
-    """INT8 from the fp32 ONNX file the export just checked (``_model``: unused, the deployers share one
-    signature)."""
+    """INT8 from the fp32 ONNX file the export just checked (``_model``: read for its channels and side multiple)."""
     from .exported import OnnxGenerator
     from .quantize import (
         MAX_GT_DROP_DB, MIN_PSNR_VS_FP32_DB, CalibrationError, calibration_inputs, int8_quality, int8_verdict,
@@ -109,9 +109,12 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
         log.warning("%s: %s", name, why)
         entry["int8"] = {"skipped": why}
         return entry
+    # a U-Net runs at multiples of 2**num_downs only: its images are resized to the parity check's side
+    multiple = model_multiple(_model)
     channels = int(getattr(getattr(_model, "arch", None), "in_channels", 3))  # 1: grayscale images
+    side = None if multiple <= 4 else fit_side(options.check_size, multiple)
     try:
-        calib = calibration_inputs(data.calibration, options.calibration_images, channels=channels)
+        calib = calibration_inputs(data.calibration, options.calibration_images, size=side, channels=channels)
     except CalibrationError as e:
         log.warning("%s: %s; deploying fp32 ONNX", name, e)
         entry["int8"] = {"skipped": str(e)}
@@ -121,7 +124,7 @@ def _deploy_cpu(_model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
     threads = options.threads or None
     quality = int8_quality(OnnxGenerator(fp32_path, intra_op_num_threads=threads),
                            OnnxGenerator(int8_path, intra_op_num_threads=threads),
-                           data.test or data.calibration, data.ground_truth, channels=channels)
+                           data.test or data.calibration, data.ground_truth, size=side, channels=channels)
     reasons = int8_verdict(quality, MIN_PSNR_VS_FP32_DB, MAX_GT_DROP_DB)
     entry["int8"] = {"path": str(int8_path), "size_bytes": int8_path.stat().st_size,
                      "calibration": {"folder": str(data.calibration), **settings},
@@ -149,10 +152,9 @@ def _deploy_cuda(model: ResnetGenerator, out_dir: Path, name: str, report: Dict[
     dtype = CUDA_DTYPES[dtype_name]
     short = {"float16": "fp16", "bfloat16": "bf16"}[dtype_name]
     path = out_dir / f"{name}.{short}.pt2"
-    info = save_torch_export(model, path, dtype=dtype, channels_last=True,
-                             static_shape=tuple(check_inputs(options.check_size)[0].shape))
+    inputs = check_inputs(options.check_size, options.seed, model.arch.in_channels, model_multiple(model))
+    info = save_torch_export(model, path, dtype=dtype, channels_last=True, static_shape=tuple(inputs[0].shape))
     on_cuda = torch.cuda.is_available()
-    inputs = check_inputs(options.check_size, options.seed, model.arch.in_channels)
     if not info["dynamic"]:
         inputs = [x for x in inputs if list(x.shape) == list(info["static_shape"])]
     program = load_exported(path, trust=True)  # written above by this process

@@ -133,6 +133,10 @@ def _score(model: nn.Module, data_root: Path, direction: str, teacher: Optional[
            perceptual_metric: Optional[Callable], size: Optional[int], batch_size: int,
            device: Union[str, torch.device], extractor: Optional[nn.Module]) -> Tuple[Dict, Optional[torch.Tensor]]:
     """Translate the test inputs once; score every image; extract FID features of the translations."""
+    from ..models.family import any_size
+
+    # a U-Net sees each image padded up to its side multiple, its output cropped back to the image's size
+    model, teacher = any_size(model), (None if teacher is None else any_size(teacher))
     in_dir, _, gt_name = _check_direction(direction)
     gt_dir = data_root / gt_name
     has_gt = gt_dir.is_dir()

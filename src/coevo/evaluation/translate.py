@@ -165,7 +165,21 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     if reference_mode == "train":  # a BatchNorm's batch statistics must not mix images
         batch = 1
     size = plan.size
-    if size is None:
+    # a U-Net runs at multiples of 2**num_downs: without --size each image is padded up to them (reflection)
+    # and the output cropped back (coevo.models.family.PaddedToMultiple), so it keeps its size exactly
+    arch = getattr(model, "arch", None)
+    multiple = getattr(arch, "size_multiple", SIZE_MULTIPLE) if arch is not None else SIZE_MULTIPLE
+    pad = multiple > SIZE_MULTIPLE and size is None
+    if size is not None and size % multiple:
+        raise DataError(f"--size {size} is not a multiple of {multiple}, which this U-Net ({source}) needs; "
+                        f"pass a multiple of {multiple}, or no --size to pad each image up to one")
+    if pad:
+        from ..models.family import any_size
+
+        model = any_size(model)
+        log.info("no --size: each image keeps its size, padded (reflection) up to multiples of %d for the U-Net "
+                 "and cropped back", multiple)
+    elif size is None:
         log.info("no --size: each image keeps its size, with height and width rounded down to multiples "
                  "of %d (the generator down-samples twice)", SIZE_MULTIPLE)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +204,7 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     with torch.inference_mode(), fixed_rng():  # dropout in train mode: the same masks on every run
         for p in plan.targets:
             img = load_image(p, channels)
-            target = target_size(img, size, p)
+            target = img.size if pad else target_size(img, size, p)
             if img.size != target:
                 resized += size is None
                 img = img.resize(target, Image.BICUBIC)

@@ -12,11 +12,65 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import List, Mapping, Optional, Tuple, Union
 
-from .generator import GeneratorArch, group_names
+from torch import nn
+
+from ..core.limits import SIZE_MULTIPLE
+from .generator import GeneratorArch, ResnetGenerator, group_names
 from .topology import resnet_convs
-from .unet import UnetArch, unet_convs, unet_group_names
+from .unet import UnetArch, UnetGenerator, unet_convs, unet_group_names
 
 Arch = Union[GeneratorArch, UnetArch]
+GENERATOR_CLASSES = (ResnetGenerator, UnetGenerator)
+
+
+def build_generator(arch: Arch) -> nn.Module:
+    """A freshly initialised generator of ``arch``'s family (:class:`ResnetGenerator` or :class:`UnetGenerator`)."""
+    return UnetGenerator(arch) if isinstance(arch, UnetArch) else ResnetGenerator(arch)
+
+
+def is_generator(model) -> bool:
+    """Whether ``model`` is a trainable coevo generator of either family (not an exported program)."""
+    return isinstance(model, GENERATOR_CLASSES)
+
+
+class PaddedToMultiple(nn.Module):
+    """``model`` run on any image size: NCHW input padded at the bottom and right up to multiples of
+    ``multiple`` (reflection, or replicate where a side is too short to mirror), the output cropped back.
+
+    How a U-Net (sides multiples of 2**num_downs) translates and is evaluated at an image's own size.
+    ``arch``: the wrapped model's."""
+
+    def __init__(self, model: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.model, self.multiple = model, int(multiple)
+        self.arch = getattr(model, "arch", None)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.multiple, (-w) % self.multiple
+        if not pad_h and not pad_w:
+            return self.model(x)
+        mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+        return self.model(nn.functional.pad(x, (0, pad_w, 0, pad_h), mode=mode))[..., :h, :w]
+
+
+def any_size(model: nn.Module) -> nn.Module:
+    """``model`` itself, or wrapped in :class:`PaddedToMultiple` when its architecture (eager or exported) is a
+    U-Net's: then it takes images of any size (a ResNet's inputs are rounded to multiples of 4 by the readers)."""
+    arch = getattr(model, "arch", None)
+    if isinstance(arch, UnetArch) and not isinstance(model, PaddedToMultiple):
+        return PaddedToMultiple(model, arch.size_multiple)
+    return model
+
+
+def family_name(arch: Arch) -> str:
+    """``resnet`` or ``unet``: the generator family, as run records name it."""
+    return "unet" if isinstance(arch, UnetArch) else "resnet"
+
+
+def size_multiple(arch: Arch) -> int:
+    """Image sides ``arch``'s generator runs at must be multiples of this (a ResNet: 4; a U-Net: 2**num_downs)."""
+    return arch.size_multiple if isinstance(arch, UnetArch) else SIZE_MULTIPLE
 
 
 @dataclass(frozen=True)

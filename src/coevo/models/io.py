@@ -27,8 +27,8 @@ from ..core.guards import first_non_finite
 from ..errors import CheckpointError
 from ..core.files import PathLike, atomic_path, atomic_torch_save, regular_file
 from .archive import arch_from_dict
-from .family import AnyGeneratorArch
-from .unet import UnetArch, UnetGenerator, infer_unet_arch, is_unet_state_dict
+from .family import AnyGeneratorArch, build_generator
+from .unet import infer_unet_arch, is_unet_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def generator_from_state_dict(sd: Mapping[str, torch.Tensor], arch: GeneratorArc
             arch = infer_unet_arch(sd) if is_unet_state_dict(sd) else infer_arch_from_state_dict(sd)
         except ValueError as e:
             raise CheckpointError(f"{source}: {e}") from e
-    model = UnetGenerator(arch) if isinstance(arch, UnetArch) else ResnetGenerator(arch)
+    model = build_generator(arch)
     _load_into(model, sd, source)
     return model
 

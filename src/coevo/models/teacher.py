@@ -9,6 +9,7 @@ and fine-tuning trains fresh discriminators.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +132,12 @@ def resolve_teacher(folder: Optional[str | Path] = None, g_ab: Optional[str | Pa
 
 
 def describe_arch(arch) -> str:
-    """``ngf 64, 9 residual blocks`` (plus norm, dropout and channels where not the CycleGAN default, and
-    the widths when channel-pruned)."""
-    text = f"ngf {arch.ngf}, {arch.n_blocks} residual blocks"
+    """``ngf 64, 9 residual blocks`` or ``U-Net, ngf 64, 8 down-samplings`` (plus norm, dropout and
+    channels where not the CycleGAN default, and the widths when channel-pruned)."""
+    if isinstance(arch, UnetArch):
+        text = f"U-Net, ngf {arch.ngf}, {arch.num_downs} down-samplings"
+    else:
+        text = f"ngf {arch.ngf}, {arch.n_blocks} residual blocks"
     if arch.norm != "instance":
         text += f", {arch.norm} norm"
     if arch.dropout:
@@ -144,7 +148,7 @@ def describe_arch(arch) -> str:
 
 
 def check_generator_pair(paths: TeacherPaths):
-    """Load both teacher generators; :class:`CheckpointError` unless they are ResNet generators of
+    """Load both teacher generators; :class:`CheckpointError` unless they are generators (ResNet or U-Net) of
     one architecture (one MAC budget is priced from one architecture). Returns ``(G_A, G_B)``."""
     from .io import load_generator
 
@@ -152,13 +156,7 @@ def check_generator_pair(paths: TeacherPaths):
         if Path(getattr(paths, k)).suffix.lower() == ".onnx":
             raise CheckpointError(f"teacher {k} {getattr(paths, k)} is an ONNX export; the search and fine-tuning "
                                   "need PyTorch weights (a state_dict, a coevo .pt, .safetensors or .pt2)")
-    nets = {k: load_generator(getattr(paths, k)) for k in _GENERATORS}  # every other kind loads as a ResnetGenerator
-    unets = [k for k, net in nets.items() if isinstance(net.arch, UnetArch)]
-    if unets:
-        raise CheckpointError(
-            f"teacher {unets[0]} ({getattr(paths, unets[0])}) is a U-Net generator (the reference's --netG "
-            "unet_256/unet_128). coevo loads it and prunes it from Python (coevo.load_generator, coevo.prune), "
-            "but the search, fine-tuning and export take the ResNet generator only so far")
+    nets = {k: load_generator(getattr(paths, k)) for k in _GENERATORS}  # a ResnetGenerator or a UnetGenerator
     a, b = nets["G_A"].arch, nets["G_B"].arch
     # the data are read with the generators' channels (1: grayscale, 3: RGB; coevo.data.domain_channels)
     odd = [k for k, net in nets.items() if not {net.arch.in_channels, net.arch.out_channels} <= {1, 3}]
@@ -168,13 +166,7 @@ def check_generator_pair(paths: TeacherPaths):
             f"teacher {odd[0]} ({getattr(paths, odd[0])}) is a {arch.in_channels}->{arch.out_channels} channel "
             "generator (the reference's --input_nc/--output_nc); the search and fine-tuning read images as "
             "1 channel (grayscale) or 3 (RGB). coevo loads, prunes (coevo prune), exports and translates it")
-    if a.to_dict() != b.to_dict():
-        if (a.in_channels, a.out_channels) != (a.out_channels, a.in_channels) and \
-                (a.in_channels, a.out_channels) == (b.out_channels, b.in_channels):
-            raise CheckpointError(
-                f"the teacher maps {a.in_channels}-channel images to {a.out_channels}-channel ones (G_A {paths.G_A}) "
-                "and back; the search prices one MAC budget from one architecture, so it takes generators with "
-                "as many input as output channels (--input_nc equal to --output_nc) so far")
+    if not is_matching_pair(a, b):
         raise CheckpointError(
             f"the teacher's two generators differ in architecture: G_A ({paths.G_A}) is {describe_arch(a)}, "
             f"G_B ({paths.G_B}) is {describe_arch(b)}. A CycleGAN trains a matching pair; give the two "
@@ -183,6 +175,14 @@ def check_generator_pair(paths: TeacherPaths):
     if paths.has_discriminators:
         check_discriminator_channels(paths, a)
     return nets["G_A"], nets["G_B"]
+
+
+def is_matching_pair(a, b) -> bool:
+    """Whether architectures ``a`` (G_A's) and ``b`` (G_B's) are the two directions of one CycleGAN: equal,
+    except that G_B reads what G_A writes (``--input_nc 1 --output_nc 3`` trains a 1->3 G_A and a 3->1 G_B).
+    Such a pair has equal MACs and parameters (the stem of one is the head of the other), so one budget
+    prices both."""
+    return a.to_dict() == dataclasses.replace(b, in_channels=b.out_channels, out_channels=b.in_channels).to_dict()
 
 
 def check_discriminator_channels(paths: TeacherPaths, arch) -> None:

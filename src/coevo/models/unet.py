@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -236,6 +236,28 @@ class UnetGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    # what the teacher-features perceptual metric reads (the ResNet's stem/down1/down2/middle block)
+    perceptual_layers = ("down1", "down2", "down3", "down4")
+
+    def features(self, x: torch.Tensor, layers: Sequence[str]) -> List[torch.Tensor]:
+        """Encoder activations of ``x`` (NCHW, [-1, 1]), one per name in ``layers`` (``down1``..``downN``: the
+        output of that level's down-conv and its norm), in that order; runs only as deep as asked."""
+        levels = {f"down{i}": i for i in range(1, self.arch.num_downs + 1)}
+        unknown = [n for n in layers if n not in levels]
+        if unknown:
+            raise KeyError(f"no feature layer {unknown[0]!r}; choose down1...down{self.arch.num_downs}")
+        out, h = {}, x
+        for level in range(1, max(levels[n] for n in layers) + 1):
+            block = self._block(level).model
+            if level == 1:
+                h = block[0](h)
+            else:  # not the block's in-place LeakyReLU: h is kept as a feature
+                h = block[1](nn.functional.leaky_relu(h, 0.2))
+                if level < self.arch.num_downs:
+                    h = block[2](h)
+            out[f"down{level}"] = h
+        return [out[n] for n in layers]
 
     def _block(self, level: int) -> UnetBlock:
         return self.get_submodule(block_prefix(level))

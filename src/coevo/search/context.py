@@ -27,6 +27,7 @@ import torch
 
 from ..models import NLayerDiscriminator, ResnetGenerator, load_discriminator, load_generator
 from ..models.teacher import TeacherPaths
+from ..models.unet import UnetGenerator
 from ..evaluation.perceptual import Embedding, PerceptualMetric, build_perceptual, resolve_perceptual
 from ..core.limits import image_side_ok, image_side_rule
 from ..core.precision import autocast
@@ -44,6 +45,15 @@ PARTNER: Dict[str, str] = {"G_A": "G_B", "G_B": "G_A"}
 # convention; the ratio to the teacher does not depend on the size.
 MACS_SIZE = 256
 MACS_CONVENTION = "published"
+
+def macs_side(arch) -> int:
+    """The side MACs are priced at for ``arch``: :data:`MACS_SIZE`, or a U-Net's own size multiple where that is
+    larger (a 9-level U-Net runs at multiples of 512 only); the MACs of a U-Net are its own layer table's."""
+    from ..models.family import size_multiple
+
+    return max(MACS_SIZE, size_multiple(arch))
+
+
 _EVAL_STREAM = 3  # rng stream tag for picking evaluation images (distinct from coevo.data's tags)
 
 
@@ -119,18 +129,31 @@ class SearchContext:
 
 def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
     """The MAC budget for ``macs_ratio`` of ``arch``; :class:`BudgetError` up front when no genome can meet it."""
-    teacher = count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION)
-    limit = teacher_budget(arch, macs_ratio, MACS_SIZE, MACS_CONVENTION)
-    floor = min_macs(arch, MACS_SIZE, min_channels, MACS_CONVENTION)
+    side = macs_side(arch)
+    teacher = count_macs(arch, side, convention=MACS_CONVENTION)
+    limit = teacher_budget(arch, macs_ratio, side, MACS_CONVENTION)
+    floor = min_macs(arch, side, min_channels, MACS_CONVENTION)
     if floor > limit:
         raise BudgetError(
             f"search.macs_ratio={macs_ratio} asks for at most {limit / 1e9:.4f}G MACs "
-            f"({MACS_SIZE}x{MACS_SIZE}, {MACS_CONVENTION}) of a {teacher / 1e9:.4f}G teacher, but keeping "
+            f"({side}x{side}, {MACS_CONVENTION}) of a {teacher / 1e9:.4f}G teacher, but keeping "
             f"{min_channels} channel(s) in every group already costs {floor / 1e9:.4f}G "
             f"(ratio {floor / teacher:.4f}). Raise search.macs_ratio to at least {floor / teacher:.4f} "
             "or lower search.min_channels."
         )
-    return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio))
+    return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio), size=side)
+
+
+def refuse_unet(arch, what: str, instead: str) -> None:
+    """:class:`ConfigError` (one line) when ``arch`` is a U-Net's and ``what`` takes the ResNet generator only."""
+    from ..models.unet import UnetArch
+
+    if isinstance(arch, UnetArch):
+        raise ConfigError(f"{what} takes the ResNet generator only so far, and this teacher is a "
+                          f"{arch.num_downs}-level U-Net (--netG unet_{2 ** arch.num_downs}); {instead}")
+
+
+_LATENCY_INSTEAD = "set search.compute=budget (a MAC budget, search.macs_ratio) for a U-Net"
 
 
 def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, latency_ms: float,
@@ -139,6 +162,7 @@ def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, late
     :class:`BudgetError` up front when even the narrowest network is predicted slower."""
     from ..prune.budget import WidthFitter
 
+    refuse_unet(arch, "the latency budget (search.compute=latency)", _LATENCY_INSTEAD)
     table.check(arch)
     teacher_ms = table.predict(arch)
     limit = float(latency_ms) if latency_ms and latency_ms > 0 else float(latency_ratio) * teacher_ms
@@ -158,6 +182,7 @@ def latency_table_for(arch, search_cfg) -> "LatencyTable":
     size, target and thread count and cached in ``$COEVO_CACHE`` (default ``~/.cache/coevo``)/latency."""
     from ..deploy.latency import LatencyTable, cache_path, measure_table
 
+    refuse_unet(arch, "the latency budget (search.compute=latency)", _LATENCY_INSTEAD)
     s = search_cfg
     if s.latency_table:
         return LatencyTable.load(s.latency_table)
@@ -190,7 +215,9 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
     if getattr(s, "fitness", "proxy") == "supernet" and weights is None:
         raise ConfigError("search.fitness=supernet needs a supernet: train one with `coevo supernet --teacher T "
                             "--out DIR` and give it to the search (--supernet DIR), or run `coevo compress`")
-    if G_A.arch.to_dict() != G_B.arch.to_dict():
+    from ..models.teacher import is_matching_pair
+
+    if not is_matching_pair(G_A.arch, G_B.arch):
         from ..errors import CheckpointError
         from ..models.teacher import describe_arch
 
@@ -206,7 +233,8 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
         table = latency if latency is not None else latency_table_for(G_A.arch, s)
         budget = check_latency_budget(G_A.arch, table, s.latency_ratio, s.latency_ms, s.min_channels)
     elif s.compute == "reward":
-        budget = Budget(count_macs(G_A.arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
+        side = macs_side(G_A.arch)
+        budget = Budget(count_macs(G_A.arch, side, convention=MACS_CONVENTION), None, None, size=side)
     else:
         raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
     device = torch.device(device)
@@ -291,7 +319,7 @@ def load_teacher(paths: TeacherPaths, device: str | torch.device = "cpu"):
     """``(G_A, G_B, D_A, D_B)`` in eval mode; ``D_A``/``D_B`` are None for a teacher without them."""
     nets = [load_generator(paths.G_A), load_generator(paths.G_B)]
     for n in nets:
-        if not isinstance(n, ResnetGenerator):
+        if not isinstance(n, (ResnetGenerator, UnetGenerator)):
             from ..errors import CheckpointError
 
             raise CheckpointError("the search needs the teacher as PyTorch weights, not an exported model")
@@ -324,6 +352,27 @@ def eval_size_for(cfg, paths: TeacherPaths) -> int:
     return size
 
 
+def check_sizes_for(arch, cfg, search: bool = True) -> None:
+    """:class:`ConfigError` (one line) unless ``data.crop_size`` (and with ``search``, ``search.eval_size`` and
+    ``bench.size``) are multiples of the side ``arch``'s generator runs at (a U-Net: 2**num_downs; a ResNet: 4,
+    as the config checks)."""
+    from ..models.family import size_multiple
+
+    m = size_multiple(arch)
+    keys = [("data.crop_size", int(cfg.data.crop_size))]
+    if search and cfg.search.eval_size:
+        keys.append(("search.eval_size", int(cfg.search.eval_size)))
+    if search:  # the pipeline's benchmark stage runs the pair at bench.size
+        keys.append(("bench.size", int(cfg.bench.size)))
+    for key, value in keys:
+        if value % m:
+            up = -(-value // m) * m
+            also = " and data.load_size >= it" if key == "data.crop_size" else ""
+            raise ConfigError(f"{key}={value} is not a multiple of {m}, which this {arch.num_downs}-level U-Net "
+                              f"teacher needs (every level halves the image); set {key}={up}{also}, e.g. "
+                              f"--set {key}={up}")
+
+
 def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = None) -> SearchContext:
     """Load the teacher and the evaluation batch named by ``cfg`` and build the context.
 
@@ -340,6 +389,10 @@ def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = N
     # A metric this teacher cannot serve fails before any network or image is read.
     resolve_perceptual(cfg.search.perceptual, teacher.has_discriminators, cfg.search.lpips_net)
     G_A, G_B, D_A, D_B = load_teacher(teacher, cfg.device)
+    check_sizes_for(G_A.arch, cfg)
+    if cfg.search.fitness == "supernet":
+        refuse_unet(G_A.arch, "the supernet fitness (search.fitness=supernet)",
+                    "set search.fitness=proxy or trained for a U-Net")
     if cfg.model.reference_mode == "train" and (G_A.arch.norm == "batch" or G_A.arch.dropout):
         # a batch of evaluation images in train mode would mix BatchNorm statistics and draw dropout
         # masks at random: the fitness must be one deterministic number per genome

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..prune import Genome, l1_genome_for_macs
 from ..prune.baselines import l1_genome_for_latency
-from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, PARTNER, SearchContext
+from .context import DIRECTIONS, MACS_CONVENTION, PARTNER, SearchContext
 from .fitness import Evaluator, FitnessTerms, Objective
 from .operators import Breeder
 from .population import Candidate, Population, Repairer, initial_population
@@ -142,7 +142,7 @@ class CoevolutionSearch:
             return [l1_genome_for_latency(self.ctx[direction].teacher, budget.latency_table, budget.max_ms,
                                           s.min_channels, s.channel_multiple, tied=s.tied)]
         # In reward mode there is no cap; the seed still sits at macs_ratio.
-        return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, MACS_SIZE, s.min_channels,
+        return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, budget.size, s.min_channels,
                                    s.channel_multiple, MACS_CONVENTION, tied=s.tied)]
 
     def initialise(self) -> Dict:

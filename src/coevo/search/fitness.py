@@ -176,9 +176,9 @@ def cycle_term(ctx: SearchContext, direction: str, output: torch.Tensor, partner
 
 def compute_terms(genome: Genome) -> Tuple[int, int, int]:
     """``(macs, params, dropped)`` from the architecture alone."""
-    from .context import MACS_CONVENTION, MACS_SIZE
+    from .context import MACS_CONVENTION, macs_side
 
-    return (macs_of_genome(genome, MACS_SIZE, convention=MACS_CONVENTION),
+    return (macs_of_genome(genome, macs_side(genome.arch), convention=MACS_CONVENTION),
             count_params(genome.slim_arch()), dropped_filters(genome))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..models import GeneratorArch
 from ..prune import Genome, repair_to_budget
-from .context import MACS_CONVENTION, MACS_SIZE, Budget
+from .context import MACS_CONVENTION, Budget
 from .fitness import FitnessTerms
 from ..errors import ConfigError
 
@@ -89,7 +89,7 @@ class Repairer:
 
     def fix(self, genome: Genome, rng: np.random.Generator) -> Genome:
         fixed = repair_to_budget(
-            genome, self.max_macs, MACS_SIZE,
+            genome, self.max_macs, self.budget.size,
             rng=rng if self.mode == "random" else None,
             importance=self.importance if self.mode == "importance" else None,
             min_channels=self.min_channels, channel_multiple=self.channel_multiple,

@@ -51,7 +51,7 @@ from ..core.outputs import check_outputs_apart, data_input, teacher_input
 from ..core.runs import append_jsonl, prepare_run_dir, read_jsonl, truncate_jsonl, undo_failed_start
 from ..train.curves import Curves
 from .context import eval_size_for, teacher_image_size  # noqa: F401 (re-exported)
-from .context import DIRECTIONS, MACS_CONVENTION, MACS_SIZE, build_context
+from .context import DIRECTIONS, MACS_CONVENTION, build_context
 from .evolve import CoevolutionSearch, check_search_config
 from .supernet import recorded_supernet, supernet_files, write_weights_record
 from .state import SearchState, load_state, save_state
@@ -318,7 +318,7 @@ def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
             "metric": search.ctx.metric_name,
             "macs_ratio": cfg.search.macs_ratio if cfg.search.compute == "budget" else None,
             "max_ms": search.ctx.budget.max_ms,
-            "size": [MACS_SIZE, MACS_SIZE],
+            "size": [search.ctx.budget.size, search.ctx.budget.size],
             "convention": MACS_CONVENTION,
             "terms": cand.terms.to_dict(),
             "chosen_by": "trained fitness (search.rerank_top)" if search.final else "fitness",
@@ -327,6 +327,7 @@ def _write_best(search: CoevolutionSearch, run_dir: Path, cfg: Config) -> None:
 
 
 def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths) -> Dict:
+    from ..models.family import family_name
     from ..prune import count_params
 
     budget = search.ctx.budget
@@ -336,7 +337,7 @@ def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths)
         "trained_steps": search.ctx.trained_steps,
         "supernet": search.ctx.supernet,  # the folder candidates took their weights from (None: the teacher)
         "compute": cfg.search.compute,
-        "macs_size": [MACS_SIZE, MACS_SIZE],
+        "macs_size": [budget.size, budget.size],
         "macs_convention": MACS_CONVENTION,
         "teacher_macs": budget.teacher_macs,
         "budget_macs": budget.max_macs,
@@ -350,6 +351,8 @@ def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths)
         "evaluations": search.evaluator.evaluations,
         "cache_hits": search.evaluator.cache_hits,
         "teacher": paths.to_dict(),
+        # resnet | unet: the teacher's generator family, as found in its files (teacher_arch: the rest)
+        "generator_family": family_name(search.ctx["G_A"].teacher.arch),
         "best": {},
     }
     if search.reranking:

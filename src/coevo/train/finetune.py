@@ -50,6 +50,7 @@ from ..models import (DiscriminatorArch, NLayerDiscriminator, ResnetGenerator, l
                       load_generator, save_generator)
 from ..core.files import atomic_write_text
 from ..errors import CheckpointError
+from ..models.family import build_generator, is_generator
 from ..models.generator import scoring_mode
 from ..models.teacher import TeacherPaths
 from ..prune import Genome, count_macs, count_params, slim
@@ -96,9 +97,9 @@ def read_search_dir(search_dir: Path, overrides: Sequence[str] = ()):
     return cfg, teacher, genomes
 
 
-def _load_resnet(path: Path) -> ResnetGenerator:
+def _load_trainable(path: Path) -> torch.nn.Module:
     model = load_generator(path)
-    if not isinstance(model, ResnetGenerator):
+    if not is_generator(model):
         raise CheckpointError(f"{path} is an exported model; fine-tuning needs the trainable teacher checkpoint")
     return model
 
@@ -167,7 +168,7 @@ class ValidationSelector:
     def save_best(self, nets: CycleGANNets) -> None:
         """Write the kept pair as G_A.pt / G_B.pt (from ``best_state``, in architectures of ``nets``)."""
         for k in DIRECTIONS:
-            model = ResnetGenerator(getattr(nets, k).arch)
+            model = build_generator(getattr(nets, k).arch)
             model.load_state_dict(self.best_state[k])
             save_generator(model.eval(), self.out_dir / f"{k}.pt",
                            extra={**self.extra, "epoch": self.best_epoch, **self.best_metrics})
@@ -245,11 +246,12 @@ def _slim_pair(teacher_paths: TeacherPaths, genomes: Mapping[str, Any], cfg: Con
 
     The distill recipe trains no discriminators: its students come as a :class:`GeneratorPair`, "none".
     """
-    teacher = GeneratorPair(_load_resnet(teacher_paths.G_A), _load_resnet(teacher_paths.G_B))
+    teacher = GeneratorPair(_load_trainable(teacher_paths.G_A), _load_trainable(teacher_paths.G_B))
     if cfg.finetune.init == "scratch":
         return _scratch_pair(teacher, teacher_paths, genomes, cfg)
     # the students are cut from the weights the search scored them with: the supernet's when it used one
-    cut = teacher if weights is None else GeneratorPair(_load_resnet(weights["G_A"]), _load_resnet(weights["G_B"]))
+    cut = teacher if weights is None else GeneratorPair(_load_trainable(weights["G_A"]),
+                                                        _load_trainable(weights["G_B"]))
     if cfg.finetune.mode == "distill":
         return teacher, GeneratorPair(slim(cut.G_A, genomes["G_A"]), slim(cut.G_B, genomes["G_B"])), "none"
     D_A, D_B, origin = _discriminators(teacher_paths, cfg, domain_channels(teacher.G_A.arch))
@@ -303,10 +305,16 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     missing = [k for k in DIRECTIONS if k not in genomes]
     if missing:
         raise ValueError(f"finetune_genomes needs a genome for each of {DIRECTIONS}; missing {missing}")
+    from ..search.context import check_sizes_for, refuse_unet
+
+    check_sizes_for(genomes["G_A"].arch, cfg, search=False)  # a U-Net trains on crops of its side multiple
+    if cfg.finetune.lambda_feature > 0:
+        refuse_unet(genomes["G_A"].arch, "feature distillation (finetune.lambda_feature > 0)",
+                    "set finetune.lambda_feature=0 (output distillation, finetune.lambda_distill, works)")
     from ..prune.slim import check_genome_fits
 
     for k in DIRECTIONS:  # before the run folder exists: a genome of another network is no start
-        check_genome_fits(_load_resnet(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
+        check_genome_fits(_load_trainable(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
     source = dict(source or {})
     from ..search.supernet import search_weights
 
