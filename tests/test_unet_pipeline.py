@@ -65,6 +65,9 @@ def compressed(request, tmp_path_factory):
     size = 2 ** num_downs
     root = tmp_path_factory.mktemp(request.param)
     data = make_image_folder(root / "data", n=4, size=size)
+    # a test image of another size: the report's evaluation and grid pad it to the U-Net's multiple and crop back
+    odd = np.random.default_rng(1).integers(0, 256, (size // 2 + 4, size + 12, 3), dtype=np.uint8)
+    Image.fromarray(odd).save(data / "testA" / "odd.png")
     teacher = reference_unet_teacher(root / "ref", num_downs)
     config = tiny_config(root, data, size)
     out = root / "run"
@@ -84,6 +87,7 @@ def test_compress_meets_a_quarter_of_the_macs_and_records_the_family(compressed)
     assert summary["generator_family"] == "unet"
     report = json.loads((out / "report.json").read_text())
     assert report["generator_family"] == "unet"
+    assert (out / report["directions"]["AtoB"]["grid"]).is_file()
     for d in ("G_A", "G_B"):
         teacher = load_generator(compressed["teacher"] / f"latest_net_{d}.pth")
         student = load_generator(out / "finetune" / f"{d}.pt")

@@ -52,6 +52,7 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
     ``side``: the square size images of mixed sizes are shown at. Both generators run in ``reference_mode``
     (in train mode one image per forward, as the measured numbers are)."""
     from ..data import list_images
+    from ..models.family import any_size
     from ..models.generator import fixed_rng, set_reference_mode
     from .evaluate import model_channels
     from .viz import save_grid
@@ -63,7 +64,7 @@ def _grid(model_t, model_s, data_root: Path, in_dir: str, gt_dir: str, path: Pat
     step = 1 if reference_mode == "train" else len(x)
 
     def run(model):
-        model = set_reference_mode(model, reference_mode)
+        model = any_size(set_reference_mode(model, reference_mode))  # a U-Net: padded to its side multiple
         return torch.cat([model(x[i:i + step]) for i in range(0, len(x), step)])
 
     with torch.inference_mode(), fixed_rng():  # dropout in train mode: the same masks on every run
