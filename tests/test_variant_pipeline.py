@@ -35,17 +35,21 @@ def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 def reference_teacher(folder: Path, norm: str = "instance", dropout: bool = False, channels: int = 3,
-                      discriminators: bool = True) -> GeneratorArch:
-    """``latest_net_G_A.pth`` ... as the reference code saves them (bare state dicts, reference key names)."""
+                      discriminators: bool = True, channels_B: int | None = None) -> GeneratorArch:
+    """``latest_net_G_A.pth`` ... as the reference code saves them (bare state dicts, reference key names):
+    ``--input_nc channels --output_nc channels_B`` (default: ``channels``). Returns G_A's architecture."""
     folder.mkdir(parents=True, exist_ok=True)
-    arch = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=channels, out_channels=channels, norm=norm,
+    channels_B = channels if channels_B is None else channels_B
+    arch = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=channels, out_channels=channels_B, norm=norm,
                          dropout=dropout)
-    for i, name in enumerate(("G_A", "G_B")):
-        g = _randomise(ResnetGenerator(arch), seed=i)
+    back = GeneratorArch(ngf=NGF, n_blocks=BLOCKS, in_channels=channels_B, out_channels=channels, norm=norm,
+                         dropout=dropout)
+    for i, (name, a) in enumerate((("G_A", arch), ("G_B", back))):
+        g = _randomise(ResnetGenerator(a), seed=i)
         torch.save(g.state_dict(), folder / f"latest_net_{name}.pth")
-    if discriminators:
-        for i, name in enumerate(("D_A", "D_B")):
-            d = _randomise(NLayerDiscriminator(DiscriminatorArch(ndf=4, in_channels=channels, norm=norm)), seed=10 + i)
+    if discriminators:  # D_A judges domain B, D_B domain A
+        for i, (name, c) in enumerate((("D_A", channels_B), ("D_B", channels))):
+            d = _randomise(NLayerDiscriminator(DiscriminatorArch(ndf=4, in_channels=c, norm=norm)), seed=10 + i)
             torch.save(d.state_dict(), folder / f"latest_net_{name}.pth")
     return arch
 
@@ -84,9 +88,13 @@ def compress(tmp_path: Path, teacher: Path, data: Path, capsys, **cfg) -> Path:
 
 
 def check_run(out: Path, arch: GeneratorArch) -> None:
-    """The search met the budget, the fine-tuned students and the exports keep the teacher's kind."""
+    """The search met the budget, the fine-tuned students and the exports keep the teacher's kind
+    (``arch``: G_A's; G_B maps back)."""
     search = json.loads((out / "search" / "search.json").read_text())
     for k in ("G_A", "G_B"):
+        if k == "G_B":
+            arch = GeneratorArch(ngf=arch.ngf, n_blocks=arch.n_blocks, in_channels=arch.out_channels,
+                                 out_channels=arch.in_channels, norm=arch.norm, dropout=arch.dropout)
         best = search["best"][k]
         assert best["macs_ratio"] <= 0.25
         t = best["teacher_arch"]
@@ -199,8 +207,9 @@ def test_the_teachers_channels_are_checked_by_name(tmp_path):
     assert resolve_teacher(pair(tmp_path / "gray", 1, 1, 1, 1)).G_A.name == "latest_net_G_A.pth"  # accepted
     with pytest.raises(CheckpointError, match=r"4->4 channel generator .*1 channel \(grayscale\) or 3"):
         resolve_teacher(pair(tmp_path / "rgba", 4, 4, 4, 4))
-    with pytest.raises(CheckpointError, match="maps 1-channel images to 3-channel ones"):
-        resolve_teacher(pair(tmp_path / "colourise", 1, 3, 3, 1))
+    assert resolve_teacher(pair(tmp_path / "colourise", 1, 3, 3, 1))  # G_B reads what G_A writes: one CycleGAN
+    with pytest.raises(CheckpointError, match=r"differ in architecture: .*1->3 channels.*1->3 channels"):
+        resolve_teacher(pair(tmp_path / "both_ways", 1, 3, 1, 3))
     # discriminators of RGB images next to generators of grayscale data belong to another model
     folder = pair(tmp_path / "mixed", 1, 1, 1, 1)
     for name in ("D_A", "D_B"):
@@ -391,3 +400,21 @@ def test_train_mode_measurements_and_translations_of_a_dropout_generator_repeat_
     files = [run_translation(g, plan_translation(paths, tmp_path / f"t{i}"), reference_mode="train") for i in (0, 1)]
     assert [p.read_bytes() for p in files[0]] == [p.read_bytes() for p in files[1]]
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_a_teacher_from_grayscale_to_colour_and_back_compresses_end_to_end(tmp_path, capsys):
+    """--input_nc 1 --output_nc 3: G_A colours grayscale images, G_B maps colour to gray; domain A is read
+    as grayscale, domain B as RGB, each discriminator with its domain's channels."""
+    teacher = tmp_path / "teacher"
+    arch = reference_teacher(teacher, channels=1, channels_B=3)
+    data = image_folder(tmp_path / "data", 8, gray=False)
+    out = compress(tmp_path, teacher, data, capsys)
+    check_run(out, arch)
+    # the teacher's discriminators judged each domain in its channels: D_A colour, D_B gray
+    assert json.loads((out / "finetune" / "finetune.json").read_text())["discriminators"] == "teacher"
+    report = json.loads((out / "report.json").read_text())
+    assert all(e["macs_ratio"] <= 0.25 for e in report["directions"].values())
+    for model, folder, mode in (("G_A", "testA", "RGB"), ("G_B", "testB", "L")):
+        written = translate(out / "export" / f"{model}.onnx", data / folder, tmp_path / model, capsys)
+        with Image.open(written[0]) as im:
+            assert im.mode == mode
