@@ -65,11 +65,6 @@ def domain_channels(arch) -> Tuple[int, int]:
             check_channels(int(arch.out_channels), "the generator's output channels"))
 
 
-def _channels_of(img: Image.Image) -> int:
-    """1 for the grayscale images ``load_image(path, 1)`` reads, else 3."""
-    return 1 if img.mode == "L" else 3
-
-
 def _resize(img: Image.Image, size: Tuple[int, int]) -> Image.Image:
     """Bicubic resize to (width, height); a no-op when the size already matches."""
     return img if img.size == size else img.resize(size, Image.BICUBIC)
@@ -150,9 +145,9 @@ class UnpairedImageDataset(Dataset):
     def __len__(self) -> int:
         return max(len(self.A_paths), len(self.B_paths))
 
-    def _transform(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+    def _transform(self, img: Image.Image, rng: np.random.Generator, channels: int) -> torch.Tensor:
         if not self.augment:
-            return to_tensor(_resize(img, (self.crop_size, self.crop_size)), _channels_of(img))
+            return to_tensor(_resize(img, (self.crop_size, self.crop_size)), channels)
         img = _resize(img, (self.load_size, self.load_size))
         x = int(rng.integers(0, self.load_size - self.crop_size + 1))
         y = int(rng.integers(0, self.load_size - self.crop_size + 1))
@@ -161,7 +156,7 @@ class UnpairedImageDataset(Dataset):
         # Always draw, so the stream does not depend on ``flip``'s value.
         if rng.random() < 0.5 and self.flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(img, _channels_of(img))
+        return to_tensor(img, channels)
 
     def __getitem__(self, index: int) -> Dict[str, object]:
         if not 0 <= index < len(self):
@@ -172,8 +167,8 @@ class UnpairedImageDataset(Dataset):
             b_path = self.B_paths[int(rng.integers(0, len(self.B_paths)))]
         else:
             b_path = self.B_paths[index % len(self.B_paths)]
-        a = self._transform(load_image(a_path, self.channels[0]), rng)
-        b = self._transform(load_image(b_path, self.channels[1]), rng)
+        a = self._transform(load_image(a_path, self.channels[0]), rng, self.channels[0])
+        b = self._transform(load_image(b_path, self.channels[1]), rng, self.channels[1])
         return {"A": a, "B": b, "A_path": str(a_path), "B_path": str(b_path)}
 
 
