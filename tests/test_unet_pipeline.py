@@ -230,3 +230,32 @@ def test_distill_recipe_and_the_refusals(compressed, tmp_path, capsys):
                "finetune.lambda_feature=1"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "feature distillation (finetune.lambda_feature > 0) takes the ResNet" in err
+
+
+def test_coevo_format_unet_through_search_finetune_and_resume(tmp_path):
+    """A teacher saved by coevo (G_A.pt / G_B.pt) with the fewest levels the reference builds (5: 32 px), stage
+    by stage: `coevo search`, its resume, `coevo finetune`."""
+    from coevo.config import load_config
+    from coevo.models import save_generator
+    from coevo.models.teacher import resolve_teacher
+    from coevo.search import run_search
+
+    torch.set_num_threads(1)
+    arch = UnetArch(num_downs=5, ngf=NGF, norm="instance")
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    for seed, name in enumerate(("G_A", "G_B")):
+        torch.manual_seed(seed)
+        save_generator(UnetGenerator(arch).eval(), folder / f"{name}.pt")
+    config = tiny_config(tmp_path, make_image_folder(tmp_path / "data", n=4, size=32), 32)
+    search = tmp_path / "search"
+    run_search(load_config(config, ["search.generations=2"]), search, teacher=resolve_teacher(folder),
+               progress=False, stop_after=1)  # interrupted after one generation
+    assert json.loads((search / "search.json").read_text())["generations"] == 1
+    assert main(["search", "--out", str(search), "--resume", "--no-progress"]) == 0
+    summary = json.loads((search / "search.json").read_text())
+    assert summary["generations"] == 2 and summary["generator_family"] == "unet"
+    assert all(summary["best"][d]["macs_ratio"] <= 0.25 for d in ("G_A", "G_B"))
+    assert main(["finetune", "--search", str(search), "--out", str(tmp_path / "finetune")]) == 0
+    student = load_generator(tmp_path / "finetune" / "G_B.pt")
+    assert isinstance(student, UnetGenerator) and count_macs(student.arch, 32) <= 0.25 * count_macs(arch, 32)
