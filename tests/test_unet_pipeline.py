@@ -226,6 +226,10 @@ def test_distill_recipe_and_the_refusals(compressed, tmp_path, capsys):
                    "--no-progress", "--set", setting])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and len(err.splitlines()) == 1, (setting, err)
+    rc = main(["supernet", "--config", str(config), "--teacher", str(teacher), "--out", str(tmp_path / "sn")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "the supernet (coevo supernet, search.fitness=supernet) takes the ResNet" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "sn" / "G_A.pt").exists()
     rc = main(["finetune", "--search", str(out / "search"), "--out", str(tmp_path / "f"), "--set",
                "finetune.lambda_feature=1"])
     err = capsys.readouterr().err.strip()

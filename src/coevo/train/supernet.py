@@ -71,7 +71,7 @@ from ..prune import Genome, filter_importance, repair_to_budget
 from ..prune.groups import conv_group_map
 from ..search.context import (
     MACS_CONVENTION, MACS_SIZE, Budget, check_budget, check_latency_budget, eval_size_for, latency_table_for,
-    split_images,
+    refuse_unet, split_images,
 )
 from ..search.supernet import DIRECTIONS, SUPERNET_FORMAT, SUPERNET_RECORD
 from .common import open_run_dir
@@ -369,6 +369,8 @@ def train_supernet(cfg: Config, out_dir: str | Path, teacher=None, resume: bool 
 
 def _load_teacher(paths: TeacherPaths) -> Dict[str, ResnetGenerator]:
     G_A, G_B = check_generator_pair(paths)
+    refuse_unet(G_A.arch, "the supernet (coevo supernet, search.fitness=supernet)",
+                "set search.fitness=proxy or trained for a U-Net")
     if not isinstance(G_A, ResnetGenerator) or not isinstance(G_B, ResnetGenerator):
         raise CheckpointError("the supernet starts from the teacher's PyTorch weights, not an exported model")
     return {"G_A": G_A.eval(), "G_B": G_B.eval()}
