@@ -174,7 +174,7 @@ def _check_options(options) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..deploy.targets import export_for_target, find_deploy_data
-    from ..deploy.export import WRITERS, ExportError, ExportOptions, check_shapes, reference_outputs
+    from ..deploy.export import WRITERS, ExportError, ExportOptions, check_shapes, model_multiple, reference_outputs
     from ..core.outputs import check_outputs_apart
     from ..core.runs import prepare_run_dir
 
@@ -227,8 +227,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{'model':<14} {'format':<38} {'file':<28} {'size':>10} {'max |diff|':>11}")
         for name, fmt, file, size, diff in rows:
             print(f"{name:<14} {fmt:<38} {file:<28} {size / 2**20:>7.2f} MB {diff:>11.2e}")
-        print(f"parity: checked on seeded random inputs in [-1, 1] at {options.check_size}x{options.check_size} and a "
-              f"non-square batch of 2; report: {out / 'export_report.json'}")
+        # a U-Net's sides are rounded up to its multiple (2**num_downs)
+        shapes = sorted({"x".join(map(str, s)) for _, _, model in models
+                         for s in check_shapes(options.check_size, model_multiple(model))})
+        print(f"parity: checked on seeded random inputs in [-1, 1] of shapes {', '.join(shapes)}; "
+              f"report: {out / 'export_report.json'}")
         print(f"target {options.target}:")
         for line in deploy_lines:
             print(f"  {line}")
