@@ -293,3 +293,21 @@ def test_translate_runs_pt2_and_int8_exports(slim_generator, data_root, tmp_path
                  "--output", str(eager)]) == 0
     for pt2, ref in zip(outputs["G_A.pt2"], sorted(eager.iterdir())):
         assert np.abs(pt2 - np.asarray(Image.open(ref), int)).max() <= 1
+
+
+def test_int8_quantisation_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    # ONNX Runtime's symbolic shape inference gives up on a U-Net's dynamic sides and then saves
+    # sym_shape_infer_temp.onnx (+ external data) into the working directory: the user's folder
+    pytest.importorskip("onnxruntime")
+    from coevo.deploy.export import save_onnx
+    from coevo.models.unet import UnetArch, UnetGenerator
+
+    torch.manual_seed(0)
+    fp32 = tmp_path / "m.onnx"
+    save_onnx(UnetGenerator(UnetArch(num_downs=5, ngf=4, norm="instance")).eval(), fp32, exporter="legacy")
+    cwd = tmp_path / "user folder"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    calib = [np.random.default_rng(0).uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32)]
+    quantize.quantize_int8(fp32, tmp_path / "int8.onnx", calib)
+    assert list(cwd.iterdir()) == [] and (tmp_path / "int8.onnx").is_file()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +115,17 @@ def narrow_convs(model: Any, min_channels: int) -> List[str]:
     return names
 
 
+@contextmanager
+def _working_directory(folder: Path) -> Iterator[None]:
+    """Run the block with ``folder`` as the working directory (restored afterwards, also on errors)."""
+    before = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration: Sequence[np.ndarray],
                   per_channel: bool = True, activation_type: str = "int8",
                   min_channels: Optional[int] = None) -> Dict[str, Any]:
@@ -134,7 +146,7 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration: Sequenc
         raise CalibrationError("INT8 quantisation needs at least one calibration input")
     if activation_type not in ("int8", "uint8"):
         raise ValueError(f"activation_type must be 'int8' or 'uint8', got {activation_type!r}")
-    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
     source = onnx.load(str(fp32_path))
     input_name = source.graph.input[0].name
     settings: Dict[str, Any] = {
@@ -145,7 +157,10 @@ def quantize_int8(fp32_path: PathLike, int8_path: PathLike, calibration: Sequenc
     with tempfile.TemporaryDirectory(prefix="coevo-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
-            with quiet_export():
+            # ONNX Runtime's symbolic shape inference writes sym_shape_infer_temp.onnx and its external data
+            # into the working directory when it cannot infer every shape (e.g. a U-Net's dynamic sides):
+            # it runs inside the temporary folder so that nothing lands in the user's folder
+            with quiet_export(), _working_directory(Path(tmp)):
                 quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=False)
         except Exception as e:  # pre-processing helps the quantiser; it is not required
             log.info("ONNX Runtime's quantisation pre-processing failed (%s: %s); quantising the model as it is",
