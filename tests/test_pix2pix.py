@@ -356,9 +356,11 @@ def test_evaluate_scores_the_paired_target_in_both_directions(tmp_path, paired_s
     summary = json.loads((run / "summary.json").read_text())
     assert result["psnr_to_teacher"] == 100.0 and result["n_images"] == 2
     assert result["psnr"] == pytest.approx(summary["test"]["psnr"], abs=1e-4)
-    # train mode (the reference's test script without --eval) runs one image per forward
-    r = evaluate_paired(run / "G.pt", paired_set, reference_mode="train")
-    assert r["reference_mode"] == "train" and r["psnr"] != result["psnr"]
+    # by default train mode (the reference's test script without --eval: one image per forward, dropout from
+    # the fixed scoring stream), as the run measured its test split; eval mode differs
+    assert result["reference_mode"] == summary["reference_mode"] == "train"
+    r = evaluate_paired(run / "G.pt", paired_set, reference_mode="eval")
+    assert r["reference_mode"] == "eval" and r["psnr"] != result["psnr"]
 
 
 # ----------------------------------------------------------------- search and fine-tuning of a student
@@ -518,3 +520,47 @@ def test_coevo_train_on_aligned_data_trains_a_pix2pix_teacher(tmp_path, paired_s
     assert teacher_kind(out) == "pix2pix" and json.loads((out / "data.json").read_text())["layout"] == "aligned"
     assert main(["train", "--out", str(out), "--resume"]) == 0  # a finished run: its files are rewritten alike
     assert safe_torch_load(out / "checkpoint.pt")["global_step"] == 2
+
+
+# ----------------------------------------------------------------- coevo demo --task pix2pix: export, bench, report
+TINY_DEMO = ["data.synthetic_n_train=6", "data.synthetic_n_test=2", "data.load_size=64", "data.crop_size=64",
+             "model.ngf=4", "model.ndf=4", "train.epochs=1", "train.epochs_decay=0", "train.max_steps_per_epoch=2",
+             "train.sample_every=0", "search.population=4", "search.generations=1", "search.eval_images=1",
+             "finetune.epochs=1", "finetune.epochs_decay=0", "finetune.max_steps_per_epoch=2",
+             "export.check_size=64", "export.calibration_images=2", "bench.size=64", "bench.warmup=1",
+             "bench.repeats=2", "export.formats=[onnx]", "model.reference_mode=auto"]  # configs/pix2pix.yaml: eval (see there)
+
+
+def test_demo_pix2pix_deploys_benchmarks_reports_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    sets = [a for s in TINY_DEMO for a in ("--set", s)]
+    assert main(["demo", "--task", "pix2pix", "--out", str(out), *sets]) == 0
+    printed = capsys.readouterr().out
+    assert "pix2pix demo finished" in printed and "PSNR to teacher" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["kind"] == "pix2pix" and report["macs_ratio"] <= 0.25 and len(report["checks"]) == 3
+    # the cpu target's INT8 ONNX, calibrated and checked on input halves (and target halves) of the pairs
+    deployed = report["deployed"]["backend"]
+    assert deployed in ("onnxruntime-int8", "onnxruntime") and report["int8"] is not None
+    assert "skipped" not in report["int8"] and report["int8"]["gt_drop_db"] is not None
+    halves = sorted((out / "export" / "deploy_data" / "test_gt").iterdir())
+    assert len(halves) == 2 and Image.open(halves[0]).size == (64, 64)
+    rows = {(r["name"], r["backend"]) for r in json.loads((out / "bench" / "bench.json").read_text())["results"]}
+    assert {("teacher G", "eager"), ("coevo G", "eager"), ("coevo G deployed", deployed)} <= rows
+    assert report["speed"]["backend"] == deployed and report["speedup"] == report["speed"]["speedup_vs_teacher_eager"]
+    # the built-in set is aligned: the default reference mode resolves to train, recorded where it is measured
+    assert report["reference_mode"] == "train"
+    ft = json.loads((out / "finetune" / "finetune.json").read_text())
+    assert ft["reference_mode"] == "train" and yaml_mode(out / "search" / "config.yaml") == "train"
+    assert report["teacher"]["psnr"] == pytest.approx(ft["test"]["teacher"]["psnr"], abs=1e-4)
+    assert report["coevo"]["psnr"] == pytest.approx(ft["test"]["student"]["psnr"], abs=1e-4)
+    summary = json.loads((out / "compress.json").read_text())
+    assert summary["deployed"]["backend"] == deployed and summary["all_checks_pass"] == report["all_checks_pass"]
+    before = {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("export", "bench")}
+    assert main(["demo", "--task", "pix2pix", "--out", str(out), "--resume", *sets]) == 0
+    assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("export", "bench")} == before
+    assert json.loads((out / "report.json").read_text())["coevo"]["psnr"] == report["coevo"]["psnr"]
+
+
+def yaml_mode(path):
+    return load_config(path).model.reference_mode

@@ -57,8 +57,10 @@ class ModelConfig:
     ndf: int = 64
     n_layers_d: int = 3
     # How generators run where outputs are scored (teacher and student alike): "eval", or "train" as the
-    # reference's test script without --eval (BatchNorm on batch statistics, Dropout on).
-    reference_mode: str = "eval"
+    # reference's test script without --eval (BatchNorm on batch statistics, Dropout on); "auto" (the
+    # default) resolves per kind of job when the config is read (resolve_reference_mode): train for
+    # pix2pix (aligned data), whose published outputs come from train mode; eval for CycleGAN.
+    reference_mode: str = "auto"
 
 
 @dataclass
@@ -250,6 +252,29 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
+    def __post_init__(self) -> None:
+        resolve_reference_mode(self)  # a config built in Python: by the data it was built with
+
+
+# The test-time mode model.reference_mode "auto" takes per kind of job: the reference's test script runs
+# models in train mode unless --eval, and published pix2pix results come from it; a CycleGAN teacher
+# (instance norm, no dropout) gives the same outputs either way, and coevo has always scored it in eval.
+AUTO_REFERENCE_MODE = {"pix2pix": "train", "cyclegan": "eval"}
+
+
+def resolve_reference_mode(cfg: "Config", kind: Optional[str] = None) -> str:
+    """``cfg.model.reference_mode``, with ``auto`` replaced in ``cfg`` by :data:`AUTO_REFERENCE_MODE` of
+    ``kind`` (``pix2pix`` or ``cyclegan``; None: ``pix2pix`` for aligned data, else ``cyclegan``).
+    ``train`` and ``eval`` stay as they are. Resolved when a config is read, so a run's config.yaml
+    records the mode it ran in."""
+    if cfg.model.reference_mode == "auto":
+        if kind is None:
+            from .data.aligned import resolve_layout
+
+            kind = "pix2pix" if resolve_layout(cfg.data) == "aligned" else "cyclegan"
+        cfg.model.reference_mode = AUTO_REFERENCE_MODE[kind]
+    return cfg.model.reference_mode
+
 
 # ----------------------------------------------------------------------------- machinery
 # Deeper YAML is no config: a deep enough one exhausts Python's recursion limit in any code that walks it.
@@ -376,10 +401,12 @@ def parse_override(text: str) -> Dict[str, Any]:
 
 def config_from_dict(data: Dict[str, Any] | None, overrides: Sequence[str] = ()) -> Config:
     cfg = Config()
+    cfg.model.reference_mode = ModelConfig().reference_mode  # "auto" until the data are known
     _apply(cfg, data or {})
     for o in overrides:
         _apply(cfg, parse_override(o))
     validate(cfg)
+    resolve_reference_mode(cfg)
     return cfg
 
 
@@ -597,7 +624,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": LATENCY_TARGETS,
         "search.fitness": ("proxy", "trained", "supernet"),
-        "model.reference_mode": ("train", "eval"),
+        "model.reference_mode": ("auto", "train", "eval"),
         "data.synthetic_task": (*sorted(TASKS.names()), "pix2pix"),
         "data.layout": ("auto", "unaligned", "aligned"),
         "data.direction": ("AtoB", "BtoA"),

@@ -51,17 +51,21 @@ def _is_pix2pix(args: argparse.Namespace) -> bool:
 def _compress_pix2pix(args: argparse.Namespace) -> int:
     """`coevo compress` on paired data: [train] -> one-population search -> fine-tune -> export."""
     from ..core.runs import undo_unstarted_run
-    from ..search.pix2pix import compress_pix2pix
+    from ..search.pix2pix import PIX2PIX_UNSTARTED, compress_pix2pix
 
     cfg = job_config(args, args.config)
-    with undo_unstarted_run(args.out, args.resume, ("teacher/checkpoint.pt", "search/state.pt",
-                                                    "finetune/checkpoint.pt")):
+    with undo_unstarted_run(args.out, args.resume, PIX2PIX_UNSTARTED):
         s = compress_pix2pix(cfg, args.out, teacher=args.teacher, resume=args.resume, force=args.force)
     t = s["test"]
     print(f"pix2pix student: {s['macs_ratio']:.1%} of the teacher's MACs; test PSNR {t['student']['psnr']:.2f} dB "
-          f"(teacher {t['teacher']['psnr']:.2f} dB, gap {t['psnr_gap_db']:+.2f} dB) on {t['images']} pairs")
-    print(f"fine-tuned generator: {args.out}/finetune/G.pt; exports: {args.out}/export; summary: "
-          f"{args.out}/compress.json")
+          f"(teacher {t['teacher']['psnr']:.2f} dB, gap {t['psnr_gap_db']:+.2f} dB) on {t['images']} pairs "
+          f"({s['reference_mode']} mode)")
+    print(f"deployed ({s['speed']['backend']}): {s['speed']['speedup_vs_teacher_eager']:.2f}x the teacher's eager "
+          f"speed at {s['speed'].get('batch', 1)}x{cfg.bench.size}px")
+    print(f"fine-tuned generator: {args.out}/finetune/G.pt; exports: {args.out}/export; benchmark: "
+          f"{args.out}/bench/bench.json; summary: {args.out}/compress.json")
+    verdict = "all targets met" if s["all_checks_pass"] else "SOME TARGETS MISSED (see checks)"
+    print(f"report: {args.out}/report.md ({verdict})")
     return 0
 
 

@@ -47,9 +47,10 @@ def add_parser(sub) -> None:
     p.add_argument("--kid-subset-size", type=int, default=None,
                    help="images per KID subset (default: min(1000, #real, #translated))")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--reference-mode", choices=["eval", "train"], default="eval",
-                   help="run model and teacher in eval mode (default), or in train mode as the reference's test "
-                        "script does without --eval (batch norm on batch statistics, dropout on)")
+    p.add_argument("--reference-mode", choices=["auto", "eval", "train"], default="auto",
+                   help="run model and teacher in eval mode, or in train mode as the reference's test script does "
+                        "without --eval (batch norm on batch statistics, dropout on); auto (default): train on "
+                        "aligned (pix2pix) data, eval otherwise, as model.reference_mode: auto resolves")
     p.add_argument("--out", metavar="FILE.json", help="write every number (and per-image PSNR/SSIM) as JSON")
     add_trust_model(p)
     p.set_defaults(func=run)
@@ -87,6 +88,10 @@ def _run_paired(args: argparse.Namespace) -> int:
             return load_generator(path, trust=args.trust_model)
         return load_pix2pix_generator(path)
 
+    from ..config import AUTO_REFERENCE_MODE
+
+    if args.reference_mode == "auto":
+        args.reference_mode = AUTO_REFERENCE_MODE["pix2pix"]
     teacher = args.teacher
     if teacher is not None and Path(teacher).is_dir():
         teacher = find_pix2pix_teacher(teacher).G
@@ -138,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
 
         check_outputs_apart(args.out, {"--model file": args.model, "data folder": args.data,
                                        "teacher": args.teacher, "--teacher-d file": args.teacher_d}, kind="file")
+    if args.reference_mode == "auto":
+        from ..config import AUTO_REFERENCE_MODE
+
+        args.reference_mode = AUTO_REFERENCE_MODE["cyclegan"]
     teacher, disc = _resolve_teacher(args)
     perceptual = args.perceptual
     if perceptual is None and teacher is not None and disc is not None:

@@ -39,6 +39,7 @@ RUN_FILES = (
     "finetune.json", "search.json", "teacher.json", "history.jsonl", "state.pt", "report.json", "report.md",
     "demo.json", "result.json", "export_report.json", "bench.json", "bench.png", "grid_*.png",
     "[GD]_[AB].pt", "latest_net_[GD]_[AB].pth", "latency_*.json",
+    "[GD].pt", "latest_net_[GD].pth", "pix2pix.json", "compress.json",  # a pix2pix run's
     "supernet.json", "weights.json",  # a supernet run's record; a search's note of the supernet it used
     # exports are named after the generator file they come from
     "*.pt2", "*.onnx", "*.ts", "*.safetensors",
@@ -46,7 +47,8 @@ RUN_FILES = (
 # Folders with fixed names and the files they hold, at any depth (sample grids, genomes, search plots,
 # TensorBoard event files of --log tensorboard, one folder per stage).
 RUN_FOLDERS = {"samples": ("*.png",), "genomes": ("*.json",), "plots": ("*.png",),
-               "tensorboard": ("events.out.tfevents.*",)}
+               "tensorboard": ("events.out.tfevents.*",),
+               "deploy_data": ("*.png",)}  # a pix2pix export's input halves (INT8 calibration and check)
 # Written next to the marker by coevo itself: the lock of a running job.
 _BOOKKEEPING = (RUN_MARKER, ".coevo-lock")
 _SHOWN = 5

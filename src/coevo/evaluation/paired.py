@@ -32,13 +32,17 @@ def _mean(values: List[float]) -> Optional[float]:
 
 
 def _module(model, device, reference_mode: str) -> nn.Module:
-    from ..models.generator import set_reference_mode
+    """``model`` (a module, left as it is, or a file) on ``device`` in ``reference_mode``, as
+    :func:`coevo.train.pix2pix.scoring_copy` makes it: in train mode dropout from one fixed stream per
+    network, so model and teacher see the same stream (a student identical to its teacher scores as the
+    teacher) and the caller's random stream is not touched."""
+    from ..train.pix2pix import scoring_copy
 
     if not isinstance(model, nn.Module):
         from ..models.io import load_generator
 
         model = load_generator(model)
-    return set_reference_mode(model.to(device), reference_mode)
+    return scoring_copy(model, reference_mode).to(device)
 
 
 @torch.inference_mode()
@@ -109,3 +113,105 @@ def evaluate_paired(model: Union[nn.Module, PathLike], data_root: PathLike, dire
     if hasattr(model, "arch"):
         result["arch"] = model.arch.to_dict()
     return result
+
+
+# ----------------------------------------------------------------------------- the pix2pix compression report
+def build_pix2pix_report(run_dir: PathLike, cfg, teacher: PathLike, student: PathLike) -> Dict:
+    """``report.json`` and ``report.md`` of a pix2pix compression run (:func:`coevo.search.pix2pix.compress_pix2pix`)
+    in ``run_dir``: MACs of teacher and student at ``bench.size``, PSNR/SSIM to the paired targets of the test
+    split (both in ``model.reference_mode``), the student's PSNR to the teacher, the speed-up of the deployed
+    artifact against the teacher in eager PyTorch (``bench/bench.json``) and the targets the CycleGAN report
+    checks (:data:`coevo.evaluation.report.TARGET_MACS_RATIO` ...). Returns the JSON dict."""
+    import json
+
+    from ..core.files import atomic_write_text
+    from ..models.io import load_generator
+    from ..models.pix2pix import load_pix2pix_generator
+    from ..prune import count_macs, count_params
+    from .report import TARGET_MACS_RATIO, TARGET_PSNR_GAP_DB, TARGET_SPEEDUP, speed_summary
+
+    run_dir = Path(run_dir)
+    mode = cfg.model.reference_mode
+    g_t = load_pix2pix_generator(teacher, dropout=cfg.pix2pix.dropout)
+    g_s = load_generator(student)
+    size = cfg.data.crop_size
+    q_t = evaluate_paired(g_t, cfg.data.root, cfg.data.direction, size=size, reference_mode=mode)
+    q_s = evaluate_paired(g_s, cfg.data.root, cfg.data.direction, teacher=g_t, size=size, reference_mode=mode)
+    bench = json.loads((run_dir / "bench" / "bench.json").read_text())
+    speed = speed_summary(bench["results"], "G", (bench.get("deployed_backend") or {}).get("G"))
+    export = json.loads((run_dir / "export" / "stage.json").read_text())["record"]
+    side = cfg.bench.size
+    macs = {"teacher": count_macs(g_t.arch, side, side), "coevo": count_macs(g_s.arch, side, side)}
+    keep = ("psnr", "ssim", "psnr_to_teacher", "ssim_to_teacher", "l1_to_teacher")
+    report: Dict = {
+        "kind": "pix2pix", "run_dir": str(run_dir.resolve()), "machine": bench.get("machine", {}),
+        "mac_convention": "published (ConvTranspose counted per output pixel; conv MACs only)", "bench_size": side,
+        "reference_mode": mode, "direction": cfg.data.direction, "test_images": q_s["n_images"], "test_size": size,
+        "teacher": {"macs": macs["teacher"], "params": count_params(g_t.arch), "latency_ms": speed["teacher_eager_ms"],
+                    **{k: q_t[k] for k in ("psnr", "ssim")}},
+        "coevo": {"macs": macs["coevo"], "params": count_params(g_s.arch), "latency_ms": speed["coevo_ms"],
+                  "latency_ms_eager": speed["coevo_eager_ms"], "widths": g_s.arch.widths,
+                  **{k: q_s[k] for k in keep}},
+        "macs_ratio": macs["coevo"] / macs["teacher"], "psnr_delta_db": q_s["psnr"] - q_t["psnr"],
+        "speed": speed, "speedup": speed["speedup_vs_teacher_eager"],
+        "deployed": export.get("deployed"), "int8": _int8_summary(export.get("int8")),
+        # the exported files run the network in eval mode (running statistics, no dropout)
+        "deployed_mode": "eval",
+    }
+    report["checks"] = {
+        f"macs_ratio <= {TARGET_MACS_RATIO}": report["macs_ratio"] <= TARGET_MACS_RATIO + 1e-9,
+        f"speedup >= {TARGET_SPEEDUP:g}x ({speed['backend']}, batch {speed['batch']}, vs teacher eager)":
+            report["speedup"] >= TARGET_SPEEDUP,
+        f"psnr at most {TARGET_PSNR_GAP_DB} dB below teacher": report["psnr_delta_db"] >= -TARGET_PSNR_GAP_DB,
+    }
+    report["all_checks_pass"] = all(report["checks"].values())
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_text(run_dir / "report.md", render_pix2pix_markdown(report))
+    return report
+
+
+def _int8_summary(entry: Optional[Dict]) -> Optional[Dict]:
+    """What the INT8 check of the export stage found (None without one)."""
+    if not entry:
+        return None
+    if "skipped" in entry:
+        return {"skipped": entry["skipped"]}
+    q = entry.get("quality") or {}
+    return {"ok": entry.get("ok"), "reasons": entry.get("reasons"), "psnr_vs_fp32_db": q.get("psnr_vs_fp32_db"),
+            "gt_drop_db": q.get("gt_drop_db")}
+
+
+def render_pix2pix_markdown(report: Dict) -> str:
+    from .report import _fmt, _speed_lines
+
+    t, s = report["teacher"], report["coevo"]
+    m = report.get("machine", {})
+    lines = [
+        "# coevo pix2pix compression report", "",
+        f"Run folder: `{report['run_dir']}`. MACs in the {report['mac_convention']} convention, for one "
+        f"1x3x{report['bench_size']}x{report['bench_size']} forward. Quality on the {report['test_images']} test "
+        f"pairs ({report['direction']}, {report['test_size']} px), teacher and student in `{report['reference_mode']}` "
+        "mode (dropout masks from one fixed stream for both). The exported files run in eval mode.",
+        f"Machine: {m.get('cpu', '?')}, torch threads: {m.get('threads', '?')}, torch {m.get('torch', '?')}.", "",
+        "| model | MACs (G) | params (M) | latency (ms) | PSNR to target (dB) | SSIM | PSNR to teacher (dB) |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher G | {t['macs'] / 1e9:.3f} | {t['params'] / 1e6:.3f} | {_fmt(t['latency_ms'], '.1f')} | "
+        f"{_fmt(t['psnr'], '.2f')} | {_fmt(t['ssim'], '.4f')} | - |",
+        f"| coevo G | {s['macs'] / 1e9:.3f} | {s['params'] / 1e6:.3f} | {_fmt(s['latency_ms'], '.1f')} | "
+        f"{_fmt(s['psnr'], '.2f')} | {_fmt(s['ssim'], '.4f')} | {_fmt(s['psnr_to_teacher'], '.2f')} |", "",
+        "| MACs ratio | speedup | PSNR coevo - teacher (dB) | checks |", "|---|---|---|---|",
+        f"| {report['macs_ratio']:.3f} | {report['speedup']:.2f}x | {report['psnr_delta_db']:+.2f} | "
+        + "; ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in report["checks"].items()) + " |",
+    ]
+    lines += _speed_lines({"directions": {report["direction"]: {"speed": report["speed"]}}})
+    int8 = report.get("int8")
+    if int8:
+        lines += ["", "INT8: " + (int8["skipped"] if "skipped" in int8 else
+                                  f"{'passed' if int8['ok'] else 'failed'} its check ("
+                                  f"{_fmt(int8['psnr_vs_fp32_db'], '.1f')} dB to fp32, ground-truth drop "
+                                  f"{_fmt(int8['gt_drop_db'], '+.3f')} dB)"
+                                  + ("" if int8["ok"] else ": " + "; ".join(int8.get("reasons") or [])))]
+    lines += ["", "Folders: `teacher/` (unless given), `search/`, `finetune/` (`G.pt`, `latest_net_G.pth`), "
+              "`export/` (`export_report.json`: parity and the deployed file), `bench/` (`bench.json`, `bench.png`).",
+              ""]
+    return "\n".join(lines)

@@ -302,8 +302,10 @@ def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Pat
     from ..core.runs import prepare_run_dir
     from ..config import diff_configs
     from ..data.prepare import run_data
+    from ..config import resolve_reference_mode
 
     cfg = copy.deepcopy(cfg)
+    resolve_reference_mode(cfg, "pix2pix")
     with undo_failed_start(out, resume):
         check_outputs_apart(out, {"data folder": data_input(cfg.data.root, out),
                                   "teacher": None if teacher is None else Path(teacher)})
@@ -362,6 +364,8 @@ def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Pat
 
 # ----------------------------------------------------------------------------- coevo compress on paired data
 PIX2PIX_MARKER = "pix2pix.json"  # in a compress run folder: the run is a pix2pix one (its stages below)
+# The first checkpoints of its long stages: a run that fails before any of them holds nothing to resume.
+PIX2PIX_UNSTARTED = ("teacher/checkpoint.pt", "search/state.pt", "finetune/checkpoint.pt")
 
 
 def is_pix2pix_run(folder: str | Path) -> bool:
@@ -371,18 +375,23 @@ def is_pix2pix_run(folder: str | Path) -> bool:
 
 def compress_pix2pix(cfg: Config, out: str | Path, teacher: Optional[str | Path] = None, resume: bool = False,
                      force: bool = False) -> Dict:
-    """The pix2pix pipeline into ``out``: [train a teacher] -> search -> fine-tune -> export.
+    """The pix2pix pipeline into ``out``: [train a teacher] -> search -> fine-tune -> export -> bench -> report.
 
     ``teacher``: a pix2pix teacher folder; None trains one on ``cfg.data`` in ``out/teacher``. The data
     are the aligned ``data.root`` (never written into), else the built-in paired set built in
     ``out/data``. Stages that finished are skipped on ``resume``; an interrupted one resumes from its
-    checkpoint. Writes ``out/compress.json`` (the student's MACs against the teacher's, test PSNR of both,
-    the export report) and returns it.
+    checkpoint. The export and bench stages are the CycleGAN pipeline's (:mod:`coevo.pipeline`): the
+    student exported for ``export.target`` (the cpu target adds INT8 ONNX, calibrated on input halves of
+    training pairs and checked on the test pairs' input halves against their targets), then teacher
+    (eager) and student (eager and its deployed artifact) timed interleaved in one process. Writes
+    ``out/report.json``/``report.md`` (:func:`coevo.evaluation.paired.build_pix2pix_report`) and
+    ``out/compress.json`` (the student's MACs against the teacher's, test PSNR of both, the export and
+    speed records), and returns the latter.
     """
+    from ..config import resolve_reference_mode
     from ..core.runs import prepare_run_dir
     from ..data.aligned import ensure_aligned_root
-    from ..deploy.export import export_generator
-    from ..models.io import load_generator
+    from ..evaluation.paired import build_pix2pix_report
     from ..train.pix2pix import finetune_pix2pix, train_pix2pix
 
     cfg = copy.deepcopy(cfg)
@@ -391,6 +400,7 @@ def compress_pix2pix(cfg: Config, out: str | Path, teacher: Optional[str | Path]
         cfg.data.layout = "aligned"
     if not cfg.data.root:
         cfg.data.root = str((out / "data").resolve())
+    resolve_reference_mode(cfg, "pix2pix")
     ensure_aligned_root(cfg.data)
     marker = out / PIX2PIX_MARKER
     if resume:
@@ -418,21 +428,104 @@ def compress_pix2pix(cfg: Config, out: str | Path, teacher: Optional[str | Path]
     if not (ft_dir / "finetune.json").is_file():
         finetune_pix2pix(search_dir, ft_dir, cfg, resume=(ft_dir / "config.yaml").is_file())
     record = json.loads((ft_dir / "finetune.json").read_text())
-    student = load_generator(ft_dir / "G.pt")
-    multiple = student.arch.size_multiple if hasattr(student.arch, "size_multiple") else 4
-    check = max(multiple, cfg.export.check_size - cfg.export.check_size % multiple)
-    if check == cfg.data.crop_size:
-        check += multiple  # the parity check runs at a size other than the training size
-    export = export_generator(student, out / "export", "G", formats=cfg.export.formats, check_size=check,
-                              opset=cfg.export.opset, seed=cfg.seed)
+    paths = find_pix2pix_teacher(teacher)
+    export = _stage(out, "export", lambda path: _export_pix2pix(cfg, ft_dir / "G.pt", path))
+    speed = _stage(out, "bench", lambda path: _bench_pix2pix(cfg, paths, ft_dir / "G.pt", out / "export", path))
+    report = build_pix2pix_report(out, cfg, paths.G, ft_dir / "G.pt")
     summary = {
         "kind": "pix2pix", "teacher": stages["teacher"], "search": stages["search"],
         "macs_ratio": record["macs_ratio"], "macs": record["macs"], "widths": record["widths"],
         "test": record["test"], "reference_mode": record["reference_mode"],
-        "export": {fmt: {k: e[k] for k in ("path", "max_abs_diff", "ok")} for fmt, e in export.items()},
+        "export": {fmt: {k: e[k] for k in ("path", "max_abs_diff", "ok")} for fmt, e in export["formats"].items()},
+        "deployed": export["deployed"], "speed": speed, "checks": report["checks"],
+        "all_checks_pass": report["all_checks_pass"], "report": str(out / "report.md"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_text(out / "compress.json", json.dumps(summary, indent=2) + "\n")
-    log.info("pix2pix compressed to %.3f of the teacher's MACs: test PSNR %.2f dB (teacher %.2f dB); %s",
-             summary["macs_ratio"], record["test"]["student"]["psnr"], record["test"]["teacher"]["psnr"], out)
+    log.info("pix2pix compressed to %.3f of the teacher's MACs: test PSNR %.2f dB (teacher %.2f dB), %.2fx the "
+             "teacher's eager speed (%s); %s", summary["macs_ratio"], record["test"]["student"]["psnr"],
+             record["test"]["teacher"]["psnr"], speed["speedup_vs_teacher_eager"], speed["backend"], out)
     return summary
+
+
+def _stage(out: Path, name: str, fn) -> Dict:
+    """``out/name``'s record: read when the stage finished (its ``stage.json``), else the folder is
+    redone from scratch (export and bench are cheap and write no checkpoint) and the record written."""
+    from ..core.runs import remove_run_entry
+
+    path = out / name
+    done = path / "stage.json"
+    if done.is_file():
+        return json.loads(done.read_text())["record"]
+    if path.exists():
+        remove_run_entry(path, out)
+    path.mkdir(parents=True)
+    t0 = time.perf_counter()
+    record = fn(path)
+    atomic_write_text(done, json.dumps({"stage": name, "seconds": round(time.perf_counter() - t0, 2),
+                                        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "record": record},
+                                       indent=2) + "\n")
+    return record
+
+
+def deploy_halves(cfg: Config, folder: Path):
+    """The images :func:`coevo.deploy.targets.export_for_target` calibrates and checks INT8 on, for a
+    generator of paired data: the input halves of up to ``export.calibration_images`` training pairs
+    (``calibration/``), and the input and target halves of the test pairs under the same names
+    (``test/``, ``test_gt/``), at ``data.crop_size`` as the model reads them (per ``data.direction``)."""
+    from ..data.aligned import build_aligned_datasets
+    from ..data.images import to_image
+    from ..deploy.targets import DeployData
+
+    splits = build_aligned_datasets(cfg.data, cfg.seed)
+    train = splits.train.subset(range(len(splits.train)), augment=False)
+    spread = sorted({int(i) for i in np.linspace(0, len(train) - 1, min(len(train), cfg.export.calibration_images))})
+    sets = {"calibration": (train, spread, ("A",)),
+            "test": (splits.test, range(len(splits.test)), ("A", "B"))}
+    for name, (ds, indices, halves) in sets.items():
+        for i in indices:
+            item = ds[i]
+            stem = Path(item["path"]).stem + ".png"
+            for half, sub in zip(halves, (name, f"{name}_gt")):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+                to_image(item[half]).save(folder / sub / stem)
+    return DeployData(calibration=folder / "calibration", test=folder / "test", ground_truth=folder / "test_gt")
+
+
+def _export_pix2pix(cfg: Config, student_file: Path, path: Path) -> Dict:
+    """The export stage: :func:`coevo.deploy.targets.export_for_target` on the fine-tuned student ``G``."""
+    from ..deploy.targets import ExportOptions, export_for_target, resolve_target
+    from ..models.io import load_generator
+
+    target = resolve_target(cfg.export.target, cfg.device)
+    options = ExportOptions.from_config(cfg, target)
+    data = deploy_halves(cfg, path / "deploy_data") if target == "cpu" and cfg.export.int8 else None
+    report = export_for_target(load_generator(student_file), path, NAME, options, data=data)
+    return {"target": target, "deployed": report["deploy"]["deployed"], "int8": report["deploy"].get("int8"),
+            "formats": {f: r for f, r in report.items() if f != "deploy"}}
+
+
+def _bench_pix2pix(cfg: Config, paths: Pix2PixPaths, student_file: Path, export_dir: Path, path: Path) -> Dict:
+    """The bench stage, as the CycleGAN pipeline's: teacher and student in eager PyTorch, the student's
+    deployed artifact on its runtime, interleaved in one process (``bench.json``, ``bench.png``)."""
+    from ..deploy.bench import benchmark_models, machine_info, plot_results, save_results
+    from ..deploy.targets import deployed_artifact
+    from ..evaluation.report import speed_summary
+    from ..models.io import load_generator
+
+    b = cfg.bench
+    models = {f"teacher {NAME}": load_pix2pix_generator(paths.G, dropout=cfg.pix2pix.dropout),
+              f"coevo {NAME}": load_generator(student_file)}
+    deployed = deployed_artifact(export_dir, NAME)
+    backends = ["eager"]
+    if deployed is not None and deployed["backend"] != "eager":
+        backends.append(deployed["backend"])
+        models[f"coevo {NAME} deployed"] = load_generator(deployed["path"], trust=True)  # this run's own export
+    results = benchmark_models(models, size=b.size, batch=b.batch, threads=b.threads or None, device=cfg.device,
+                               backends=backends, warmup=b.warmup, repeats=b.repeats, seed=cfg.seed,
+                               only={f"coevo {NAME}": ["eager"]})
+    save_results(results, path / "bench.json", machine_info(cfg.device, b.threads or None),
+                 extra={"deployed_backend": {NAME: backends[-1]}})
+    plot_results(results, path / "bench.png")
+    rows = json.loads((path / "bench.json").read_text())["results"]
+    return speed_summary(rows, NAME, backends[-1])

@@ -170,6 +170,24 @@ def scoring_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+def scoring_copy(model: nn.Module, mode: str) -> nn.Module:
+    """A copy of ``model`` as its outputs are scored in ``mode`` (``model.reference_mode``); ``model`` is left as
+    it is. In train mode its BatchNorms use the batch's statistics without updating the running ones, and its
+    dropout draws from a stream of its own seeded with :data:`coevo.models.generator.SCORING_SEED`: every
+    network scored this way (teacher, student, the same network on another run) sees the same stream, so a
+    student identical to its teacher scores exactly as the teacher, and no caller's stream moves."""
+    from ..models.generator import SCORING_SEED, set_reference_mode
+
+    model = copy.deepcopy(model)
+    if mode == "train":
+        stream = torch_rng(SCORING_SEED)
+        seed_dropout(model, stream)
+        for m in model.modules():
+            if isinstance(m, SeededDropout):
+                m.generator = stream  # a copy of a network in training: off its training stream
+    return set_reference_mode(model, mode)
+
+
 # ----------------------------------------------------------------------------- losses
 def gan_loss(scores: torch.Tensor, target_is_real: bool, mode: str) -> torch.Tensor:
     """``vanilla``: BCE on logits (the reference pix2pix); ``lsgan``: MSE to 1/0 (the CycleGAN loop's)."""
@@ -217,11 +235,11 @@ class PairedValidation:
     def __call__(self, epoch: int, nets: Pix2PixNets) -> Dict[str, float]:
         device = next(nets.G.parameters()).device
         psnrs, l1s = [], []
-        with scoring_mode(nets.G, self.mode):
-            for a, b in zip(self.images["A"], self.images["B"]):  # one at a time: batch statistics in train mode
-                y = nets.G(a[None].to(device))
-                psnrs.append(float(psnr_of(y, b[None].to(device))))
-                l1s.append(float((y - b[None].to(device)).abs().mean()))
+        g = scoring_copy(nets.G, self.mode)
+        for a, b in zip(self.images["A"], self.images["B"]):  # one at a time: batch statistics in train mode
+            y = g(a[None].to(device))
+            psnrs.append(float(psnr_of(y, b[None].to(device))))
+            l1s.append(float((y - b[None].to(device)).abs().mean()))
         record = {"val_psnr": sum(psnrs) / len(psnrs), "val_l1": sum(l1s) / len(l1s)}
         if self.keep_best and record["val_psnr"] > self.best_psnr:
             self.best_psnr, self.best_epoch = record["val_psnr"], epoch
@@ -499,13 +517,13 @@ def quality_on(g: nn.Module, dataset, reference_mode: str = "eval") -> Dict[str,
     """Mean PSNR (dB) and L1 of ``g``'s outputs to the paired targets of ``dataset`` (one image per forward)."""
     device = next(g.parameters()).device
     psnrs, l1s = [], []
-    with scoring_mode(g, reference_mode):
-        for i in range(len(dataset)):
-            item = dataset[i]
-            y = g(item["A"][None].to(device))
-            b = item["B"][None].to(device)
-            psnrs.append(float(psnr_of(y, b)))
-            l1s.append(float((y - b).abs().mean()))
+    g = scoring_copy(g, reference_mode)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        y = g(item["A"][None].to(device))
+        b = item["B"][None].to(device)
+        psnrs.append(float(psnr_of(y, b)))
+        l1s.append(float((y - b).abs().mean()))
     return {"psnr": sum(psnrs) / len(psnrs), "l1": sum(l1s) / len(l1s)}
 
 
@@ -515,7 +533,10 @@ def train_pix2pix(cfg: Config, out_dir: str | Path, resume: bool = False, force:
     the run folder. ``resume`` continues an interrupted run bit-identically; ``force`` replaces a run."""
     from ..data.aligned import build_aligned_datasets, stack_pairs
 
+    from ..config import resolve_reference_mode
+
     cfg = copy.deepcopy(cfg)
+    resolve_reference_mode(cfg, "pix2pix")
     settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, cfg.device, cfg.data.num_workers, cfg.log)
     if distributed.world_size() > 1:
         raise ConfigError("pix2pix training runs in one process so far; start it without torchrun")
@@ -634,8 +655,11 @@ def finetune_pix2pix_genome(cfg: Config, paths, genome_file: str | Path, out_dir
 
     if not isinstance(paths, Pix2PixPaths):
         paths = find_pix2pix_teacher(paths)
+    from ..config import resolve_reference_mode
+
     out_dir, genome_file = Path(out_dir), Path(genome_file)
     cfg = copy.deepcopy(cfg)
+    resolve_reference_mode(cfg, "pix2pix")
     files = {"teacher G": paths.G, "genome": genome_file, **({"teacher D": paths.D} if paths.D else {})}
     with undo_failed_start(out_dir, resume):
         out = open_run_dir(cfg, out_dir, resume, force, FINETUNE_SECTIONS, command="finetune", files=files)
