@@ -564,3 +564,57 @@ def test_demo_pix2pix_deploys_benchmarks_reports_and_resumes(tmp_path, capsys):
 
 def yaml_mode(path):
     return load_config(path).model.reference_mode
+
+
+# ----------------------------------------------------------------- coevo translate on aligned pairs
+def test_translate_reads_the_input_half_of_aligned_pairs(tmp_path, paired_set, pix2pix_teacher, capsys):
+    from coevo.data.images import load_image
+    from coevo.evaluation.metrics import psnr
+    from coevo.evaluation.translate import input_images, plan_translation, run_translation
+
+    model = pix2pix_teacher / "G.pt"
+    out = tmp_path / "t"
+    assert main(["translate", "--model", str(model), "--input", str(paired_set), "--output", str(out)]) == 0
+    assert "the A halves of the pairs in" in capsys.readouterr().out
+    files = sorted(out.iterdir())
+    assert [f.name for f in files] == [p.name for p in sorted((paired_set / "test").iterdir())]
+    assert all(Image.open(f).size == (64, 64) for f in files)  # one half, not the 128x64 pair
+    # train mode by default (the reference's test script); the outputs are those coevo evaluate scores
+    r = evaluate_paired(model, paired_set, reference_mode="train")
+    targets = [AlignedDataset(paired_set, "test", 64, 64, augment=False)[i]["B"] for i in range(2)]
+    got = [float(psnr(to_tensor(load_image(f))[None], t[None])) for f, t in zip(files, targets)]
+    assert got == pytest.approx(r["psnr_per_image"], abs=1e-3)
+    # model and teacher draw the same masks: a network scored against itself is its teacher exactly
+    assert evaluate_paired(model, paired_set, teacher=model, reference_mode="train")["psnr_to_teacher"] == 100.0
+    # a split folder of the data set is pairs too; BtoA reads the right half
+    write_pairs(tmp_path / "inv" / "train", inverted_pairs(1, 8))
+    write_pairs(tmp_path / "inv" / "test", inverted_pairs(2, 8))
+    plan = plan_translation(input_images(tmp_path / "inv" / "test"), tmp_path / "b", size=8, direction="BtoA")
+    (first, _) = run_translation(nn.Identity(), plan)
+    right = np.asarray(Image.open(tmp_path / "inv" / "test" / "000.png"))[:, 8:]
+    assert np.array_equal(np.asarray(Image.open(first)), right)
+    # whole images of an odd width cannot be pairs: one line naming the fix
+    Image.fromarray(np.zeros((64, 129, 3), np.uint8)).save(tmp_path / "odd.png")
+    assert main(["translate", "--model", str(model), "--input", str(tmp_path / "odd.png"), "--output",
+                 str(tmp_path / "o"), "--direction", "AtoB"]) != 0
+    assert "drop --direction for whole images" in capsys.readouterr().err
+
+
+def test_reference_mode_auto_resolves_per_kind_of_job_and_is_recorded(tmp_path):
+    from coevo.config import Config, resolve_reference_mode
+
+    assert load_config(None).model.reference_mode == "eval" == Config().model.reference_mode  # CycleGAN
+    assert load_config(None, ["data.synthetic_task=pix2pix"]).model.reference_mode == "train"
+    assert load_config(None, ["data.synthetic_task=pix2pix", "model.reference_mode=eval"]).model.reference_mode \
+        == "eval"  # an explicit mode stays
+    write_pairs(tmp_path / "d" / "train", inverted_pairs(1, 8))
+    assert load_config(None, [f"data.root={tmp_path / 'd'}"]).model.reference_mode == "train"  # aligned folder
+    cfg = Config()
+    cfg.model.reference_mode = "auto"
+    assert resolve_reference_mode(cfg, "pix2pix") == "train" == cfg.model.reference_mode
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  synthetic_task: pix2pix\n")
+    from coevo.config import dump_config
+
+    dump_config(load_config(path), tmp_path / "resolved.yaml")
+    assert "reference_mode: train" in (tmp_path / "resolved.yaml").read_text()  # a run's config.yaml records it

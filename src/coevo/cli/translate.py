@@ -24,9 +24,14 @@ def add_parser(sub) -> None:
                         "of 2**num_downs, by reflection, and the output cropped back to the image's size)")
     p.add_argument("--batch", type=int, default=4, help="images per forward pass (default 4)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--reference-mode", choices=["eval", "train"], default="eval",
-                   help="eval mode (default), or train mode one image at a time, as the reference's test script "
-                        "runs without --eval (batch norm on the image's statistics, dropout on)")
+    p.add_argument("--direction", choices=["AtoB", "BtoA"], default=None,
+                   help="the inputs are aligned pairs (pix2pix: A and B side by side): translate their A (AtoB) "
+                        "or B (BtoA) half. Default: AtoB for a folder of the aligned layout (a data set with "
+                        "train/ and test/, whose test/ is translated, or one of its splits), else whole images")
+    p.add_argument("--reference-mode", choices=["auto", "eval", "train"], default="auto",
+                   help="eval mode, or train mode one image at a time, as the reference's test script runs "
+                        "without --eval (batch norm on the image's statistics, dropout on); auto (default): train "
+                        "for aligned pairs (pix2pix), eval otherwise, as model.reference_mode: auto resolves")
     p.add_argument("--overwrite", action="store_true",
                    help="replace PNGs that already exist in --output (default: refuse before translating)")
     p.add_argument("--skip-bad", action="store_true",
@@ -53,13 +58,21 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         print(f"coevo translate: error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
-    paths = input_images(args.input)
+    from ..config import AUTO_REFERENCE_MODE
+    from ..data.aligned import aligned_input
+
+    folder, direction = aligned_input(args.input, args.direction)
+    mode = args.reference_mode
+    if mode == "auto":
+        mode = AUTO_REFERENCE_MODE["pix2pix" if direction is not None else "cyclegan"]
+    paths = input_images(folder)
     plan = plan_translation(paths, args.output, size=args.size, overwrite=args.overwrite, skip_bad=args.skip_bad,
-                            source=args.input)
+                            source=folder, direction=direction)
     model = load_generator(args.model, trust=args.trust_model)
     written = run_translation(model, plan, batch=args.batch, device=args.device, source=args.model,
-                              reference_mode=args.reference_mode)
-    print(f"wrote {len(written)} image(s) to {args.output}")
+                              reference_mode=mode)
+    halves = "" if direction is None else f" (the {direction[0]} halves of the pairs in {folder}; {mode} mode)"
+    print(f"wrote {len(written)} image(s) to {args.output}{halves}")
     if plan.skipped:
         print(f"skipped {len(plan.skipped)} unreadable image(s):")
         for path, why in plan.skipped:

@@ -76,6 +76,19 @@ def resolve_layout(cfg) -> str:
     return "aligned" if cfg.synthetic_task == PAIRED_TASK else "unaligned"
 
 
+def aligned_input(path: PathLike, direction: Optional[str] = None) -> Tuple[Path, Optional[str]]:
+    """What ``coevo translate --input PATH`` reads: ``(images, direction)``. An aligned data set (``train/``,
+    no ``trainA/``: :func:`detect_layout`) gives its ``test/``, one of its ``train/``, ``val/``, ``test/``
+    itself; their images are A|B pairs, read per ``direction`` (default AtoB). Anything else is itself,
+    with ``direction`` as given (None: whole images)."""
+    path = Path(path)
+    if path.is_dir() and detect_layout(path) == "aligned":
+        return path / "test", direction or "AtoB"
+    if path.is_dir() and path.name in ALIGNED_SPLITS and detect_layout(path.parent) == "aligned":
+        return path, direction or "AtoB"
+    return path, direction
+
+
 def _check_direction(direction: str) -> str:
     if direction not in DIRECTIONS:
         raise DataError(f"data.direction must be AtoB or BtoA, got {direction!r}")

@@ -11,10 +11,11 @@ Report test numbers only; select models on ``val/`` (or a held-out part of ``tra
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, Iterator, List, Optional, Union
 
 import torch
 from torch import nn
@@ -32,10 +33,8 @@ def _mean(values: List[float]) -> Optional[float]:
 
 
 def _module(model, device, reference_mode: str) -> nn.Module:
-    """``model`` (a module, left as it is, or a file) on ``device`` in ``reference_mode``, as
-    :func:`coevo.train.pix2pix.scoring_copy` makes it: in train mode dropout from one fixed stream per
-    network, so model and teacher see the same stream (a student identical to its teacher scores as the
-    teacher) and the caller's random stream is not touched."""
+    """A copy of ``model`` (a module, left as it is, or a file) on ``device`` in ``reference_mode``
+    (:func:`coevo.train.pix2pix.scoring_copy`)."""
     from ..train.pix2pix import scoring_copy
 
     if not isinstance(model, nn.Module):
@@ -43,6 +42,40 @@ def _module(model, device, reference_mode: str) -> nn.Module:
 
         model = load_generator(model)
     return scoring_copy(model, reference_mode).to(device)
+
+
+class _Streams:
+    """One copy per network of the stream :func:`coevo.models.generator.fixed_rng` starts (torch's global
+    stream, CPU and ``device``), each switched in around that network's forwards: dropout in train mode
+    draws for model and teacher the masks each would draw alone (those of ``coevo translate``), and the
+    caller's stream is left as it was."""
+
+    def __init__(self, device) -> None:
+        from ..models.generator import fixed_rng
+
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        with fixed_rng():
+            start = self._get()
+        self.states: Dict[str, tuple] = {}
+        self.start = start
+
+    def _get(self) -> tuple:
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None)
+
+    def _set(self, state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    @contextlib.contextmanager
+    def of(self, name: str) -> Iterator[None]:
+        with torch.random.fork_rng(devices=[self.device.index] if self.cuda else []):
+            self._set(self.states.get(name, self.start))
+            yield
+            self.states[name] = self._get()
 
 
 @torch.inference_mode()
@@ -88,17 +121,20 @@ def evaluate_paired(model: Union[nn.Module, PathLike], data_root: PathLike, dire
     psnrs_t: List[float] = []
     ssims_t: List[float] = []
     l1s_t: List[float] = []
+    streams = _Streams(device)
     for start in range(0, len(ds), step):
         items = [ds[i] for i in range(start, min(start + step, len(ds)))]
         x = torch.stack([it["A"] for it in items]).to(device)
         target = torch.stack([it["B"] for it in items]).to(device)
         shown = ", ".join(Path(it["path"]).name for it in items)
-        y = check_finite(model(x).float(), f"the model's output for {shown}")
+        with streams.of("model"):
+            y = check_finite(model(x).float(), f"the model's output for {shown}")
         names += [Path(it["path"]).name for it in items]
         psnrs += psnr(y, target).tolist()
         ssims += ssim(y, target).tolist()
         if teacher_m is not None:
-            y_t = check_finite(teacher_m(x).float(), f"the teacher's output for {shown}")
+            with streams.of("teacher"):
+                y_t = check_finite(teacher_m(x).float(), f"the teacher's output for {shown}")
             psnrs_t += psnr(y, y_t).tolist()
             ssims_t += ssim(y, y_t).tolist()
             l1s_t += (y - y_t).abs().flatten(1).mean(1).tolist()

@@ -87,14 +87,26 @@ class TranslationPlan:
     targets: Dict[Path, Path]
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
     size: Optional[int] = None
+    direction: Optional[str] = None  # AtoB / BtoA: the inputs are aligned pairs (A|B); their A / B half is read
+
+
+def input_half(img: Image.Image, direction: Optional[str], path: PathLike = "image") -> Image.Image:
+    """``img``, or for aligned pairs (``direction`` AtoB / BtoA) its left / right half: the generator's input."""
+    if direction is None:
+        return img
+    from ..data.aligned import split_pair
+
+    return split_pair(img, path)[0 if direction == "AtoB" else 1]
 
 
 def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optional[int] = None,
                      overwrite: bool = False, skip_bad: bool = False,
-                     source: Optional[PathLike] = None) -> TranslationPlan:
+                     source: Optional[PathLike] = None, direction: Optional[str] = None) -> TranslationPlan:
     """Check every input and every output of a translation; write nothing.
 
-    ``source``: the folder the images were listed from (``--input``), if any.
+    ``source``: the folder the images were listed from (``--input``), if any. ``direction``
+    (``AtoB``/``BtoA``): the images are aligned pairs (pix2pix: A and B side by side) and the generator
+    reads their left/right half (an odd width is an unreadable input).
     Raises :class:`~coevo.core.outputs.OutputError` when ``out_dir`` is, holds or lies inside
     ``source``, or is or holds the folder of an image (links resolved, the links' own folders
     too); :class:`DataError` when an output file exists and ``overwrite`` is False,
@@ -119,12 +131,19 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     check_outputs_apart(out_dir, {"folder of the input images": given + [Beside(f) for f in folders]},
                         option="--output")
 
+    if direction not in (None, "AtoB", "BtoA"):
+        raise DataError(f"direction must be AtoB or BtoA, got {direction!r}")
     skipped = []
     for p in paths:
         reason = check_image(p)
+        if reason is None and direction is not None:
+            with Image.open(p) as im:
+                if im.size[0] % 2:
+                    reason = (f"{im.size[0]}x{im.size[1]} pixels: an odd width is no A|B pair "
+                              "(drop --direction for whole images)")
         if reason is None and size is None:
             with Image.open(p) as im:
-                target_size(im, None, p)  # too small or too large at its own size: stop now
+                target_size(input_half(im, direction, p), None, p)  # too small or too large: stop now
         if reason is not None:
             skipped.append((p, reason))
     if skipped and not skip_bad:
@@ -140,7 +159,7 @@ def plan_translation(paths: Sequence[PathLike], out_dir: PathLike, size: Optiona
     if existing and not overwrite:
         raise DataError(f"{len(existing)} output file(s) already exist in {out_dir}: {_listed(existing)}. "
                         "Pass --overwrite to replace them, or choose another --output folder")
-    return TranslationPlan(out_dir, targets, skipped, size)
+    return TranslationPlan(out_dir, targets, skipped, size, direction)
 
 
 def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
@@ -203,7 +222,7 @@ def run_translation(model: nn.Module, plan: TranslationPlan, batch: int = 4,
     # at ``batch`` images however large the folder.
     with torch.inference_mode(), fixed_rng():  # dropout in train mode: the same masks on every run
         for p in plan.targets:
-            img = load_image(p, channels)
+            img = input_half(load_image(p, channels), plan.direction, p)
             target = img.size if pad else target_size(img, size, p)
             if img.size != target:
                 resized += size is None

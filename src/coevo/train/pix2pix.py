@@ -57,6 +57,7 @@ from ..core.runs import append_jsonl, truncate_jsonl, undo_failed_start
 from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
+from ..models.generator import fixed_rng
 from ..models.io import safe_torch_load, save_discriminator, save_generator, save_reference_state_dict
 from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
@@ -173,18 +174,16 @@ def scoring_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
 def scoring_copy(model: nn.Module, mode: str) -> nn.Module:
     """A copy of ``model`` as its outputs are scored in ``mode`` (``model.reference_mode``); ``model`` is left as
     it is. In train mode its BatchNorms use the batch's statistics without updating the running ones, and its
-    dropout draws from a stream of its own seeded with :data:`coevo.models.generator.SCORING_SEED`: every
-    network scored this way (teacher, student, the same network on another run) sees the same stream, so a
-    student identical to its teacher scores exactly as the teacher, and no caller's stream moves."""
-    from ..models.generator import SCORING_SEED, set_reference_mode
+    dropout (a :class:`SeededDropout` of a network in training included) draws from torch's global stream:
+    run it inside :func:`coevo.models.generator.fixed_rng`, as ``coevo evaluate`` and ``coevo translate`` do,
+    so every network scored this way (teacher, student, a file read back) sees the same masks."""
+    from ..models.generator import set_reference_mode
 
     model = copy.deepcopy(model)
-    if mode == "train":
-        stream = torch_rng(SCORING_SEED)
-        seed_dropout(model, stream)
-        for m in model.modules():
-            if isinstance(m, SeededDropout):
-                m.generator = stream  # a copy of a network in training: off its training stream
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, SeededDropout):
+                setattr(parent, name, nn.Dropout(child.p))
     return set_reference_mode(model, mode)
 
 
@@ -236,10 +235,11 @@ class PairedValidation:
         device = next(nets.G.parameters()).device
         psnrs, l1s = [], []
         g = scoring_copy(nets.G, self.mode)
-        for a, b in zip(self.images["A"], self.images["B"]):  # one at a time: batch statistics in train mode
-            y = g(a[None].to(device))
-            psnrs.append(float(psnr_of(y, b[None].to(device))))
-            l1s.append(float((y - b[None].to(device)).abs().mean()))
+        with fixed_rng():  # dropout in train mode: the scoring stream, not the training one
+            for a, b in zip(self.images["A"], self.images["B"]):  # one at a time: batch statistics in train mode
+                y = g(a[None].to(device))
+                psnrs.append(float(psnr_of(y, b[None].to(device))))
+                l1s.append(float((y - b[None].to(device)).abs().mean()))
         record = {"val_psnr": sum(psnrs) / len(psnrs), "val_l1": sum(l1s) / len(l1s)}
         if self.keep_best and record["val_psnr"] > self.best_psnr:
             self.best_psnr, self.best_epoch = record["val_psnr"], epoch
@@ -518,12 +518,13 @@ def quality_on(g: nn.Module, dataset, reference_mode: str = "eval") -> Dict[str,
     device = next(g.parameters()).device
     psnrs, l1s = [], []
     g = scoring_copy(g, reference_mode)
-    for i in range(len(dataset)):
-        item = dataset[i]
-        y = g(item["A"][None].to(device))
-        b = item["B"][None].to(device)
-        psnrs.append(float(psnr_of(y, b)))
-        l1s.append(float((y - b).abs().mean()))
+    with fixed_rng():  # dropout in train mode: the masks coevo evaluate and coevo translate draw
+        for i in range(len(dataset)):
+            item = dataset[i]
+            y = g(item["A"][None].to(device))
+            b = item["B"][None].to(device)
+            psnrs.append(float(psnr_of(y, b)))
+            l1s.append(float((y - b).abs().mean()))
     return {"psnr": sum(psnrs) / len(psnrs), "l1": sum(l1s) / len(l1s)}
 
 
