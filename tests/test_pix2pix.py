@@ -385,6 +385,8 @@ def test_one_population_search_meets_the_budget_and_resumes_exactly(tmp_path, pa
     assert summary["metric"] == "discriminator" and summary["finished"] and summary["generations"] == 2
     assert summary["best"]["macs"] <= summary["budget"]["max_macs"] and summary["best"]["macs_ratio"] <= 0.25
     assert summary["best"]["l1_target"] > 0 and summary["best"]["perceptual"] >= 0
+    # aligned data: train mode by default, scored without noise (one fixed dropout stream), and said so
+    assert summary["reference_mode"] == "train" and "fixed stream" in summary["scoring"]
     history = read_jsonl(straight / "history.jsonl")
     assert [r["generation"] for r in history] == [0, 1, 2]
     assert json.loads((straight / "teacher.json").read_text())["kind"] == "pix2pix"

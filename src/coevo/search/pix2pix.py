@@ -351,6 +351,11 @@ def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Pat
     summary = {"kind": "pix2pix", "generations": search.generation, "population": cfg.search.population,
                "evaluations": search.evaluations, "cache_hits": search.cache_hits,
                "seconds": round(search.elapsed_s, 2), "metric": ctx.metric_name, "reference_mode": ctx.reference_mode,
+               # train mode: every candidate and the teacher draw their dropout masks from one seeded stream
+               # of their own, so a genome's fitness is a pure function of it (no noise between evaluations)
+               "scoring": ("deterministic: batch statistics per image, dropout masks from a fixed stream "
+                           f"(seed {ctx.dropout_seed}) for the teacher and every candidate alike"
+                           if ctx.reference_mode == "train" else "deterministic: eval mode"),
                "eval_pairs": int(ctx.inputs.shape[0]), "eval_size": int(ctx.inputs.shape[-1]),
                "budget": {"macs_ratio": ctx.budget.macs_ratio, "max_macs": ctx.budget.max_macs,
                           "teacher_macs": ctx.budget.teacher_macs, "size": ctx.budget.size,
