@@ -131,3 +131,78 @@ def test_export_options_are_built_once_from_the_config():
                              "export.int8=false"])
     assert ExportOptions.from_config(cfg, "cpu") == ExportOptions(
         formats=("onnx",), check_size=48, opset=cfg.export.opset, seed=3, target="cpu", int8=False, threads=2)
+
+
+def _one_wide_slim(in_channels: int = 3) -> ResnetGenerator:
+    """A teacher (ngf 4, 2 blocks) cut by a coevo.prune genome that keeps one filter of the trunk and of a block's
+    inner group: the widths a random or aggressive pruning reaches."""
+    from coevo.prune import Genome, slim
+
+    torch.manual_seed(2)
+    arch = GeneratorArch(ngf=4, n_blocks=2, in_channels=in_channels, out_channels=in_channels)
+    teacher = ResnetGenerator(arch).eval()
+    widths = arch.widths
+    kept = {name: list(range(w)) for name, w in widths.items()}
+    kept.update({"trunk": [5], "block0.inner": [2], "up2": [0]})
+    return slim(teacher, Genome.from_kept(arch, kept)).eval()
+
+
+@pytest.mark.parametrize("in_channels", [3, 1], ids=["rgb", "grayscale"])
+def test_one_channel_groups_export_a_dynamic_pt2(in_channels, tmp_path):
+    """A 1-wide group's InstanceNorm made torch.export keep guard code ("1 % (H/4) != 0"), which coevo's loaders
+    refuse: the .pt2 must be dynamic, guard-free, and reproduce the eager network trusted and untrusted."""
+    model = _one_wide_slim(in_channels)
+    assert model.arch.widths["trunk"] == model.arch.widths["block0.inner"] == 1
+    report = export_generator(model, tmp_path, "G", formats=("torch-export",), check_size=32)["torch-export"]
+    assert report["ok"] and report["dynamic"] and report["static_shape"] is None
+    g = torch.Generator().manual_seed(4)
+    inputs = [torch.rand(1, in_channels, 32, 32, generator=g) * 2 - 1,
+              torch.rand(2, in_channels, 24, 40, generator=g) * 2 - 1]
+    trusted, untrusted = load_generator(tmp_path / "G.pt2", trust=True), load_generator(tmp_path / "G.pt2")
+    assert untrusted.arch == trusted.arch == model.arch
+    with torch.inference_mode():
+        for x in inputs:
+            for reloaded in (trusted, untrusted):
+                assert (reloaded(x) - model(x)).abs().max().item() <= 1e-4
+
+
+def test_pt2_with_guard_code_falls_back_to_a_static_program(tmp_path, monkeypatch, caplog):
+    """Should torch still leave guard code in a dynamic program, the .pt2 is exported at the check shape (logged,
+    recorded in the report) and a trusted run at another size is one line naming ONNX and the weights."""
+    from coevo.deploy.exported import check_image_to_image
+    from coevo.errors import CheckpointError
+
+    monkeypatch.setattr(export, "export_friendly_norms", lambda model: 0)  # torch's own 1-channel InstanceNorm
+    model = _one_wide_slim()
+    with caplog.at_level("WARNING", logger="coevo.deploy.export"):
+        report = export_generator(model, tmp_path, "G", formats=("torch-export",), check_size=32)["torch-export"]
+    assert report["ok"] and not report["dynamic"] and report["static_shape"] == [1, 3, 32, 32]
+    assert "guard code" in report["fallback_reason"] and report["check_shapes"] == ["1x3x32x32"]
+    assert "ONNX" in caplog.text
+    x = check_inputs(32, seed=5)[0]
+    trusted = load_generator(tmp_path / "G.pt2", trust=True)
+    with torch.inference_mode():
+        assert (trusted(x) - model(x)).abs().max().item() <= 1e-4
+        other = torch.zeros(1, 3, 40, 40)
+        with pytest.raises(CheckpointError) as err:
+            check_image_to_image(trusted, other, tmp_path / "G.pt2")
+        assert len(str(err.value).splitlines()) == 1
+        message = str(err.value)
+        assert "1x3x32x32 inputs only" in message and "ONNX" in message and ".safetensors" in message
+        untrusted = load_generator(tmp_path / "G.pt2")  # rebuilt from the weights: any size
+        assert (untrusted(other) - model(other)).abs().max().item() <= 1e-4
+
+
+def test_one_channel_float16_channels_last_program_stays_dynamic(tmp_path):
+    """The CUDA target's float16 channels_last program: torch guards on a 1-channel group's channels_last strides,
+    so the program is exported contiguous (still dynamic, recorded) rather than for one shape."""
+    from coevo.deploy.export import save_torch_export
+
+    model = _one_wide_slim()
+    info = save_torch_export(model, tmp_path / "G.fp16.pt2", dtype=torch.float16, channels_last=True, example_size=32)
+    assert info["dynamic"] and not info["channels_last"] and "guard code" in info["fallback_reason"]
+    program = load_generator(tmp_path / "G.fp16.pt2", trust=True)
+    assert program.dtype == torch.float16 and not program.channels_last
+    x = check_inputs(40, seed=6)[1]
+    with torch.inference_mode():
+        assert (program(x) - model(x)).abs().max().item() < 0.05

@@ -143,15 +143,60 @@ def _dynamic_shape_specs() -> List[Tuple[str, Any]]:
     return [("multiple-of-4", derived), ("auto", auto)]
 
 
+class OneChannelInstanceNorm(nn.Module):
+    """``nn.InstanceNorm2d(affine=False, track_running_stats=False)`` written as mean and variance over H and W,
+    for the ``.pt2`` export of a 1-channel group (it has no weights: the state_dict stays the network's).
+
+    torch's own instance norm views an ``N x C x H x W`` input as ``1 x N*C x H x W`` and back; for C = 1 the
+    view's shape check (``1 % size != 0`` in ``torch._refs._reshape_view_helper``) is a condition on the dynamic
+    spatial size that torch cannot prove from its range, so the program would keep it as guard code, which coevo's
+    loader refuses to run. Computed in the input's dtype (torch's reductions accumulate float16 in float32)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+def export_friendly_norms(model: nn.Module) -> int:
+    """Replace, in place, every weightless 1-channel ``InstanceNorm2d`` of ``model`` by :class:`OneChannelInstanceNorm`
+    (same output, no guard code in a dynamic ``torch.export`` program); returns how many were replaced."""
+    replaced = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.InstanceNorm2d) and child.num_features == 1 and not child.affine \
+                    and not child.track_running_stats:
+                setattr(parent, name, OneChannelInstanceNorm(child.eps))
+                replaced += 1
+    return replaced
+
+
+def guard_code(program: Any) -> List[str]:
+    """The guard code torch would ``exec`` when it loads ``program`` (conditions on the input's sizes it could not
+    prove); coevo's loader refuses a program that holds any (:func:`coevo.deploy.exported.check_pt2_archive`)."""
+    return [str(g) for g in getattr(program, "_guards_code", None) or []]
+
+
 def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = torch.float32,
                       channels_last: bool = False, arch: Optional[GeneratorArch] = None,
                       example_size: int = 64, static_shape: Optional[Tuple[int, int, int, int]] = None
                       ) -> Dict[str, Any]:
     """``torch.export`` ``model`` (CPU, eval) in ``dtype`` and save it as one ``.pt2`` archive.
 
-    Batch, height and width are dynamic (height and width multiples of 4). If torch cannot
+    Batch, height and width are dynamic (height and width multiples of 4); a program torch keeps dynamic
+    only with guard code counts as not dynamic (coevo's loader refuses guard code). 1-channel InstanceNorms
+    (a group pruned to one filter) are exported as :class:`OneChannelInstanceNorm`, which needs none. A
+    ``channels_last`` program that is not dynamic is tried contiguous next (1-channel groups' strides
+    can need guards too; the info's ``channels_last`` is then False). If torch cannot
     export them dynamically, the program is exported for ``static_shape`` only (default
-    ``1 x C x example_size x example_size``) and the returned info says so; a U-Net's always is (torch
+    ``1 x C x example_size x example_size``), logged, and the returned info says so (``static_shape``,
+    ``fallback_reason``); a U-Net's always is (torch
     would keep its sides dynamic only with guard code, which coevo does not load). The archive
     carries the architecture (``coevo_arch.json``) and ``coevo_program.json`` (dtype,
     channels_last, dynamic). Returns ``{"dtype", "channels_last", "dynamic", "dynamic_shapes",
@@ -165,15 +210,17 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
     multiple = model_multiple(model) if arch is not None else SIZE_MULTIPLE
     example_size = example_side(example_size, multiple)
     model = copy.deepcopy(model).cpu().eval().to(dtype)
+    export_friendly_norms(model)  # a 1-wide pruned group's InstanceNorm would leave guard code in the program
+    # channels_last first when asked for; a contiguous program next, as a 1-channel group's channels_last strides
+    # can leave guard code (torch compares them with the dynamic sizes), and a dynamic program beats a static one
+    layouts = {False: model}
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        layouts = {True: copy.deepcopy(model).to(memory_format=torch.channels_last), False: model}
 
-    def example(shape: Tuple[int, int, int, int]) -> Tuple[torch.Tensor]:
+    def example(shape: Tuple[int, int, int, int], last: bool = channels_last) -> Tuple[torch.Tensor]:
         x = torch.zeros(shape, dtype=dtype)
-        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x,)
+        return (x.contiguous(memory_format=torch.channels_last) if last else x,)
 
-    # batch 2: torch.export specialises a dimension whose example size is 0 or 1
-    dyn_example = example((2, in_ch, example_size, example_size))
     info: Dict[str, Any] = {"dtype": next(k for k, v in DTYPES.items() if v == dtype), "channels_last": channels_last,
                             "dynamic": False, "dynamic_shapes": None, "static_shape": None, "fallback_reason": None}
     program = None
@@ -186,23 +233,38 @@ def save_torch_export(model: nn.Module, path: PathLike, dtype: torch.dtype = tor
         reasons.append(f"a U-Net's dynamic sides need guard code in the program (multiples of {multiple}, not "
                        "one), which coevo does not load")
     with quiet_export(), torch.no_grad():
-        for label, spec in specs:
-            try:
-                program = torch.export.export(model, dyn_example, dynamic_shapes=(spec,))
+        for (last, variant), (label, spec) in ((v, s) for v in layouts.items() for s in specs):
+            label = label if last == channels_last else f"{label}, contiguous"
+            try:  # batch 2: torch.export specialises a dimension whose example size is 0 or 1
+                program = torch.export.export(variant, example((2, in_ch, example_size, example_size), last),
+                                              dynamic_shapes=(spec,))
             except Exception as e:  # constraint violations name the guard torch could not keep dynamic
                 reasons.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 continue
-            if _is_dynamic(program):
-                info.update(dynamic=True, dynamic_shapes=label)
+            guards = guard_code(program)
+            if guards:  # torch keeps these sizes dynamic only under conditions it would exec at load
+                reasons.append(f"{label}: dynamic only with guard code ({guards[0][:80]}), which coevo does not load")
+            elif _is_dynamic(program):
+                info.update(dynamic=True, dynamic_shapes=label, channels_last=last)
+                if last != channels_last:
+                    info["fallback_reason"] = "; ".join(reasons)
+                    log.warning("torch.export kept the sizes dynamic only without channels_last (%s); exported a "
+                                "contiguous program", info["fallback_reason"])
                 break
-            reasons.append(f"{label}: torch specialised every dimension")
+            else:
+                reasons.append(f"{label}: torch specialised every dimension")
             program = None
         if program is None:
             shape = static_shape or (1, in_ch, example_size, example_size)
-            log.warning("torch.export could not keep batch/height/width dynamic (%s); exporting %s only",
-                        "; ".join(reasons), "x".join(map(str, shape)))
-            program = torch.export.export(model, example(shape))
+            log.warning("torch.export could not keep batch/height/width dynamic (%s); exporting %s only: at other "
+                        "sizes use the ONNX export or the .pt/.safetensors weights", "; ".join(reasons),
+                        "x".join(map(str, shape)))
+            program = torch.export.export(layouts[channels_last], example(shape))
             info.update(static_shape=list(shape), fallback_reason="; ".join(reasons))
+            if guard_code(program):
+                raise ExportError(f"torch.export left guard code in the {'x'.join(map(str, shape))} program of "
+                                  f"{path.name} ({guard_code(program)[0][:80]}), which coevo does not load; "
+                                  "export ONNX or safetensors instead")
     extra = {ARCH_EXTRA_FILE: json.dumps(arch.to_dict()) if arch is not None else "",
              PROGRAM_EXTRA_FILE: json.dumps({k: info[k] for k in ("dtype", "channels_last", "dynamic")})}
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name; atomic_path's temporary file has none

@@ -261,6 +261,8 @@ class ExportedProgramGenerator(nn.Module):
     (``.dtype``: float32, or float16/bfloat16 for the CUDA target) is applied on the way
     in, channels_last too when the program was exported so. ``.arch``: the stored
     :class:`GeneratorArch` (None if absent). ``.dynamic``: batch, height and width may vary.
+    ``.static_shape``: the one input shape a program without dynamic sizes runs (None for a dynamic one); any
+    other shape is a :class:`CheckpointError` naming what to use instead.
     """
 
     def __init__(self, program: Any, path: PathLike, arch: Optional[GeneratorArch] = None,
@@ -271,6 +273,7 @@ class ExportedProgramGenerator(nn.Module):
         self.dtype = dtype
         self.channels_last = channels_last
         self.dynamic = dynamic
+        self.static_shape = program_static_shape(program)
         self.graph_module = program.module()
 
     def train(self, mode: bool = True) -> "ExportedProgramGenerator":
@@ -279,6 +282,12 @@ class ExportedProgramGenerator(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static_shape is not None and tuple(x.shape) != self.static_shape:
+            raise CheckpointError(
+                f"{self.path} is a torch.export program for {'x'.join(map(str, self.static_shape))} inputs only "
+                f"(torch could not export it with dynamic sizes), not {'x'.join(map(str, x.shape))}: for other "
+                "sizes use its ONNX export or its .pt/.safetensors weights, or load the .pt2 without "
+                "--trust-model (coevo then rebuilds the network from its weights)")
         y = x.to(self.dtype)
         if self.channels_last:
             y = y.contiguous(memory_format=torch.channels_last)
@@ -286,6 +295,22 @@ class ExportedProgramGenerator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, dtype={self.dtype}, channels_last={self.channels_last}"
+
+
+def program_static_shape(program: Any) -> Optional[tuple]:
+    """The input shape of a ``torch.export`` program whose input has no dynamic dimension; None when one is dynamic
+    (or the program's input cannot be read)."""
+    try:
+        names = set(program.graph_signature.user_inputs)
+        for node in program.graph.nodes:
+            if node.op == "placeholder" and node.name in names:
+                shape = getattr(node.meta.get("val"), "shape", None)
+                if shape is None or not all(isinstance(d, int) for d in shape):
+                    return None
+                return tuple(int(d) for d in shape)
+    except (AttributeError, TypeError):
+        return None
+    return None
 
 
 def _json_metadata(text: str, path: PathLike, what: str) -> Any:
@@ -374,6 +399,8 @@ def check_image_to_image(model: nn.Module, x: torch.Tensor, source: PathLike) ->
     """
     try:
         out = model(x)
+    except CheckpointError:  # the model's own one-line refusal (a .pt2 program for one input shape only)
+        raise
     except Exception as e:
         raise CheckpointError(
             f"{source} cannot run on a {'x'.join(map(str, x.shape))} image batch ({type(e).__name__}: "
