@@ -5,9 +5,10 @@ One protocol, per built-in task (``--task snow`` or ``dense``, 64 px, exact grou
 1. **A converged teacher** (:func:`converge_teacher`): the CycleGAN recipe at a constant learning
    rate on the training split minus the held-out part (``data.val_fraction``), evaluated every
    ``--eval-every`` steps on the held-out training images (PSNR to their true translation, both
-   directions), stopped when the mean PSNR changed by less than ``--tol-db`` (0.1 dB) over the
-   last ``--window`` (2,000) steps, or at ``--cap`` steps (30,000; stated in the record). Curve:
-   ``teacher/convergence.json`` and ``.png``; resumable; reused by every cell.
+   directions), stopped when it stops improving: the mean PSNR over the last ``--window`` (2,000)
+   steps less than ``--tol-db`` (0.1 dB) above the mean over the window before (a fall counts),
+   or at ``--cap`` steps (30,000; stated in the record). Curve: ``teacher/convergence.json``
+   and ``.png``; resumable; reused by every cell.
 2. **Arms**, each at every budget (MAC ratio to the teacher: 0.05 and 0.02 primary, 0.1 secondary)
    and seed, all fine-tuned by the same code and settings (:func:`coevo.train.finetune.finetune_genomes`):
 
@@ -289,8 +290,10 @@ def _val_psnr(nets, val: Dict[str, torch.Tensor], gt: Dict[str, torch.Tensor]) -
 
 
 def converged(curve: Sequence[Mapping], window: int, tol_db: float) -> Optional[Dict]:
-    """The stopping rule: the mean PSNR of the evaluations in the last ``window`` steps within ``tol_db`` of
-    the mean over the ``window`` steps before them; returns that comparison, or None while it does not hold.
+    """The stopping rule: the teacher stopped improving, i.e. the mean PSNR of the evaluations in the last
+    ``window`` steps is less than ``tol_db`` above the mean over the ``window`` steps before them (a fall
+    counts: a GAN at a constant learning rate drifts, and more steps would not bring back what it lost);
+    returns that comparison, or None while the curve still rises.
 
     Means over windows, not two single evaluations: one held-out evaluation of a GAN moves by tenths of
     a dB from one checkpoint to the next, so two points can agree by chance while the curve still rises.
@@ -305,7 +308,7 @@ def converged(curve: Sequence[Mapping], window: int, tol_db: float) -> Optional[
     if not last or not before:
         return None
     change = float(np.mean(last) - np.mean(before))
-    if abs(change) >= tol_db:
+    if change >= tol_db:
         return None
     return {"from_step": end - 2 * window, "to_step": end, "change_db": change,
             "mean_before_db": float(np.mean(before)), "mean_last_db": float(np.mean(last))}
@@ -365,8 +368,8 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
         if record_path.is_file():
             curve = [p for p in json.loads(record_path.read_text())["curve"] if p["step"] <= trainer.global_step]
     rule = {"window_steps": window, "tol_db": tol_db, "cap_steps": cap, "eval_every_steps": eval_every,
-            "rule": f"stop when the mean held-out PSNR over the last {window} steps is within {tol_db} dB of "
-                    f"the mean over the {window} steps before",
+            "rule": f"stop when the mean held-out PSNR over the last {window} steps is less than {tol_db} dB above "
+                    f"the mean over the {window} steps before (it stopped improving; a fall counts)",
             "metric": "mean over both directions of PSNR (dB) to the true translation of the held-out training "
                       f"images ({len(val['A'])} + {len(val['B'])}, data.val_fraction={cfg.data.val_fraction})",
             "schedule": f"constant learning rate {cfg.train.lr}, batch {cfg.train.batch_size}"}

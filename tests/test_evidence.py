@@ -219,6 +219,9 @@ def test_the_stopping_rule_compares_the_means_of_two_windows():
     rising = curve + [{"step": 2500, "psnr": 16.4}, {"step": 3000, "psnr": 15.55}]
     assert ev.converged(rising, 1000, 0.1) is None
     assert ev.converged(curve[:1], 1000, 0.1) is None and ev.converged([], 1000, 0.1) is None
+    # a fall stops it too: the teacher stopped improving
+    falling = curve + [{"step": 2500, "psnr": 14.9}, {"step": 3000, "psnr": 14.7}]
+    assert ev.converged(falling, 1000, 0.1)["change_db"] == pytest.approx(14.8 - 15.55)
 
 
 def test_global_l1_gives_each_group_its_own_width_under_the_budget():
