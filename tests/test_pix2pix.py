@@ -562,6 +562,9 @@ def test_demo_pix2pix_deploys_benchmarks_reports_and_resumes(tmp_path, capsys):
     assert main(["demo", "--task", "pix2pix", "--out", str(out), "--resume", *sets]) == 0
     assert {s: (out / s / "stage.json").stat().st_mtime_ns for s in ("export", "bench")} == before
     assert json.loads((out / "report.json").read_text())["coevo"]["psnr"] == report["coevo"]["psnr"]
+    from coevo.core.outputs import foreign_entries
+
+    assert foreign_entries(out) == []  # all coevo's (built-in pairs, deploy halves): --force may replace it
 
 
 def yaml_mode(path):

@@ -167,9 +167,11 @@ def _foreign_in_data(folder: Path) -> List[Path]:
     records = ("stage.json", "data.json")
     if not _builtin_set(folder):
         return [p for p in _entries(folder) if p.name not in records or not p.is_file()]
+    from ..data.paired_synthetic import foreign_in_paired_set, is_paired_builtin
     from ..data.synthetic import foreign_in_set
 
-    return [p for p in foreign_in_set(folder) if p.name not in records or p.parent != folder]
+    listed = foreign_in_paired_set(folder) if is_paired_builtin(folder) else foreign_in_set(folder)
+    return [p for p in listed if p.name not in records or p.parent != folder]
 
 
 def _entries(folder: Path) -> List[Path]:

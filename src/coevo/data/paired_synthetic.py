@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, List, Union
 
 import numpy as np
 from PIL import Image
@@ -76,6 +76,23 @@ def is_paired_builtin(root: PathLike) -> bool:
     """True for a folder holding (the meta.json of) the built-in paired set."""
     meta = _read_meta(Path(root))
     return meta.get("generator") == "coevo.synthetic" and meta.get("task") == PAIRED_TASK
+
+
+def foreign_in_paired_set(out: Path) -> List[Path]:
+    """What a built-in paired set folder holds besides what :func:`make_paired_synthetic` writes: other
+    top-level entries, and anything in ``train/``, ``val/``, ``test/`` but the rendered ``0000.png`` files."""
+    from .synthetic import rendered_name
+
+    found = []
+    for entry in sorted(Path(out).iterdir()):
+        if entry.name not in PAIRED_ENTRIES or entry.is_symlink():
+            found.append(entry)
+        elif entry.is_dir():
+            found += [p for p in sorted(entry.iterdir())
+                      if p.is_symlink() or not p.is_file() or not rendered_name(p.name)]
+        elif entry.name != "meta.json":
+            found.append(entry)
+    return found
 
 
 def _complete(out: Path, counts: Dict[str, int]) -> bool:
