@@ -198,11 +198,11 @@ class _RefD(nn.Module):
         return self.model(x)
 
 
-def _reference_pix2pix(folder, seed=0):
+def _reference_pix2pix(folder, seed=0, num_downs=6):
     """A random reference pix2pix checkpoint folder (unet, 6 levels, batch norm, dropout; D on 6 channels)."""
     batch = functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
     torch.manual_seed(seed)
-    g = _randomise_norms(_RefUnet(3, 3, 6, ngf=4, norm_layer=batch, use_dropout=True), seed)
+    g = _randomise_norms(_RefUnet(3, 3, num_downs, ngf=4, norm_layer=batch, use_dropout=True), seed)
     d = _randomise_norms(_RefD(6, ndf=4, n_layers=3, norm_layer=batch), seed + 1)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(g.state_dict(), folder / "latest_net_G.pth")
@@ -623,3 +623,27 @@ def test_reference_mode_auto_resolves_per_kind_of_job_and_is_recorded(tmp_path):
 
     dump_config(load_config(path), tmp_path / "resolved.yaml")
     assert "reference_mode: train" in (tmp_path / "resolved.yaml").read_text()  # a run's config.yaml records it
+
+
+def test_a_reference_unet_256_pix2pix_compresses_at_its_own_size_exports_and_translates(tmp_path, capsys):
+    """The issue's reference-layout pix2pix (unet_256: 8 levels, batch norm, dropout, a 6-channel D), random
+    weights, through coevo compress at 256 px (its own size) to <= 25% of the MACs, export, translate."""
+    _reference_pix2pix(tmp_path / "t", num_downs=8)
+    data = make_paired_synthetic(tmp_path / "d", size=256, n_train=2, n_test=1, n_val=1, seed=0)
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 0\n")
+    sets = ["data.load_size=256", "data.crop_size=256", "model.ndf=4", "search.population=4", "search.generations=1",
+            "search.eval_images=1", "finetune.epochs=1", "finetune.epochs_decay=0", "finetune.max_steps_per_epoch=1",
+            "export.formats=[onnx]", "export.int8=false", "export.check_size=256", "bench.size=256",
+            "bench.warmup=0", "bench.repeats=1"]
+    out = tmp_path / "run"
+    assert main(["compress", "--config", str(config), "--teacher", str(tmp_path / "t"), "--data", str(data),
+                 "--out", str(out), *[a for x in sets for a in ("--set", x)]]) == 0
+    assert "of the teacher's MACs" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["macs_ratio"] <= 0.25 and report["bench_size"] == 256 and report["reference_mode"] == "train"
+    assert report["deployed"]["backend"] == "onnxruntime" and (out / "export" / "G.onnx").is_file()
+    assert report["coevo"]["widths"] and json.loads((out / "search" / "search.json").read_text())["eval_size"] == 256
+    assert main(["translate", "--model", str(out / "export" / "G.onnx"), "--input", str(data), "--output",
+                 str(tmp_path / "tr")]) == 0
+    assert [Image.open(f).size for f in sorted((tmp_path / "tr").iterdir())] == [(256, 256)]
