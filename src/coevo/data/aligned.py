@@ -298,9 +298,9 @@ def ensure_aligned_root(cfg) -> Path:
 
 
 def _warn_if_stale(root: Path, cfg) -> None:
-    from .paired_synthetic import _read_meta
+    from .synthetic import read_meta
 
-    meta = _read_meta(root)
+    meta = read_meta(root)
     want = {"seed": cfg.synthetic_seed, "size": _synthetic_size(cfg.load_size), "n_train": cfg.synthetic_n_train,
             "n_test": cfg.synthetic_n_test}
     diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..core.files import PARTIAL_SUFFIX, remove_owned
 from .errors import DataError
-from .synthetic import MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, render_scene
+from .synthetic import MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, foreign_in_set, read_meta, render_scene
 
 log = logging.getLogger(__name__)
 
@@ -64,35 +64,16 @@ def _params(size: int, n_train: int, n_val: int, n_test: int, seed: int) -> Dict
             "size": int(size), "n_train": int(n_train), "n_val": int(n_val), "n_test": int(n_test)}
 
 
-def _read_meta(out: Path) -> Dict:
-    try:
-        meta = json.loads((out / "meta.json").read_text())
-        return meta if isinstance(meta, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def is_paired_builtin(root: PathLike) -> bool:
     """True for a folder holding (the meta.json of) the built-in paired set."""
-    meta = _read_meta(Path(root))
+    meta = read_meta(root)
     return meta.get("generator") == "coevo.synthetic" and meta.get("task") == PAIRED_TASK
 
 
-def foreign_in_paired_set(out: Path) -> List[Path]:
+def foreign_in_paired_set(out: PathLike) -> List[Path]:
     """What a built-in paired set folder holds besides what :func:`make_paired_synthetic` writes: other
     top-level entries, and anything in ``train/``, ``val/``, ``test/`` but the rendered ``0000.png`` files."""
-    from .synthetic import rendered_name
-
-    found = []
-    for entry in sorted(Path(out).iterdir()):
-        if entry.name not in PAIRED_ENTRIES or entry.is_symlink():
-            found.append(entry)
-        elif entry.is_dir():
-            found += [p for p in sorted(entry.iterdir())
-                      if p.is_symlink() or not p.is_file() or not rendered_name(p.name)]
-        elif entry.name != "meta.json":
-            found.append(entry)
-    return found
+    return foreign_in_set(out, PAIRED_ENTRIES)
 
 
 def _complete(out: Path, counts: Dict[str, int]) -> bool:
@@ -121,7 +102,7 @@ def make_paired_synthetic(out: PathLike, size: int = 64, n_train: int = 200, n_t
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
-        meta = _read_meta(out)
+        meta = read_meta(out)
         same = {k: meta.get(k) for k in params} == params and _complete(out, counts)
         ours = meta.get("generator") == "coevo.synthetic"
         if same and not force:

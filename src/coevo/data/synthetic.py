@@ -232,9 +232,12 @@ def _params(size: int, n_train: int, n_test: int, seed: int, task: str = "snow")
     return params
 
 
-def _read_meta(out: Path) -> Dict:
+def read_meta(out: PathLike) -> Dict:
+    """The ``meta.json`` of a built-in set folder (this one's or the paired one's); ``{}`` when it is
+    missing, unreadable, or not a JSON object."""
     try:
-        return json.loads((out / "meta.json").read_text())
+        meta = json.loads((Path(out) / "meta.json").read_text())
+        return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError):
         return {}
 
@@ -250,12 +253,13 @@ def rendered_name(name: str) -> bool:
     return bool(_RENDERED.fullmatch(name))
 
 
-def foreign_in_set(out: Path) -> List[Path]:
-    """What a synthetic set folder holds besides what :func:`make_synthetic_dataset` writes: other
-    top-level entries, and anything in its image folders but the rendered ``0000.png`` files."""
+def foreign_in_set(out: PathLike, entries: Tuple[str, ...] = _ENTRIES) -> List[Path]:
+    """What a synthetic set folder holds besides what :func:`make_synthetic_dataset` writes: top-level
+    entries other than ``entries`` (the set's folders and ``meta.json``; the paired set passes its
+    own), and anything in its image folders but the rendered ``0000.png`` files."""
     found = []
-    for entry in sorted(out.iterdir()):
-        if entry.name not in _ENTRIES or entry.is_symlink():
+    for entry in sorted(Path(out).iterdir()):
+        if entry.name not in entries or entry.is_symlink():
             found.append(entry)
         elif entry.is_dir():
             found += [p for p in sorted(entry.iterdir())
@@ -295,7 +299,7 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose another --out")
     if out.is_dir() and any(out.iterdir()):
-        meta = _read_meta(out)
+        meta = read_meta(out)
         same = {k: meta.get(k) for k in params} == params and _is_complete(out, n_train, n_test)
         if not force:
             if same:
