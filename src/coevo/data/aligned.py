@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from ..core.files import regular_file
 from .errors import DataError
-from .folder import sample_rng, split_train_val
+from .folder import check_dataset_args, sample_rng, split_train_val
 from .images import SKIP_BAD_HINT, is_image_file, list_images, load_image, to_tensor
 
 log = logging.getLogger(__name__)
@@ -172,12 +172,7 @@ class AlignedDataset(Dataset):
         self.phase = phase
         self.direction = _check_direction(direction)
         self.augment = (phase == "train") if augment is None else bool(augment)
-        if crop_size < 1 or load_size < 1:
-            raise DataError(f"crop_size and load_size must be positive, got {crop_size} and {load_size}")
-        if self.augment and crop_size > load_size:
-            raise DataError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
-        if not self.root.is_dir():
-            raise DataError(f"data folder {self.root} does not exist; {ALIGNED_HINT}")
+        check_dataset_args(self.root, load_size, crop_size, self.augment, ALIGNED_HINT)
         self.load_size, self.crop_size, self.flip = int(load_size), int(crop_size), bool(flip)
         self.seed = int(seed)
         self.epoch = 0

@@ -57,6 +57,17 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> Tuple[List[int], 
     return train, val
 
 
+def check_dataset_args(root: Path, load_size: int, crop_size: int, augment: bool, hint: str) -> None:
+    """What a folder dataset checks before it lists files: positive sizes, a crop that fits in
+    ``load_size`` when augmenting, and an existing ``root`` (``hint``: the layout it should hold)."""
+    if crop_size < 1 or load_size < 1:
+        raise DataError(f"crop_size and load_size must be positive, got {crop_size} and {load_size}")
+    if augment and crop_size > load_size:
+        raise DataError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; {hint}")
+
+
 def domain_channels(arch) -> Tuple[int, int]:
     """``(channels of domain A, channels of domain B)`` images are read with for a teacher whose G_A
     (A -> B) has architecture ``arch``: its input and output channels (1 reads grayscale, 3 RGB).
@@ -111,12 +122,7 @@ class UnpairedImageDataset(Dataset):
                               for side, c in zip("AB", channels))
         self.phase = phase
         self.augment = (phase == "train") if augment is None else bool(augment)
-        if crop_size < 1 or load_size < 1:
-            raise DataError(f"crop_size and load_size must be positive, got {crop_size} and {load_size}")
-        if self.augment and crop_size > load_size:
-            raise DataError(f"crop_size ({crop_size}) must be <= load_size ({load_size})")
-        if not self.root.is_dir():
-            raise DataError(f"data folder {self.root} does not exist; {LAYOUT_HINT}")
+        check_dataset_args(self.root, load_size, crop_size, self.augment, LAYOUT_HINT)
         self.load_size = int(load_size)
         self.crop_size = int(crop_size)
         self.flip = bool(flip)
