@@ -34,6 +34,7 @@ from ..core.files import regular_file
 from .errors import DataError
 from .folder import check_dataset_args, sample_rng, split_train_val
 from .images import SKIP_BAD_HINT, is_image_file, list_images, load_image, to_tensor
+from .root import ensure_root, synthetic_size
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +97,6 @@ def _check_direction(direction: str) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-def _synthetic_size(load_size: int) -> int:
-    """The built-in set's side for ``load_size`` (as :mod:`coevo.data.prepare` sizes the unpaired one)."""
-    from ..core.limits import SIZE_MULTIPLE
-    from .synthetic import MIN_SYNTHETIC_SIZE
-
-    return max(MIN_SYNTHETIC_SIZE, int(load_size) - int(load_size) % SIZE_MULTIPLE)
-
-
 def _header_size(path: Path) -> Tuple[int, int]:
     try:
         regular_file(path, "image")
@@ -264,39 +257,31 @@ def ensure_aligned_root(cfg) -> Path:
     """The aligned data folder of ``cfg`` (a DataConfig), building the built-in paired set there when
     allowed: into a missing or empty folder, or over a built-in paired set (``data.synthetic``). A
     folder with ``train/`` and ``test/`` is used as it is, never written into."""
-    from .paired_synthetic import is_paired_builtin, make_paired_synthetic
+    from .paired_synthetic import is_paired_builtin
 
-    if not cfg.root:
-        raise DataError("data.root is not set: give --data DIR (a folder with train/ and test/ of A|B pairs), or "
-                        "run through a command with an --out folder, which builds the built-in set there")
-    root = Path(cfg.root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data folder {root} is a file, not a folder; {ALIGNED_HINT}")
-    missing = [s for s in REQUIRED_SPLITS if not (root / s).is_dir()]
-    builtin = is_paired_builtin(root)
-    if not missing:
-        if builtin:
-            _warn_if_stale(root, cfg)
-        return root
-    occupied = root.is_dir() and any(root.iterdir())
-    if occupied and not builtin:
-        found = ", ".join(sorted(p.name for p in root.iterdir())[:6])
-        hint = " (it has trainA/: that is the unaligned CycleGAN layout; set data.layout=unaligned)" \
-            if (root / "trainA").is_dir() else ""
-        raise DataError(f"data folder {root} lacks {', '.join(missing)} (it holds {found}){hint}; {ALIGNED_HINT}. "
-                        "coevo never writes into a folder of yours: fix the layout, or give another --data")
-    if cfg.synthetic:
-        return make_paired_synthetic(root, size=_synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
-                                     n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=builtin)
-    raise DataError(f"data folder {root} lacks {', '.join(missing)}; {ALIGNED_HINT}; "
-                    "or pass --set data.synthetic=true to build the built-in paired set there")
+    return ensure_root(cfg, REQUIRED_SPLITS, ALIGNED_HINT, holds="a folder with train/ and test/ of A|B pairs",
+                       is_builtin=is_paired_builtin, warn_if_stale=_warn_if_stale, build=_build,
+                       builtin_name="built-in paired set", note=_unaligned_note)
+
+
+def _unaligned_note(root: Path) -> str:
+    if (root / "trainA").is_dir():
+        return " (it has trainA/: that is the unaligned CycleGAN layout; set data.layout=unaligned)"
+    return ""
+
+
+def _build(root: Path, cfg, force: bool) -> Path:
+    from .paired_synthetic import make_paired_synthetic
+
+    return make_paired_synthetic(root, size=synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
+                                 n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=force)
 
 
 def _warn_if_stale(root: Path, cfg) -> None:
     from .synthetic import read_meta
 
     meta = read_meta(root)
-    want = {"seed": cfg.synthetic_seed, "size": _synthetic_size(cfg.load_size), "n_train": cfg.synthetic_n_train,
+    want = {"seed": cfg.synthetic_seed, "size": synthetic_size(cfg.load_size), "n_train": cfg.synthetic_n_train,
             "n_test": cfg.synthetic_n_test}
     diff = {k: (meta.get(k), v) for k, v in want.items() if meta.get(k) != v}
     if diff:

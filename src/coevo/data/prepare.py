@@ -7,19 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from ..core.limits import SIZE_MULTIPLE
-from .errors import DataError
 from .folder import UnpairedImageDataset, split_train_val
 from .images import LAYOUT_HINT
-from .synthetic import MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, make_synthetic_dataset
+from .root import ensure_root, synthetic_size
+from .synthetic import SYNTHETIC_VERSION, make_synthetic_dataset, read_meta
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("trainA", "trainB", "testA", "testB")
-
-
-def _synthetic_size(load_size: int) -> int:
-    return max(MIN_SYNTHETIC_SIZE, int(load_size) - int(load_size) % SIZE_MULTIPLE)
 
 
 def resolve_root(cfg, run_dir: str | Path) -> str:
@@ -58,10 +53,7 @@ def run_data(cfg, run_dir: str | Path, resume: bool = False, saved_root: Optiona
 
 
 def _is_builtin(root: Path) -> bool:
-    try:
-        return json.loads((root / "meta.json").read_text()).get("generator") == "coevo.synthetic"
-    except (OSError, ValueError):
-        return False
+    return read_meta(root).get("generator") == "coevo.synthetic"
 
 
 def ensure_data_root(cfg) -> Path:
@@ -73,40 +65,22 @@ def ensure_data_root(cfg) -> Path:
     empty, or already holds a built-in set (its ``meta.json``). Anything else
     raises :class:`DataError` naming the folder and what it lacks.
     """
-    if not cfg.root:
-        raise DataError("data.root is not set: give --data DIR (a folder with trainA, trainB, testA, testB), "
-                        "or run through a command with an --out folder, which builds the built-in set there")
-    root = Path(cfg.root)
-    if root.exists() and not root.is_dir():
-        raise DataError(f"data folder {root} is a file, not a folder; {LAYOUT_HINT}")
-    missing = [s for s in SPLITS if not (root / s).is_dir()]
-    builtin = _is_builtin(root)
-    if not missing:
-        if builtin:
-            _warn_if_stale(root, cfg)
-        return root
-    occupied = root.is_dir() and any(root.iterdir())
-    if occupied and not builtin:
-        found = ", ".join(sorted(p.name for p in root.iterdir())[:6])
-        raise DataError(f"data folder {root} lacks {', '.join(missing)} (it holds {found}); {LAYOUT_HINT}. "
-                        "coevo never writes into a folder of yours: fix the layout, or give another --data")
-    if cfg.synthetic:
-        return make_synthetic_dataset(root, size=_synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
-                                      n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=builtin,
-                                      task=cfg.synthetic_task)
-    raise DataError(f"data folder {root} lacks {', '.join(missing)}; {LAYOUT_HINT}; "
-                    "or pass --set data.synthetic=true to build the built-in set there")
+    return ensure_root(cfg, SPLITS, LAYOUT_HINT, holds="a folder with trainA, trainB, testA, testB",
+                       is_builtin=_is_builtin, warn_if_stale=_warn_if_stale, build=_build)
+
+
+def _build(root: Path, cfg, force: bool) -> Path:
+    return make_synthetic_dataset(root, size=synthetic_size(cfg.load_size), n_train=cfg.synthetic_n_train,
+                                  n_test=cfg.synthetic_n_test, seed=cfg.synthetic_seed, force=force,
+                                  task=cfg.synthetic_task)
 
 
 def _warn_if_stale(root: Path, cfg) -> None:
-    try:
-        meta = json.loads((root / "meta.json").read_text())
-    except (OSError, ValueError):
-        return
+    meta = read_meta(root)
     if meta.get("generator") != "coevo.synthetic":
         return
     want = {"task": cfg.synthetic_task, "version": SYNTHETIC_VERSION, "seed": cfg.synthetic_seed,
-            "size": _synthetic_size(cfg.load_size),
+            "size": synthetic_size(cfg.load_size),
             "n_train": cfg.synthetic_n_train, "n_test": cfg.synthetic_n_test}
     found = {"task": "snow", **meta}  # sets from before tasks existed are the snow task
     diff = {k: (found.get(k), v) for k, v in want.items() if found.get(k) != v}
