@@ -15,19 +15,17 @@ seed. ``meta.json`` says what the set is.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Union
 
 import numpy as np
 from PIL import Image
 
-from ..core.files import PARTIAL_SUFFIX, remove_owned
 from .errors import DataError
-from .synthetic import MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, foreign_in_set, read_meta, render_scene
+from .synthetic import (MIN_SYNTHETIC_SIZE, SYNTHETIC_VERSION, foreign_in_set, publish_set, read_meta,
+                        render_scene)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +78,14 @@ def _complete(out: Path, counts: Dict[str, int]) -> bool:
     return all((out / d).is_dir() and len(list((out / d).glob("*.png"))) == n for d, n in counts.items())
 
 
+def _render_pairs(root: Path, counts: Dict[str, int], size: int, seed: int) -> None:
+    width = max(4, len(str(max(counts.values()) - 1)))
+    for split, n in counts.items():
+        (root / split).mkdir()
+        for i in range(n):
+            Image.fromarray(render_pair(seed, split, i, size)).save(root / split / f"{i:0{width}d}.png", format="PNG")
+
+
 def make_paired_synthetic(out: PathLike, size: int = 64, n_train: int = 200, n_test: int = 40,
                           n_val: int | None = None, seed: int = 0, force: bool = False) -> Path:
     """Write the built-in paired task to ``out`` (aligned layout) and return ``out``.
@@ -112,29 +118,11 @@ def make_paired_synthetic(out: PathLike, size: int = 64, n_train: int = 200, n_t
             found = f"a coevo synthetic set ({meta.get('task', 'snow')})" if ours else "other files"
             fix = "pass --force to replace it, or choose another --out" if ours else "choose another --out"
             raise DataError(f"{out} already holds {found}, not the paired set with {_describe(params)}; {fix}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
-    try:
-        width = max(4, len(str(max(counts.values()) - 1)))
-        for split, n in counts.items():
-            (tmp / split).mkdir()
-            for i in range(n):
-                Image.fromarray(render_pair(seed, split, i, size)).save(tmp / split / f"{i:0{width}d}.png",
-                                                                         format="PNG")
-        meta = dict(params, generator="coevo.synthetic", description=PAIRED_DESCRIPTION, counts=counts,
-                    halves={"A": "left: summer rendering (the input of AtoB)",
-                            "B": "right: winter rendering of the same scene (its exact translation)"},
-                    scenes={split: f"snow task, {stream} stream" for split, stream in SPLIT_SCENES.items()})
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in PAIRED_ENTRIES:  # meta.json last: a set without it is never taken as complete
-            target = out / name
-            if target.exists():  # only in a set coevo wrote (checked above)
-                remove_owned(target, out)
-            os.replace(tmp / name, target)
-    finally:
-        if tmp.exists():
-            remove_owned(tmp)
+    meta = dict(params, generator="coevo.synthetic", description=PAIRED_DESCRIPTION, counts=counts,
+                halves={"A": "left: summer rendering (the input of AtoB)",
+                        "B": "right: winter rendering of the same scene (its exact translation)"},
+                scenes={split: f"snow task, {stream} stream" for split, stream in SPLIT_SCENES.items()})
+    publish_set(out, PAIRED_ENTRIES, meta, lambda tmp: _render_pairs(tmp, counts, size, seed))
     log.info("wrote the paired synthetic data set to %s (%s)", out, _describe(params))
     return out
 

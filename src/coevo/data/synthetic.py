@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Callable, Dict, List, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -332,30 +332,38 @@ def make_synthetic_dataset(out: PathLike, size: int = 64, n_train: int = 200, n_
             log.warning("replacing the synthetic set in %s; keeping the other entries there: %s",
                         out, ", ".join(stray[:5]))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out)
+    meta = dict(params, generator="coevo.synthetic", description=DESCRIPTION,
+                counts={"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test,
+                        "testA_gt_B": n_test, "testB_gt_A": n_test},
+                domains={"A": "summer: blue sky, green grass, brown/orange objects, faint stripes",
+                         "B": "winter: grey sky, snow, indigo/lilac objects, bold stripes, dark outline"},
+                ground_truth={"testA_gt_B": "B rendering of each testA scene",
+                              "testB_gt_A": "A rendering of each testB scene"})
+    publish_set(out, _ENTRIES, meta, lambda tmp: _render_all(tmp, size, n_train, n_test, seed, task))
+    log.info("wrote synthetic data set to %s (%s)", out, _describe(params))
+    return out
+
+
+def publish_set(out: Path, entries: Tuple[str, ...], meta: Dict, render: Callable[[Path], None]) -> None:
+    """Write a built-in set (this one or the paired one) to ``out``: ``render(tmp)`` fills a temporary
+    folder beside ``out`` with the set's folders, ``meta`` goes to its ``meta.json``, then each of
+    ``entries`` (``meta.json`` last) replaces its namesake in ``out``. Only a set coevo wrote may be
+    replaced (the caller checks); the temporary folder is removed whatever happens."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=PARTIAL_SUFFIX, dir=out.parent))
     try:
-        _render_all(tmp, size, n_train, n_test, seed, task)
-        meta = dict(params, generator="coevo.synthetic", description=DESCRIPTION,
-                    counts={"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test,
-                            "testA_gt_B": n_test, "testB_gt_A": n_test},
-                    domains={"A": "summer: blue sky, green grass, brown/orange objects, faint stripes",
-                             "B": "winter: grey sky, snow, indigo/lilac objects, bold stripes, dark outline"},
-                    ground_truth={"testA_gt_B": "B rendering of each testA scene",
-                                  "testB_gt_A": "A rendering of each testB scene"})
+        render(tmp)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         out.mkdir(parents=True, exist_ok=True)
-        for name in _ENTRIES:  # meta.json last: a set without it is never taken as complete
+        for name in entries:  # meta.json last: a set without it is never taken as complete
             target = out / name
-            if target.exists():  # only in a built-in set coevo wrote (checked above)
+            if target.exists():  # only in a built-in set coevo wrote (checked by the caller)
                 remove_owned(target, out)
             os.replace(tmp / name, target)
     finally:
         if tmp.exists():
             remove_owned(tmp)
-    log.info("wrote synthetic data set to %s (%s)", out, _describe(params))
-    return out
 
 
 # A render left for longer than this was killed (one at 256 px with thousands of images takes minutes).
