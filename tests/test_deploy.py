@@ -108,7 +108,22 @@ def test_narrow_convs_are_the_image_facing_ones(tiny_generator, tmp_path):
     assert quantize.narrow_convs(model, 1) == []
 
 
+def _int8_timing(monkeypatch, fp32_ms: float, int8_ms: float):
+    """Which of fp32 and INT8 is faster depends on the machine: the tests choose it."""
+    import coevo.deploy.targets as targets
+
+    calls = []
+
+    def medians(paths, side, channels, threads):
+        calls.append((sorted(paths), side, channels))
+        return {"fp32": fp32_ms, "int8": int8_ms}
+
+    monkeypatch.setattr(targets, "onnx_medians", medians)
+    return calls
+
+
 def test_int8_passes_its_check_and_is_deployed(slim_generator, data_root, tmp_path, monkeypatch):
+    timing = _int8_timing(monkeypatch, fp32_ms=2.0, int8_ms=1.0)
     monkeypatch.setattr(quantize, "MIN_PSNR_VS_FP32_DB", 0.0)  # a tiny random model: test the logic, not the net
     monkeypatch.setattr(quantize, "MAX_GT_DROP_DB", 100.0)
     monkeypatch.setattr(quantize, "MIN_INT8_CHANNELS", 0)  # quantise every conv of these 1-9 channel layers
@@ -122,11 +137,33 @@ def test_int8_passes_its_check_and_is_deployed(slim_generator, data_root, tmp_pa
     assert q["n_images"] == 4 and q["ground_truth"].endswith("testA_gt_B") and q["gt_drop_db"] is not None
     assert deployed_artifact(tmp_path, "G_A") == report["deploy"]["deployed"]
     assert report["deploy"]["deployed"]["backend"] == "onnxruntime-int8"
+    assert int8["faster"] and int8["speed_ms"] == {"fp32": 2.0, "int8": 1.0} and timing == [(["fp32", "int8"], 256, 3)]
     model = load_generator(tmp_path / "G_A.int8.onnx")
     assert isinstance(model, OnnxGenerator) and model.precision == "int8" and model.arch == slim_generator.arch
     x = check_inputs(48)[1]
     with torch.inference_mode():
         assert model(x).shape == x.shape
+
+
+def test_int8_that_passes_but_is_slower_is_not_deployed(slim_generator, data_root, tmp_path, monkeypatch):
+    _int8_timing(monkeypatch, fp32_ms=1.0, int8_ms=1.5)
+    monkeypatch.setattr(quantize, "MIN_PSNR_VS_FP32_DB", 0.0)
+    monkeypatch.setattr(quantize, "MAX_GT_DROP_DB", 100.0)
+    report = export_for_target(slim_generator, tmp_path, "G_A", target="cpu", data=find_deploy_data(data_root, "G_A"),
+                               formats=("onnx",), check_size=48, calibration_images=2)
+    deploy = report["deploy"]
+    assert deploy["int8"]["ok"] and not deploy["int8"]["faster"]
+    assert deploy["deployed"]["precision"] == "fp32" and deployed_artifact(tmp_path, "G_A") == deploy["deployed"]
+    assert (tmp_path / "G_A.int8.onnx").is_file()  # kept, not deployed
+
+
+def test_onnx_medians_times_every_file(tiny_generator, tmp_path):
+    from coevo.deploy.export import save_onnx
+    from coevo.deploy.targets import onnx_medians
+
+    save_onnx(tiny_generator, tmp_path / "g.onnx", exporter="legacy")
+    ms = onnx_medians({"a": tmp_path / "g.onnx", "b": tmp_path / "g.onnx"}, 32, 3, 1)
+    assert set(ms) == {"a", "b"} and all(v > 0 for v in ms.values())
 
 
 def test_int8_that_misses_the_bound_falls_back_to_fp32(slim_generator, data_root, tmp_path, monkeypatch):
@@ -150,6 +187,8 @@ def test_cpu_target_without_calibration_deploys_fp32(tiny_generator, tmp_path):
 
 def test_cli_export_calibrates_a_single_file(tiny_generator, data_root, tmp_path, capsys, monkeypatch):
     from coevo import save_generator
+
+    _int8_timing(monkeypatch, fp32_ms=2.0, int8_ms=1.0)
 
     monkeypatch.setattr(quantize, "MIN_PSNR_VS_FP32_DB", 0.0)
     monkeypatch.setattr(quantize, "MAX_GT_DROP_DB", 100.0)

@@ -140,6 +140,9 @@ def _deploy_line(name: str, deploy: dict) -> str:
         gt = "" if q["gt_drop_db"] is None else f", ground-truth PSNR drop {q['gt_drop_db']:+.3f} dB"
         verdict = "passes" if int8["ok"] else "FAILS (" + "; ".join(int8["reasons"]) + ")"
         line += f"; INT8 {verdict}: {q['psnr_vs_fp32_db']:.1f} dB to fp32{gt}"
+        if int8["ok"] and int8.get("faster") is False:
+            ms = int8["speed_ms"]
+            line += f", but not faster than fp32 ({ms['int8']:.2f} against {ms['fp32']:.2f} ms): fp32 deployed"
     fast = deploy.get("fast")
     if fast:
         par = fast["parity"]
