@@ -238,11 +238,19 @@ def evidence_table() -> str:
                f"capped at {t['steps']} steps, not converged by the rule" if t.get("status") == "done" else
                f"still training ({t.get('steps', '?')} steps)")
         final = t.get("final") or {}
+        curve = (_load(f"evidence_{task}_teacher.json") or {}).get("curve") or []
+        drift = ""
+        if curve:
+            peaks = {k: max(curve, key=lambda p: p[k]) for k in ("psnr_AB", "psnr_BA")}
+            drift = (" Along the way A->B peaked at {:.2f} dB (step {}) and B->A at {:.2f} dB (step {}): at a constant "
+                     "learning rate the two directions trade places while their mean holds."
+                     .format(peaks["psnr_AB"]["psnr_AB"], peaks["psnr_AB"]["step"],
+                             peaks["psnr_BA"]["psnr_BA"], peaks["psnr_BA"]["step"]))
         parts.append(
             f"**{task} task.** Teacher ({d['settings']['config']['model']['ngf']} filters, "
             f"{d['settings']['config']['model']['n_blocks']} blocks, 64 px): {how}; held-out training PSNR "
             f"{final.get('psnr_AB', float('nan')):.2f} / {final.get('psnr_BA', float('nan')):.2f} dB (A->B / B->A); "
-            f"curve `benchmarks/results/evidence_{task}_teacher.png`. MACs: {d['settings']['macs_convention']} "
+            f"curve `benchmarks/results/evidence_{task}_teacher.png`.{drift} MACs: {d['settings']['macs_convention']} "
             f"convention at {d['settings']['macs_size']} px, every pair within +-{d['settings']['tolerance']:.0%} of "
             f"the budget. PSNR in dB, test split, mean of both directions, mean ± std over seeds; per-seed numbers "
             f"in `benchmarks/results/evidence_{task}.json`."
