@@ -287,6 +287,43 @@ def evidence_table() -> str:
     return "\n\n".join(parts)
 
 
+FITNESS_GOAL = {"rho": 0.7, "fraction_of_ceiling": 0.8}  # issue 19: both directions, at 0.05 of the MACs
+
+
+def fitness_table() -> str:
+    """Spearman of each search fitness with the fine-tuned result, next to the noise ceiling
+    (benchmarks/results/fitness_correlation_snow/fitness_correlation.json)."""
+    d = _load("fitness_correlation_snow/fitness_correlation.json")
+    if d is None:
+        return ("_no results yet: `python benchmarks/fitness_correlation.py` on the evidence benchmark's snow teacher "
+                "(see benchmarks/README.md)_")
+    st = d["settings"]
+    rows = ["| fitness | G_A Spearman [95% CI] | G_B Spearman [95% CI] | fraction of the ceiling (G_A, G_B) | "
+            "ms per candidate | meets the goal |", "|---|---|---|---|---|---|"]
+    for kind, v in d["spearman"].items():
+        rhos = [v[g]["fitness"]["rho"] for g in ("G_A", "G_B")]
+        fr = [v[g].get("fraction_of_ceiling") for g in ("G_A", "G_B")]
+        ok = all(r >= FITNESS_GOAL["rho"] for r in rhos) and all(f is not None and f >= FITNESS_GOAL[
+            "fraction_of_ceiling"] for f in fr)
+        cell = lambda g: "{:+.2f} [{:+.2f}, {:+.2f}]".format(v[g]["fitness"]["rho"], *v[g]["fitness"]["ci95"])  # noqa: E731
+        rows.append(f"| {kind} | {cell('G_A')} | {cell('G_B')} | "
+                    + ", ".join("-" if f is None else f"{f:.2f}" for f in fr)
+                    + f" | {d['seconds_per_candidate'][kind] * 1000:.0f} | {'yes' if ok else 'no'} |")
+    c = d["noise_ceiling"]
+    ceiling = ", ".join("{} {:+.2f} [{:+.2f}, {:+.2f}]".format(g, c[g]["rho"], *c[g]["ci95"]) for g in c)
+    sn = d.get("supernet") or {}
+    head = (f"{st['genomes']} genome pairs (the L1 pair and random pairs of varied shape) at "
+            f"{st['macs_ratio']:g} of the MACs of the evidence benchmark's converged snow teacher; each pair "
+            f"fine-tuned with {st['seeds']} seeds by the `{st.get('recipe', 'gan')}` recipe "
+            f"({st.get('finetune_epochs', '?')} epochs of at most {st.get('finetune_max_steps_per_epoch', '?')} steps), "
+            f"from the {'supernet' if sn.get('finetune_from') == 'supernet' else 'teacher'}'s weights; end result: L1 "
+            f"of the student's test outputs to the teacher's. Noise ceiling (seed 0 against seed 1): {ceiling}. "
+            f"Supernet: {st.get('supernet_steps')} steps, trained in {sn.get('train_seconds', 0) / 60:.1f} min. "
+            f"Goal: Spearman >= {FITNESS_GOAL['rho']} in both directions and >= {FITNESS_GOAL['fraction_of_ceiling']} "
+            f"of the ceiling. Machine: {_machine(d['machine'])}.")
+    return head + "\n\n" + "\n".join(rows)
+
+
 def paper_scale_table() -> str:
     """Measured cost of the pipeline at paper scale (ngf 64, 9 blocks, 256 px) and the projected full job."""
     runs = [(dev, _load(f"paper_scale_{dev}.json")) for dev in ("cpu", "cuda")]
@@ -336,6 +373,7 @@ TABLES: Dict[str, Callable[[], str]] = {
     "search_quality": search_quality_table,
     "frontier": frontier_table,
     "evidence": evidence_table,
+    "fitness": fitness_table,
     "paper_scale": paper_scale_table,
 }
 
