@@ -2,6 +2,9 @@
 folder is on ``sys.path`` and they import it as ``from _common import ...``."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
 import torch
 
 from coevo.models import GeneratorArch, ResnetGenerator
@@ -15,3 +18,25 @@ def random_generator(arch: GeneratorArch, seed: int) -> ResnetGenerator:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
     return model
+
+
+def time_against_teacher(teacher: Mapping, folders: Mapping[str, Path], size: int, repeats: int,
+                         directions: Tuple[str, ...] = ("G_A", "G_B")) -> Tuple[Dict, Dict]:
+    """Each fine-tuned pair (``{name: folder with G_A.pt, G_B.pt}``) timed against the teacher's generator
+    of each direction: eager CPU, one thread, batch 1, every model interleaved round-robin in one run
+    (coevo.deploy.bench.benchmark_models), 3 warm-up rounds, medians. Returns ``(teacher_ms, pairs)``,
+    ``pairs[name][direction] = {"ms", "speedup"}`` (speed-up = teacher / model)."""
+    from coevo.deploy.bench import benchmark_models
+    from coevo.models import load_generator
+
+    teacher_ms: Dict = {}
+    pairs: Dict = {}
+    for d in directions:
+        models = {"teacher": teacher[d], **{name: load_generator(Path(f) / f"{d}.pt") for name, f in folders.items()}}
+        results = benchmark_models(models, size=size, batch=1, threads=1, repeats=repeats, warmup=3)
+        t_ms = results[0].latency_ms_median
+        teacher_ms[d] = round(t_ms, 3)
+        for r in results[1:]:
+            pairs.setdefault(r.name, {})[d] = {"ms": round(r.latency_ms_median, 3),
+                                               "speedup": round(t_ms / r.latency_ms_median, 3)}
+    return teacher_ms, pairs

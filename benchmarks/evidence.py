@@ -599,23 +599,13 @@ def measure_speed(cells: Sequence[Mapping], teacher: Mapping, repeats: int = 15)
     """Seed 0's fine-tuned pair of every recipe, arm and budget timed against the teacher: eager CPU, one
     thread, 256 px, batch 1, all models interleaved round-robin in one run (a slow spell of a shared
     machine hits them alike, so the speed-ups hold even where absolute times drift). Medians."""
-    from coevo.deploy.bench import benchmark_models
+    from _common import time_against_teacher
 
     timed = [c for c in cells if c["seed"] == 0 and c.get("finetune_folder")]
-    out: Dict = {"settings": f"eager CPU, 1 thread, {MACS_SIZE} px, batch 1, interleaved round-robin; median of "
-                             f"{repeats} rounds after 3 warm-up rounds", "cells": {}, "teacher_ms": {}}
-    for d in DIRECTIONS:
-        models = {"teacher": teacher[d]}
-        for c in timed:
-            models[f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}"] = \
-                load_generator(Path(c["finetune_folder"]) / f"{d}.pt")
-        results = benchmark_models(models, size=MACS_SIZE, batch=1, threads=1, repeats=repeats, warmup=3)
-        t_ms = results[0].latency_ms_median
-        out["teacher_ms"][d] = round(t_ms, 3)
-        for r in results[1:]:
-            out["cells"].setdefault(r.name, {})[d] = {"ms": round(r.latency_ms_median, 3),
-                                                      "speedup": round(t_ms / r.latency_ms_median, 3)}
-    return out
+    folders = {f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}": c["finetune_folder"] for c in timed}
+    teacher_ms, pairs = time_against_teacher(teacher, folders, MACS_SIZE, repeats, DIRECTIONS)
+    return {"settings": f"eager CPU, 1 thread, {MACS_SIZE} px, batch 1, interleaved round-robin; median of "
+                        f"{repeats} rounds after 3 warm-up rounds", "cells": pairs, "teacher_ms": teacher_ms}
 
 
 def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, exclude: Path) -> Optional[Dict]:

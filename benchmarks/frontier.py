@@ -56,7 +56,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
-from coevo.deploy.bench import benchmark_models, machine_info
+from coevo.deploy.bench import machine_info
 from coevo.config import Config, config_to_dict, dump_config, load_config
 from coevo.evaluation.evaluate import translation_quality
 from coevo.core.files import atomic_write_text
@@ -409,20 +409,14 @@ def verdicts(summary: Dict[str, Dict]) -> Dict[str, Dict]:
 def measure_speed(records: List[Dict], teacher: Dict, fraction: float, repeats: int) -> Dict:
     """The latency cells' fine-tuned pairs (and the 0.25 MAC cells') timed against the teacher:
     interleaved, eager, one thread, 256 px, batch 1. Medians per generator; speed-up = teacher / model."""
+    from _common import time_against_teacher  # benchmarks/ is on sys.path when the scripts run
+
     timed = [r for r in records if r["kind"] == "latency" or (r["method"] in ("coevo", "l1") and r["budget"] == 0.25)]
     timed = [r for r in timed if "same_as" not in r]
     out = {"settings": "eager CPU, 1 thread, 256x256, batch 1, interleaved round-robin; median of "
-                       f"{repeats} rounds after 3 warm-up rounds", "pairs": {}}
-    for d in DIRECTIONS:
-        models = {"teacher": teacher[d]}
-        for r in timed:
-            models[r["cell"]] = load_generator(Path(r["finetune_folder"]) / f"{d}.pt")
-        results = benchmark_models(models, size=256, batch=1, threads=1, repeats=repeats, warmup=3)
-        t_ms = results[0].latency_ms_median
-        out.setdefault("teacher_ms", {})[d] = round(t_ms, 3)
-        for res in results[1:]:
-            out["pairs"].setdefault(res.name, {})[d] = {"ms": round(res.latency_ms_median, 3),
-                                                       "speedup": round(t_ms / res.latency_ms_median, 3)}
+                       f"{repeats} rounds after 3 warm-up rounds"}
+    out["teacher_ms"], out["pairs"] = time_against_teacher(
+        teacher, {r["cell"]: r["finetune_folder"] for r in timed}, 256, repeats, DIRECTIONS)
     groups: Dict[str, List[float]] = {}
     for r in timed:
         p = out["pairs"][r["cell"]]
