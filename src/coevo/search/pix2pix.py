@@ -114,7 +114,8 @@ def eval_pairs(cfg: Config, size: int) -> Dict[str, torch.Tensor]:
 def _run(net: nn.Module, x: torch.Tensor, mode: str, dropout_seed: int) -> torch.Tensor:
     """``net(x)`` as outputs are scored: eval mode on the batch, or train mode one image at a time with
     dropout masks from a fixed seed (every candidate sees the same masks)."""
-    from ..train.pix2pix import scoring_mode, seed_dropout
+    from ..models.generator import scoring_mode
+    from ..train.pix2pix import seed_dropout
 
     with torch.inference_mode():
         if mode == "eval":

@@ -32,7 +32,6 @@ uninterrupted one. One process (torchrun is refused for pix2pix so far).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import logging
@@ -40,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +56,7 @@ from ..core.runs import append_jsonl, truncate_jsonl, undo_failed_start
 from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
-from ..models.generator import fixed_rng
+from ..models.generator import fixed_rng, scoring_mode
 from ..models.io import safe_torch_load, save_discriminator, save_generator, save_reference_state_dict
 from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
@@ -152,23 +151,6 @@ def seed_dropout(model: nn.Module, generator: torch.Generator) -> int:
                 setattr(parent, name, SeededDropout(child.p, generator))
                 count += 1
     return count
-
-
-@contextlib.contextmanager
-def scoring_mode(model: nn.Module, mode: str) -> Iterator[nn.Module]:
-    """``model`` in the reference's test-time ``mode`` (``model.reference_mode``: eval, or train with the
-    batch norms on batch statistics and not updating them) for the block, then back as it was."""
-    from ..models.generator import set_reference_mode
-
-    was_training = model.training
-    bns = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    set_reference_mode(model, mode)
-    try:
-        yield model
-    finally:
-        for m, track in bns:
-            m.track_running_stats = track
-        model.train(was_training)
 
 
 def scoring_copy(model: nn.Module, mode: str) -> nn.Module:
