@@ -293,6 +293,25 @@ def linear_decay(epochs: int, epochs_decay: int) -> Callable[[int], float]:
     return factor
 
 
+def read_training_checkpoint(path: Path, recipe: str, total_epochs: int, recipe_hint: str) -> Dict[str, Any]:
+    """A training checkpoint (weights_only) checked to be ``recipe``'s, of a run of ``total_epochs`` epochs, and
+    not from a newer coevo; :class:`CheckpointError` otherwise (``recipe_hint``: the way out of a recipe clash)."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a coevo training checkpoint")
+    if ckpt.get("recipe", "gan") != recipe:
+        raise CheckpointError(f"{path} was written by the {ckpt.get('recipe', 'gan')} recipe, this run uses "
+                              f"{recipe}; {recipe_hint}")
+    if int(ckpt["version"]) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer coevo (checkpoint version {ckpt['version']})")
+    if int(ckpt["total_epochs"]) != total_epochs:
+        raise CheckpointError(
+            f"{path} belongs to a {ckpt['total_epochs']}-epoch run, this run has {total_epochs} "
+            "epochs; resume with the original settings or start a new run"
+        )
+    return ckpt
+
+
 class CycleGANTrainer:
     """Trains a :class:`CycleGANNets` in ``run_dir`` with checkpoints, logs and sample grids.
 
@@ -409,20 +428,8 @@ class CycleGANTrainer:
 
     def _read_checkpoint(self, path: Path) -> Dict[str, Any]:
         """``path`` loaded and checked to be this recipe's checkpoint of a run of this length."""
-        ckpt = safe_torch_load(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a coevo training checkpoint")
-        if ckpt.get("recipe", "gan") != self.RECIPE:
-            raise CheckpointError(f"{path} was written by the {ckpt.get('recipe', 'gan')} recipe, this run uses "
-                                  f"{self.RECIPE}; resume with the run's own finetune.mode")
-        if int(ckpt["version"]) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer coevo (checkpoint version {ckpt['version']})")
-        if int(ckpt["total_epochs"]) != self.s.total_epochs:
-            raise CheckpointError(
-                f"{path} belongs to a {ckpt['total_epochs']}-epoch run, this run has {self.s.total_epochs} "
-                "epochs; resume with the original settings or start a new run"
-            )
-        return ckpt
+        return read_training_checkpoint(path, self.RECIPE, self.s.total_epochs,
+                                        "resume with the run's own finetune.mode")
 
     def _restore_progress(self, ckpt: Mapping[str, Any]) -> None:
         if self.hook is not None:

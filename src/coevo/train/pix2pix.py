@@ -57,13 +57,13 @@ from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
 from ..models.generator import fixed_rng, scoring_mode
-from ..models.io import safe_torch_load, save_discriminator, save_generator, save_reference_state_dict
+from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
 from .common import open_run_dir
 from .init import init_weights
 from .loop import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, LOG_NAME, STREAM_INIT, LoopSettings, \
-    TrainingError, linear_decay
+    TrainingError, linear_decay, read_training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -314,17 +314,8 @@ class Pix2PixTrainer:
         log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = safe_torch_load(path)
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} is not a coevo training checkpoint")
-        if ckpt.get("recipe") != self.RECIPE:
-            raise CheckpointError(f"{path} was written by the {ckpt.get('recipe', 'gan')} recipe, not pix2pix; "
-                                  "resume it with the command that started it")
-        if int(ckpt["version"]) > CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} was written by a newer coevo (checkpoint version {ckpt['version']})")
-        if int(ckpt["total_epochs"]) != self.s.total_epochs:
-            raise CheckpointError(f"{path} belongs to a {ckpt['total_epochs']}-epoch run, this run has "
-                                  f"{self.s.total_epochs} epochs; resume with the original settings or start a new run")
+        ckpt = read_training_checkpoint(path, self.RECIPE, self.s.total_epochs,
+                                        "resume it with the command that started it")
         try:
             for k, net in self.nets.as_dict().items():
                 net.load_state_dict(ckpt["nets"][k])
