@@ -47,6 +47,11 @@ merged), ``summary`` and ``teacher``.
     python benchmarks/evidence.py --task snow --seeds 8 --recipe both          # the full protocol
     python benchmarks/evidence.py --tiny --out /tmp/evidence-tiny               # minutes, proves the plumbing
 
+``--jobs N`` runs N cells at once in spawned processes (each takes a recipe x budget x seed, its arms in
+order; a cell's result does not depend on it). ``--device cuda`` runs the teacher, searches and
+fine-tuning on a GPU, into ``evidence_TASK_cuda.json`` and its own work folder (CPU and GPU cells never
+mix); ``benchmarks/gpu_check.sh`` runs it (``EVIDENCE=1`` or ``EVIDENCE_ONLY=1``) with 8 jobs, time-boxed.
+
 ``--tiny`` (a 32 px, ngf 8 teacher, 2 seeds x coevo and uniform x budget 0.1, one recipe) never
 writes into ``benchmarks/results``.
 """
@@ -280,10 +285,11 @@ def _val_ground_truth(cfg: Config, dataset) -> Dict[str, torch.Tensor]:
 def _val_psnr(nets, val: Dict[str, torch.Tensor], gt: Dict[str, torch.Tensor]) -> Dict[str, float]:
     from coevo.evaluation.metrics import psnr
 
+    dev = next(nets.G_A.parameters()).device
     nets.G_A.eval(), nets.G_B.eval()
     try:
-        ab = float(psnr(nets.G_A(val["A"]), gt["B"]).mean())
-        ba = float(psnr(nets.G_B(val["B"]), gt["A"]).mean())
+        ab = float(psnr(nets.G_A(val["A"].to(dev)).cpu(), gt["B"]).mean())
+        ba = float(psnr(nets.G_B(val["B"].to(dev)).cpu(), gt["A"]).mean())
     finally:
         nets.G_A.train(), nets.G_B.train()
     return {"psnr_AB": ab, "psnr_BA": ba, "psnr": 0.5 * (ab + ba)}
@@ -485,11 +491,8 @@ def search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float, s
     return best, {"search_folder": str(folder)}
 
 
-def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float,
-                         seed: int) -> Tuple[Dict, Dict]:
-    """The coevo search on a supernet at ``budget`` and ``seed``; the budget's supernet is trained (or
-    resumed) first in ``work/supernet/bBUDGET`` and shared by every seed."""
-    from coevo.search import run_search
+def budget_supernet(cfg: Config, teacher: TeacherPaths, work: Path, budget: float) -> Path:
+    """The budget's supernet, ``work/supernet/bBUDGET``: trained (or resumed) once, shared by every seed."""
     from coevo.train.supernet import train_supernet
 
     sn = work / "supernet" / f"b{budget:g}"
@@ -498,6 +501,16 @@ def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget:
         resume = (sn / "config.yaml").is_file()
         train_supernet(sn_cfg, sn, teacher=None if resume else teacher, resume=resume,
                        force=not resume and sn.exists())
+    return sn
+
+
+def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float,
+                         seed: int) -> Tuple[Dict, Dict]:
+    """The coevo search on a supernet at ``budget`` and ``seed``; the budget's supernet is trained (or
+    resumed) first in ``work/supernet/bBUDGET`` and shared by every seed."""
+    from coevo.search import run_search
+
+    sn = budget_supernet(cfg, teacher, work, budget)
     folder = work / "search-supernet" / f"b{budget:g}_s{seed}"
     if not (folder / "search.json").is_file():
         scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}", "search.fitness=supernet"])
@@ -570,7 +583,7 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
                      for d in DIRECTIONS)
     init = "scratch" if scratch else "supernet" if arm == "coevo-supernet" else "teacher"
     key = genome_key(genomes)
-    record = {"arm": arm, "budget": budget, "seed": seed, "recipe": recipe, "init": init,
+    record = {"arm": arm, "budget": budget, "seed": seed, "recipe": recipe, "init": init, "device": cfg.device,
               "macs_ratio_A": info["match"]["G_A"]["macs_ratio"], "macs_ratio_B": info["match"]["G_B"]["macs_ratio"],
               "macs_within_tolerance": all(m["within_tolerance"] for m in info["match"].values()),
               "tolerance": tol, "same_as_l1": bool(same_as_l1), "genome_key": key,
@@ -680,6 +693,54 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
     return out
 
 
+# ----------------------------------------------------------------------------- concurrent cells
+def cell_groups(cells: Sequence[Tuple[str, str, float, int]]) -> List[List[Tuple[str, str, float, int]]]:
+    """Cells grouped by (recipe, budget, seed), arms in the given order: a group's arms share a search
+    (coevo, coevo-scratch) and reuse each other's twins, so one process runs a group start to end."""
+    groups: Dict[Tuple[str, float, int], List] = {}
+    for cell in cells:
+        recipe, _, budget, seed = cell
+        groups.setdefault((recipe, float(budget), int(seed)), []).append(cell)
+    return list(groups.values())
+
+
+def _group_worker(group, cfg_dict: Dict, paths: TeacherPaths, data: Path, work: Path, tol: float,
+                  threads: Optional[int]) -> List[Tuple[Dict, float]]:
+    """One process's share (:func:`run_parallel`): the group's cells in order, each written on finishing."""
+    from coevo.config import config_from_dict
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config_from_dict(cfg_dict)
+    teacher = {d: load_generator(getattr(paths, d)).eval() for d in DIRECTIONS}
+    out = []
+    for recipe, arm, budget, seed in group:
+        t0 = time.perf_counter()
+        out.append((run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, work, tol), time.perf_counter() - t0))
+    return out
+
+
+def run_parallel(cells, jobs: int, cfg: Config, paths: TeacherPaths, data: Path, work: Path, tol: float,
+                 threads: Optional[int]):
+    """Yields ``(record, seconds)`` of every cell as its group finishes, ``jobs`` groups at a time in spawned
+    processes (CUDA-safe). The supernets the cells need are trained here first, one per budget, so that no
+    two processes train the same one; every cell's result is the one a single process gives (seeded)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    for budget in sorted({float(b) for _, a, b, _ in cells if a == "coevo-supernet"}):
+        budget_supernet(cfg, paths, work, budget)
+    groups = cell_groups(cells)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(groups)) or 1,
+                             mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_group_worker, g, config_to_dict(cfg), paths, data, work, tol, threads)
+                   for g in groups]
+        for future in as_completed(futures):
+            yield from future.result()
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -697,7 +758,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", help="default benchmarks/work/evidence-TASK (evidence-tiny-TASK with --tiny)")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results; required with --tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (per job with --jobs)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where teacher, searches and fine-tuning run (cuda: results in evidence_TASK_cuda.json, "
+                        "work in benchmarks/work/evidence-TASK-cuda; the CPU and GPU cells never mix)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells run at once in this many processes (each takes one recipe x budget x seed at a "
+                        "time, its arms in order; the budgets' supernets are trained first)")
     p.add_argument("--force", action="store_true", help="redo the cells this invocation names (only those)")
     p.add_argument("--speed", action="store_true",
                    help="after the cells, time seed 0's pair of every arm and budget against the teacher, interleaved")
@@ -720,13 +787,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown arm(s) {unknown}; choose from {','.join(ARMS)}")
     args.budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     args.recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
-    args.work = Path(args.work or f"benchmarks/work/evidence-{'tiny-' if args.tiny else ''}{args.task}")
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
+    args.tag = args.task if args.device == "cpu" else f"{args.task}_{args.device}"
+    args.work = Path(args.work or f"benchmarks/work/evidence-{'tiny-' if args.tiny else ''}{args.tag.replace('_', '-')}")
     return args
 
 
 def read_config(args) -> Config:
     return load_config(args.config, [*(TINY if args.tiny else FULL), f"data.synthetic_task={args.task}",
-                                     *args.overrides])
+                                     f"device={args.device}", *args.overrides])
 
 
 def prepare(args) -> Tuple[Config, Path, Dict]:
@@ -763,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("evidence: --device cuda, but torch sees no CUDA device; run on a GPU machine or drop --device")
     cfg, data, teacher_record = prepare(args)
     paths = find_teacher(args.work / "teacher")
     teacher = {d: load_generator(getattr(paths, d)).eval() for d in DIRECTIONS}
@@ -771,16 +843,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = []
     if args.force:
         log.info("--force: removed %d entries of the %d named cells", remove_cells(args.work, cells), len(cells))
-    out_path = args.out / f"evidence_{args.task}.json"
+    out_path = args.out / f"evidence_{args.tag}.json"
     new: List[Dict] = []
 
     def write_results() -> Dict:
         """The results file as of now (after the teacher and after every cell, so a stop loses no cell)."""
         previous = json.loads(out_path.read_text()) if out_path.is_file() else {}
         all_cells = merge_cells(previous.get("cells", []), new, cells if args.force else [])
-        teacher_curve = args.out / f"evidence_{args.task}_teacher.png"
+        teacher_curve = args.out / f"evidence_{args.tag}_teacher.png"
         result = {
-            "benchmark": "evidence", "version": 2, "task": args.task, "tiny": args.tiny,
+            "benchmark": "evidence", "version": 2, "task": args.task, "device": args.device, "tiny": args.tiny,
             "command": " ".join(["python benchmarks/evidence.py", *(sys.argv[1:] if argv is None else argv)]),
             "settings": {"config": config_to_dict(cfg), "macs_size": MACS_SIZE, "macs_convention": MACS_CONVENTION,
                          "tolerance": args.tol, "work": str(args.work), "arm_definitions": ARM_DEFINITIONS},
@@ -794,22 +866,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["speed"] = previous["speed"]
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
-        atomic_write_text(args.out / f"evidence_{args.task}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
+        atomic_write_text(args.out / f"evidence_{args.tag}_teacher.json", json.dumps(teacher_record, indent=1) + "\n")
         plot_curve(teacher_record, teacher_curve)
-        plot_cells(all_cells, args.out / f"evidence_{args.task}.png")
+        plot_cells(all_cells, args.out / f"evidence_{args.tag}.png")
         return result
 
+    if out_path.is_file():
+        other = {c.get("device", "cpu") for c in json.loads(out_path.read_text()).get("cells", [])} - {args.device}
+        if other:
+            raise SystemExit(f"evidence: {out_path} holds cells run on {', '.join(sorted(other))}, not "
+                             f"{args.device}; use another --out")
     result = write_results()
-    for i, (recipe, arm, budget, seed) in enumerate(cells, 1):
-        t0 = time.perf_counter()
-        record = run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, args.work, args.tol)
+
+    def finished(i: int, record: Dict, seconds: float) -> None:
+        nonlocal result
         new.append(record)
         result = write_results()
         log.info("cell %d/%d %s %s: MACs %.4f/%.4f of the teacher (target %g), PSNR to teacher %.2f/%.2f dB, "
-                 "to GT %.2f/%.2f dB%s (%.0f s)", i, len(cells), recipe, cell_name(arm, budget, seed),
-                 record["macs_ratio_A"], record["macs_ratio_B"], budget, record["psnr_teacher_AB"],
-                 record["psnr_teacher_BA"], record["psnr_gt_AB"], record["psnr_gt_BA"],
-                 ", same as L1" if record["same_as_l1"] else "", time.perf_counter() - t0)
+                 "to GT %.2f/%.2f dB%s (%.0f s)", i, len(cells), record["recipe"],
+                 cell_name(record["arm"], record["budget"], record["seed"]), record["macs_ratio_A"],
+                 record["macs_ratio_B"], record["budget"], record["psnr_teacher_AB"], record["psnr_teacher_BA"],
+                 record["psnr_gt_AB"], record["psnr_gt_BA"], ", same as L1" if record["same_as_l1"] else "", seconds)
+
+    if args.jobs == 1:
+        for i, (recipe, arm, budget, seed) in enumerate(cells, 1):
+            t0 = time.perf_counter()
+            finished(i, run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, args.work, args.tol),
+                     time.perf_counter() - t0)
+    else:
+        for record, seconds in run_parallel(cells, args.jobs, cfg, paths, data, args.work, args.tol, args.threads):
+            finished(len(new) + 1, record, seconds)
     if args.speed:
         speed = measure_speed(result["cells"], teacher)
         result["speed"] = speed

@@ -5,6 +5,13 @@
 #
 #     OUT=/some/folder bash benchmarks/gpu_check.sh            # results land in $OUT
 #     SKIP_TESTS=1 bash benchmarks/gpu_check.sh                # benchmarks and the gpu-marked tests only
+#     EVIDENCE_ONLY=1 bash benchmarks/gpu_check.sh             # the evidence protocol on CUDA alone (< 8 min)
+#     EVIDENCE=1 bash benchmarks/gpu_check.sh                  # everything, then the evidence protocol
+#
+# The evidence stage (benchmarks/evidence.py --device cuda --jobs 8) converges the snow teacher, then runs
+# the six arms x budgets 0.05, 0.02, 0.1 x 8 seeds (distill recipe, fine-tuning batch 4), 8 cells at once,
+# and stops at EVIDENCE_S seconds (450): every finished cell is in $OUT/evidence_snow_cuda.json, and a
+# later call with the same $OUT and EVIDENCE_WORK resumes the rest.
 #
 # Uses the system python when it already has a CUDA torch (no multi-GB download);
 # otherwise makes a venv in .venv-gpu and pip-installs the repo into it.
@@ -34,6 +41,10 @@ else
     done
 fi
 
+if [ -n "${EVIDENCE_ONLY:-}" ]; then
+    echo "== evidence protocol on CUDA only"
+    EVIDENCE=1
+else
 echo "== CUDA sanity check"
 "$PY" - <<'PYEOF' || { echo "CUDA sanity check failed"; exit 1; }
 import torch
@@ -73,6 +84,16 @@ timeout 150 "$PY" benchmarks/deploy.py --device cuda --repeats 30 --warmup 5 --o
 echo "== paper-scale pipeline on CUDA (ngf 64, 9 blocks, 256 px; stages cut short, full cost projected)"
 timeout 110 "$PY" benchmarks/paper_scale.py --device cuda --out "$OUT" --work /tmp/coevo_paper_scale \
     || echo "paper_scale FAILED or timed out (continuing)"
+fi  # EVIDENCE_ONLY
+status=${status:-0}
+
+if [ -n "${EVIDENCE:-}" ]; then
+    echo "== evidence protocol on CUDA (snow, distill; stops at ${EVIDENCE_S:-450} s, resumable)"
+    timeout "${EVIDENCE_S:-450}" "$PY" benchmarks/evidence.py --task snow --device cuda --jobs "${EVIDENCE_JOBS:-8}" \
+        --recipe distill --seeds 8 --budgets 0.05,0.02,0.1 --cap 6000 --window 2000 --eval-every 500 --threads 1 \
+        --set finetune.batch_size=4 --work "${EVIDENCE_WORK:-/tmp/coevo_evidence}" --out "$OUT" \
+        || echo "evidence stopped before every cell finished (the finished ones are in $OUT; rerun to resume)"
+fi
 echo "== done (benchmark exit $status); files in $OUT:"
 ls -l "$OUT"
 exit $status

@@ -339,3 +339,47 @@ def test_speed_times_seed_0_of_every_cell_against_the_teacher(tmp_path, teacher,
     assert list(out["cells"]) == ["distill uniform_b0.1_s0"]  # seed 0 only; a reused cell has no models of its own
     v = out["cells"]["distill uniform_b0.1_s0"]
     assert set(v) == {"G_A", "G_B"} and all(v[d]["speedup"] > 0 for d in v)
+
+
+def test_cells_are_grouped_by_recipe_budget_and_seed_with_their_arms_in_order():
+    cells = [(r, a, b, s) for r in ("gan",) for b in (0.05, 0.1) for s in range(2) for a in ("coevo", "coevo-scratch")]
+    groups = ev.cell_groups(cells)
+    assert len(groups) == 4 and sum(map(len, groups)) == len(cells)
+    for g in groups:  # a search and its scratch twin stay in one process, search first
+        assert [c[1] for c in g] == ["coevo", "coevo-scratch"] and len({(c[0], c[2], c[3]) for c in g}) == 1
+
+
+def test_cells_run_in_parallel_processes_give_the_one_process_results(tmp_path, teacher_cfg, monkeypatch):
+    from coevo.models.teacher import find_teacher
+
+    monkeypatch.setitem(sys.modules, "evidence", ev)  # spawned workers import the benchmark by name
+    ev.converge_teacher(teacher_cfg, tmp_path / "teacher", window=100, cap=2, eval_every=2)
+    paths = find_teacher(tmp_path / "teacher")
+    teacher = {d: ev.load_generator(getattr(paths, d)).eval() for d in ev.DIRECTIONS}
+    cfg = ev._cfg_with(teacher_cfg, ["search.channel_multiple=1", "finetune.epochs=1", "finetune.epochs_decay=0",
+                                     "finetune.max_steps_per_epoch=2", "finetune.sample_every=0"])
+    data = Path(teacher_cfg.data.root)
+    cells = [("distill", a, 0.3, s) for s in range(2) for a in ("l1", "uniform")]
+    one = {}
+    for recipe, arm, budget, seed in cells:
+        mark_run_dir(tmp_path / "one", "test")
+        rec = ev.run_cell(arm, budget, seed, recipe, cfg, paths, teacher, data, tmp_path / "one", ev.TOLERANCE)
+        one[(arm, seed)] = rec
+    mark_run_dir(tmp_path / "two", "test")
+    two = {(r["arm"], r["seed"]): r for r, _ in ev.run_parallel(cells, 2, cfg, paths, data, tmp_path / "two",
+                                                               ev.TOLERANCE, threads=1)}
+    assert set(two) == set(one)
+    for key, rec in one.items():
+        for k in ("psnr_teacher_AB", "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "macs_ratio_A", "widths"):
+            assert two[key][k] == rec[k], (key, k)
+        assert ev.cell_path(tmp_path / "two", "distill", key[0], 0.3, key[1]).is_file()
+
+
+def test_cuda_cells_get_their_own_files_and_a_machine_without_cuda_is_told(tmp_path, monkeypatch):
+    args = ev.parse_args(["--task", "dense", "--device", "cuda"])
+    assert args.tag == "dense_cuda" and args.work == Path("benchmarks/work/evidence-dense-cuda")
+    assert ev.parse_args(["--task", "dense"]).tag == "dense"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        ev.main(["--tiny", "--device", "cuda", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # refused before any work
