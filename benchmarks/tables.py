@@ -212,7 +212,7 @@ def frontier_table() -> str:
 
 ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "uniform": "uniform (L1)",
              "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch",
-             "coevo-supernet": "coevo on a supernet"}
+             "coevo-supernet": "coevo on a supernet", "coevo-floor": "coevo, width floor"}
 
 
 def _speedup(v: Dict | None) -> str:

@@ -13,7 +13,7 @@ import torch
 from coevo.config import config_from_dict
 from coevo.core.runs import mark_run_dir
 from coevo.models import GeneratorArch, ResnetGenerator, save_generator
-from coevo.prune import macs_ratio_of, slim
+from coevo.prune import Genome, macs_ratio_of, slim
 from coevo.prune.baselines import filter_importance
 from coevo.search import MACS_CONVENTION, MACS_SIZE
 from coevo.train.init import init_weights
@@ -383,3 +383,32 @@ def test_cuda_cells_get_their_own_files_and_a_machine_without_cuda_is_told(tmp_p
     with pytest.raises(SystemExit, match="no CUDA device"):
         ev.main(["--tiny", "--device", "cuda", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # refused before any work
+
+
+def test_the_floor_arm_searches_with_the_uniform_students_narrowest_width(work, teacher, fake_training,
+                                                                           monkeypatch):
+    cfg = _cfg()
+    floor = ev.width_floor(teacher, 0.3)
+    assert floor == min(min(ev.uniform_genome(teacher[d], 0.3).widths().values()) for d in ev.DIRECTIONS) > 1
+    searched = []
+
+    def fake_search(cfg_, paths, work_, budget, seed, min_channels=None):
+        searched.append(min_channels)
+        # a search result with one group at the floor: MAC matching must not take it below
+        genomes = {}
+        for d in ev.DIRECTIONS:
+            g = Genome.all_keep(teacher[d].arch)  # far above the budget: matching must cut, but not the floor
+            widths = g.widths()
+            widths[min(widths, key=widths.get)] = min_channels
+            genomes[d] = ev.with_widths(g, widths, filter_importance(teacher[d]))
+        return genomes, {"search_folder": "FLOOR", **({} if min_channels is None else {"min_channels": min_channels})}
+
+    monkeypatch.setattr(ev, "search_pair", fake_search)
+    rec = ev.run_cell("coevo-floor", 0.3, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert searched[0] == floor and rec["min_channels"] == floor and rec["macs_within_tolerance"]
+    assert all(min(rec["widths"][d].values()) >= floor for d in ev.DIRECTIONS)
+    cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s, "psnr_teacher_AB": v + s * 0.1,
+              "psnr_teacher_BA": v, "psnr_gt_AB": 1.0, "psnr_gt_BA": 1.0}
+             for a, v in (("coevo", 20.0), ("coevo-floor", 21.0), ("uniform", 19.0)) for s in range(3)]
+    assert set(ev.summarise(cells)["psnr_teacher"]) == {
+        "distill b0.05: coevo - uniform", "distill b0.05: coevo-floor - uniform", "distill b0.05: coevo-floor - coevo"}
