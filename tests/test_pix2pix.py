@@ -319,6 +319,21 @@ def test_pix2pix_teacher_training_resumes_bit_identically(tmp_path, paired_set, 
     assert load_pix2pix_discriminator(straight / "latest_net_D.pth", load_pix2pix_generator(paths.G)).arch.norm == "batch"
 
 
+def test_sample_grids_do_not_change_a_train_reference_mode_run(tmp_path, paired_set):
+    """Sample grids run G in train reference mode (dropout on) on the scoring stream, not the training's
+    seeded dropout stream: drawing them every epoch or never ends with the same weights."""
+    ends = []
+    for every in (1, 0):
+        cfg = tiny_cfg(paired_set, "model.reference_mode=train", "pix2pix.dropout=true",
+                       "train.max_steps_per_epoch=1", f"train.sample_every={every}")
+        run = train_pix2pix(cfg, tmp_path / f"every{every}")
+        assert (run / "samples" / "epoch_001.png").exists() == (every == 1)
+        ends.append(safe_torch_load(run / "checkpoint.pt"))
+    assert build_pix2pix(cfg, cfg.seed).G.arch.dropout
+    for key in ("nets", "optimizers", "rng"):
+        assert_same_tree(ends[0][key], ends[1][key], key)
+
+
 def test_student_objective_distils_towards_the_teacher(tmp_path, paired_set):
     cfg = tiny_cfg(paired_set)
     teacher = build_pix2pix(cfg, 0).G.eval()

@@ -56,7 +56,7 @@ from ..core.runs import append_jsonl, truncate_jsonl, undo_failed_start
 from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
-from ..models.generator import fixed_rng, scoring_mode
+from ..models.generator import fixed_rng
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
@@ -391,12 +391,18 @@ class Pix2PixTrainer:
 
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:
-        """Grid of input | output | target (outputs in ``reference_mode``)."""
+        """Grid of input | output | target (outputs in ``reference_mode``, as :class:`PairedValidation` scores them).
+
+        G runs as a :func:`scoring_copy`: in train mode its dropout draws from the scoring stream
+        (:func:`coevo.models.generator.fixed_rng`), not the training's seeded dropout stream, and no
+        BatchNorm statistics are learnt, so drawing samples never changes a run's result (as in
+        :meth:`coevo.train.loop.CycleGANTrainer.save_samples`)."""
         from ..evaluation.viz import save_grid
 
         real_A, real_B = images["A"].to(self.device), images["B"].to(self.device)
-        with scoring_mode(self.nets.G, self.obj.reference_mode):
-            fake_B = torch.cat([self.nets.G(a[None]) for a in real_A])
+        g = scoring_copy(self.nets.G, self.obj.reference_mode)
+        with fixed_rng():
+            fake_B = torch.cat([g(a[None]) for a in real_A])
         save_grid([("input", real_A.cpu()), ("output", fake_B.cpu()), ("target", real_B.cpu())], path,
                   max_rows=self.s.sample_images, title=f"{self.s.section} epoch {self.epoch}")
 
