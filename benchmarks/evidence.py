@@ -358,8 +358,8 @@ def converge_teacher(cfg: Config, folder: Path, window: int = 2000, tol_db: floa
     record_path = folder / "convergence.json"
     if record_path.is_file() and (folder / "G_A.pt").is_file():
         record = json.loads(record_path.read_text())
-        if record.get("status") == "done":
-            return record
+        if record.get("status") == "done" and (record.get("converged") or record.get("steps", 0) >= cap):
+            return record  # a capped teacher goes on from its checkpoint when given a higher --cap
     folder.mkdir(parents=True, exist_ok=True)
     if not run_entries(folder):
         mark_run_dir(folder, "benchmarks/evidence.py teacher")

@@ -242,10 +242,19 @@ def evidence_table() -> str:
         drift = ""
         if curve:
             peaks = {k: max(curve, key=lambda p: p[k]) for k in ("psnr_AB", "psnr_BA")}
-            drift = (" Along the way A->B peaked at {:.2f} dB (step {}) and B->A at {:.2f} dB (step {}): at a constant "
-                     "learning rate the two directions trade places while their mean holds."
+            drift = (" Along the way A->B peaked at {:.2f} dB (step {}) and B->A at {:.2f} dB (step {})"
                      .format(peaks["psnr_AB"]["psnr_AB"], peaks["psnr_AB"]["step"],
                              peaks["psnr_BA"]["psnr_BA"], peaks["psnr_BA"]["step"]))
+            window, last = t["rule"]["window_steps"], curve[-1]["step"]
+            now = [p["psnr"] for p in curve if p["step"] > last - window]
+            before = [p["psnr"] for p in curve if last - 2 * window < p["step"] <= last - window]
+            if isinstance(stop, dict):
+                drift += ": at a constant learning rate the two directions trade places while their mean holds."
+            elif now and before:
+                drift += (f"; the mean held-out PSNR over the last {window} steps was {sum(now) / len(now):.2f} dB "
+                          f"against {sum(before) / len(before):.2f} dB over the {window} before.")
+            else:
+                drift += "."
         parts.append(
             f"**{task} task.** Teacher ({d['settings']['config']['model']['ngf']} filters, "
             f"{d['settings']['config']['model']['n_blocks']} blocks, 64 px): {how}; held-out training PSNR "
@@ -306,7 +315,8 @@ def fitness_table() -> str:
         ok = all(r >= FITNESS_GOAL["rho"] for r in rhos) and all(f is not None and f >= FITNESS_GOAL[
             "fraction_of_ceiling"] for f in fr)
         cell = lambda g: "{:+.2f} [{:+.2f}, {:+.2f}]".format(v[g]["fitness"]["rho"], *v[g]["fitness"]["ci95"])  # noqa: E731
-        rows.append(f"| {kind} | {cell('G_A')} | {cell('G_B')} | "
+        name = "narrowest group width (no network run)" if kind == "narrowest width" else kind
+        rows.append(f"| {name} | {cell('G_A')} | {cell('G_B')} | "
                     + ", ".join("-" if f is None else f"{f:.2f}" for f in fr)
                     + f" | {d['seconds_per_candidate'][kind] * 1000:.0f} | {'yes' if ok else 'no'} |")
     c = d["noise_ceiling"]

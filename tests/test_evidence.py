@@ -412,3 +412,18 @@ def test_the_floor_arm_searches_with_the_uniform_students_narrowest_width(work, 
              for a, v in (("coevo", 20.0), ("coevo-floor", 21.0), ("uniform", 19.0)) for s in range(3)]
     assert set(ev.summarise(cells)["psnr_teacher"]) == {
         "distill b0.05: coevo - uniform", "distill b0.05: coevo-floor - uniform", "distill b0.05: coevo-floor - coevo"}
+
+
+def test_a_capped_teacher_goes_on_under_a_higher_cap_as_if_never_stopped(tmp_path, teacher_cfg):
+    from coevo.models.io import safe_torch_load
+
+    straight = ev.converge_teacher(teacher_cfg, tmp_path / "straight", window=100, cap=8, eval_every=2)
+    capped = ev.converge_teacher(teacher_cfg, tmp_path / "later", window=100, cap=4, eval_every=2)
+    assert capped["stopped_by"] == "cap" and capped["steps"] == 4
+    assert ev.converge_teacher(teacher_cfg, tmp_path / "later", window=100, cap=4, eval_every=2) == capped
+    later = ev.converge_teacher(teacher_cfg, tmp_path / "later", window=100, cap=8, eval_every=2)
+    assert later["steps"] == 8 and later["curve"] == straight["curve"] and later["rule"]["cap_steps"] == 8
+    for name in ("G_A.pt", "G_B.pt"):
+        a = safe_torch_load(tmp_path / "straight" / name)["state_dict"]
+        b = safe_torch_load(tmp_path / "later" / name)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
