@@ -584,6 +584,14 @@ def evaluate_pair(students: Mapping, teacher: Mapping, data: Path) -> Dict:
     return out
 
 
+def val_fidelity(folder: Path) -> Dict[str, float]:
+    """The fine-tuned pair's L1 to the teacher on the held-out TRAINING images (``finetune.json``'s
+    selection metric, at the chosen epoch): ``val_l1_teacher_AB/BA``, for deciding things without the test split."""
+    f = Path(folder) / "finetune.json"
+    val = (json.loads(f.read_text()).get("val") or {}) if f.is_file() else {}
+    return {f"val_l1_teacher_{EVAL[d]}": float(val[f"val_l1_{d[-1]}"]) for d in DIRECTIONS if f"val_l1_{d[-1]}" in val}
+
+
 def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths: TeacherPaths, teacher: Mapping,
              data: Path, work: Path, tol: float) -> Dict:
     """One cell: genomes, MAC matching, fine-tuning (or reuse of an identical finished cell), test scores."""
@@ -591,7 +599,14 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
 
     path = cell_path(work, recipe, arm, budget, seed)
     if path.is_file():
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
+        if "val_l1_teacher_AB" not in record:  # a cell finished before the record carried it
+            trained = record.get("reused_from") or cell_name(arm, budget, seed)
+            extra = val_fidelity(work / "runs" / recipe / trained)
+            if extra:
+                record.update(extra)
+                atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+        return record
     t0 = time.perf_counter()
     genomes, info = matched_pair(arm, budget, seed, cfg, paths, teacher, work, tol)
     l1, _ = matched_pair("l1", budget, seed, cfg, paths, teacher, work, tol)
@@ -607,7 +622,7 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
               "widths": {d: genomes[d].widths() for d in DIRECTIONS}, **info}
     twin = _finished_twin(work, recipe, seed, key, init, exclude=path)
     if twin is not None:
-        record.update({k: twin[k] for k in twin if k.startswith(("psnr_", "l1_teacher", "ssim_"))},
+        record.update({k: twin[k] for k in twin if k.startswith(("psnr_", "l1_teacher", "ssim_", "val_"))},
                       reused_from=cell_name(twin["arm"], twin["budget"], twin["seed"]))
     else:
         folder = work / "runs" / recipe / cell_name(arm, budget, seed)
@@ -619,6 +634,7 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
                                  **({"search_dir": info["search_folder"]} if init == "supernet" else {})})
         students = {d: load_generator(folder / f"{d}.pt").eval() for d in DIRECTIONS}
         record.update(evaluate_pair(students, teacher, data))
+        record.update(val_fidelity(folder))
         record["finetune_folder"] = str(folder)
     record["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")  # last: the cell is finished

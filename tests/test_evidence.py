@@ -427,3 +427,16 @@ def test_a_capped_teacher_goes_on_under_a_higher_cap_as_if_never_stopped(tmp_pat
         a = safe_torch_load(tmp_path / "straight" / name)["state_dict"]
         b = safe_torch_load(tmp_path / "later" / name)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_cells_record_the_held_out_training_fidelity_and_old_cells_get_it_when_read(work, teacher, fake_training):
+    cfg = _cfg()
+    rec = ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert "val_l1_teacher_AB" not in rec  # the fake fine-tuning wrote no finetune.json
+    # the real one does: its selection metric on the held-out training images
+    (work / "runs" / "distill" / "l1_b0.1_s0" / "finetune.json").write_text(
+        json.dumps({"val": {"val_l1_A": 0.07, "val_l1_B": 0.03, "val_l1": 0.05}}))
+    again = ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert again["val_l1_teacher_AB"] == 0.07 and again["val_l1_teacher_BA"] == 0.03
+    assert json.loads(ev.cell_path(work, "distill", "l1", 0.1, 0).read_text())["val_l1_teacher_AB"] == 0.07
+    assert len(fake_training) == 1  # read back, not trained again
