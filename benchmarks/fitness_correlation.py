@@ -40,34 +40,7 @@ import numpy as np
 import torch
 
 from coevo.core.runs import prepare_run_dir
-
-
-def spearman(x, y) -> float:
-    """Spearman's rho (average ranks for ties)."""
-    def ranks(v):
-        v = np.asarray(v, dtype=np.float64)
-        order = np.argsort(v, kind="mergesort")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for val in np.unique(v):  # ties share their mean rank
-            idx = np.flatnonzero(v == val)
-            r[idx] = r[idx].mean()
-        return r
-    rx, ry = ranks(x), ranks(y)
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
-def spearman_ci(x, y, reps: int = 2000, seed: int = 0):
-    """Spearman's rho and a 95% percentile bootstrap interval (pairs resampled with replacement)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(reps):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:  # a resample of one distinct value has no rank order
-            draws.append(spearman(x[i], y[i]))
-    lo, hi = (np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"), float("nan")))
-    return {"rho": spearman(x, y), "ci95": [float(lo), float(hi)]}
+from paired_stats import spearman, spearman_ci  # noqa: F401  (spearman: part of this script's interface)
 
 
 def narrowest_reference(genomes: List[Dict], seed: int = 0) -> Dict:

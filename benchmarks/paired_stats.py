@@ -13,6 +13,9 @@ of L1, in dB). :func:`paired` reports:
 :func:`holm` adjusts the p-values of all comparisons in one table (Holm-Bonferroni), and
 :func:`verdict` turns one comparison into ``better``, ``worse``, ``equivalent`` or
 ``undecided``. ``tests/test_paired_stats.py`` checks each against hand-computed numbers.
+
+:func:`spearman` and :func:`spearman_ci` (rank correlation with a bootstrap interval) judge how well
+one number predicts another (a fitness the fine-tuned result, a genome's narrowest width its fidelity).
 """
 from __future__ import annotations
 
@@ -94,3 +97,32 @@ def compare_all(pairs: Dict[str, tuple], margin: float = EQUIVALENCE_DB, alpha: 
     for n, pt, pe in zip(names, p_t, p_tost):
         results[n].update(p_t_holm=pt, p_tost_holm=pe, verdict=verdict(results[n], pt, pe, alpha))
     return results
+
+
+# ----------------------------------------------------------------------------- rank correlation
+def spearman(x, y) -> float:
+    """Spearman's rho (average ranks for ties)."""
+    def ranks(v):
+        v = np.asarray(v, dtype=np.float64)
+        order = np.argsort(v, kind="mergesort")
+        r = np.empty(len(v))
+        r[order] = np.arange(len(v))
+        for val in np.unique(v):  # ties share their mean rank
+            idx = np.flatnonzero(v == val)
+            r[idx] = r[idx].mean()
+        return r
+    rx, ry = ranks(x), ranks(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_ci(x, y, reps: int = 2000, seed: int = 0):
+    """Spearman's rho and a 95% percentile bootstrap interval (pairs resampled with replacement)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(reps):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:  # a resample of one distinct value has no rank order
+            draws.append(spearman(x[i], y[i]))
+    lo, hi = (np.percentile(draws, [2.5, 97.5]) if draws else (float("nan"), float("nan")))
+    return {"rho": spearman(x, y), "ci95": [float(lo), float(hi)]}

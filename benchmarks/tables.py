@@ -293,7 +293,40 @@ def evidence_table() -> str:
             parts.append("\n".join(lines))
         else:
             parts.append("_No comparison yet: each needs coevo and the other arm on at least 2 common seeds._")
+        predictors = narrowest_width_table(cells)
+        if predictors:
+            parts.append(f"What predicts a student's fidelity ({task}): " + predictors)
     return "\n\n".join(parts)
+
+
+def narrowest_width_table(cells: List[Dict], min_cells: int = 8) -> str:
+    """Spearman (95% bootstrap interval) between each cell's narrowest group width and its fidelity to the
+    teacher, on the held-out TRAINING images (``val_l1_teacher``, negated: higher = better) and on the test
+    split (``psnr_teacher``), per recipe, budget and direction, over every arm fine-tuned from the
+    teacher's weights (scratch and supernet arms start elsewhere). Empty when no budget has ``min_cells``."""
+    from paired_stats import spearman_ci
+
+    rows = []
+    for recipe in sorted({c["recipe"] for c in cells}):
+        for budget in sorted({float(c["budget"]) for c in cells}):
+            g = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget
+                 and c.get("init") == "teacher" and "val_l1_teacher_AB" in c]
+            if len(g) < min_cells:
+                continue
+            out = []
+            for key, sign in (("val_l1_teacher", -1.0), ("psnr_teacher", 1.0)):
+                for d, tag in (("G_A", "AB"), ("G_B", "BA")):
+                    r = spearman_ci([min(c["widths"][d].values()) for c in g], [sign * c[f"{key}_{tag}"] for c in g])
+                    out.append(f"{r['rho']:+.2f} [{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]")
+            arms = ", ".join(sorted({c["arm"] for c in g}))
+            rows.append(f"| {recipe} | {budget:g} | {len(g)} ({arms}) | " + " | ".join(out) + " |")
+    if not rows:
+        return ""
+    return ("Spearman between a student's narrowest group width and its fidelity to the teacher, over the "
+            "cells fine-tuned from the teacher's weights; held-out training images (L1, the number that "
+            "decides) and test split (PSNR).\n\n"
+            "| recipe | budget | cells (arms) | held-out G_A | held-out G_B | test G_A | test G_B |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 FITNESS_GOAL = {"rho": 0.7, "fraction_of_ceiling": 0.8}  # issue 19: both directions, at 0.05 of the MACs

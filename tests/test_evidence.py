@@ -440,3 +440,21 @@ def test_cells_record_the_held_out_training_fidelity_and_old_cells_get_it_when_r
     assert again["val_l1_teacher_AB"] == 0.07 and again["val_l1_teacher_BA"] == 0.03
     assert json.loads(ev.cell_path(work, "distill", "l1", 0.1, 0).read_text())["val_l1_teacher_AB"] == 0.07
     assert len(fake_training) == 1  # read back, not trained again
+
+
+def test_the_narrowest_width_table_ranks_cells_on_held_out_and_test_fidelity():
+    import tables
+
+    cells = []
+    for i in range(8):  # G_A: wider bottleneck, better on both splits; G_B: the reverse on held-out data
+        cells.append({"recipe": "distill", "budget": 0.05, "arm": "l1" if i % 2 else "coevo", "seed": i,
+                      "init": "teacher", "widths": {"G_A": {"stem": 2 + i, "trunk": 30}, "G_B": {"stem": 2 + i}},
+                      "val_l1_teacher_AB": 0.1 - 0.01 * i, "val_l1_teacher_BA": 0.01 * i,
+                      "psnr_teacher_AB": 20.0 + i, "psnr_teacher_BA": 20.0 - 0.1 * i})
+    scratch = dict(cells[0], arm="uniform-scratch", init="scratch")  # starts elsewhere: left out
+    text = tables.narrowest_width_table(cells + [scratch])
+    row = [line for line in text.splitlines() if line.startswith("| distill | 0.05 |")]
+    assert len(row) == 1 and "| 8 (coevo, l1) |" in row[0]
+    held_a, held_b, test_a = (row[0].split(" | ")[i] for i in (3, 4, 5))
+    assert held_a.startswith("+1.00") and held_b.startswith("-1.00") and test_a.startswith("+1.00")
+    assert tables.narrowest_width_table(cells[:7]) == ""  # fewer than 8 cells at every budget

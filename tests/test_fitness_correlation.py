@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 BENCH = Path(__file__).parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))  # the script imports paired_stats as the scripts do
 SPEC = importlib.util.spec_from_file_location("fitness_correlation", BENCH / "fitness_correlation.py")
 fc = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(fc)
