@@ -312,7 +312,116 @@ def read_training_checkpoint(path: Path, recipe: str, total_epochs: int, recipe_
     return ckpt
 
 
-class CycleGANTrainer:
+class TrainerBase:
+    """The scaffolding every trainer shares (:class:`CycleGANTrainer`, its distillation subclass and
+    :class:`coevo.train.pix2pix.Pix2PixTrainer`): the run folder's files, the progress counters, the
+    checkpoint header and the G/D networks, optimizers and schedules in it, log writing and resume.
+
+    A subclass sets ``RECIPE`` (and ``RECIPE_HINT``), calls :meth:`_start` from its ``__init__`` and builds
+    ``opt_G``/``opt_D`` and ``sched_G``/``sched_D`` for :meth:`_networks_state` and :meth:`_load_networks`.
+    """
+
+    RECIPE = "gan"  # what a checkpoint's "recipe" says; a run refuses another recipe's checkpoint
+    RECIPE_HINT = "resume with the run's own finetune.mode"  # the way out when the recipes clash
+    world, rank = 1, 0  # one process unless a subclass says otherwise (torchrun)
+
+    def _start(self, nets: Any, settings: LoopSettings, run_dir: str | Path, hook: Optional[Any]) -> None:
+        """The settings, the run folder, the networks on the device in train mode, the hook, zero counters."""
+        self.s = settings
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(settings.device)
+        self.nets = nets
+        for net in nets.as_dict().values():
+            net.to(self.device).train()
+        self.hook = hook
+        self.epoch = 0                 # epochs completed
+        self.global_step = 0
+        self.log_records = 0
+        self.seconds = 0.0
+        self.last_epoch: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_NAME
+
+    # ------------------------------------------------------------------ checkpoint
+    def _counters_state(self) -> Dict[str, Any]:
+        """A checkpoint's header (format, version, recipe) and progress counters, the same for every recipe."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "recipe": self.RECIPE,
+            "section": self.s.section,
+            "epoch": self.epoch,
+            "total_epochs": self.s.total_epochs,
+            "global_step": self.global_step,
+            "log_records": self.log_records,
+            "seconds": self.seconds,
+            "last_epoch": dict(self.last_epoch),
+        }
+
+    def _networks_state(self) -> Dict[str, Any]:
+        """The networks (on the CPU), the G and D optimizers and their schedules."""
+        return {
+            "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
+                     for k, net in self.nets.as_dict().items()},
+            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
+            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+        }
+
+    def _write_checkpoint(self, state: Mapping[str, Any]) -> None:
+        atomic_torch_save(state, self.checkpoint_path)
+        log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
+
+    def _read_checkpoint(self, path: Path) -> Dict[str, Any]:
+        """``path`` loaded and checked to be this recipe's checkpoint of a run of this length."""
+        return read_training_checkpoint(path, self.RECIPE, self.s.total_epochs, self.RECIPE_HINT)
+
+    def _load_networks(self, ckpt: Mapping[str, Any]) -> None:
+        """:meth:`_networks_state`'s part of ``ckpt`` back into the networks, optimizers and schedules."""
+        for k, net in self.nets.as_dict().items():
+            net.load_state_dict(ckpt["nets"][k])
+        self.opt_G.load_state_dict(ckpt["optimizers"]["G"])
+        self.opt_D.load_state_dict(ckpt["optimizers"]["D"])
+        self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
+        self.sched_D.load_state_dict(ckpt["schedulers"]["D"])
+
+    def _restore_progress(self, ckpt: Mapping[str, Any]) -> None:
+        if self.hook is not None:
+            self.hook.load_state_dict(ckpt["hook"])
+        self.epoch = int(ckpt["epoch"])
+        self.global_step = int(ckpt["global_step"])
+        self.log_records = int(ckpt["log_records"])
+        self.seconds = float(ckpt["seconds"])
+        self.last_epoch = dict(ckpt["last_epoch"])
+
+    def load_checkpoint(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt``; log lines written after it are dropped and replayed."""
+        if self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+            log.info("resuming after epoch %d (step %d)", self.epoch, self.global_step)
+        else:
+            log.info("no checkpoint in %s yet: starting from the first epoch", self.run_dir)
+        if self.rank == 0:
+            truncate_jsonl(self.log_path, self.log_records)
+
+    # ------------------------------------------------------------------ logs
+    def _log(self, record: Dict[str, Any]) -> None:
+        """One line of ``log.jsonl`` (rank 0 writes it; every rank counts it, for resume)."""
+        if self.rank == 0:
+            append_jsonl(self.log_path, record)
+        self.log_records += 1
+
+
+class CycleGANTrainer(TrainerBase):
     """Trains a :class:`CycleGANNets` in ``run_dir`` with checkpoints, logs and sample grids.
 
     Files: ``checkpoint.pt`` (everything needed for exact resume), ``log.jsonl``
@@ -321,17 +430,11 @@ class CycleGANTrainer:
 
     def __init__(self, nets: CycleGANNets, settings: LoopSettings, run_dir: str | Path,
                  teacher: Optional[GeneratorPair] = None, hook: Optional[EpochHook] = None) -> None:
-        self.s = settings
-        self.run_dir = Path(run_dir)
-        self.device = torch.device(settings.device)
-        self.nets = nets
-        for net in nets.as_dict().values():
-            net.to(self.device).train()
+        self._start(nets, settings, run_dir, hook)
         self.teacher = teacher
         if teacher is not None:
             for t in (teacher.G_A, teacher.G_B):
                 t.to(self.device).eval().requires_grad_(False)
-        self.hook = hook
         s = settings
         self.adapters = None
         if teacher is not None and s.lambda_feature > 0:
@@ -361,37 +464,12 @@ class CycleGANTrainer:
                 if self.device.type == "cuda" else None
             self.generator_losses = DistributedDataParallel(self.generator_losses, device_ids=ids)
             self.discriminator_losses = DistributedDataParallel(self.discriminator_losses, device_ids=ids)
-        self.epoch = 0                 # epochs completed
-        self.global_step = 0
-        self.log_records = 0
-        self.seconds = 0.0
-        self.last_epoch: Dict[str, float] = {}
-
-    # ------------------------------------------------------------------ paths
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / LOG_NAME
 
     # ------------------------------------------------------------------ checkpoint
-    RECIPE = "gan"  # what a checkpoint's "recipe" says; a run refuses another recipe's checkpoint
-
     def _progress_state(self) -> Dict[str, Any]:
-        """The part of a checkpoint every recipe shares: format, counters, the model-selection hook."""
+        """The part of a checkpoint the CycleGAN recipes share: format, counters, adapters, the model-selection hook."""
         return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "recipe": self.RECIPE,
-            "section": self.s.section,
-            "epoch": self.epoch,
-            "total_epochs": self.s.total_epochs,
-            "global_step": self.global_step,
-            "log_records": self.log_records,
-            "seconds": self.seconds,
-            "last_epoch": dict(self.last_epoch),
+            **self._counters_state(),
             "adapters": ({n: v.detach().cpu() for n, v in self.adapters.state_dict().items()}
                          if self.adapters is not None else {}),
             "hook": self.hook.state_dict() if self.hook is not None else {},
@@ -400,14 +478,7 @@ class CycleGANTrainer:
 
     def state_dict(self) -> Dict[str, Any]:
         """Only tensors, dicts, lists, numbers and strings: loadable with ``weights_only=True``."""
-        return {
-            **self._progress_state(),
-            "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
-                     for k, net in self.nets.as_dict().items()},
-            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
-            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
-            "pools": self._pools(),
-        }
+        return {**self._progress_state(), **self._networks_state(), "pools": self._pools()}
 
     def _pools(self) -> Dict[str, Any]:
         return {"fake_A": self.pool_fake_A.state_dict(), "fake_B": self.pool_fake_B.state_dict()}
@@ -423,34 +494,14 @@ class CycleGANTrainer:
         state = self.state_dict()
         if self.world > 1:
             state["rank_pools"] = pools
-        atomic_torch_save(state, self.checkpoint_path)
-        log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
-
-    def _read_checkpoint(self, path: Path) -> Dict[str, Any]:
-        """``path`` loaded and checked to be this recipe's checkpoint of a run of this length."""
-        return read_training_checkpoint(path, self.RECIPE, self.s.total_epochs,
-                                        "resume with the run's own finetune.mode")
-
-    def _restore_progress(self, ckpt: Mapping[str, Any]) -> None:
-        if self.hook is not None:
-            self.hook.load_state_dict(ckpt["hook"])
-        self.epoch = int(ckpt["epoch"])
-        self.global_step = int(ckpt["global_step"])
-        self.log_records = int(ckpt["log_records"])
-        self.seconds = float(ckpt["seconds"])
-        self.last_epoch = dict(ckpt["last_epoch"])
+        self._write_checkpoint(state)
 
     def load_checkpoint(self, path: Path) -> None:
         ckpt = self._read_checkpoint(path)
         try:
-            for k, net in self.nets.as_dict().items():
-                net.load_state_dict(ckpt["nets"][k])
+            self._load_networks(ckpt)
             if self.adapters is not None:
                 self.adapters.load_state_dict(ckpt["adapters"])
-            self.opt_G.load_state_dict(ckpt["optimizers"]["G"])
-            self.opt_D.load_state_dict(ckpt["optimizers"]["D"])
-            self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
-            self.sched_D.load_state_dict(ckpt["schedulers"]["D"])
             saved_world = int(ckpt.get("world_size", 1))
             if saved_world != self.world:
                 log.warning("%s was written by %d process(es), this run has %d: the batches are shared out "
@@ -463,16 +514,6 @@ class CycleGANTrainer:
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
         self._restore_progress(ckpt)
-
-    def resume(self) -> None:
-        """Continue from ``checkpoint.pt``; log lines written after it are dropped and replayed."""
-        if self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
-            log.info("resuming after epoch %d (step %d)", self.epoch, self.global_step)
-        else:
-            log.info("no checkpoint in %s yet: starting from the first epoch", self.run_dir)
-        if self.rank == 0:
-            truncate_jsonl(self.log_path, self.log_records)
 
     # ------------------------------------------------------------------ one step
     def _check_finite(self, terms: Mapping[str, torch.Tensor], epoch: int, update: str,
@@ -557,11 +598,9 @@ class CycleGANTrainer:
                            seed=self.s.seed, epoch=epoch, replicas=self.world, rank=self.rank)
 
     def _log(self, record: Dict[str, Any]) -> None:
-        if self.rank == 0:
-            append_jsonl(self.log_path, record)
-            if record.get("kind") == "step":
-                self.curves.scalars(self.global_step, {k: v for k, v in record.items() if k != "kind"})
-        self.log_records += 1
+        super()._log(record)
+        if self.rank == 0 and record.get("kind") == "step":
+            self.curves.scalars(self.global_step, {k: v for k, v in record.items() if k != "kind"})
 
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:

@@ -49,10 +49,10 @@ from tqdm.auto import tqdm
 
 from ..config import Config
 from ..core import distributed
-from ..core.files import atomic_torch_save, atomic_write_text
+from ..core.files import atomic_write_text
 from ..core.rng import derive_seed, torch_rng
 from ..core.runlock import releasing
-from ..core.runs import append_jsonl, truncate_jsonl, undo_failed_start
+from ..core.runs import undo_failed_start
 from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
@@ -62,8 +62,7 @@ from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
 from .common import open_run_dir
 from .init import init_weights
-from .loop import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CHECKPOINT_VERSION, LOG_NAME, STREAM_INIT, LoopSettings, \
-    TrainingError, linear_decay, read_training_checkpoint
+from .loop import STREAM_INIT, LoopResult, LoopSettings, TrainerBase, TrainingError, linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -237,20 +236,17 @@ class PairedValidation:
 
 
 # ----------------------------------------------------------------------------- the trainer
-@dataclass
-class Pix2PixResult:
-    epochs: int
-    global_step: int
-    seconds: float
-    last_epoch: Dict[str, float]
+Pix2PixResult = LoopResult  # epochs, global_step, seconds, last_epoch: the CycleGAN loop's result
 
 
-class Pix2PixTrainer:
-    """Trains a :class:`Pix2PixNets` in ``run_dir`` (``checkpoint.pt``, ``log.jsonl``, ``samples/``), following
-    :class:`coevo.train.loop.CycleGANTrainer`'s conventions. ``teacher``: a frozen generator whose outputs
-    the student is distilled towards (``objective.lambda_distill``), or None for teacher training."""
+class Pix2PixTrainer(TrainerBase):
+    """Trains a :class:`Pix2PixNets` in ``run_dir`` (``checkpoint.pt``, ``log.jsonl``, ``samples/``) on
+    :class:`coevo.train.loop.TrainerBase`'s scaffolding, as :class:`coevo.train.loop.CycleGANTrainer` does.
+    ``teacher``: a frozen generator whose outputs the student is distilled towards
+    (``objective.lambda_distill``), or None for teacher training."""
 
     RECIPE = RECIPE
+    RECIPE_HINT = "resume it with the command that started it"
 
     def __init__(self, nets: Pix2PixNets, settings: LoopSettings, objective: Pix2PixObjective, run_dir: str | Path,
                  teacher: Optional[nn.Module] = None, hook: Optional[PairedValidation] = None) -> None:
@@ -258,11 +254,8 @@ class Pix2PixTrainer:
             raise ConfigError("pix2pix training runs in one process so far; start it without torchrun")
         if objective.gan_mode not in ("vanilla", "lsgan"):
             raise ConfigError(f"pix2pix.gan_mode must be vanilla or lsgan, got {objective.gan_mode!r}")
-        self.s, self.obj, self.run_dir, self.hook = settings, objective, Path(run_dir), hook
-        self.device = torch.device(settings.device)
-        self.nets = nets
-        for net in nets.as_dict().values():
-            net.to(self.device).train()
+        self._start(nets, settings, run_dir, hook)
+        self.obj = objective
         self.dropout_rng = torch_rng(derive_seed(settings.seed, STREAM_DROPOUT))
         seed_dropout(nets.G, self.dropout_rng)
         self.teacher = teacher
@@ -279,68 +272,29 @@ class Pix2PixTrainer:
         rule = linear_decay(s.epochs, s.epochs_decay)
         self.sched_G = torch.optim.lr_scheduler.LambdaLR(self.opt_G, rule)
         self.sched_D = torch.optim.lr_scheduler.LambdaLR(self.opt_D, rule)
-        self.epoch = 0
-        self.global_step = 0
-        self.log_records = 0
-        self.seconds = 0.0
-        self.last_epoch: Dict[str, float] = {}
-
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / CHECKPOINT_NAME
-
-    @property
-    def log_path(self) -> Path:
-        return self.run_dir / LOG_NAME
 
     # ------------------------------------------------------------------ checkpoint
     def state_dict(self) -> Dict[str, Any]:
         """Only tensors, dicts, lists, numbers and strings: loadable with ``weights_only=True``."""
         return {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "recipe": self.RECIPE,
-            "section": self.s.section, "epoch": self.epoch, "total_epochs": self.s.total_epochs,
-            "global_step": self.global_step, "log_records": self.log_records, "seconds": self.seconds,
-            "last_epoch": dict(self.last_epoch),
+            **self._counters_state(),
             "hook": self.hook.state_dict() if self.hook is not None else {},
-            "nets": {k: {n: v.detach().cpu() for n, v in net.state_dict().items()}
-                     for k, net in self.nets.as_dict().items()},
-            "optimizers": {"G": self.opt_G.state_dict(), "D": self.opt_D.state_dict()},
-            "schedulers": {"G": self.sched_G.state_dict(), "D": self.sched_D.state_dict()},
+            **self._networks_state(),
             "rng": {"dropout": self.dropout_rng.get_state(), "teacher_dropout": self.teacher_rng.get_state()},
         }
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.state_dict(), self.checkpoint_path)
-        log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
+        self._write_checkpoint(self.state_dict())
 
     def load_checkpoint(self, path: Path) -> None:
-        ckpt = read_training_checkpoint(path, self.RECIPE, self.s.total_epochs,
-                                        "resume it with the command that started it")
+        ckpt = self._read_checkpoint(path)
         try:
-            for k, net in self.nets.as_dict().items():
-                net.load_state_dict(ckpt["nets"][k])
-            self.opt_G.load_state_dict(ckpt["optimizers"]["G"])
-            self.opt_D.load_state_dict(ckpt["optimizers"]["D"])
-            self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
-            self.sched_D.load_state_dict(ckpt["schedulers"]["D"])
+            self._load_networks(ckpt)
             self.dropout_rng.set_state(ckpt["rng"]["dropout"])
             self.teacher_rng.set_state(ckpt["rng"]["teacher_dropout"])
-            if self.hook is not None:
-                self.hook.load_state_dict(ckpt["hook"])
+            self._restore_progress(ckpt)  # in here: a model-selection state that does not fit is a CheckpointError
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
-        self.epoch, self.global_step = int(ckpt["epoch"]), int(ckpt["global_step"])
-        self.log_records, self.seconds = int(ckpt["log_records"]), float(ckpt["seconds"])
-        self.last_epoch = dict(ckpt["last_epoch"])
-
-    def resume(self) -> None:
-        """Continue from ``checkpoint.pt``; log lines written after it are dropped and replayed."""
-        if self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
-            log.info("resuming after epoch %d (step %d)", self.epoch, self.global_step)
-        else:
-            log.info("no checkpoint in %s yet: starting from the first epoch", self.run_dir)
-        truncate_jsonl(self.log_path, self.log_records)
 
     # ------------------------------------------------------------------ one step
     def _check_finite(self, terms: Mapping[str, torch.Tensor], epoch: int, update: str) -> None:
@@ -385,10 +339,6 @@ class Pix2PixTrainer:
         return {k: float(v.detach()) for k, v in {**d_terms, **g_terms}.items()}
 
     # ------------------------------------------------------------------ epochs
-    def _log(self, record: Dict[str, Any]) -> None:
-        append_jsonl(self.log_path, record)
-        self.log_records += 1
-
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:
         """Grid of input | output | target (outputs in ``reference_mode``, as :class:`PairedValidation` scores them).
