@@ -352,3 +352,31 @@ def test_rerank_picks_the_best_trained_fitness_among_the_top_and_the_l1_seed(env
         assert result.summary["best"][d]["fitness"] == chosen[0]["trained_fitness"]
     again = run_search(cfg, tmp_path / "r", teacher=env["teacher"], resume=True, progress=False)
     assert again.summary["rerank"]["candidates"] == rerank["candidates"]
+
+
+def test_width_floor_keeps_every_genome_at_least_as_wide_as_the_uniform_networks_narrowest(env, reference, tmp_path):
+    from coevo.errors import ConfigError
+    from coevo.prune.budget import uniform_widths
+    from coevo.search.context import check_budget
+
+    arch = reference[1].best["G_A"].arch
+    budget = check_budget(arch, 0.5, 1)
+    floor = min(uniform_widths(arch, budget.max_macs, budget.size).values())
+    assert floor > 1 and check_budget(arch, 0.5, 1, "uniform").min_channels == floor
+    assert check_budget(arch, 0.5, floor + 1, "uniform").min_channels == floor + 1  # the larger of the two
+
+    def narrowest(run_dir):
+        bits = safe_torch_load(Path(run_dir) / "state.pt")["populations"]
+        return min(min(Genome.from_bits(arch, b).widths().values()) for d in DIRECTIONS for b in bits[d]["bits"].numpy())
+
+    run_search(make_cfg(env, macs_ratio=0.5), tmp_path / "free", teacher=env["teacher"], progress=False)
+    assert narrowest(tmp_path / "free") < floor  # left free, the search keeps narrower groups
+    result = run_search(make_cfg(env, macs_ratio=0.5, width_floor="uniform"), tmp_path / "floor",
+                        teacher=env["teacher"], progress=False)
+    assert narrowest(tmp_path / "floor") >= floor
+    assert all(min(g.widths().values()) >= floor for g in result.best.values())
+    summary = json.loads((tmp_path / "floor" / "search.json").read_text())
+    assert summary["min_channels"] == floor and summary["width_floor"] == "uniform"
+    assert summary["best"]["G_A"]["macs"] <= summary["budget_macs"]
+    with pytest.raises(ConfigError, match="width_floor"):
+        make_cfg(env, width_floor="uniform", compute="reward")

@@ -104,6 +104,21 @@ def test_sampler_draws_the_sandwich_within_the_budget(env):
     assert [g.key() for g in sampler.sample("G_A", 6)] != [g.key() for g in masks]
 
 
+def test_sampler_keeps_the_searchs_width_floor(env):
+    """With search.width_floor=uniform every sampled mask keeps the floor the search will keep."""
+    teacher = load_generator(env["teacher"] / "G_A.pt")
+    importance = {d: {n: np.ones(w) for n, w in teacher.arch.widths.items()} for d in DIRECTIONS}
+    floors = {}
+    for floor in ("none", "uniform"):
+        cfg = make_cfg(env, supernet={"random_masks": 3}, macs_ratio=0.5, width_floor=floor)
+        budget = search_budget(teacher.arch, cfg.search)
+        sampler = MaskSampler(teacher.arch, budget, cfg.search, importance, 3, seed=0)
+        floors[floor] = (budget.min_channels,
+                         min(min(g.widths().values()) for t in range(20) for g in sampler.sample("G_A", t)))
+    assert floors["uniform"][0] > 1 and floors["uniform"][1] >= floors["uniform"][0]
+    assert floors["none"][1] < floors["uniform"][0]  # without it, masks go narrower
+
+
 def test_supernet_training_resumes_bit_identically(env, tmp_path):
     """Stopped after 2 of 4 steps and resumed: weights, optimiser states and log equal an uninterrupted run's."""
     cfg = make_cfg(env)

@@ -120,6 +120,9 @@ class SearchConfig:
     repair: str = "importance"         # drop which channels to meet the budget: importance (L1 norm) | random
     tied: bool = False                 # paper layout: inner block channels tied to the trunk
     min_channels: int = 1
+    # none | uniform: no group narrower than the narrowest group of the uniformly narrow network at the
+    # budget (every group at one width fraction); the effective floor is recorded in search.json
+    width_floor: str = "none"
     channel_multiple: int = 1          # round kept channel counts to a multiple (CPU vector width)
     # auto (discriminator when the teacher has both discriminators, else lpips when its backbone
     # file is present, else teacher-features) | discriminator | lpips | teacher-features | l1
@@ -624,6 +627,7 @@ def _choices() -> Dict[str, Sequence[str]]:
         "search.compute": ("budget", "latency", "reward"),
         "search.latency_target": LATENCY_TARGETS,
         "search.fitness": ("proxy", "trained", "supernet"),
+        "search.width_floor": ("none", "uniform"),
         "model.reference_mode": ("auto", "train", "eval"),
         "data.synthetic_task": (*sorted(TASKS.names()), "pix2pix"),
         "data.layout": ("auto", "unaligned", "aligned"),
@@ -679,6 +683,9 @@ def _check_relations(section: str, s: Any) -> None:
         if s.weight_perceptual + s.weight_cycle <= 0:
             raise ConfigError("search.weight_perceptual and search.weight_cycle are both 0; "
                               "at least one must be > 0")
+        if s.width_floor != "none" and s.compute == "reward":
+            raise ConfigError(f"search.width_floor={s.width_floor} is drawn from the budget, and search.compute=reward "
+                              "has none; set search.compute=budget (or latency), or search.width_floor=none")
 
 
 def validate_section(section: str, obj: Any) -> None:

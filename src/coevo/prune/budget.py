@@ -188,6 +188,17 @@ def repair_to_budget(genome: Genome, max_macs: int, size: Size, rng: Optional[np
     return Genome(arch, new, tied=tied, meta=dict(genome.meta))
 
 
+def uniform_widths(arch: GeneratorArch, max_cost: float, size: Size, tied: bool = False,
+                   convention: str = "published", cost=None) -> Dict[str, int]:
+    """The uniformly narrow network under ``max_cost``: every group at one fraction of its width (rounded to
+    nearest), the largest fraction that fits. ``cost``: a latency table instead of MACs (see
+    :class:`WidthFitter`)."""
+    fitter = WidthFitter(arch, size, tied, 1, 1, convention, cost=cost)
+    _, widths = fitter.fit(fitter.full.astype(np.float64), fitter.full,
+                           max_cost if cost is not None else int(max_cost), offset=0.5, s_max=1.0)
+    return {n: int(w) for n, w in zip(fitter.names, widths)}
+
+
 def teacher_budget(arch: GeneratorArch, macs_ratio: float, size: Size, convention: str = "published") -> int:
     """``floor(macs_ratio * MACs(arch))``; ``macs_ratio`` must be in (0, 1]."""
     if not 0.0 < float(macs_ratio) <= 1.0:

@@ -73,6 +73,8 @@ class Budget:
     latency_table: Optional["LatencyTable"] = None
     max_ms: Optional[float] = None
     teacher_ms: Optional[float] = None
+    # the fewest channels any group keeps: search.min_channels, raised by search.width_floor=uniform
+    min_channels: int = 1
 
     @property
     def kind(self) -> str:
@@ -127,11 +129,31 @@ class SearchContext:
         return self.directions[name]
 
 
-def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
-    """The MAC budget for ``macs_ratio`` of ``arch``; :class:`BudgetError` up front when no genome can meet it."""
+def floor_channels(arch, min_channels: int, width_floor: str, max_cost: float, size: int, cost=None) -> int:
+    """The fewest channels a group may keep: ``min_channels``, or with ``width_floor="uniform"`` at least the
+    narrowest group of the uniformly narrow network under ``max_cost`` (:func:`coevo.prune.budget.uniform_widths`):
+    on the evidence benchmark the narrowest group's width tracked the fine-tuned students' held-out fidelity,
+    and a search left free leaves groups of 2-5 channels there."""
+    if width_floor == "none":
+        return int(min_channels)
+    if width_floor != "uniform":
+        raise ConfigError(f"search.width_floor must be none or uniform, got {width_floor!r}")
+    from ..prune.budget import uniform_widths
+
+    try:
+        narrowest = min(uniform_widths(arch, max_cost, size, convention=MACS_CONVENTION, cost=cost).values())
+    except BudgetError:
+        return int(min_channels)  # nothing fits even one channel per group: the budget check says so
+    return max(int(min_channels), int(narrowest))
+
+
+def check_budget(arch, macs_ratio: float, min_channels: int, width_floor: str = "none") -> Budget:
+    """The MAC budget for ``macs_ratio`` of ``arch``; :class:`BudgetError` up front when no genome can meet it.
+    ``width_floor``: see :func:`floor_channels` (the result's ``min_channels``)."""
     side = macs_side(arch)
     teacher = count_macs(arch, side, convention=MACS_CONVENTION)
     limit = teacher_budget(arch, macs_ratio, side, MACS_CONVENTION)
+    min_channels = floor_channels(arch, min_channels, width_floor, limit, side)
     floor = min_macs(arch, side, min_channels, MACS_CONVENTION)
     if floor > limit:
         raise BudgetError(
@@ -141,7 +163,8 @@ def check_budget(arch, macs_ratio: float, min_channels: int) -> Budget:
             f"(ratio {floor / teacher:.4f}). Raise search.macs_ratio to at least {floor / teacher:.4f} "
             "or lower search.min_channels."
         )
-    return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio), size=side)
+    return Budget(teacher_macs=teacher, max_macs=limit, macs_ratio=float(macs_ratio), size=side,
+                  min_channels=int(min_channels))
 
 
 def refuse_unet(arch, what: str, instead: str) -> None:
@@ -157,15 +180,17 @@ _LATENCY_INSTEAD = "set search.compute=budget (a MAC budget, search.macs_ratio) 
 
 
 def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, latency_ms: float,
-                         min_channels: int) -> Budget:
+                         min_channels: int, width_floor: str = "none") -> Budget:
     """A latency cap from ``latency_ms`` (when > 0) or ``latency_ratio`` x the teacher's predicted latency;
-    :class:`BudgetError` up front when even the narrowest network is predicted slower."""
+    :class:`BudgetError` up front when even the narrowest network is predicted slower. ``width_floor``:
+    see :func:`floor_channels` (the uniform network under the latency cap)."""
     from ..prune.budget import WidthFitter
 
     refuse_unet(arch, "the latency budget (search.compute=latency)", _LATENCY_INSTEAD)
     table.check(arch)
     teacher_ms = table.predict(arch)
     limit = float(latency_ms) if latency_ms and latency_ms > 0 else float(latency_ratio) * teacher_ms
+    min_channels = floor_channels(arch, min_channels, width_floor, limit, MACS_SIZE, cost=table)
     floor = float(WidthFitter(arch, MACS_SIZE, min_channels=min_channels, cost=table).min_cost())
     if floor > limit:
         raise BudgetError(
@@ -174,7 +199,8 @@ def check_latency_budget(arch, table: "LatencyTable", latency_ratio: float, late
             f"group is already predicted at {floor:.1f} ms (ratio {floor / teacher_ms:.3f}). Raise "
             "search.latency_ratio (or search.latency_ms) or lower search.min_channels.")
     return Budget(teacher_macs=count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION), max_macs=None,
-                  macs_ratio=None, latency_table=table, max_ms=limit, teacher_ms=teacher_ms)
+                  macs_ratio=None, latency_table=table, max_ms=limit, teacher_ms=teacher_ms,
+                  min_channels=int(min_channels))
 
 
 def latency_table_for(arch, search_cfg) -> "LatencyTable":
@@ -228,13 +254,14 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
         )
     perceptual = resolve_perceptual(s.perceptual, D_A is not None and D_B is not None, s.lpips_net)
     if s.compute == "budget":
-        budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels)
+        budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels, s.width_floor)
     elif s.compute == "latency":
         table = latency if latency is not None else latency_table_for(G_A.arch, s)
-        budget = check_latency_budget(G_A.arch, table, s.latency_ratio, s.latency_ms, s.min_channels)
+        budget = check_latency_budget(G_A.arch, table, s.latency_ratio, s.latency_ms, s.min_channels, s.width_floor)
     elif s.compute == "reward":
         side = macs_side(G_A.arch)
-        budget = Budget(count_macs(G_A.arch, side, convention=MACS_CONVENTION), None, None, size=side)
+        budget = Budget(count_macs(G_A.arch, side, convention=MACS_CONVENTION), None, None, size=side,
+                        min_channels=int(s.min_channels))
     else:
         raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
     device = torch.device(device)

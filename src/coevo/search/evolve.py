@@ -71,7 +71,7 @@ class CoevolutionSearch:
         self.evaluator = Evaluator(ctx, self.objective, output_cache_size=4 * search_cfg.population)
         self.breeder = Breeder.from_config(search_cfg)
         self.repairers = {
-            d: Repairer(ctx[d].teacher.arch, ctx.budget, search_cfg.tied, search_cfg.min_channels,
+            d: Repairer(ctx[d].teacher.arch, ctx.budget, search_cfg.tied, ctx.budget.min_channels,
                         search_cfg.channel_multiple, search_cfg.repair, ctx[d].importance)
             for d in DIRECTIONS
         }
@@ -140,9 +140,9 @@ class CoevolutionSearch:
         budget = self.ctx.budget
         if budget.latency_table is not None:
             return [l1_genome_for_latency(self.ctx[direction].teacher, budget.latency_table, budget.max_ms,
-                                          s.min_channels, s.channel_multiple, tied=s.tied)]
+                                          budget.min_channels, s.channel_multiple, tied=s.tied)]
         # In reward mode there is no cap; the seed still sits at macs_ratio.
-        return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, budget.size, s.min_channels,
+        return [l1_genome_for_macs(self.ctx[direction].teacher, s.macs_ratio, budget.size, budget.min_channels,
                                    s.channel_multiple, MACS_CONVENTION, tied=s.tied)]
 
     def initialise(self) -> Dict:

@@ -145,8 +145,9 @@ def build_pix2pix_context(cfg: Config, paths: Pix2PixPaths) -> Pix2PixSearchCont
     if size % multiple:
         raise ConfigError(f"the evaluation size {size} is not a multiple of {multiple}, which this generator needs; "
                           f"set search.eval_size (e.g. {max(multiple, size - size % multiple)})")
-    budget = check_budget(arch, s.macs_ratio, s.min_channels) if s.compute == "budget" else \
-        Budget(teacher_macs=check_budget(arch, 1.0, s.min_channels).teacher_macs, max_macs=None, macs_ratio=None)
+    budget = check_budget(arch, s.macs_ratio, s.min_channels, s.width_floor) if s.compute == "budget" else \
+        Budget(teacher_macs=check_budget(arch, 1.0, s.min_channels).teacher_macs, max_macs=None, macs_ratio=None,
+               min_channels=int(s.min_channels))
     pairs = eval_pairs(cfg, size)
     dropout_seed = derive_seed(cfg.seed, STREAM_EVAL_DROPOUT)
     teacher_output = _run(teacher, pairs["A"], cfg.model.reference_mode, dropout_seed)
@@ -200,7 +201,7 @@ class Pix2PixSearch:
         self.ctx, self.cfg = ctx, search_cfg
         self.objective = Objective.from_config(search_cfg, images=int(ctx.inputs.shape[0]))
         self.breeder = Breeder.from_config(search_cfg)
-        self.repairer = Repairer(ctx.teacher.arch, ctx.budget, False, search_cfg.min_channels,
+        self.repairer = Repairer(ctx.teacher.arch, ctx.budget, False, ctx.budget.min_channels,
                                  search_cfg.channel_multiple, search_cfg.repair, ctx.importance)
         self.rng = np.random.default_rng(int(seed))
         self.population: Optional[Population] = None
@@ -224,7 +225,7 @@ class Pix2PixSearch:
         s = self.cfg
         if not s.seed_with_l1:
             return []
-        return [l1_genome_for_macs(self.ctx.teacher, s.macs_ratio, self.ctx.budget.size, s.min_channels,
+        return [l1_genome_for_macs(self.ctx.teacher, s.macs_ratio, self.ctx.budget.size, self.ctx.budget.min_channels,
                                    s.channel_multiple, MACS_CONVENTION)]
 
     def initialise(self) -> Dict:
@@ -360,7 +361,7 @@ def run_pix2pix_search(cfg: Config, out: str | Path, teacher: Optional[str | Pat
                "eval_pairs": int(ctx.inputs.shape[0]), "eval_size": int(ctx.inputs.shape[-1]),
                "budget": {"macs_ratio": ctx.budget.macs_ratio, "max_macs": ctx.budget.max_macs,
                           "teacher_macs": ctx.budget.teacher_macs, "size": ctx.budget.size,
-                          "convention": ctx.budget.convention},
+                          "convention": ctx.budget.convention, "min_channels": ctx.budget.min_channels},
                "best": {**best.terms.to_dict(), "l1_target": best.terms.cycle, "widths": best.genome.widths(),
                         "macs_ratio": best.terms.macs / ctx.budget.teacher_macs},
                "teacher": paths.to_dict(), "finished": search.generation >= cfg.search.generations}

@@ -342,6 +342,8 @@ def _search_summary(search: CoevolutionSearch, cfg: Config, paths: TeacherPaths)
         "teacher_macs": budget.teacher_macs,
         "budget_macs": budget.max_macs,
         "macs_ratio": budget.macs_ratio,
+        "min_channels": budget.min_channels,  # search.min_channels, raised by search.width_floor
+        "width_floor": cfg.search.width_floor,
         "seed": cfg.seed,
         "generations": search.generation,
         "population": cfg.search.population,

@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 SUPERNET_SECTIONS = ("seed", "data", "supernet")
 # The search settings that shape the masks it samples (and the image size it trains at).
 SAMPLER_KEYS = ("compute", "macs_ratio", "latency_ratio", "latency_ms", "latency_target", "latency_threads",
-                "latency_size", "latency_table", "tied", "min_channels", "channel_multiple", "repair",
+                "latency_size", "latency_table", "tied", "min_channels", "width_floor", "channel_multiple", "repair",
                 "init_density", "eval_size")
 STREAM_DATA, STREAM_MASKS = 21, 22  # rng stream tags, distinct from coevo.train.loop's
 HELD_STEP = 2 ** 40  # the "step" of the fixed batch and masks the finished supernet is checked on
@@ -148,12 +148,14 @@ def search_budget(arch, search_cfg) -> Budget:
     """The budget the search will hold genomes to (as :func:`coevo.search.context.make_context` builds it)."""
     s = search_cfg
     if s.compute == "budget":
-        return check_budget(arch, s.macs_ratio, s.min_channels)
+        return check_budget(arch, s.macs_ratio, s.min_channels, s.width_floor)
     if s.compute == "latency":
-        return check_latency_budget(arch, latency_table_for(arch, s), s.latency_ratio, s.latency_ms, s.min_channels)
+        return check_latency_budget(arch, latency_table_for(arch, s), s.latency_ratio, s.latency_ms, s.min_channels,
+                                    s.width_floor)
     from ..prune import count_macs
 
-    return Budget(count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION), None, None)
+    return Budget(count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION), None, None,
+                  min_channels=int(s.min_channels))
 
 
 class MaskSampler:
@@ -165,7 +167,7 @@ class MaskSampler:
         s = search_cfg
         self.arch, self.tied, self.seed, self.n_random = arch, bool(s.tied), int(seed), int(n_random)
         self.density, self.mode = float(s.init_density), s.repair
-        self.min_channels, self.multiple = int(s.min_channels), int(s.channel_multiple)
+        self.min_channels, self.multiple = int(budget.min_channels), int(s.channel_multiple)
         self.importance = importance
         self.cost = budget.latency_table
         if self.cost is not None:
