@@ -230,9 +230,13 @@ def uniform_genome(teacher_gen, budget: float) -> Genome:
 
 def width_floor(teacher: Mapping, budget: float) -> int:
     """The ``coevo-floor`` arm's ``search.min_channels``: the narrowest group's width in the uniform network at
-    ``budget`` (over both generators). On the snow task the narrowest group's width tracked the students'
-    held-out fidelity after fine-tuning across every arm (Spearman +0.53 to +0.93 at 0.05 and 0.02)."""
-    return int(min(min(uniform_genome(teacher[d], budget).widths().values()) for d in DIRECTIONS))
+    ``budget``, as ``search.width_floor: uniform`` computes it (:func:`coevo.search.context.floor_channels`;
+    the arm sets the number, so its searches stay the ones it ran before the option existed). On the snow
+    task the narrowest group's width tracked the students' held-out fidelity after fine-tuning across every
+    arm (Spearman +0.53 to +0.93 at 0.05 and 0.02)."""
+    from coevo.search.context import check_budget
+
+    return int(check_budget(teacher["G_A"].arch, budget, 1, "uniform").min_channels)
 
 
 def global_l1_genome(teacher_gen, budget: float) -> Genome:
