@@ -138,3 +138,60 @@ def test_the_report_says_which_recipe_fine_tuned():
     assert "recipe `gan`" in gan and "the teacher's discriminators" in gan
     assert "Search fitness: `proxy`" in gan  # runs from before search.fitness was recorded
     assert "weight-sharing supernet" in _teacher_line({"search_fitness": "supernet"})
+
+
+def _variant_search_dir(tmp_path, image_folder, norm, dropout):
+    """The ``search_dir`` of test_finetune with a teacher under the reference's --norm ``norm`` (and
+    --use_dropout): students that keep BatchNorm running statistics or draw dropout masks as they train."""
+    from coevo.config import dump_config
+    from coevo.core.rng import torch_rng
+    from coevo.models import ResnetGenerator, load_generator
+    from coevo.models.generator import GeneratorArch
+    from coevo.models.teacher import find_teacher
+    from coevo.train.init import init_weights
+    from coevo.train.teacher import build_cyclegan, save_teacher
+
+    from test_finetune import half_genome, tiny_config
+
+    cfg = tiny_config(image_folder)
+    nets = build_cyclegan(cfg.model, seed=0)
+    arch = GeneratorArch(ngf=cfg.model.ngf, n_blocks=cfg.model.n_blocks, norm=norm, dropout=dropout)
+    g = torch_rng(1)
+    nets.G_A, nets.G_B = (init_weights(ResnetGenerator(arch), g, 0.02) for _ in range(2))
+    teacher_dir = tmp_path / "teacher"
+    teacher_dir.mkdir()
+    save_teacher(nets, teacher_dir)
+    out = tmp_path / "search"
+    (out / "genomes").mkdir(parents=True)
+    dump_config(cfg, out / "config.yaml")
+    (out / "teacher.json").write_text(json.dumps(find_teacher(teacher_dir).to_dict()))
+    arch = load_generator(teacher_dir / "G_A.pt").arch
+    assert (arch.norm, arch.dropout) == (norm, dropout)
+    half_genome(arch, 0).save_json(out / "genomes" / "best_G_A.json")
+    half_genome(arch, 1).save_json(out / "genomes" / "best_G_B.json")
+    return out
+
+
+@pytest.mark.parametrize("norm,dropout", [("batch", False), ("instance", True), ("batch", True)],
+                         ids=["batch-norm", "dropout", "batch-norm-dropout"])
+def test_drawing_sample_grids_changes_nothing_in_a_batch_norm_or_dropout_distill(tmp_path, image_folder, norm,
+                                                                                 dropout):
+    """The grids run the students as they train (batch statistics, dropout on) but learn no running statistics
+    from the samples and draw no mask from the training's random stream: sample_every leaves the weights as
+    they are (as in the CycleGAN loop and the pix2pix trainer)."""
+    search = _variant_search_dir(tmp_path, image_folder, norm, dropout)
+    runs = {}
+    for every in (1, 0):
+        # the loop's dropout draws from torch's global stream, which no stage seeds: the same start for both
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            runs[every] = finetune(search, tmp_path / f"every{every}",
+                                   overrides=DISTILL + [f"finetune.sample_every={every}"])
+    assert any((runs[1] / "samples").glob("*.png")) and not any((runs[0] / "samples").glob("*.png"))
+    a, b = safe_torch_load(runs[1] / "checkpoint.pt"), safe_torch_load(runs[0] / "checkpoint.pt")
+    assert any("running_mean" in n for n in a["nets"]["G_A"]) == (norm == "batch")  # buffers compared too
+    for key in ("nets", "optimizers"):
+        _assert_same(a[key], b[key], key)
+    for name in ("G_A.pt", "G_B.pt"):
+        _assert_same(safe_torch_load(runs[1] / name)["state_dict"], safe_torch_load(runs[0] / name)["state_dict"],
+                     name)

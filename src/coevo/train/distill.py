@@ -55,6 +55,7 @@ from ..core import distributed
 from ..core.files import atomic_torch_save
 from ..core.precision import autocast
 from ..errors import CheckpointError, ConfigError
+from ..models.generator import scoring_mode
 from . import losses
 from .curves import Curves
 from .loop import (
@@ -283,12 +284,21 @@ class DistillTrainer(CycleGANTrainer):
 
     @torch.no_grad()
     def save_samples(self, images: Mapping[str, torch.Tensor], path: Path) -> None:
-        """Grid of real_A | teacher | student | real_B | teacher | student (NCHW, [-1, 1])."""
+        """Grid of real_A | teacher | student | real_B | teacher | student (NCHW, [-1, 1]).
+
+        The teachers run as they make the targets (frozen, eval mode); the students as they train (BatchNorm
+        on batch statistics, dropout on) but leave nothing behind: no running statistics learnt from the
+        samples, no draw from the training's random stream (:func:`coevo.models.generator.scoring_mode`, as
+        in :meth:`coevo.train.loop.CycleGANTrainer.save_samples`), so drawing samples never changes a run's
+        result."""
         from ..evaluation.viz import save_grid
 
+        n, t = self.nets, self.teacher
         real_A, real_B = images["A"].to(self.device), images["B"].to(self.device)
-        columns = [("real_A", real_A), ("teacher_B", self.teacher.G_A(real_A)), ("fake_B", self.nets.G_A(real_A)),
-                   ("real_B", real_B), ("teacher_A", self.teacher.G_B(real_B)), ("fake_A", self.nets.G_B(real_B))]
+        with scoring_mode(n.G_A, "train"), scoring_mode(n.G_B, "train"):
+            fake_B, fake_A = n.G_A(real_A), n.G_B(real_B)
+        columns = [("real_A", real_A), ("teacher_B", t.G_A(real_A)), ("fake_B", fake_B),
+                   ("real_B", real_B), ("teacher_A", t.G_B(real_B)), ("fake_A", fake_A)]
         save_grid([(k, v.cpu()) for k, v in columns], path, max_rows=self.s.sample_images,
                   title=f"{self.s.section} (distill) epoch {self.epoch}")
 
