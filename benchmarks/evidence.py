@@ -89,6 +89,9 @@ TASKS = ("snow", "dense")
 ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet", "coevo-floor")
 DEFAULT_ARMS = ARMS[:6]  # coevo-supernet (a supernet per budget first) and coevo-floor: on request (--arms)
 SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
+# arm -> the folder of WORK its searches live in (one per budget and seed: bBUDGET_sSEED)
+SEARCH_FOLDERS = {"coevo": "search", "coevo-scratch": "search", "coevo-floor": "search-floor",
+                  "coevo-supernet": "search-supernet"}
 RECIPES = ("gan", "distill")
 BUDGETS = (0.05, 0.02, 0.1)
 DIRECTIONS = ("G_A", "G_B")
@@ -501,7 +504,7 @@ def search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float, s
     from coevo.search import run_search
 
     floor = [] if min_channels is None else [f"search.min_channels={int(min_channels)}"]
-    folder = work / ("search" if min_channels is None else "search-floor") / f"b{budget:g}_s{seed}"
+    folder = work / SEARCH_FOLDERS["coevo" if min_channels is None else "coevo-floor"] / f"b{budget:g}_s{seed}"
     if not (folder / "search.json").is_file():
         scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}", *floor])
         resume = (folder / "state.pt").is_file()
@@ -530,7 +533,7 @@ def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget:
     from coevo.search import run_search
 
     sn = budget_supernet(cfg, teacher, work, budget)
-    folder = work / "search-supernet" / f"b{budget:g}_s{seed}"
+    folder = work / SEARCH_FOLDERS["coevo-supernet"] / f"b{budget:g}_s{seed}"
     if not (folder / "search.json").is_file():
         scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}", "search.fitness=supernet"])
         resume = (folder / "state.pt").is_file()
@@ -596,6 +599,28 @@ def val_fidelity(folder: Path) -> Dict[str, float]:
     return {f"val_l1_teacher_{EVAL[d]}": float(val[f"val_l1_{d[-1]}"]) for d in DIRECTIONS if f"val_l1_{d[-1]}" in val}
 
 
+def cell_costs(record: Mapping, work: Path) -> Dict[str, float]:
+    """What the cell's pair cost, in seconds of this machine: its search (``search_seconds``, over
+    ``search_generations``), the budget's supernet (``supernet_seconds``, trained once and shared by the seeds,
+    so a user running one seed pays all of it) and the fine-tuning (``finetune_seconds``; a reused twin's)."""
+    arm, budget, seed = record["arm"], float(record["budget"]), int(record["seed"])
+    out: Dict[str, float] = {}
+    if arm in SEARCH_FOLDERS:
+        f = work / SEARCH_FOLDERS[arm] / f"b{budget:g}_s{seed}" / "search.json"
+        if f.is_file():
+            summary = json.loads(f.read_text())
+            out.update(search_seconds=float(summary["wall_time_s"]), search_generations=int(summary["generations"]))
+    if arm == "coevo-supernet":
+        f = work / "supernet" / f"b{budget:g}" / "supernet.json"
+        if f.is_file():
+            out["supernet_seconds"] = float(json.loads(f.read_text())["train_seconds"])
+    f = work / "runs" / record["recipe"] / (record.get("reused_from") or cell_name(arm, budget, seed)) / "finetune.json"
+    seconds = json.loads(f.read_text()).get("train_seconds") if f.is_file() else None
+    if seconds is not None:
+        out["finetune_seconds"] = float(seconds)
+    return out
+
+
 def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths: TeacherPaths, teacher: Mapping,
              data: Path, work: Path, tol: float) -> Dict:
     """One cell: genomes, MAC matching, fine-tuning (or reuse of an identical finished cell), test scores."""
@@ -604,10 +629,10 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
     path = cell_path(work, recipe, arm, budget, seed)
     if path.is_file():
         record = json.loads(path.read_text())
-        if "val_l1_teacher_AB" not in record:  # a cell finished before the record carried it
+        if "val_l1_teacher_AB" not in record or "finetune_seconds" not in record:  # finished before records had them
             trained = record.get("reused_from") or cell_name(arm, budget, seed)
-            extra = val_fidelity(work / "runs" / recipe / trained)
-            if extra:
+            extra = {**val_fidelity(work / "runs" / recipe / trained), **cell_costs(record, work)}
+            if any(record.get(k) != v for k, v in extra.items()):
                 record.update(extra)
                 atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         return record
@@ -640,6 +665,7 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
         record.update(evaluate_pair(students, teacher, data))
         record.update(val_fidelity(folder))
         record["finetune_folder"] = str(folder)
+    record.update(cell_costs(record, work))
     record["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")  # last: the cell is finished
     return record

@@ -293,10 +293,47 @@ def evidence_table() -> str:
             parts.append("\n".join(lines))
         else:
             parts.append("_No comparison yet: each needs coevo and the other arm on at least 2 common seeds._")
+        costs = evidence_cost_table(cells)
+        if costs:
+            parts.append(f"What each search costs ({task}): " + costs)
         predictors = narrowest_width_table(cells)
         if predictors:
             parts.append(f"What predicts a student's fidelity ({task}): " + predictors)
     return "\n\n".join(parts)
+
+
+def evidence_cost_table(cells: List[Dict]) -> str:
+    """Per recipe, budget and searching arm: median seconds of the search, per generation, of the budget's
+    supernet (charged in full: a user runs one seed) and of the fine-tuning, and the whole job against the
+    proxy search's (``coevo``) at the same budget. Empty when no cell recorded its costs."""
+    import numpy as np
+
+    rows, whole = [], {}
+    for recipe in sorted({c["recipe"] for c in cells}):
+        for budget in sorted({float(c["budget"]) for c in cells}):
+            for arm in ("coevo", "coevo-floor", "coevo-supernet"):
+                g = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget and c["arm"] == arm
+                     and "search_seconds" in c and "finetune_seconds" in c]
+                if not g:
+                    continue
+                search = float(np.median([c["search_seconds"] for c in g]))
+                per_gen = float(np.median([c["search_seconds"] / max(1, c["search_generations"] + 1) for c in g]))
+                supernet = float(np.median([c.get("supernet_seconds", 0.0) for c in g]))
+                ft = float(np.median([c["finetune_seconds"] for c in g]))
+                total = supernet + search + ft
+                whole[(recipe, budget, arm)] = total
+                base = whole.get((recipe, budget, "coevo"))
+                rows.append(f"| {recipe} | {budget:g} | {ARM_NAMES[arm]} | {len(g)} | {search:.0f} | {per_gen:.1f} | "
+                            f"{supernet:.0f} | {ft:.0f} | {total / 60:.1f} | "
+                            f"{'-' if base is None or arm == 'coevo' else f'{total / base:.2f}x'} |")
+    if not rows:
+        return ""
+    return ("median seconds per cell on this machine (one process per core, 1 thread); a generation is the "
+            "search's seconds over its generations + 1 (generation 0 scores the first populations); the "
+            "supernet is trained once per budget and charged in full to every whole job.\n\n"
+            "| recipe | budget | arm | cells | search s | s per generation | supernet s | fine-tune s | "
+            "whole job (min) | against the proxy search |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows))
 
 
 def narrowest_width_table(cells: List[Dict], min_cells: int = 8) -> str:

@@ -458,3 +458,47 @@ def test_the_narrowest_width_table_ranks_cells_on_held_out_and_test_fidelity():
     held_a, held_b, test_a = (row[0].split(" | ")[i] for i in (3, 4, 5))
     assert held_a.startswith("+1.00") and held_b.startswith("-1.00") and test_a.startswith("+1.00")
     assert tables.narrowest_width_table(cells[:7]) == ""  # fewer than 8 cells at every budget
+
+
+def test_cells_record_what_their_search_supernet_and_fine_tuning_cost(work, teacher, fake_training, monkeypatch):
+    cfg = _cfg()
+
+    def fake_supernet_search(cfg_, paths, work_, budget, seed):
+        folder = work_ / ev.SEARCH_FOLDERS["coevo-supernet"] / f"b{budget:g}_s{seed}"
+        folder.mkdir(parents=True)
+        (folder / "search.json").write_text(json.dumps({"wall_time_s": 12.5, "generations": 50}))
+        (work_ / "supernet" / f"b{budget:g}").mkdir(parents=True)
+        (work_ / "supernet" / f"b{budget:g}" / "supernet.json").write_text(json.dumps({"train_seconds": 300.0}))
+        return {d: ev.uniform_genome(teacher[d], budget) for d in ev.DIRECTIONS}, {"search_folder": str(folder)}
+
+    monkeypatch.setattr(ev, "supernet_search_pair", fake_supernet_search)
+    real_finetune = sys.modules["coevo.train.finetune"].finetune_genomes
+
+    def finetune_with_record(cfg_, paths, genomes, out, **kw):
+        real_finetune(cfg_, paths, genomes, out, **kw)
+        (Path(out) / "finetune.json").write_text(json.dumps({"train_seconds": 31.5, "val": {}}))
+        return Path(out)
+
+    monkeypatch.setattr(sys.modules["coevo.train.finetune"], "finetune_genomes", finetune_with_record)
+    rec = ev.run_cell("coevo-supernet", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert (rec["search_seconds"], rec["search_generations"], rec["supernet_seconds"], rec["finetune_seconds"]) == (
+        12.5, 50, 300.0, 31.5)
+    uni = ev.run_cell("uniform", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert uni["finetune_seconds"] == 31.5 and "search_seconds" not in uni and "supernet_seconds" not in uni
+
+
+def test_the_cost_table_charges_the_supernet_to_the_whole_job():
+    import tables
+
+    def cell(arm, seed, search, ft, supernet=None):
+        c = {"recipe": "distill", "budget": 0.05, "arm": arm, "seed": seed, "search_seconds": search,
+             "search_generations": 49, "finetune_seconds": ft}
+        return c if supernet is None else {**c, "supernet_seconds": supernet}
+
+    cells = [cell("coevo", s, 100.0, 20.0) for s in range(3)] + [cell("coevo-supernet", s, 110.0, 20.0, 360.0)
+                                                                 for s in range(3)]
+    text = tables.evidence_cost_table(cells + [{"recipe": "distill", "budget": 0.05, "arm": "l1", "seed": 0}])
+    rows = [line for line in text.splitlines() if line.startswith("| distill |")]
+    assert rows[0] == "| distill | 0.05 | coevo (search) | 3 | 100 | 2.0 | 0 | 20 | 2.0 | - |"
+    assert rows[1] == "| distill | 0.05 | coevo on a supernet | 3 | 110 | 2.2 | 360 | 20 | 8.2 | 4.08x |"
+    assert tables.evidence_cost_table([{"recipe": "distill", "budget": 0.05, "arm": "coevo", "seed": 0}]) == ""
