@@ -833,6 +833,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed", action="store_true",
                    help="after the cells, time seed 0's pair of every arm and budget against the teacher, interleaved")
     p.add_argument("--teacher-only", action="store_true", help="train (or resume) the converged teacher, no cells")
+    p.add_argument("--refresh", action="store_true",
+                   help="only read back the named cells that are finished (adding what newer records carry) and "
+                        "rewrite the results; nothing is trained")
     p.add_argument("--tiny", action="store_true", help="2 seeds x coevo, uniform x budget 0.1 on a tiny teacher")
     args = p.parse_args(argv)
     if args.tiny:
@@ -853,6 +856,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.recipes = list(RECIPES) if args.recipe == "both" else [args.recipe]
     if args.jobs < 1:
         p.error("--jobs must be at least 1")
+    if args.refresh and (args.force or args.teacher_only):
+        p.error("--refresh reads finished cells back; it does not go with --force or --teacher-only")
     args.tag = args.task if args.device == "cpu" else f"{args.task}_{args.device}"
     args.work = Path(args.work or f"benchmarks/work/evidence-{'tiny-' if args.tiny else ''}{args.tag.replace('_', '-')}")
     return args
@@ -886,6 +891,10 @@ def prepare(args) -> Tuple[Config, Path, Dict]:
             raise SystemExit(f"evidence: {args.work} holds cells made with other settings ({', '.join(diffs)}); "
                              "use another --work")
     dump_config(cfg, saved)
+    if getattr(args, "refresh", False):
+        done = args.work / "teacher" / "convergence.json"
+        if not done.is_file() or json.loads(done.read_text()).get("status") != "done":
+            raise SystemExit(f"evidence --refresh: {args.work} has no finished teacher; run without --refresh")
     record = converge_teacher(cfg, args.work / "teacher", args.window, args.tol_db, args.cap, args.eval_every)
     return cfg, data, record
 
@@ -905,6 +914,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cells = [(r, a, b, s) for r in args.recipes for b in args.budgets for s in range(args.seeds) for a in args.arms]
     if args.teacher_only:
         cells = []
+    if args.refresh:
+        cells = [c for c in cells if cell_path(args.work, c[0], c[1], c[2], c[3]).is_file()]
     if args.force:
         log.info("--force: removed %d entries of the %d named cells", remove_cells(args.work, cells), len(cells))
     out_path = args.out / f"evidence_{args.tag}.json"

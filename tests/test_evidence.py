@@ -502,3 +502,33 @@ def test_the_cost_table_charges_the_supernet_to_the_whole_job():
     assert rows[0] == "| distill | 0.05 | coevo (search) | 3 | 100 | 2.0 | 0 | 20 | 2.0 | - |"
     assert rows[1] == "| distill | 0.05 | coevo on a supernet | 3 | 110 | 2.2 | 360 | 20 | 8.2 | 4.08x |"
     assert tables.evidence_cost_table([{"recipe": "distill", "budget": 0.05, "arm": "coevo", "seed": 0}]) == ""
+
+
+def test_refresh_reads_finished_cells_back_and_trains_nothing(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit):
+        ev.parse_args(["--refresh", "--force"])
+    # no finished teacher: refused before anything is trained
+    monkeypatch.setattr(ev, "converge_teacher", lambda *a, **k: pytest.fail("trained a teacher under --refresh"))
+    argv = ["--tiny", "--refresh", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    with pytest.raises(SystemExit, match="no finished teacher"):
+        ev.main(argv)
+    # a finished teacher and one finished cell of the four named: only that one is read back, nothing trained
+    teacher = tmp_path / "work" / "teacher"
+    teacher.mkdir(parents=True)
+    for d in ("G_A", "G_B"):
+        save_generator(_teacher(seed=0), teacher / f"{d}.pt")
+    record = {"status": "done", "converged": True, "curve": [{"step": 0, "psnr": 1.0, "psnr_AB": 1.0, "psnr_BA": 1.0}],
+              "rule": {"window_steps": 2, "tol_db": 0.1}, "final": {}, "steps": 0}
+    (teacher / "convergence.json").write_text(json.dumps(record))
+    monkeypatch.setattr(ev, "converge_teacher", lambda *a, **k: record)
+    monkeypatch.setattr(ev, "run_cell", lambda arm, budget, seed, recipe, *a: json.loads(
+        ev.cell_path(tmp_path / "work", recipe, arm, budget, seed).read_text()))
+    cell = {"arm": "coevo", "budget": 0.1, "seed": 1, "recipe": "gan", "macs_ratio_A": 0.1, "macs_ratio_B": 0.1,
+            "psnr_teacher_AB": 20.0, "psnr_teacher_BA": 21.0, "psnr_gt_AB": 15.0, "psnr_gt_BA": 16.0,
+            "same_as_l1": False, "macs_within_tolerance": True}
+    path = ev.cell_path(tmp_path / "work", "gan", "coevo", 0.1, 1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(cell))
+    assert ev.main(argv) == 0
+    out = json.loads((tmp_path / "out" / "evidence_snow.json").read_text())
+    assert [(c["arm"], c["seed"]) for c in out["cells"]] == [("coevo", 1)]
