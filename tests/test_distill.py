@@ -182,11 +182,8 @@ def test_drawing_sample_grids_changes_nothing_in_a_batch_norm_or_dropout_distill
     search = _variant_search_dir(tmp_path, image_folder, norm, dropout)
     runs = {}
     for every in (1, 0):
-        # the loop's dropout draws from torch's global stream, which no stage seeds: the same start for both
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            runs[every] = finetune(search, tmp_path / f"every{every}",
-                                   overrides=DISTILL + [f"finetune.sample_every={every}"])
+        runs[every] = finetune(search, tmp_path / f"every{every}",
+                               overrides=DISTILL + [f"finetune.sample_every={every}"])
     assert any((runs[1] / "samples").glob("*.png")) and not any((runs[0] / "samples").glob("*.png"))
     a, b = safe_torch_load(runs[1] / "checkpoint.pt"), safe_torch_load(runs[0] / "checkpoint.pt")
     assert any("running_mean" in n for n in a["nets"]["G_A"]) == (norm == "batch")  # buffers compared too
@@ -194,4 +191,53 @@ def test_drawing_sample_grids_changes_nothing_in_a_batch_norm_or_dropout_distill
         _assert_same(a[key], b[key], key)
     for name in ("G_A.pt", "G_B.pt"):
         _assert_same(safe_torch_load(runs[1] / name)["state_dict"], safe_torch_load(runs[0] / name)["state_dict"],
+                     name)
+
+
+def test_two_dropout_distills_with_the_same_seed_are_identical(tmp_path, image_folder):
+    """The students' dropout draws from the trainer's seeded stream, never torch's global one."""
+    search = _variant_search_dir(tmp_path, image_folder, "instance", True)
+    runs = []
+    for name in ("one", "two"):
+        torch.rand(7)  # the global stream moves between the runs, as it does in one process
+        runs.append(finetune(search, tmp_path / name, overrides=DISTILL))
+    a, b = (safe_torch_load(r / "checkpoint.pt") for r in runs)
+    for key in ("nets", "optimizers", "rng"):
+        _assert_same(a[key], b[key], key)
+    for name in ("G_A.pt", "G_B.pt"):
+        _assert_same(safe_torch_load(runs[0] / name)["state_dict"], safe_torch_load(runs[1] / name)["state_dict"],
+                     name)
+    # the saved students are the plain architectures: nn.Dropout, no seeded layer, no generator
+    from coevo.models import load_generator
+    from coevo.models.dropout import SeededDropout
+
+    student = load_generator(runs[0] / "G_A.pt")
+    assert student.arch.dropout and any(type(m) is torch.nn.Dropout for m in student.modules())
+    assert not any(isinstance(m, SeededDropout) for m in student.modules())
+
+
+def test_interrupted_and_resumed_dropout_distill_is_bit_identical(tmp_path, image_folder, monkeypatch):
+    search = _variant_search_dir(tmp_path, image_folder, "instance", True)
+    straight = finetune(search, tmp_path / "straight", overrides=DISTILL)
+    real = losses.l1
+    count = {"n": 0}
+
+    def interrupting(a, b):
+        count["n"] += 1
+        if count["n"] > 3 * 2:  # two l1 terms per step: the middle of epoch 2
+            raise KeyboardInterrupt
+        return real(a, b)
+
+    monkeypatch.setattr(losses, "l1", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(search, tmp_path / "resumed", overrides=DISTILL)
+    assert safe_torch_load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(losses, "l1", real)
+    torch.rand(7)
+    resumed = finetune(search, tmp_path / "resumed", resume=True)
+    a, b = safe_torch_load(straight / "checkpoint.pt"), safe_torch_load(resumed / "checkpoint.pt")
+    for key in ("nets", "optimizers", "schedulers", "hook", "rng", "global_step"):
+        _assert_same(a[key], b[key], key)
+    for name in ("G_A.pt", "G_B.pt"):
+        _assert_same(safe_torch_load(straight / name)["state_dict"], safe_torch_load(resumed / name)["state_dict"],
                      name)

@@ -217,3 +217,81 @@ def test_bad_training_settings_are_named(tmp_path, image_folder, override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         train_teacher(tiny_config(image_folder, **{override: 0}), tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ----------------------------------------------------------------------------- dropout (reference --use_dropout)
+def _dropout_trainer(run_dir, image_folder, sample_every=1):
+    """A CycleGANTrainer on generators with the reference's dropout (a CycleGAN trained without --no_dropout)."""
+    from coevo.core.rng import torch_rng
+    from coevo.models.generator import GeneratorArch
+    from coevo.train.common import full_train_dataset
+    from coevo.train.init import init_weights
+
+    cfg = tiny_config(image_folder)
+    nets = build_cyclegan(cfg.model, seed=0)
+    arch = GeneratorArch(ngf=cfg.model.ngf, n_blocks=cfg.model.n_blocks, dropout=True)
+    g = torch_rng(1)
+    nets.G_A, nets.G_B = (init_weights(ResnetGenerator(arch), g, 0.02) for _ in range(2))
+    settings = LoopSettings.from_section(cfg.train, "train", cfg.seed, "cpu")
+    settings.sample_every = sample_every
+    run_dir.mkdir(exist_ok=True)
+    dataset = full_train_dataset(cfg)
+    samples = {"A": torch.rand(2, 3, 32, 32) * 2 - 1, "B": torch.rand(2, 3, 32, 32) * 2 - 1}
+    return CycleGANTrainer(nets, settings, run_dir), dataset, samples
+
+
+def test_two_dropout_runs_with_the_same_seed_are_identical(tmp_path, image_folder):
+    """Dropout draws its masks from the trainer's seeded stream, not torch's global one: the same seed, the
+    same weights, however far the global stream has moved (sample grids draw nothing from the stream)."""
+    ckpts = []
+    for name, every in (("one", 1), ("two", 0)):
+        trainer, dataset, samples = _dropout_trainer(tmp_path / name, image_folder, every)
+        torch.rand(7)  # the global stream moves between the runs, as it does in one process
+        trainer.fit(dataset, samples)
+        ckpts.append(safe_torch_load(tmp_path / name / "checkpoint.pt"))
+    a, b = ckpts
+    for key in ("nets", "optimizers", "pools", "rng"):
+        assert_same_tree(a[key], b[key], key)
+
+
+def test_interrupted_and_resumed_dropout_run_is_bit_identical(tmp_path, image_folder, monkeypatch):
+    trainer, dataset, samples = _dropout_trainer(tmp_path / "straight", image_folder)
+    trainer.fit(dataset, samples)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 3 * CALLS_PER_STEP + CALLS_PER_STEP + 2)  # the middle of epoch 2
+        trainer, dataset, samples = _dropout_trainer(tmp_path / "resumed", image_folder)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit(dataset, samples)
+    assert safe_torch_load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
+    torch.rand(7)
+    trainer, dataset, samples = _dropout_trainer(tmp_path / "resumed", image_folder)
+    trainer.resume()
+    trainer.fit(dataset, samples)
+    a, b = (safe_torch_load(tmp_path / run / "checkpoint.pt") for run in ("straight", "resumed"))
+    for key in ("nets", "optimizers", "schedulers", "pools", "rng", "epoch", "global_step", "log_records"):
+        assert_same_tree(a[key], b[key], key)
+
+
+def test_saved_dropout_generators_are_plain_and_old_checkpoints_still_resume(tmp_path, image_folder, caplog):
+    """The seeded layers hold no weights and never reach a file; a dropout run's checkpoint from before the
+    stream was saved resumes with a fresh stream and a warning."""
+    from coevo.models.dropout import SeededDropout
+    from coevo.train.teacher import save_teacher
+
+    trainer, dataset, samples = _dropout_trainer(tmp_path / "run", image_folder)
+    assert any(isinstance(m, SeededDropout) for m in trainer.nets.G_A.modules())
+    trainer.fit(dataset, samples)
+    save_teacher(trainer.nets, tmp_path / "run")
+    for name in ("G_A.pt", "latest_net_G_A.pth"):
+        g = load_generator(tmp_path / "run" / name)
+        assert any(type(m) is torch.nn.Dropout for m in g.modules()), name
+        assert not any(isinstance(m, SeededDropout) for m in g.modules()), name
+        assert_same_tree(g.state_dict(), trainer.nets.G_A.state_dict(), name)
+
+    ckpt = safe_torch_load(tmp_path / "run" / "checkpoint.pt")
+    del ckpt["rng"]  # as written before the dropout stream was checkpointed
+    torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
+    trainer, dataset, samples = _dropout_trainer(tmp_path / "run", image_folder)
+    with caplog.at_level("WARNING"):
+        trainer.resume()
+    assert trainer.epoch == 2 and "starts afresh" in caplog.text

@@ -38,7 +38,8 @@ rebuilds the same cache, and a cached step equals a live one to float rounding
 and every step computes the teacher live, which gives the same result at the teacher's cost.
 
 Checkpoints, logs, exact resume and torchrun behave as in :class:`coevo.train.loop.CycleGANTrainer`
-(each rank builds the same cache).
+(each rank builds the same cache); students with the reference's dropout draw their masks from the run's
+seeded, checkpointed stream (:meth:`coevo.train.loop.TrainerBase._seed_dropout`).
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ from ..models.generator import scoring_mode
 from . import losses
 from .curves import Curves
 from .loop import (
-    CycleGANTrainer, EpochHook, FeatureAdapters, GeneratorPair, LoopSettings, _forward_keeping, linear_decay,
+    STREAM_DROPOUT, CycleGANTrainer, EpochHook, FeatureAdapters, GeneratorPair, LoopSettings, _forward_keeping,
+    linear_decay,
 )
 
 log = logging.getLogger(__name__)
@@ -225,6 +227,7 @@ class DistillTrainer(CycleGANTrainer):
         self.targets = TeacherTargets(teacher, keep, self.device)
         if cache_images is not None:
             self.targets.fill(cache_images, flips=flips)
+        self._seed_dropout("dropout", STREAM_DROPOUT, students.G_A, students.G_B)  # the reference's --use_dropout
         self.generator_losses: nn.Module = DistillLosses(students, s, self.adapters)
         if self.world > 1:
             ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
@@ -247,12 +250,15 @@ class DistillTrainer(CycleGANTrainer):
                      for k in ("G_A", "G_B")},
             "optimizers": {"G": self.opt_G.state_dict()},
             "schedulers": {"G": self.sched_G.state_dict()},
+            **self._rng_state(),
         }
 
     def save_checkpoint(self) -> None:
-        if not distributed.is_main():  # no image pools to gather: the students and one optimizer
+        extra: Dict[str, Any] = {}
+        self._gather_rng(extra)  # no image pools to gather: the students, one optimizer, the dropout streams
+        if not distributed.is_main():
             return
-        atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        atomic_torch_save({**self.state_dict(), **extra}, self.checkpoint_path)
         log.info("checkpoint after epoch %d (step %d): %s", self.epoch, self.global_step, self.checkpoint_path)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -264,6 +270,7 @@ class DistillTrainer(CycleGANTrainer):
                 self.adapters.load_state_dict(ckpt["adapters"])
             self.opt_G.load_state_dict(ckpt["optimizers"]["G"])
             self.sched_G.load_state_dict(ckpt["schedulers"]["G"])
+            self._load_rng(ckpt, path)
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
         self._restore_progress(ckpt)
@@ -272,7 +279,7 @@ class DistillTrainer(CycleGANTrainer):
     def step(self, real_A: torch.Tensor, real_B: torch.Tensor, epoch: int) -> Dict[str, float]:
         """One distillation update on a batch (NCHW, [-1, 1]); returns the loss terms."""
         target_B, t_feats_A, target_A, t_feats_B = self.targets(real_A, real_B)
-        with autocast(self.device, self.s.amp):
+        with autocast(self.device, self.s.amp), self._drawing_dropout():
             terms, outputs = self.generator_losses(real_A, real_B, target_B, t_feats_A, target_A, t_feats_B)
         values = self._mean_over_ranks(terms)
         self._check_finite(values, epoch, "generator", {"real_A": real_A, "real_B": real_B, **outputs})

@@ -15,8 +15,10 @@ One step (``optimize_parameters`` in the reference):
 
 Exact resume: all randomness is either derived from (seed, epoch) -- data
 order and augmentation -- or held in generators whose state is checkpointed
-(the image pools). A run interrupted after epoch k and resumed with the same
-settings ends with bit-identical weights to an uninterrupted run.
+(the image pools; the dropout masks of generators with the reference's dropout,
+a CycleGAN trained without --no_dropout: :meth:`TrainerBase._seed_dropout`). A run
+interrupted after epoch k and resumed with the same settings ends with
+bit-identical weights to an uninterrupted run.
 
 Under torchrun (:mod:`coevo.core.distributed`) with W processes, each step's losses
 are modules wrapped in ``DistributedDataParallel`` and every rank takes
@@ -38,7 +40,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Protocol
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import torch
 from torch import nn
@@ -51,6 +53,7 @@ from ..core import distributed
 from ..errors import ConfigError
 from ..data import make_loader
 from ..models import NLayerDiscriminator, ResnetGenerator
+from ..models.dropout import SeededDropout, drawing_from, seed_dropout, seeded_modules
 from ..models.generator import scoring_mode
 from ..core.files import atomic_torch_save
 from .curves import Curves
@@ -81,6 +84,7 @@ class TrainingError(CoevoError, RuntimeError):
 STREAM_INIT, STREAM_POOL_A, STREAM_POOL_B = 1, 2, 3
 STREAM_FRESH_D = 4  # fine-tuning a teacher without discriminators: new ones
 STREAM_ADAPTERS = 5  # the 1x1 convolutions of feature distillation
+STREAM_DROPOUT = 11  # the trained generators' dropout masks (coevo.train.pix2pix's too)
 
 
 def feature_layers(n_blocks: int) -> Dict[str, int]:
@@ -319,6 +323,10 @@ class TrainerBase:
 
     A subclass sets ``RECIPE`` (and ``RECIPE_HINT``), calls :meth:`_start` from its ``__init__`` and builds
     ``opt_G``/``opt_D`` and ``sched_G``/``sched_D`` for :meth:`_networks_state` and :meth:`_load_networks`.
+
+    Dropout: :meth:`_seed_dropout` gives the networks' dropout a seeded stream that they draw from inside
+    :meth:`_drawing_dropout` (a training step) only; :meth:`_dropout_state` and :meth:`_load_dropout_state`
+    carry the streams through the checkpoint (``"rng"``), so dropout runs repeat and resume exactly.
     """
 
     RECIPE = "gan"  # what a checkpoint's "recipe" says; a run refuses another recipe's checkpoint
@@ -339,6 +347,52 @@ class TrainerBase:
         self.log_records = 0
         self.seconds = 0.0
         self.last_epoch: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ dropout
+    def _dropout_streams(self) -> Dict[str, Tuple[torch.Generator, List[SeededDropout]]]:
+        """name -> (seeded generator, the :class:`SeededDropout` modules drawing from it in a step)."""
+        return self.__dict__.setdefault("_dropout_stream_table", {})
+
+    def _seed_dropout(self, name: str, stream: int, *models: nn.Module,
+                      always: bool = False) -> Optional[torch.Generator]:
+        """Swap the ``nn.Dropout`` of ``models`` for :class:`~coevo.models.dropout.SeededDropout` (no weights:
+        state_dicts and saved files stay the plain architectures') drawing, in a training step, from a generator
+        seeded by ``(seed, stream)`` (and the rank under torchrun, rank 0's being a one-process run's), checkpointed
+        as ``rng[name]``. Returns the generator; None (and nothing recorded, so a checkpoint of a run without
+        dropout is as it always was) when the models hold no dropout, unless ``always``."""
+        for model in models:
+            seed_dropout(model, None)
+        modules = seeded_modules(*models)
+        if not modules and not always:
+            return None
+        rank_part = (self.rank,) if self.rank else ()
+        generator = torch_rng(derive_seed(self.s.seed, stream, *rank_part))
+        self._dropout_streams()[name] = (generator, modules)
+        return generator
+
+    def _drawing_dropout(self):
+        """Context of a training step's forwards: the seeded dropout draws from its stream. Outside it (epoch
+        hooks, sample grids, scoring) it is plain ``nn.Dropout``: :func:`~coevo.models.generator.scoring_mode`
+        gives it the scoring stream, and the training stream does not move."""
+        return drawing_from(self._dropout_streams().values())
+
+    def _dropout_state(self) -> Dict[str, Any]:
+        """``{name: generator state}`` of the dropout streams (empty without any)."""
+        return {name: g.get_state() for name, (g, _) in self._dropout_streams().items()}
+
+    def _load_dropout_state(self, saved: Optional[Mapping[str, Any]], path: Path) -> None:
+        """The dropout streams back from a checkpoint's ``rng`` (``saved``). A stream the checkpoint lacks (one
+        written before coevo seeded this trainer's dropout) starts afresh from the seed, with a warning: the
+        run goes on but does not match an uninterrupted one."""
+        saved = saved or {}
+        for name, (g, _) in self._dropout_streams().items():
+            if name in saved:
+                g.set_state(saved[name])
+            else:
+                log.warning("%s holds no state of the %s stream (written before coevo seeded this trainer's "
+                            "dropout): it starts afresh from the run's seed, so this resumed run will not be "
+                            "bit-identical to an uninterrupted one (start it again with --force for that)",
+                            path, name)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -457,6 +511,7 @@ class CycleGANTrainer(TrainerBase):
         self.pool_fake_B = ImagePool(s.pool_size, torch_rng(derive_seed(s.seed, STREAM_POOL_B, *rank_part)))
         self.pool_fake_A = ImagePool(s.pool_size, torch_rng(derive_seed(s.seed, STREAM_POOL_A, *rank_part)))
         self.identity = all(g.arch.in_channels == g.arch.out_channels for g in (nets.G_A, nets.G_B))
+        self._seed_dropout("dropout", STREAM_DROPOUT, nets.G_A, nets.G_B)  # the reference's --use_dropout
         self.generator_losses: nn.Module = GeneratorLosses(nets, settings, self.identity, teacher, self.adapters)
         self.discriminator_losses: nn.Module = DiscriminatorLosses(nets)
         if self.world > 1:
@@ -478,10 +533,30 @@ class CycleGANTrainer(TrainerBase):
 
     def state_dict(self) -> Dict[str, Any]:
         """Only tensors, dicts, lists, numbers and strings: loadable with ``weights_only=True``."""
-        return {**self._progress_state(), **self._networks_state(), "pools": self._pools()}
+        return {**self._progress_state(), **self._networks_state(), "pools": self._pools(), **self._rng_state()}
 
     def _pools(self) -> Dict[str, Any]:
         return {"fake_A": self.pool_fake_A.state_dict(), "fake_B": self.pool_fake_B.state_dict()}
+
+    def _rng_state(self) -> Dict[str, Any]:
+        """``{"rng": dropout streams}`` for generators with dropout; nothing without (the checkpoint as ever)."""
+        state = self._dropout_state()
+        return {"rng": state} if state else {}
+
+    def _gather_rng(self, state: Dict[str, Any]) -> None:
+        """Every rank calls it: under torchrun each rank's dropout stream goes into ``state["rank_rng"]``."""
+        if not self._dropout_streams():
+            return
+        rngs = distributed.gather_to_main(self._dropout_state())
+        if self.world > 1 and distributed.is_main():
+            state["rank_rng"] = rngs
+
+    def _load_rng(self, ckpt: Mapping[str, Any], path: Path) -> None:
+        if not self._dropout_streams():
+            return
+        rngs = ckpt.get("rank_rng") or [ckpt.get("rng")]
+        # a rank the checkpoint did not know starts its stream afresh (the world-size warning says why)
+        self._load_dropout_state(rngs[self.rank] if self.rank < len(rngs) else {}, path)
 
     def save_checkpoint(self) -> None:
         """Every rank calls it (the ranks' image pools are gathered); rank 0 writes ``checkpoint.pt``.
@@ -489,11 +564,14 @@ class CycleGANTrainer(TrainerBase):
         The networks are saved bare (no DDP ``module.`` prefix): the file loads in one process.
         """
         pools = distributed.gather_to_main(self._pools())
+        extra: Dict[str, Any] = {}
+        self._gather_rng(extra)
         if not distributed.is_main():
             return
         state = self.state_dict()
         if self.world > 1:
             state["rank_pools"] = pools
+        state.update(extra)
         self._write_checkpoint(state)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -511,6 +589,7 @@ class CycleGANTrainer(TrainerBase):
             if self.rank < len(pools):  # a rank the checkpoint did not know starts with an empty pool
                 self.pool_fake_A.load_state_dict(pools[self.rank]["fake_A"], self.device)
                 self.pool_fake_B.load_state_dict(pools[self.rank]["fake_B"], self.device)
+            self._load_rng(ckpt, path)
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
         self._restore_progress(ckpt)
@@ -554,7 +633,7 @@ class CycleGANTrainer(TrainerBase):
         s, n = self.s, self.nets
         n.D_A.requires_grad_(False)
         n.D_B.requires_grad_(False)
-        with autocast(self.device, s.amp):
+        with autocast(self.device, s.amp), self._drawing_dropout():
             g_terms, outputs = self.generator_losses(real_A, real_B)
         g_values = self._mean_over_ranks(g_terms)
         self._check_finite(g_values, epoch, "generator", {"real_A": real_A, "real_B": real_B, **outputs})

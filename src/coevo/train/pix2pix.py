@@ -13,9 +13,10 @@ channels (``cat(real_A, ·)``: 6 channels for RGB). One step (``optimize_paramet
 least-squares loss of the CycleGAN loop. There is no image pool (the reference sets pool_size 0).
 
 Randomness: weights from ``derive_seed(seed, STREAM_INIT)``; data order and augmentation from
-``(seed, epoch)``; dropout from a seeded generator (:class:`SeededDropout` replaces the generator's
-``nn.Dropout`` modules while it trains; they hold no weights, so the files are the reference's) whose
-state is checkpointed. A run interrupted after epoch k and resumed ends bit-identical to an
+``(seed, epoch)``; dropout from a seeded generator (:class:`~coevo.models.dropout.SeededDropout` replaces the
+generator's ``nn.Dropout`` modules while it trains and draws from it in the training steps,
+:meth:`coevo.train.loop.TrainerBase._seed_dropout`; they hold no weights, so the files are the reference's)
+whose state is checkpointed. A run interrupted after epoch k and resumed ends bit-identical to an
 uninterrupted one. One process (torchrun is refused for pix2pix so far).
 
 ``train_pix2pix(cfg, run_dir)`` (``coevo train`` on aligned data) writes::
@@ -56,18 +57,19 @@ from ..core.runs import undo_failed_start
 from ..data import make_loader
 from ..errors import CheckpointError, ConfigError
 from ..models.discriminator import DiscriminatorArch, NLayerDiscriminator
+from ..models.dropout import SeededDropout, plain_dropout, seed_dropout  # noqa: F401  (re-exported)
 from ..models.generator import fixed_rng
 from ..models.io import save_discriminator, save_generator, save_reference_state_dict
 from ..models.unet import MIN_DOWNS, UnetArch, UnetGenerator
 from . import losses
 from .common import open_run_dir
 from .init import init_weights
-from .loop import STREAM_INIT, LoopResult, LoopSettings, TrainerBase, TrainingError, linear_decay
+from .loop import STREAM_DROPOUT, STREAM_INIT, LoopResult, LoopSettings, TrainerBase, TrainingError, linear_decay
 
 log = logging.getLogger(__name__)
 
 RECIPE = "pix2pix"
-STREAM_DROPOUT = 11          # the student's / teacher's dropout masks while training
+# STREAM_DROPOUT (coevo.train.loop, 11): the student's / teacher's dropout masks while training
 STREAM_TEACHER_DROPOUT = 12  # the teacher's, when it runs in train mode as a distillation target
 MAX_DOWNS = 8                # the reference's unet_256
 # Config parts that determine a pix2pix teacher's weights: resuming with other values is refused.
@@ -122,50 +124,15 @@ def conditional_discriminator(cfg: Config, arch) -> NLayerDiscriminator:
                                                  norm=cfg.pix2pix.norm))
 
 
-class SeededDropout(nn.Module):
-    """``nn.Dropout`` drawing its masks from ``generator`` (not torch's global state), so that training and
-    its resume replay the same masks. Holds no weights."""
-
-    def __init__(self, p: float, generator: torch.Generator) -> None:
-        super().__init__()
-        self.p, self.generator = float(p), generator
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.rand(x.shape, generator=self.generator, device=self.generator.device) >= self.p
-        return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def seed_dropout(model: nn.Module, generator: torch.Generator) -> int:
-    """Replace every ``nn.Dropout`` of ``model`` in place by a :class:`SeededDropout` on ``generator``;
-    returns how many. The state_dict does not change (dropout has no weights)."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Dropout):
-                setattr(parent, name, SeededDropout(child.p, generator))
-                count += 1
-    return count
-
-
 def scoring_copy(model: nn.Module, mode: str) -> nn.Module:
     """A copy of ``model`` as its outputs are scored in ``mode`` (``model.reference_mode``); ``model`` is left as
     it is. In train mode its BatchNorms use the batch's statistics without updating the running ones, and its
-    dropout (a :class:`SeededDropout` of a network in training included) draws from torch's global stream:
+    dropout (a :class:`~coevo.models.dropout.SeededDropout` included) draws from torch's global stream:
     run it inside :func:`coevo.models.generator.fixed_rng`, as ``coevo evaluate`` and ``coevo translate`` do,
     so every network scored this way (teacher, student, a file read back) sees the same masks."""
     from ..models.generator import set_reference_mode
 
-    model = copy.deepcopy(model)
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, SeededDropout):
-                setattr(parent, name, nn.Dropout(child.p))
-    return set_reference_mode(model, mode)
+    return set_reference_mode(plain_dropout(copy.deepcopy(model)), mode)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -256,15 +223,15 @@ class Pix2PixTrainer(TrainerBase):
             raise ConfigError(f"pix2pix.gan_mode must be vanilla or lsgan, got {objective.gan_mode!r}")
         self._start(nets, settings, run_dir, hook)
         self.obj = objective
-        self.dropout_rng = torch_rng(derive_seed(settings.seed, STREAM_DROPOUT))
-        seed_dropout(nets.G, self.dropout_rng)
+        # both streams are checkpointed even without dropout (as pix2pix checkpoints always were)
+        self.dropout_rng = self._seed_dropout("dropout", STREAM_DROPOUT, nets.G, always=True)
         self.teacher = teacher
-        self.teacher_rng = torch_rng(derive_seed(settings.seed, STREAM_TEACHER_DROPOUT))
+        self.teacher_rng = self._seed_dropout("teacher_dropout", STREAM_TEACHER_DROPOUT,
+                                              *([teacher] if teacher is not None else []), always=True)
         if teacher is not None:
             from ..models.generator import set_reference_mode
 
             teacher.to(self.device).requires_grad_(False)
-            seed_dropout(teacher, self.teacher_rng)
             set_reference_mode(teacher, objective.reference_mode)  # a frozen copy: its statistics never update
         s = settings
         self.opt_G = torch.optim.Adam(nets.G.parameters(), lr=s.lr, betas=(s.beta1, 0.999))
@@ -280,7 +247,7 @@ class Pix2PixTrainer(TrainerBase):
             **self._counters_state(),
             "hook": self.hook.state_dict() if self.hook is not None else {},
             **self._networks_state(),
-            "rng": {"dropout": self.dropout_rng.get_state(), "teacher_dropout": self.teacher_rng.get_state()},
+            "rng": self._dropout_state(),  # {"dropout": ..., "teacher_dropout": ...}
         }
 
     def save_checkpoint(self) -> None:
@@ -290,8 +257,7 @@ class Pix2PixTrainer(TrainerBase):
         ckpt = self._read_checkpoint(path)
         try:
             self._load_networks(ckpt)
-            self.dropout_rng.set_state(ckpt["rng"]["dropout"])
-            self.teacher_rng.set_state(ckpt["rng"]["teacher_dropout"])
+            self._load_dropout_state(ckpt.get("rng"), path)
             self._restore_progress(ckpt)  # in here: a model-selection state that does not fit is a CheckpointError
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path} does not fit this run's networks or settings: {e}") from e
@@ -315,7 +281,8 @@ class Pix2PixTrainer(TrainerBase):
     def step(self, real_A: torch.Tensor, real_B: torch.Tensor, epoch: int) -> Dict[str, float]:
         """One pix2pix update on a pair batch (NCHW, [-1, 1]): D first, then G (the reference's order)."""
         n, o, mode = self.nets, self.obj, self.obj.gan_mode
-        fake_B = n.G(real_A)
+        with self._drawing_dropout():
+            fake_B = n.G(real_A)
         n.D.requires_grad_(True)
         d_terms = {"D_fake": gan_loss(n.D(torch.cat([real_A, fake_B.detach()], 1)), False, mode) * 0.5,
                    "D_real": gan_loss(n.D(torch.cat([real_A, real_B], 1)), True, mode) * 0.5}
@@ -328,7 +295,7 @@ class Pix2PixTrainer(TrainerBase):
         g_terms = {"G_GAN": gan_loss(n.D(torch.cat([real_A, fake_B], 1)), True, mode),
                    "G_L1": losses.l1(fake_B, real_B) * o.lambda_l1}
         if self.teacher is not None and o.lambda_distill > 0:
-            with torch.no_grad():
+            with torch.no_grad(), self._drawing_dropout():
                 target = self.teacher(real_A)
             g_terms["distill"] = losses.l1(fake_B, target) * o.lambda_distill
         self._check_finite(g_terms, epoch, "generator")
