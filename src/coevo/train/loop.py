@@ -322,7 +322,8 @@ class TrainerBase:
     checkpoint header and the G/D networks, optimizers and schedules in it, log writing and resume.
 
     A subclass sets ``RECIPE`` (and ``RECIPE_HINT``), calls :meth:`_start` from its ``__init__`` and builds
-    ``opt_G``/``opt_D`` and ``sched_G``/``sched_D`` for :meth:`_networks_state` and :meth:`_load_networks`.
+    ``opt_G``/``opt_D`` and ``sched_G``/``sched_D`` for :meth:`_networks_state` and :meth:`_load_networks`, and
+    a ``step(real_A, real_B, epoch)`` (one update, returning its loss terms) for :meth:`_run_steps`.
 
     Dropout: :meth:`_seed_dropout` gives the networks' dropout a seeded stream that they draw from inside
     :meth:`_drawing_dropout` (a training step) only; :meth:`_dropout_state` and :meth:`_load_dropout_state`
@@ -473,6 +474,39 @@ class TrainerBase:
         if self.rank == 0:
             append_jsonl(self.log_path, record)
         self.log_records += 1
+
+    # ------------------------------------------------------------------ epochs
+    def _run_steps(self, loader: DataLoader, epoch: int) -> Dict[str, float]:
+        """One epoch's steps over ``loader`` (0-based ``epoch``; at most ``max_steps_per_epoch``): a progress
+        bar (rank 0's), :meth:`step` on each batch, a ``"step"`` log record (the window's mean terms and G's
+        learning rate) every ``log_every`` updates. Returns the epoch's mean of each loss term."""
+        steps = len(loader)
+        if self.s.max_steps_per_epoch:
+            steps = min(steps, self.s.max_steps_per_epoch)
+        sums: Dict[str, float] = {}
+        window: Dict[str, float] = {}
+        in_window = 0
+        bar = tqdm(total=steps, desc=f"{self.s.section} epoch {epoch + 1}/{self.s.total_epochs}",
+                   disable=None if self.rank == 0 else True, leave=False, dynamic_ncols=True)
+        try:
+            for i, batch in enumerate(loader):
+                if i >= steps:
+                    break
+                terms = self.step(batch["A"].to(self.device), batch["B"].to(self.device), epoch + 1)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                    window[k] = window.get(k, 0.0) + v
+                in_window += 1
+                if self.global_step % self.s.log_every == 0:
+                    self._log({"kind": "step", "epoch": epoch + 1, "step": self.global_step,
+                               "lr": self.opt_G.param_groups[0]["lr"],
+                               **{k: v / in_window for k, v in window.items()}})
+                    window, in_window = {}, 0
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+        return {k: v / max(steps, 1) for k, v in sums.items()}
 
 
 class CycleGANTrainer(TrainerBase):
@@ -700,34 +734,7 @@ class CycleGANTrainer(TrainerBase):
 
     def run_epoch(self, dataset: Dataset, epoch: int) -> Dict[str, float]:
         """Train one epoch (0-based ``epoch``); returns the mean of each loss term."""
-        loader = self._loader(dataset, epoch)
-        steps = len(loader)
-        if self.s.max_steps_per_epoch:
-            steps = min(steps, self.s.max_steps_per_epoch)
-        sums: Dict[str, float] = {}
-        window: Dict[str, float] = {}
-        in_window = 0
-        bar = tqdm(total=steps, desc=f"{self.s.section} epoch {epoch + 1}/{self.s.total_epochs}",
-                   disable=None if self.rank == 0 else True, leave=False, dynamic_ncols=True)
-        try:
-            for i, batch in enumerate(loader):
-                if i >= steps:
-                    break
-                terms = self.step(batch["A"].to(self.device), batch["B"].to(self.device), epoch + 1)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    window[k] = window.get(k, 0.0) + v
-                in_window += 1
-                if self.global_step % self.s.log_every == 0:
-                    self._log({"kind": "step", "epoch": epoch + 1, "step": self.global_step,
-                               "lr": self.opt_G.param_groups[0]["lr"],
-                               **{k: v / in_window for k, v in window.items()}})
-                    window, in_window = {}, 0
-                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
-                bar.update(1)
-        finally:
-            bar.close()
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        return self._run_steps(self._loader(dataset, epoch), epoch)
 
     def fit(self, dataset: Dataset, sample_images: Optional[Mapping[str, torch.Tensor]] = None) -> LoopResult:
         """Train from ``self.epoch`` to the last epoch. ``sample_images``: {"A": NCHW, "B": NCHW} in [-1, 1].

@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from ..config import Config
 from ..core import distributed
@@ -324,28 +323,10 @@ class Pix2PixTrainer(TrainerBase):
                   max_rows=self.s.sample_images, title=f"{self.s.section} epoch {self.epoch}")
 
     def run_epoch(self, dataset: Dataset, epoch: int) -> Dict[str, float]:
+        """Train one epoch (0-based ``epoch``); returns the mean of each loss term."""
         loader = make_loader(dataset, batch_size=self.s.batch_size, shuffle=True, num_workers=self.s.num_workers,
                              seed=self.s.seed, epoch=epoch)
-        steps = len(loader) if not self.s.max_steps_per_epoch else min(len(loader), self.s.max_steps_per_epoch)
-        sums: Dict[str, float] = {}
-        window: Dict[str, float] = {}
-        in_window = 0
-        with tqdm(total=steps, desc=f"{self.s.section} epoch {epoch + 1}/{self.s.total_epochs}", disable=None,
-                  leave=False, dynamic_ncols=True) as bar:
-            for i, batch in enumerate(loader):
-                if i >= steps:
-                    break
-                terms = self.step(batch["A"].to(self.device), batch["B"].to(self.device), epoch + 1)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                    window[k] = window.get(k, 0.0) + v
-                in_window += 1
-                if self.global_step % self.s.log_every == 0:
-                    self._log({"kind": "step", "epoch": epoch + 1, "step": self.global_step,
-                               "lr": self.opt_G.param_groups[0]["lr"], **{k: v / in_window for k, v in window.items()}})
-                    window, in_window = {}, 0
-                bar.update(1)
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        return self._run_steps(loader, epoch)
 
     def fit(self, dataset: Dataset, sample_images: Optional[Mapping[str, torch.Tensor]] = None) -> Pix2PixResult:
         """Train from ``self.epoch`` to the last epoch; checkpoints every ``checkpoint_every`` epochs and at the end."""
