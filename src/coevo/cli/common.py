@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
@@ -19,6 +19,24 @@ def add_log_arg(p: argparse.ArgumentParser) -> None:
                    help="tensorboard: also write the curves and sample grids of training, search and fine-tuning "
                         "to RUN/tensorboard (needs pip install 'coevo[tensorboard]'); same as --set log=... "
                         "(default: the config's log, jsonl: log.jsonl, history.jsonl and sample PNGs only)")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, config_help: str, set_example: str, out_help: str = "run folder",
+                      set_what: str = "a config value",
+                      after_config: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> None:
+    """The run-folder options of a job that trains into RUN_DIR: ``--config``, (``after_config``'s options),
+    ``--out RUN_DIR``, ``--set KEY=VALUE`` (its help: override ``set_what``, e.g. ``--set set_example``),
+    ``--data``, ``--log``, ``--resume`` and ``--force``."""
+    p.add_argument("--config", help=config_help)
+    if after_config is not None:
+        after_config(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help=out_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override {set_what}, e.g. --set {set_example} (repeatable)")
+    add_data_arg(p)
+    add_log_arg(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
 
 
 def _check_data_arg(data: str) -> None:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_from_args
-from .common import add_data_arg, add_log_arg, apply_restart, job_config, job_overrides
+from .common import add_run_arguments, apply_restart, job_config, job_overrides
 from ..errors import ConfigError
 
 
@@ -27,15 +27,9 @@ def add_parser(sub) -> None:
                    help="instead of --search: G_A's genome, e.g. from `coevo prune --method l1|random` "
                         "(fine-tuned by the same recipe as a searched pair)")
     p.add_argument("--genome-b", metavar="JSON", help="instead of --search: G_B's genome")
-    p.add_argument("--config", help="with --genome-a/-b: YAML config (default: built-in defaults; on --resume: "
-                                    "the run's config.yaml). With --search: the search run's config is used")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value of the search run's config, e.g. --set finetune.epochs=3 (repeatable)")
-    add_data_arg(p)
-    add_log_arg(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
+    add_run_arguments(p, "with --genome-a/-b: YAML config (default: built-in defaults; on --resume: the run's "
+                         "config.yaml). With --search: the search run's config is used",
+                      "finetune.epochs=3", set_what="a value of the search run's config")
     p.set_defaults(func=run)
 
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ._teacher import add_teacher_arguments, teacher_and_config
-from .common import add_data_arg, add_log_arg, job_config
+from .common import add_run_arguments, job_config
 
 
 def add_parser(sub) -> None:
@@ -19,16 +19,11 @@ def add_parser(sub) -> None:
                     "supernet.json into --out; give that folder to `coevo search --supernet`. Checkpoints "
                     "every supernet.checkpoint_every steps (resume with --resume).",
     )
-    p.add_argument("--config", help="YAML config (default: built-in defaults; on --resume: the run's config.yaml)")
-    add_teacher_arguments(p, "coevo training run or folder with latest_net_G_A.pth, latest_net_G_B.pth "
-                             "(on --resume: the run's teacher.json)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder for the supernet")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set supernet.steps=500 (repeatable)")
-    add_data_arg(p)
-    add_log_arg(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
+    add_run_arguments(p, "YAML config (default: built-in defaults; on --resume: the run's config.yaml)",
+                      "supernet.steps=500", out_help="run folder for the supernet",
+                      after_config=lambda q: add_teacher_arguments(
+                          q, "coevo training run or folder with latest_net_G_A.pth, latest_net_G_B.pth "
+                             "(on --resume: the run's teacher.json)"))
     p.set_defaults(func=run)
 
 

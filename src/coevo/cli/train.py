@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_data_arg, add_log_arg, apply_restart, job_config
+from .common import add_run_arguments, apply_restart, job_config
 from ..errors import ConfigError
 
 
@@ -15,15 +15,8 @@ def add_parser(sub) -> None:
         description="Train a CycleGAN into RUN_DIR: checkpoints, log.jsonl, sample grids, G_A.pt ... and the "
                     "reference-named latest_net_*.pth. The folder is a teacher for `coevo search --teacher`.",
     )
-    p.add_argument("--config", help="YAML config, e.g. configs/demo.yaml (with --resume: defaults to "
-                                    "RUN_DIR/config.yaml)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=5 (repeatable)")
-    add_data_arg(p)
-    add_log_arg(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--force", action="store_true", help="replace RUN_DIR if it holds a run")
+    add_run_arguments(p, "YAML config, e.g. configs/demo.yaml (with --resume: defaults to RUN_DIR/config.yaml)",
+                      "train.epochs=5")
     p.set_defaults(func=run)
 
 
