@@ -2,12 +2,22 @@
 folder is on ``sys.path`` and they import it as ``from _common import ...``."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
 from coevo.models import GeneratorArch, ResnetGenerator
+
+
+def process_setup(threads: Optional[int] = None) -> None:
+    """A long benchmark's process start: timestamped INFO logs (coevo's library code logs, the script
+    prints), and ``threads`` torch threads when given (also in each spawned worker)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if threads:
+        torch.set_num_threads(int(threads))
 
 
 def random_generator(arch: GeneratorArch, seed: int) -> ResnetGenerator:

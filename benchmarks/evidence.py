@@ -773,10 +773,9 @@ def _group_worker(group, cfg_dict: Dict, paths: TeacherPaths, data: Path, work: 
     """One process's share (:func:`run_parallel`): the group's cells in order, each written on finishing."""
     from coevo.config import config_from_dict
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if threads:
-        torch.set_num_threads(threads)
+    from _common import process_setup
+
+    process_setup(threads)
     cfg = config_from_dict(cfg_dict)
     teacher = {d: load_generator(getattr(paths, d)).eval() for d in DIRECTIONS}
     out = []
@@ -901,10 +900,9 @@ def prepare(args) -> Tuple[Config, Path, Dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from _common import process_setup
+
+    process_setup(args.threads)
     start = time.perf_counter()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("evidence: --device cuda, but torch sees no CUDA device; run on a GPU machine or drop --device")

@@ -505,10 +505,9 @@ def plot(teacher_scores: Dict, summary: Dict[str, Dict], path: Path, title: str)
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from _common import process_setup
+
+    process_setup(args.threads)
     start = time.perf_counter()
     paths, data, teacher_info = prepare_teacher(args)
     cfg = read_config(args, [f"data.root={data.resolve()}", "data.synthetic=false"])
