@@ -293,6 +293,10 @@ def evidence_table() -> str:
             parts.append("\n".join(lines))
         else:
             parts.append("_No comparison yet: each needs coevo and the other arm on at least 2 common seeds._")
+        held_out = held_out_comparisons(cells)
+        if held_out:
+            parts.append(f"The same comparisons on held-out training images ({task}), the numbers a default may be "
+                         "decided on: " + held_out)
         costs = evidence_cost_table(cells)
         if costs:
             parts.append(f"What each search costs ({task}): " + costs)
@@ -300,6 +304,39 @@ def evidence_table() -> str:
         if predictors:
             parts.append(f"What predicts a student's fidelity ({task}): " + predictors)
     return "\n\n".join(parts)
+
+
+def held_out_comparisons(cells: List[Dict]) -> str:
+    """The evidence benchmark's comparisons (coevo against every arm, coevo-floor and coevo-supernet against the
+    baselines and coevo), paired by seed, on each pair's L1 to the teacher on the held-out TRAINING images
+    (``val_l1_teacher``, mean of both directions, x 1000, negated so that higher is better), paired t and
+    Wilcoxon, Holm over the table. Empty when no pair of arms shares 2 seeds."""
+    from paired_stats import compare_all
+
+    bases = {"coevo": ["l1", "random", "uniform", "uniform-scratch", "coevo-scratch"],
+             "coevo-floor": ["l1", "random", "uniform", "coevo"],
+             "coevo-supernet": ["l1", "random", "uniform", "coevo"]}
+    pairs = {}
+    for recipe in sorted({c["recipe"] for c in cells}):
+        for budget in sorted({float(c["budget"]) for c in cells}):
+            value = {(c["arm"], c["seed"]): -500.0 * (c["val_l1_teacher_AB"] + c["val_l1_teacher_BA"]) for c in cells
+                     if c["recipe"] == recipe and float(c["budget"]) == budget and "val_l1_teacher_AB" in c}
+            for base, others in bases.items():
+                for arm in others:
+                    seeds = sorted(s for (a, s) in value if a == arm and (base, s) in value)
+                    if len(seeds) >= 2:
+                        pairs[f"{recipe} b{budget:g}: {base} - {arm}"] = ([value[(base, s)] for s in seeds],
+                                                                          [value[(arm, s)] for s in seeds])
+    if not pairs:
+        return ""
+    stats = compare_all(pairs, margin=1.0)
+    lines = ["| comparison (held-out -L1 x 1000) | seeds | mean difference [95% CI] | Holm p (t) | Wilcoxon p | "
+             "better/worse (Holm p < 0.05) |", "|---|---|---|---|---|---|"]
+    for name, c in stats.items():
+        side = ("better" if c["mean"] > 0 else "worse") if c["p_t_holm"] < 0.05 else "-"
+        lines.append(f"| {name} | {c['n']} | {c['mean']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] | "
+                     f"{c['p_t_holm']:.3g} | {c['p_wilcoxon']:.3g} | {side} |")
+    return "\n\n" + "\n".join(lines)
 
 
 def evidence_cost_table(cells: List[Dict]) -> str:

@@ -532,3 +532,17 @@ def test_refresh_reads_finished_cells_back_and_trains_nothing(tmp_path, monkeypa
     assert ev.main(argv) == 0
     out = json.loads((tmp_path / "out" / "evidence_snow.json").read_text())
     assert [(c["arm"], c["seed"]) for c in out["cells"]] == [("coevo", 1)]
+
+
+def test_held_out_comparisons_pair_by_seed_on_the_held_out_l1():
+    import tables
+
+    cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s,
+              "val_l1_teacher_AB": v + 0.001 * s, "val_l1_teacher_BA": v}
+             for a, v in (("coevo", 0.05), ("l1", 0.06)) for s in range(4)]
+    text = tables.held_out_comparisons(cells + [{"recipe": "distill", "budget": 0.05, "arm": "uniform", "seed": 0}])
+    rows = [line for line in text.splitlines() if line.startswith("| distill b0.05")]
+    # coevo's L1 is 0.01 lower on every seed: +10 in -L1 x 1000, no spread, so decided
+    assert len(rows) == 1 and rows[0].startswith("| distill b0.05: coevo - l1 | 4 | +10.00 [+10.00, +10.00] |")
+    assert rows[0].endswith("| better |")
+    assert tables.held_out_comparisons(cells[:1]) == ""
