@@ -14,7 +14,7 @@ from coevo.train.distill import DistillTrainer, cache_images, deterministic_crop
 from coevo.train.finetune import _slim_pair, finetune, read_search_dir
 from coevo.train.loop import LoopSettings
 
-from test_finetune import _assert_same, search_dir  # noqa: F401  (the fixture)
+from test_finetune import _assert_same, _assert_same_runs, search_dir  # noqa: F401  (the fixture)
 
 DISTILL = ["finetune.mode=distill"]
 
@@ -70,8 +70,10 @@ def test_distill_finetune_records_its_recipe_and_trains_no_discriminator(tmp_pat
     assert (out / "G_A.pt").is_file() and (out / "G_B.pt").is_file()
 
 
-def test_interrupted_and_resumed_distill_is_bit_identical(tmp_path, search_dir, monkeypatch):  # noqa: F811
-    straight = finetune(search_dir, tmp_path / "straight", overrides=DISTILL)
+def _straight_and_resumed(search, tmp_path, monkeypatch):
+    """A distill fine-tune straight through, and the same one stopped in the middle of epoch 2 (torch's global
+    stream then moved) and resumed with the run's own config."""
+    straight = finetune(search, tmp_path / "straight", overrides=DISTILL)
     real = losses.l1
     count = {"n": 0}
 
@@ -83,16 +85,16 @@ def test_interrupted_and_resumed_distill_is_bit_identical(tmp_path, search_dir, 
 
     monkeypatch.setattr(losses, "l1", interrupting)
     with pytest.raises(KeyboardInterrupt):
-        finetune(search_dir, tmp_path / "resumed", overrides=DISTILL)
+        finetune(search, tmp_path / "resumed", overrides=DISTILL)
     assert safe_torch_load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
     monkeypatch.setattr(losses, "l1", real)
-    resumed = finetune(search_dir, tmp_path / "resumed", resume=True)  # the run's own config: distill
-    a, b = safe_torch_load(straight / "checkpoint.pt"), safe_torch_load(resumed / "checkpoint.pt")
-    for key in ("nets", "optimizers", "schedulers", "hook", "global_step", "recipe"):
-        _assert_same(a[key], b[key], key)
-    for name in ("G_A.pt", "G_B.pt"):
-        _assert_same(safe_torch_load(straight / name)["state_dict"], safe_torch_load(resumed / name)["state_dict"],
-                     name)
+    torch.rand(7)
+    return straight, finetune(search, tmp_path / "resumed", resume=True)
+
+
+def test_interrupted_and_resumed_distill_is_bit_identical(tmp_path, search_dir, monkeypatch):  # noqa: F811
+    straight, resumed = _straight_and_resumed(search_dir, tmp_path, monkeypatch)
+    _assert_same_runs(straight, resumed, ("nets", "optimizers", "schedulers", "hook", "global_step", "recipe"))
 
 
 def test_resuming_with_the_other_recipe_is_refused(tmp_path, search_dir):  # noqa: F811
@@ -185,13 +187,9 @@ def test_drawing_sample_grids_changes_nothing_in_a_batch_norm_or_dropout_distill
         runs[every] = finetune(search, tmp_path / f"every{every}",
                                overrides=DISTILL + [f"finetune.sample_every={every}"])
     assert any((runs[1] / "samples").glob("*.png")) and not any((runs[0] / "samples").glob("*.png"))
-    a, b = safe_torch_load(runs[1] / "checkpoint.pt"), safe_torch_load(runs[0] / "checkpoint.pt")
+    a = safe_torch_load(runs[1] / "checkpoint.pt")
     assert any("running_mean" in n for n in a["nets"]["G_A"]) == (norm == "batch")  # buffers compared too
-    for key in ("nets", "optimizers"):
-        _assert_same(a[key], b[key], key)
-    for name in ("G_A.pt", "G_B.pt"):
-        _assert_same(safe_torch_load(runs[1] / name)["state_dict"], safe_torch_load(runs[0] / name)["state_dict"],
-                     name)
+    _assert_same_runs(runs[1], runs[0], ("nets", "optimizers"))
 
 
 def test_two_dropout_distills_with_the_same_seed_are_identical(tmp_path, image_folder):
@@ -201,12 +199,7 @@ def test_two_dropout_distills_with_the_same_seed_are_identical(tmp_path, image_f
     for name in ("one", "two"):
         torch.rand(7)  # the global stream moves between the runs, as it does in one process
         runs.append(finetune(search, tmp_path / name, overrides=DISTILL))
-    a, b = (safe_torch_load(r / "checkpoint.pt") for r in runs)
-    for key in ("nets", "optimizers", "rng"):
-        _assert_same(a[key], b[key], key)
-    for name in ("G_A.pt", "G_B.pt"):
-        _assert_same(safe_torch_load(runs[0] / name)["state_dict"], safe_torch_load(runs[1] / name)["state_dict"],
-                     name)
+    _assert_same_runs(runs[0], runs[1], ("nets", "optimizers", "rng"))
     # the saved students are the plain architectures: nn.Dropout, no seeded layer, no generator
     from coevo.models import load_generator
     from coevo.models.dropout import SeededDropout
@@ -218,26 +211,5 @@ def test_two_dropout_distills_with_the_same_seed_are_identical(tmp_path, image_f
 
 def test_interrupted_and_resumed_dropout_distill_is_bit_identical(tmp_path, image_folder, monkeypatch):
     search = _variant_search_dir(tmp_path, image_folder, "instance", True)
-    straight = finetune(search, tmp_path / "straight", overrides=DISTILL)
-    real = losses.l1
-    count = {"n": 0}
-
-    def interrupting(a, b):
-        count["n"] += 1
-        if count["n"] > 3 * 2:  # two l1 terms per step: the middle of epoch 2
-            raise KeyboardInterrupt
-        return real(a, b)
-
-    monkeypatch.setattr(losses, "l1", interrupting)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(search, tmp_path / "resumed", overrides=DISTILL)
-    assert safe_torch_load(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 1
-    monkeypatch.setattr(losses, "l1", real)
-    torch.rand(7)
-    resumed = finetune(search, tmp_path / "resumed", resume=True)
-    a, b = safe_torch_load(straight / "checkpoint.pt"), safe_torch_load(resumed / "checkpoint.pt")
-    for key in ("nets", "optimizers", "schedulers", "hook", "rng", "global_step"):
-        _assert_same(a[key], b[key], key)
-    for name in ("G_A.pt", "G_B.pt"):
-        _assert_same(safe_torch_load(straight / name)["state_dict"], safe_torch_load(resumed / name)["state_dict"],
-                     name)
+    straight, resumed = _straight_and_resumed(search, tmp_path, monkeypatch)
+    _assert_same_runs(straight, resumed, ("nets", "optimizers", "schedulers", "hook", "rng", "global_step"))

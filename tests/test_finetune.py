@@ -127,11 +127,16 @@ def test_interrupted_and_resumed_finetune_is_bit_identical(tmp_path, search_dir,
     resumed = finetune(search_dir, tmp_path / "resumed", resume=True)
     assert count["n"] == -10**9 + 2 * 2 * CALLS_PER_STEP  # only epochs 2 and 3 ran again
 
-    a, b = safe_torch_load(straight / "checkpoint.pt"), safe_torch_load(resumed / "checkpoint.pt")
-    for key in ("nets", "optimizers", "schedulers", "pools", "hook", "global_step"):
+    _assert_same_runs(straight, resumed, ("nets", "optimizers", "schedulers", "pools", "hook", "global_step"))
+
+
+def _assert_same_runs(one, two, keys):
+    """Two run folders: the checkpoint entries ``keys`` and the saved G_A.pt / G_B.pt weights are identical."""
+    a, b = safe_torch_load(Path(one) / "checkpoint.pt"), safe_torch_load(Path(two) / "checkpoint.pt")
+    for key in keys:
         _assert_same(a[key], b[key], key)
     for name in ("G_A.pt", "G_B.pt"):
-        _assert_same(safe_torch_load(straight / name)["state_dict"], safe_torch_load(resumed / name)["state_dict"],
+        _assert_same(safe_torch_load(Path(one) / name)["state_dict"], safe_torch_load(Path(two) / name)["state_dict"],
                      name)
 
 
