@@ -224,6 +224,24 @@ def latency_table_for(arch, search_cfg) -> "LatencyTable":
     return table
 
 
+def search_budget(arch, search_cfg, latency: Optional["LatencyTable"] = None) -> Budget:
+    """The budget a search holds genomes to, from ``search_cfg`` (compute mode, ratio or latency cap,
+    ``min_channels`` raised by ``width_floor``): :class:`BudgetError` up front when no genome can meet it.
+    ``latency``: the latency table when already loaded (else read or measured by :func:`latency_table_for`).
+    The search, its fail-early check and the supernet's mask sampler all price genomes with this one."""
+    s = search_cfg
+    if s.compute == "budget":
+        return check_budget(arch, s.macs_ratio, s.min_channels, s.width_floor)
+    if s.compute == "latency":
+        table = latency if latency is not None else latency_table_for(arch, s)
+        return check_latency_budget(arch, table, s.latency_ratio, s.latency_ms, s.min_channels, s.width_floor)
+    if s.compute == "reward":
+        side = macs_side(arch)
+        return Budget(count_macs(arch, side, convention=MACS_CONVENTION), None, None, size=side,
+                      min_channels=int(s.min_channels))
+    raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
+
+
 def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLayerDiscriminator],
                  D_B: Optional[NLayerDiscriminator], x_A: torch.Tensor, x_B: torch.Tensor, search_cfg,
                  device: str | torch.device = "cpu", latency: Optional["LatencyTable"] = None,
@@ -253,17 +271,7 @@ def make_context(G_A: ResnetGenerator, G_B: ResnetGenerator, D_A: Optional[NLaye
             f"G_B: {describe_arch(G_B.arch)}); the search needs a matching pair, as a CycleGAN trains them"
         )
     perceptual = resolve_perceptual(s.perceptual, D_A is not None and D_B is not None, s.lpips_net)
-    if s.compute == "budget":
-        budget = check_budget(G_A.arch, s.macs_ratio, s.min_channels, s.width_floor)
-    elif s.compute == "latency":
-        table = latency if latency is not None else latency_table_for(G_A.arch, s)
-        budget = check_latency_budget(G_A.arch, table, s.latency_ratio, s.latency_ms, s.min_channels, s.width_floor)
-    elif s.compute == "reward":
-        side = macs_side(G_A.arch)
-        budget = Budget(count_macs(G_A.arch, side, convention=MACS_CONVENTION), None, None, size=side,
-                        min_channels=int(s.min_channels))
-    else:
-        raise ConfigError(f"search.compute must be 'budget', 'latency' or 'reward', got {s.compute!r}")
+    budget = search_budget(G_A.arch, s, latency)
     device = torch.device(device)
     amp = getattr(s, "amp", "none")
     directions = {}
@@ -425,13 +433,8 @@ def build_context(cfg, teacher: TeacherPaths, supernet: Optional[str | Path] = N
         # masks at random: the fitness must be one deterministic number per genome
         log.warning("model.reference_mode is train, but the search scores teacher and candidates in eval mode; "
                     "the report and `coevo evaluate --reference-mode train` measure train mode")
-    latency = None
-    if cfg.search.compute == "budget":  # fail before reading any image
-        check_budget(G_A.arch, cfg.search.macs_ratio, cfg.search.min_channels)
-    elif cfg.search.compute == "latency":
-        latency = latency_table_for(G_A.arch, cfg.search)
-        check_latency_budget(G_A.arch, latency, cfg.search.latency_ratio, cfg.search.latency_ms,
-                             cfg.search.min_channels)
+    # fail before reading any image (and measure a latency table once, for make_context too)
+    latency = search_budget(G_A.arch, cfg.search).latency_table
     weights = None
     if cfg.search.fitness == "supernet" and supernet is not None:
         from .supernet import load_supernet, warn_if_trained_for_other_masks

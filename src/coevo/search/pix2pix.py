@@ -44,7 +44,7 @@ from ..errors import ConfigError
 from ..models.pix2pix import Pix2PixPaths, find_pix2pix_teacher, load_pix2pix_discriminator, load_pix2pix_generator
 from ..prune import Genome, l1_genome_for_macs, slim
 from ..prune.baselines import filter_importance
-from .context import MACS_CONVENTION, Budget, check_budget
+from .context import MACS_CONVENTION, Budget, search_budget
 from .fitness import FitnessTerms, Objective, check_terms, compute_terms, genome_hex
 from .operators import Breeder
 from .population import Candidate, Population, Repairer, initial_population
@@ -145,9 +145,7 @@ def build_pix2pix_context(cfg: Config, paths: Pix2PixPaths) -> Pix2PixSearchCont
     if size % multiple:
         raise ConfigError(f"the evaluation size {size} is not a multiple of {multiple}, which this generator needs; "
                           f"set search.eval_size (e.g. {max(multiple, size - size % multiple)})")
-    budget = check_budget(arch, s.macs_ratio, s.min_channels, s.width_floor) if s.compute == "budget" else \
-        Budget(teacher_macs=check_budget(arch, 1.0, s.min_channels).teacher_macs, max_macs=None, macs_ratio=None,
-               min_channels=int(s.min_channels))
+    budget = search_budget(arch, s)  # a latency budget refuses a U-Net in one line
     pairs = eval_pairs(cfg, size)
     dropout_seed = derive_seed(cfg.seed, STREAM_EVAL_DROPOUT)
     teacher_output = _run(teacher, pairs["A"], cfg.model.reference_mode, dropout_seed)

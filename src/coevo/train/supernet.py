@@ -70,8 +70,7 @@ from ..models.teacher import TeacherPaths, check_generator_pair, resolve_teacher
 from ..prune import Genome, filter_importance, repair_to_budget
 from ..prune.groups import conv_group_map
 from ..search.context import (
-    MACS_CONVENTION, MACS_SIZE, Budget, check_budget, check_latency_budget, eval_size_for, latency_table_for,
-    refuse_unet, split_images,
+    MACS_CONVENTION, MACS_SIZE, Budget, eval_size_for, refuse_unet, search_budget, split_images,
 )
 from ..search.supernet import DIRECTIONS, SUPERNET_FORMAT, SUPERNET_RECORD
 from .common import open_run_dir
@@ -144,20 +143,6 @@ class SupernetGenerator(nn.Module):
 
 
 # ----------------------------------------------------------------------------- masks
-def search_budget(arch, search_cfg) -> Budget:
-    """The budget the search will hold genomes to (as :func:`coevo.search.context.make_context` builds it)."""
-    s = search_cfg
-    if s.compute == "budget":
-        return check_budget(arch, s.macs_ratio, s.min_channels, s.width_floor)
-    if s.compute == "latency":
-        return check_latency_budget(arch, latency_table_for(arch, s), s.latency_ratio, s.latency_ms, s.min_channels,
-                                    s.width_floor)
-    from ..prune import count_macs
-
-    return Budget(count_macs(arch, MACS_SIZE, convention=MACS_CONVENTION), None, None,
-                  min_channels=int(s.min_channels))
-
-
 class MaskSampler:
     """The masks of one step: the full network, one at the budget, ``n_random`` in between (see the
     module docstring). Deterministic in ``(seed, step, direction)``."""
