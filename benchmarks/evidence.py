@@ -86,9 +86,16 @@ from coevo.search import MACS_CONVENTION, MACS_SIZE
 log = logging.getLogger("evidence")
 
 TASKS = ("snow", "dense")
-ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet", "coevo-floor")
-DEFAULT_ARMS = ARMS[:6]  # coevo-supernet (a supernet per budget first) and coevo-floor: on request (--arms)
+ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet", "coevo-floor",
+        "l1-long", "uniform-long", "l1-supernet")
+# coevo-supernet (a supernet per budget first), coevo-floor and the supernet's controls: on request (--arms)
+DEFAULT_ARMS = ARMS[:6]
 SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
+# the supernet arm's controls: the baseline's pair, fine-tuned for as many more steps as the supernet trained
+# (long), or cut from the same supernet (l1-supernet)
+LONG = {"l1-long": "l1", "uniform-long": "uniform"}
+FROM_SUPERNET = {"coevo-supernet": "coevo-supernet", "l1-supernet": "l1"}
+GENOMES_OF = {**SCRATCH, **LONG, **FROM_SUPERNET}  # arm -> the arm whose pair it trains
 # arm -> the folder of WORK its searches live in (one per budget and seed: bBUDGET_sSEED)
 SEARCH_FOLDERS = {"coevo": "search", "coevo-scratch": "search", "coevo-floor": "search-floor",
                   "coevo-supernet": "search-supernet"}
@@ -110,6 +117,11 @@ ARM_DEFINITIONS = {
                       "the supernet and fine-tuned",
     "coevo-floor": "coevo's search with search.min_channels = the narrowest group of the uniform network at the "
                    "budget (no group narrower than the uniform student's narrowest), MAC matching keeping it too",
+    "l1-long": "the l1 pair fine-tuned for at least supernet.steps more steps (the supernet arm's equal-steps "
+               "control: its students start from that many distillation steps of the supernet)",
+    "uniform-long": "the uniform pair fine-tuned for at least supernet.steps more steps (as l1-long)",
+    "l1-supernet": "the l1 pair cut from the budget's supernet instead of the teacher (the supernet arm without "
+                   "its search)",
 }
 CELL_KEYS = ("arm", "budget", "seed", "recipe", "macs_ratio_A", "macs_ratio_B", "psnr_teacher_AB",
              "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "same_as_l1")
@@ -549,7 +561,7 @@ def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherP
     s = cfg.search
     cons = {"min_channels": s.min_channels, "channel_multiple": s.channel_multiple,
             "convention": MACS_CONVENTION, "tied": s.tied}
-    base = SCRATCH.get(arm, arm)
+    base = GENOMES_OF.get(arm, arm)
     if base == "coevo":
         return search_pair(cfg, paths, work, budget, seed)
     if base == "coevo-supernet":
@@ -573,7 +585,7 @@ def matched_pair(arm: str, budget: float, seed: int, cfg: Config, paths: Teacher
     for d in DIRECTIONS:
         # random arms add and drop channels at random, the others by the teacher's L1 norms
         scores = (random_scores(teacher[d].arch, np.random.default_rng([seed, 11, DIRECTIONS.index(d)]))
-                  if SCRATCH.get(arm, arm) == "random" else filter_importance(teacher[d]))
+                  if GENOMES_OF.get(arm, arm) == "random" else filter_importance(teacher[d]))
         out[d], moves[d] = matched(genomes[d], teacher[d], budget, scores, tol, info.get("min_channels", 1))
     return out, {**info, "match": moves}
 
@@ -610,7 +622,7 @@ def cell_costs(record: Mapping, work: Path) -> Dict[str, float]:
         if f.is_file():
             summary = json.loads(f.read_text())
             out.update(search_seconds=float(summary["wall_time_s"]), search_generations=int(summary["generations"]))
-    if arm == "coevo-supernet":
+    if arm in FROM_SUPERNET:
         f = work / "supernet" / f"b{budget:g}" / "supernet.json"
         if f.is_file():
             out["supernet_seconds"] = float(json.loads(f.read_text())["train_seconds"])
@@ -619,6 +631,27 @@ def cell_costs(record: Mapping, work: Path) -> Dict[str, float]:
     if seconds is not None:
         out["finetune_seconds"] = float(seconds)
     return out
+
+
+def stretched_epochs(epochs: int, epochs_decay: int, extra_steps: int, steps_per_epoch: int) -> List[int]:
+    """``[epochs, epochs_decay]`` of at least ``extra_steps`` more steps, in the same proportion of constant and
+    decaying epochs."""
+    total = epochs + epochs_decay + math.ceil(extra_steps / steps_per_epoch)
+    constant = max(1, int(total * epochs / max(1, epochs + epochs_decay) + 0.5))
+    return [constant, total - constant]
+
+
+def long_schedule(cfg: Config, data: Path) -> List[int]:
+    """The long arms' ``[epochs, epochs_decay]``: the config's fine-tuning stretched by ``supernet.steps``
+    steps (those the supernet arm's students were distilled for before their fine-tuning)."""
+    from coevo.data import build_datasets
+
+    f = cfg.finetune
+    per_epoch = math.ceil(len(build_datasets(_cfg_with(cfg, [f"data.root={data}"]).data, seed=cfg.seed).train)
+                          / f.batch_size)
+    if f.max_steps_per_epoch:
+        per_epoch = min(per_epoch, f.max_steps_per_epoch)
+    return stretched_epochs(f.epochs, f.epochs_decay, cfg.supernet.steps, per_epoch)
 
 
 def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths: TeacherPaths, teacher: Mapping,
@@ -642,25 +675,33 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
     scratch = arm in SCRATCH
     same_as_l1 = all((genomes[d].widths() == l1[d].widths()) if scratch else (genomes[d] == l1[d])
                      for d in DIRECTIONS)
-    init = "scratch" if scratch else "supernet" if arm == "coevo-supernet" else "teacher"
+    init = "scratch" if scratch else "supernet" if arm in FROM_SUPERNET else "teacher"
     key = genome_key(genomes)
+    schedule = long_schedule(cfg, data) if arm in LONG else None
     record = {"arm": arm, "budget": budget, "seed": seed, "recipe": recipe, "init": init, "device": cfg.device,
               "macs_ratio_A": info["match"]["G_A"]["macs_ratio"], "macs_ratio_B": info["match"]["G_B"]["macs_ratio"],
               "macs_within_tolerance": all(m["within_tolerance"] for m in info["match"].values()),
               "tolerance": tol, "same_as_l1": bool(same_as_l1), "genome_key": key,
               "widths": {d: genomes[d].widths() for d in DIRECTIONS}, **info}
-    twin = _finished_twin(work, recipe, seed, key, init, exclude=path)
+    if schedule is not None:
+        record["finetune_epochs"] = schedule
+    if arm == "l1-supernet":
+        record["supernet_folder"] = str(budget_supernet(cfg, paths, work, budget))
+    twin = _finished_twin(work, recipe, seed, key, init, schedule, exclude=path)
     if twin is not None:
         record.update({k: twin[k] for k in twin if k.startswith(("psnr_", "l1_teacher", "ssim_", "val_"))},
                       reused_from=cell_name(twin["arm"], twin["budget"], twin["seed"]))
     else:
         folder = work / "runs" / recipe / cell_name(arm, budget, seed)
         ft_cfg = _cfg_with(cfg, [f"seed={seed}", f"finetune.mode={recipe}",
-                                 f"finetune.init={'teacher' if init == 'supernet' else init}"])
+                                 f"finetune.init={'teacher' if init == 'supernet' else init}"]
+                           + ([f"finetune.epochs={schedule[0]}", f"finetune.epochs_decay={schedule[1]}"]
+                              if schedule is not None else []))
         resume = (folder / "config.yaml").is_file()
         finetune_genomes(ft_cfg, paths, genomes, folder, resume=resume, force=not resume and folder.exists(),
                          source={"benchmark": "evidence", "arm": arm, "budget": budget,
-                                 **({"search_dir": info["search_folder"]} if init == "supernet" else {})})
+                                 **({"search_dir": info["search_folder"]} if arm == "coevo-supernet" else {}),
+                                 **({"supernet_dir": record["supernet_folder"]} if arm == "l1-supernet" else {})})
         students = {d: load_generator(folder / f"{d}.pt").eval() for d in DIRECTIONS}
         record.update(evaluate_pair(students, teacher, data))
         record.update(val_fidelity(folder))
@@ -684,7 +725,8 @@ def measure_speed(cells: Sequence[Mapping], teacher: Mapping, repeats: int = 15)
                         f"{repeats} rounds after 3 warm-up rounds", "cells": pairs, "teacher_ms": teacher_ms}
 
 
-def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, exclude: Path) -> Optional[Dict]:
+def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, schedule: Optional[List[int]],
+                   exclude: Path) -> Optional[Dict]:
     folder = work / "cells" / recipe
     if not folder.is_dir():
         return None
@@ -692,7 +734,8 @@ def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, excl
         if p == exclude:
             continue
         r = json.loads(p.read_text())
-        if r.get("seed") == seed and r.get("genome_key") == key and r.get("init") == init and "reused_from" not in r:
+        if (r.get("seed") == seed and r.get("genome_key") == key and r.get("init") == init
+                and r.get("finetune_epochs") == schedule and "reused_from" not in r):
             return r
     return None
 
@@ -737,7 +780,8 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
                          if c.get(f"{endpoint}_AB") is not None and c.get(f"{endpoint}_BA") is not None}
                 # coevo against every other arm; coevo-supernet (when run) against the baselines and the proxy search
                 for base, others in (("coevo", [a for a in ARMS if a not in ("coevo", "coevo-supernet", "coevo-floor")]),
-                                     ("coevo-supernet", ["l1", "random", "uniform", "coevo"]),
+                                     ("coevo-supernet", ["l1", "random", "uniform", "coevo", "l1-long",
+                                                         "uniform-long", "l1-supernet"]),
                                      ("coevo-floor", ["l1", "random", "uniform", "coevo"])):
                     for arm in others:
                         seeds = sorted(s for (a, s) in value if a == arm and (base, s) in value)
@@ -793,7 +837,7 @@ def run_parallel(cells, jobs: int, cfg: Config, paths: TeacherPaths, data: Path,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing
 
-    for budget in sorted({float(b) for _, a, b, _ in cells if a == "coevo-supernet"}):
+    for budget in sorted({float(b) for _, a, b, _ in cells if a in FROM_SUPERNET}):
         budget_supernet(cfg, paths, work, budget)
     groups = cell_groups(cells)
     with ProcessPoolExecutor(max_workers=min(jobs, len(groups)) or 1,

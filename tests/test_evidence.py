@@ -89,16 +89,21 @@ def test_uniform_widths_are_one_fraction_of_every_group(teacher):
 
 
 # ----------------------------------------------------------------------------- cells
+fake_training_epochs: list = []  # (finetune.epochs, finetune.epochs_decay) of every fake fine-tuning
+
+
 @pytest.fixture
 def fake_training(monkeypatch, teacher):
     """finetune_genomes writes the slim pair untrained; the test scores are made up but deterministic."""
     import coevo.train.finetune as ft
 
     calls = []
+    fake_training_epochs.clear()
 
     def fake_finetune(cfg, paths, genomes, out, resume=False, force=False, source=None):
         calls.append((source["arm"], cfg.finetune.mode, cfg.finetune.init, cfg.seed)
-                     + ((source["search_dir"],) if "search_dir" in source else ()))
+                     + tuple(source[k] for k in ("search_dir", "supernet_dir") if k in source))
+        fake_training_epochs.append((cfg.finetune.epochs, cfg.finetune.epochs_decay))
         Path(out).mkdir(parents=True, exist_ok=True)
         for d in ("G_A", "G_B"):
             save_generator(slim(teacher[d], genomes[d]), Path(out) / f"{d}.pt")
@@ -164,6 +169,41 @@ def test_the_supernet_arm_cuts_its_students_from_the_supernet_and_is_compared(wo
     # coevo-supernet against the baselines and the proxy search (once, not also as coevo - coevo-supernet)
     assert names == {"distill b0.05: coevo - l1", "distill b0.05: coevo-supernet - l1",
                      "distill b0.05: coevo-supernet - coevo"}
+
+
+def test_the_supernet_controls_train_longer_or_from_the_supernet_and_are_compared(work, teacher, fake_training,
+                                                                                 monkeypatch):
+    """l1-long: the L1 pair with supernet.steps more fine-tuning steps (not a reuse of the L1 cell); l1-supernet:
+    the L1 pair cut from the budget's supernet; both are compared with the supernet arm."""
+    cfg = ev._cfg_with(_cfg(), ["supernet.steps=100", "finetune.epochs=2", "finetune.epochs_decay=1"])
+    monkeypatch.setattr(ev, "long_schedule", lambda cfg_, data: ev.stretched_epochs(2, 1, 100, 30))
+    monkeypatch.setattr(ev, "budget_supernet", lambda cfg_, paths, work_, budget: work_ / f"SN{budget:g}")
+    ev.run_cell("l1", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    rec = ev.run_cell("l1-long", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    # 30 steps an epoch: 100 more steps are 4 more epochs, split 2:1 like the config's 2 + 1
+    assert rec["finetune_epochs"] == [5, 2] and "reused_from" not in rec and rec["same_as_l1"]
+    assert fake_training_epochs == [(2, 1), (5, 2)]
+    sn = ev.run_cell("l1-supernet", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    assert sn["init"] == "supernet" and sn["supernet_folder"] == str(work / "SN0.1") and "reused_from" not in sn
+    assert fake_training[-1] == ("l1-supernet", "distill", "teacher", 0, str(work / "SN0.1"))
+    cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s, "psnr_teacher_AB": v + s * 0.1,
+              "psnr_teacher_BA": v, "psnr_gt_AB": 1.0, "psnr_gt_BA": 1.0}
+             for a, v in (("coevo-supernet", 21.0), ("l1-long", 19.0), ("uniform-long", 19.5), ("l1-supernet", 20.0))
+             for s in range(3)]
+    assert set(ev.summarise(cells)["psnr_teacher"]) == {
+        f"distill b0.05: coevo-supernet - {a}" for a in ("l1-long", "uniform-long", "l1-supernet")}
+
+
+def test_long_schedule_adds_the_supernet_steps_in_epochs_of_the_data(tmp_path):
+    assert ev.stretched_epochs(3, 3, 2000, 180) == [9, 9]  # the benchmark's: 6 + 12 epochs of 180 steps
+    assert ev.stretched_epochs(3, 3, 25, 10) == [5, 4]  # 3 more epochs (not 2: at least as many steps)
+    assert ev.stretched_epochs(1, 0, 0, 10) == [1, 0]
+    from conftest import make_image_folder
+
+    data = make_image_folder(tmp_path / "data", n=10, size=32)
+    cfg = ev._cfg_with(_cfg(), [f"data.root={data}", "data.synthetic=false", "data.val_fraction=0",
+                                "supernet.steps=25", "finetune.epochs=3", "finetune.epochs_decay=3"])
+    assert ev.long_schedule(cfg, data) == ev.stretched_epochs(3, 3, 25, 10)
 
 
 def test_force_removes_only_the_named_cells_and_merge_keeps_the_rest(work, teacher, fake_training):

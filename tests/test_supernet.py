@@ -193,6 +193,25 @@ def test_finetune_cuts_the_students_from_the_supernet(env, tmp_path):
     assert "supernet G_A" in recorded and "teacher G_A" in recorded
 
 
+def test_finetune_cuts_genomes_chosen_elsewhere_from_a_named_supernet(env, tmp_path):
+    """source["supernet_dir"]: any pair (here the L1 baseline's) starts from the supernet's weights, not the
+    teacher's; a folder without a finished supernet is refused before a run folder exists."""
+    from coevo.errors import CheckpointError
+    from coevo.prune.baselines import l1_genome
+    from coevo.train.finetune import finetune_genomes
+
+    cfg = make_cfg(env)
+    teacher = resolve_teacher(env["teacher"])
+    genomes = {d: l1_genome(load_generator(getattr(teacher, d)), 0.5) for d in DIRECTIONS}
+    out = finetune_genomes(cfg, teacher, genomes, tmp_path / "ft", source={"supernet_dir": str(env["supernet"])})
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["student_weights"]["source"] == "supernet" and report["supernet_dir"] == str(env["supernet"])
+    assert "supernet G_B" in json.loads((out / "inputs.json").read_text())["files"]
+    with pytest.raises(CheckpointError, match="holds no finished supernet|not found"):
+        finetune_genomes(cfg, teacher, genomes, tmp_path / "ft2", source={"supernet_dir": str(tmp_path / "none")})
+    assert not (tmp_path / "ft2").exists()
+
+
 def test_cli_trains_a_supernet_and_refuses_one_of_another_teacher(env, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({
