@@ -171,6 +171,23 @@ def test_resume_refuses_an_edited_config_yaml_train(env, tmp_path, capsys):
     refused(capsys, ["train", "--out", out, "--resume"], "config.yaml was edited", "train.lr")
 
 
+def test_resume_after_an_upgrade_that_added_a_config_key(env, tmp_path, capsys):
+    """A run started by an older coevo, whose records lack a key added since (with the default that keeps the old
+    behaviour), resumes: only an edit is refused."""
+    out = tmp_path / "run"
+    assert main(train_argv(env, out)) == 0
+    record = json.loads((out / "inputs.json").read_text())
+    del record["config"]["search"]["width_floor"]
+    (out / "inputs.json").write_text(json.dumps(record))
+    d = yaml.safe_load((out / "config.yaml").read_text())
+    del d["search"]["width_floor"]
+    (out / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    edit_yaml(out / "config.yaml", "search", "width_floor", "uniform")  # set to something else: an edit
+    refused(capsys, ["train", "--out", out, "--resume"], "config.yaml was edited", "search.width_floor")
+
+
 def test_resume_refuses_an_edited_config_yaml_search(env, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(search_argv(env, out, "--set", "search.generations=1")) == 0
