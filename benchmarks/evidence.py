@@ -712,14 +712,16 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
     return record
 
 
-def measure_speed(cells: Sequence[Mapping], teacher: Mapping, repeats: int = 15) -> Dict:
+def measure_speed(cells: Sequence[Mapping], teacher: Mapping, work: Path, repeats: int = 15) -> Dict:
     """Seed 0's fine-tuned pair of every recipe, arm and budget timed against the teacher: eager CPU, one
     thread, 256 px, batch 1, all models interleaved round-robin in one run (a slow spell of a shared
     machine hits them alike, so the speed-ups hold even where absolute times drift). Medians."""
     from _common import time_against_teacher
 
     timed = [c for c in cells if c["seed"] == 0 and c.get("finetune_folder")]
-    folders = {f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}": c["finetune_folder"] for c in timed}
+    # the fine-tune folder under this --work (a record's own path may be relative to where it ran)
+    folders = {f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}":
+               work / "runs" / c["recipe"] / cell_name(c["arm"], c["budget"], c["seed"]) for c in timed}
     teacher_ms, pairs = time_against_teacher(teacher, folders, MACS_SIZE, repeats, DIRECTIONS)
     return {"settings": f"eager CPU, 1 thread, {MACS_SIZE} px, batch 1, interleaved round-robin; median of "
                         f"{repeats} rounds after 3 warm-up rounds", "cells": pairs, "teacher_ms": teacher_ms}
@@ -1014,7 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for record, seconds in run_parallel(cells, args.jobs, cfg, paths, data, args.work, args.tol, args.threads):
             finished(len(new) + 1, record, seconds)
     if args.speed:
-        speed = measure_speed(result["cells"], teacher)
+        speed = measure_speed(result["cells"], teacher, args.work)
         result["speed"] = speed
         atomic_write_text(out_path, json.dumps(result, indent=1) + "\n")
         for name, v in speed["cells"].items():

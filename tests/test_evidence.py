@@ -368,14 +368,17 @@ def test_speed_times_seed_0_of_every_cell_against_the_teacher(tmp_path, teacher,
     from coevo.models import save_generator
     from coevo.prune.slim import slim
 
-    folder = tmp_path / "ft"
-    folder.mkdir()
+    work = tmp_path / "work"
+    folder = work / "runs" / "distill" / "uniform_b0.1_s0"
+    folder.mkdir(parents=True)
     for d in ev.DIRECTIONS:
         save_generator(slim(teacher[d], ev.uniform_genome(teacher[d], 0.1)), folder / f"{d}.pt")
-    cells = [{"recipe": "distill", "arm": "uniform", "budget": 0.1, "seed": s, "finetune_folder": str(folder)}
+    # the record's own path was relative to where it ran: the models are found under --work
+    cells = [{"recipe": "distill", "arm": "uniform", "budget": 0.1, "seed": s,
+              "finetune_folder": "elsewhere/runs/distill/uniform_b0.1_s0"}
              for s in (0, 1)] + [{"recipe": "distill", "arm": "l1", "budget": 0.1, "seed": 0, "reused_from": "x"}]
     monkeypatch.setattr(ev, "MACS_SIZE", 32)
-    out = ev.measure_speed(cells, teacher, repeats=2)
+    out = ev.measure_speed(cells, teacher, work, repeats=2)
     assert list(out["cells"]) == ["distill uniform_b0.1_s0"]  # seed 0 only; a reused cell has no models of its own
     v = out["cells"]["distill uniform_b0.1_s0"]
     assert set(v) == {"G_A", "G_B"} and all(v[d]["speedup"] > 0 for d in v)
