@@ -66,6 +66,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -722,9 +723,13 @@ def measure_speed(cells: Sequence[Mapping], teacher: Mapping, work: Path, repeat
     # the fine-tune folder under this --work (a record's own path may be relative to where it ran)
     folders = {f"{c['recipe']} {cell_name(c['arm'], c['budget'], c['seed'])}":
                work / "runs" / c["recipe"] / cell_name(c["arm"], c["budget"], c["seed"]) for c in timed}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the machine, said with it
     teacher_ms, pairs = time_against_teacher(teacher, folders, MACS_SIZE, repeats, DIRECTIONS)
     return {"settings": f"eager CPU, 1 thread, {MACS_SIZE} px, batch 1, interleaved round-robin; median of "
-                        f"{repeats} rounds after 3 warm-up rounds", "cells": pairs, "teacher_ms": teacher_ms}
+                        f"{repeats} rounds after 3 warm-up rounds"
+                        + (f"; 1-minute load average {load:.1f} on {os.cpu_count()} cores when it started"
+                           if load is not None else ""),
+            "cells": pairs, "teacher_ms": teacher_ms, "load_average": load}
 
 
 def _finished_twin(work: Path, recipe: str, seed: int, key: str, init: str, schedule: Optional[List[int]],
