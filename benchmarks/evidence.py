@@ -773,7 +773,8 @@ def merge_cells(old: Sequence[Mapping], new: Sequence[Mapping], replaced: Sequen
 
 # ----------------------------------------------------------------------------- statistics
 def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
-    """coevo against every other arm (and coevo-supernet against the baselines and coevo), paired by seed, per
+    """coevo against every other default arm (coevo-floor against the baselines and coevo; coevo-supernet also
+    against its controls), paired by seed, per
     recipe, budget and endpoint (Holm over each endpoint's table)."""
     from paired_stats import compare_all
 
@@ -785,8 +786,9 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
                 group = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget]
                 value = {(c["arm"], c["seed"]): 0.5 * (c[f"{endpoint}_AB"] + c[f"{endpoint}_BA"]) for c in group
                          if c.get(f"{endpoint}_AB") is not None and c.get(f"{endpoint}_BA") is not None}
-                # coevo against every other arm; coevo-supernet (when run) against the baselines and the proxy search
-                for base, others in (("coevo", [a for a in ARMS if a not in ("coevo", "coevo-supernet", "coevo-floor")]),
+                # coevo against the other default arms; coevo-supernet (when run) against the baselines, the proxy
+                # search and its controls
+                for base, others in (("coevo", [a for a in DEFAULT_ARMS if a != "coevo"]),
                                      ("coevo-supernet", ["l1", "random", "uniform", "coevo", "l1-long",
                                                          "uniform-long", "l1-supernet"]),
                                      ("coevo-floor", ["l1", "random", "uniform", "coevo"])):
