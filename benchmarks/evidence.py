@@ -88,13 +88,13 @@ log = logging.getLogger("evidence")
 
 TASKS = ("snow", "dense")
 ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet", "coevo-floor",
-        "l1-long", "uniform-long", "l1-supernet")
+        "l1-long", "uniform-long", "l1-supernet", "coevo-long")
 # coevo-supernet (a supernet per budget first), coevo-floor and the supernet's controls: on request (--arms)
 DEFAULT_ARMS = ARMS[:6]
 SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
 # the supernet arm's controls: the baseline's pair, fine-tuned for as many more steps as the supernet trained
 # (long), or cut from the same supernet (l1-supernet)
-LONG = {"l1-long": "l1", "uniform-long": "uniform"}
+LONG = {"l1-long": "l1", "uniform-long": "uniform", "coevo-long": "coevo"}
 FROM_SUPERNET = {"coevo-supernet": "coevo-supernet", "l1-supernet": "l1"}
 GENOMES_OF = {**SCRATCH, **LONG, **FROM_SUPERNET}  # arm -> the arm whose pair it trains
 # arm -> the folder of WORK its searches live in (one per budget and seed: bBUDGET_sSEED)
@@ -123,6 +123,8 @@ ARM_DEFINITIONS = {
     "uniform-long": "the uniform pair fine-tuned for at least supernet.steps more steps (as l1-long)",
     "l1-supernet": "the l1 pair cut from the budget's supernet instead of the teacher (the supernet arm without "
                    "its search)",
+    "coevo-long": "the coevo arm's pair fine-tuned as long as l1-long (does the search win when fine-tuning runs "
+                  "longer?)",
 }
 CELL_KEYS = ("arm", "budget", "seed", "recipe", "macs_ratio_A", "macs_ratio_B", "psnr_teacher_AB",
              "psnr_teacher_BA", "psnr_gt_AB", "psnr_gt_BA", "same_as_l1")
@@ -791,6 +793,7 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
                 for base, others in (("coevo", [a for a in DEFAULT_ARMS if a != "coevo"]),
                                      ("coevo-supernet", ["l1", "random", "uniform", "coevo", "l1-long",
                                                          "uniform-long", "l1-supernet"]),
+                                     ("coevo-long", ["l1-long", "uniform-long"]),
                                      ("coevo-floor", ["l1", "random", "uniform", "coevo"])):
                     for arm in others:
                         seeds = sorted(s for (a, s) in value if a == arm and (base, s) in value)

@@ -214,7 +214,7 @@ ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "
              "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch",
              "coevo-supernet": "coevo on a supernet", "coevo-floor": "coevo, width floor",
              "l1-long": "global L1, +supernet steps", "uniform-long": "uniform (L1), +supernet steps",
-             "l1-supernet": "global L1 cut from the supernet"}
+             "l1-supernet": "global L1 cut from the supernet", "coevo-long": "coevo (search), +supernet steps"}
 
 
 def _speedup(v: Dict | None) -> str:
@@ -317,7 +317,8 @@ def held_out_comparisons(cells: List[Dict]) -> str:
 
     bases = {"coevo": ["l1", "random", "uniform", "uniform-scratch", "coevo-scratch"],
              "coevo-floor": ["l1", "random", "uniform", "coevo"],
-             "coevo-supernet": ["l1", "random", "uniform", "coevo", "l1-long", "uniform-long", "l1-supernet"]}
+             "coevo-supernet": ["l1", "random", "uniform", "coevo", "l1-long", "uniform-long", "l1-supernet"],
+             "coevo-long": ["l1-long", "uniform-long"]}
     pairs = {}
     for recipe in sorted({c["recipe"] for c in cells}):
         for budget in sorted({float(c["budget"]) for c in cells}):

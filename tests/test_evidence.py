@@ -189,10 +189,11 @@ def test_the_supernet_controls_train_longer_or_from_the_supernet_and_are_compare
     cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s, "psnr_teacher_AB": v + s * 0.1,
               "psnr_teacher_BA": v, "psnr_gt_AB": 1.0, "psnr_gt_BA": 1.0}
              for a, v in (("coevo-supernet", 21.0), ("l1-long", 19.0), ("uniform-long", 19.5), ("l1-supernet", 20.0),
-                          ("coevo", 20.5)) for s in range(3)]
+                          ("coevo", 20.5), ("coevo-long", 22.0)) for s in range(3)]
     # the controls face the supernet arm only (coevo - l1-long would only widen the Holm family)
     assert set(ev.summarise(cells)["psnr_teacher"]) == {
-        f"distill b0.05: coevo-supernet - {a}" for a in ("l1-long", "uniform-long", "l1-supernet", "coevo")}
+        f"distill b0.05: coevo-supernet - {a}" for a in ("l1-long", "uniform-long", "l1-supernet", "coevo")} | {
+        f"distill b0.05: coevo-long - {a}" for a in ("l1-long", "uniform-long")}
 
 
 def test_long_schedule_adds_the_supernet_steps_in_epochs_of_the_data(tmp_path):
