@@ -380,14 +380,15 @@ def narrowest_width_table(cells: List[Dict], min_cells: int = 8) -> str:
     """Spearman (95% bootstrap interval) between each cell's narrowest group width and its fidelity to the
     teacher, on the held-out TRAINING images (``val_l1_teacher``, negated: higher = better) and on the test
     split (``psnr_teacher``), per recipe, budget and direction, over every arm fine-tuned from the
-    teacher's weights (scratch and supernet arms start elsewhere). Empty when no budget has ``min_cells``."""
+    teacher's weights with the config's schedule (scratch and supernet arms start elsewhere, the long arms train
+    longer). Empty when no budget has ``min_cells``."""
     from paired_stats import spearman_ci
 
     rows = []
     for recipe in sorted({c["recipe"] for c in cells}):
         for budget in sorted({float(c["budget"]) for c in cells}):
             g = [c for c in cells if c["recipe"] == recipe and float(c["budget"]) == budget
-                 and c.get("init") == "teacher" and "val_l1_teacher_AB" in c]
+                 and c.get("init") == "teacher" and "finetune_epochs" not in c and "val_l1_teacher_AB" in c]
             if len(g) < min_cells:
                 continue
             out = []
@@ -400,7 +401,7 @@ def narrowest_width_table(cells: List[Dict], min_cells: int = 8) -> str:
     if not rows:
         return ""
     return ("Spearman between a student's narrowest group width and its fidelity to the teacher, over the "
-            "cells fine-tuned from the teacher's weights; held-out training images (L1, the number that "
+            "cells fine-tuned from the teacher's weights by the standard schedule; held-out training images (L1, the number that "
             "decides) and test split (PSNR).\n\n"
             "| recipe | budget | cells (arms) | held-out G_A | held-out G_B | test G_A | test G_B |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows))

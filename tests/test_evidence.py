@@ -497,7 +497,8 @@ def test_the_narrowest_width_table_ranks_cells_on_held_out_and_test_fidelity():
                       "val_l1_teacher_AB": 0.1 - 0.01 * i, "val_l1_teacher_BA": 0.01 * i,
                       "psnr_teacher_AB": 20.0 + i, "psnr_teacher_BA": 20.0 - 0.1 * i})
     scratch = dict(cells[0], arm="uniform-scratch", init="scratch")  # starts elsewhere: left out
-    text = tables.narrowest_width_table(cells + [scratch])
+    long = dict(cells[1], arm="l1-long", finetune_epochs=[9, 9])  # trained longer: left out
+    text = tables.narrowest_width_table(cells + [scratch, long])
     row = [line for line in text.splitlines() if line.startswith("| distill | 0.05 |")]
     assert len(row) == 1 and "| 8 (coevo, l1) |" in row[0]
     held_a, held_b, test_a = (row[0].split(" | ")[i] for i in (3, 4, 5))
