@@ -190,3 +190,17 @@ def test_config_path_is_a_folder_or_not_text(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="not a text"):
         load_config(binary)
+
+
+def test_diff_configs_counts_a_key_one_side_lacks_as_its_default():
+    """A record written before coevo had a key (a search checkpoint's settings, inputs.json) ran as the key's
+    default: no change unless the other side sets something else."""
+    from coevo.config import Config, config_to_dict, diff_configs
+
+    old = config_to_dict(Config())
+    del old["search"]["width_floor"]
+    assert diff_configs(old, Config()) == []
+    assert diff_configs({"search": dict(old["search"])}, {"search": config_to_dict(Config())["search"]}) == []
+    new = Config()
+    new.search.width_floor = "uniform"
+    assert diff_configs(old, new) == ["search.width_floor ('none' -> 'uniform')"]

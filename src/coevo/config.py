@@ -475,16 +475,20 @@ def diff_configs(old: Config | Dict[str, Any], new: Config | Dict[str, Any],
 
     ``sections``: only keys whose first part is listed (a section such as ``"search"``
     or a top-level key such as ``"seed"``); None: every key. Keys in
-    :data:`RESUME_SAFE_KEYS` and ``ignore`` never count. Every resume check uses this function.
+    :data:`RESUME_SAFE_KEYS` and ``ignore`` never count; a key one side lacks counts as its default.
+    Every resume check uses this function.
     """
     a = flatten(old if isinstance(old, dict) else config_to_dict(old))
     b = flatten(new if isinstance(new, dict) else config_to_dict(new))
+    # a key one side lacks was recorded before coevo had it: it ran as the key's default (an upgrade is no edit)
+    default = flatten(config_to_dict(Config()))
     out = []
     for key in sorted(set(a) | set(b)):
         if key in RESUME_SAFE_KEYS or key in ignore or (sections is not None and key.split(".")[0] not in sections):
             continue
-        if a.get(key) != b.get(key):
-            out.append(f"{key} ({a.get(key)!r} -> {b.get(key)!r})")
+        was, now = a.get(key, default.get(key)), b.get(key, default.get(key))
+        if was != now:
+            out.append(f"{key} ({was!r} -> {now!r})")
     return out
 
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
-from ..config import Config, config_from_dict, config_to_dict, diff_configs, load_config
+from ..config import Config, config_to_dict, diff_configs, load_config
 from .files import atomic_write_text
 from ..errors import ConfigError
 
@@ -82,12 +82,7 @@ def check_config_file(run_dir: str | Path) -> None:
     saved = read_inputs(run_dir)
     if not saved or "config" not in saved or not (run_dir / "config.yaml").is_file():
         return
-    recorded = saved["config"]
-    try:  # a key added to coevo since the run started takes its default on both sides (an upgrade is no edit)
-        recorded = config_from_dict(recorded)
-    except (ConfigError, ValueError, TypeError):  # a key removed since: compare what was recorded
-        pass
-    changes = diff_configs(recorded, load_config(run_dir / "config.yaml"))
+    changes = diff_configs(saved["config"], load_config(run_dir / "config.yaml"))
     if changes:
         raise InputsChangedError(
             f"cannot resume {run_dir}: its config.yaml was edited after the run wrote it ({', '.join(changes)}). "

@@ -126,7 +126,11 @@ def search_weights(search_dir: Optional[PathLike]) -> Optional[Dict[str, Path]]:
     if search_dir is None:
         return None
     folder = recorded_supernet(search_dir)
-    if folder is None:
-        return None
-    read_supernet_record(folder)  # still there and finished
-    return {d: folder / f"{d}.pt" for d in DIRECTIONS}
+    return None if folder is None else supernet_weights(folder)
+
+
+def supernet_weights(folder: PathLike) -> Dict[str, Path]:
+    """``{"G_A": file, "G_B": file}`` of the finished supernet in ``folder``; CheckpointError naming the fix when
+    it holds none."""
+    read_supernet_record(folder)  # there and finished
+    return {d: Path(folder) / f"{d}.pt" for d in DIRECTIONS}

@@ -316,7 +316,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     for k in DIRECTIONS:  # before the run folder exists: a genome of another network is no start
         check_genome_fits(_load_trainable(getattr(teacher_paths, k)).arch, genomes[k], f"the teacher's {k}")
     source = dict(source or {})
-    from ..search.supernet import read_supernet_record, search_weights
+    from ..search.supernet import search_weights, supernet_weights
 
     # a search scored on a supernet: the students are cut from it (not from the teacher) unless drawn afresh;
     # source["supernet_dir"] cuts genomes chosen elsewhere (e.g. a baseline's) from a supernet the same way
@@ -324,8 +324,7 @@ def finetune_genomes(cfg: Config, teacher_paths: TeacherPaths, genomes: Mapping[
     if cfg.finetune.init != "scratch":
         weights = search_weights(source.get("search_dir"))
         if weights is None and source.get("supernet_dir"):
-            read_supernet_record(source["supernet_dir"])  # there and finished, else one line naming the fix
-            weights = {d: Path(source["supernet_dir"]) / f"{d}.pt" for d in DIRECTIONS}
+            weights = supernet_weights(source["supernet_dir"])
     files = {**teacher_files(teacher_paths), **{f"supernet {k}": p for k, p in (weights or {}).items()}}
     if weights is not None:
         source["student_weights"] = {"source": "supernet", **{k: str(p) for k, p in weights.items()}}
