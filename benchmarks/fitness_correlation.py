@@ -8,7 +8,9 @@ L1 distillation of the slim network towards the teacher from its inherited weigh
 (``--trained-steps``, in the spirit of the official code, which trains every
 candidate), and the supernet fitness: the proxy's terms with the weights of a
 weight-sharing supernet (``coevo supernet``; ``--supernet DIR``, or trained here for
-``--supernet-steps``). Then every pair is fine-tuned by the one recipe
+``--supernet-steps``), and the adapted supernet fitness: the supernet's weights, then
+``--adapt-steps`` distillation steps before scoring (what ``search.rerank_top`` scores on a
+supernet search with ``search.trained_steps`` = ``--adapt-steps``). Then every pair is fine-tuned by the one recipe
 (``finetune_genomes``, shortened by ``--steps``) once per seed (``--seeds``, from the
 teacher's weights or, ``--finetune-from supernet``, from the supernet's), and judged by
 the L1 distance of its outputs to the teacher's on the test split (the same images for
@@ -33,6 +35,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List
 
@@ -41,6 +44,18 @@ import torch
 
 from coevo.core.runs import prepare_run_dir
 from paired_stats import spearman, spearman_ci  # noqa: F401  (spearman: part of this script's interface)
+
+
+ADAPTED = "supernet, adapted"  # the kind: the supernet's weights, then --adapt-steps of distillation
+# arguments that change only the fitnesses, never a fine-tuning: a --resume may change them
+FITNESS_ONLY = ("trained_steps", "trained_lr", "adapt_steps")
+
+
+def same_finetunings(saved: Dict, now: Dict) -> bool:
+    """Whether a work folder's settings (``benchmark_settings.json``) make the fine-tunings ``now``'s would:
+    the arguments of the fitnesses alone may differ (they are recomputed on every run)."""
+    strip = lambda f: {k: v for k, v in f.get("argv", {}).items() if k not in FITNESS_ONLY}  # noqa: E731
+    return strip(saved) == strip(now)
 
 
 def narrowest_reference(genomes: List[Dict], seed: int = 0) -> Dict:
@@ -113,6 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=100, help="fine-tuning steps per epoch (2 epochs)")
     p.add_argument("--trained-steps", type=int, default=20)
     p.add_argument("--trained-lr", type=float, default=1e-3)
+    p.add_argument("--adapt-steps", type=int, default=60,
+                   help="distillation steps from the supernet's weights of the adapted supernet fitness (0: none)")
     p.add_argument("--supernet", type=Path, help="a `coevo supernet` folder of this teacher (else one is trained)")
     p.add_argument("--supernet-steps", type=int, default=2000, help="steps of the supernet trained here "
                                                                     "(0: no supernet fitness)")
@@ -162,11 +179,11 @@ def main(argv=None) -> int:
     fingerprint = {"argv": {k: str(v) for k, v in vars(args).items() if k not in ("resume", "out", "threads")}}
     stamp = args.work / "benchmark_settings.json"
     if args.resume and stamp.is_file():
-        if json.loads(stamp.read_text()) != fingerprint:
+        if not same_finetunings(json.loads(stamp.read_text()), fingerprint):
             p.error(f"--resume: {args.work} was made with other settings ({stamp}); drop --resume to start again")
     else:
         prepare_run_dir(args.work, force=True, command="benchmarks/fitness_correlation.py")
-        stamp.write_text(json.dumps(fingerprint, indent=1) + "\n")
+    stamp.write_text(json.dumps(fingerprint, indent=1) + "\n")
     supernet, supernet_s = args.supernet, 0.0
     if supernet is None and args.supernet_steps > 0:
         from coevo.train.supernet import train_supernet
@@ -192,7 +209,8 @@ def main(argv=None) -> int:
             genomes[d].append(random_genome_for_macs(t.arch, args.macs_ratio, MACS_SIZE, rng,
                                                      convention=MACS_CONVENTION, density_range=(lo, 1.0)))
 
-    kinds = ("proxy", "trained") + (("supernet",) if sn_ctx is not None else ())
+    adapted = ADAPTED if sn_ctx is not None and args.adapt_steps > 0 else None
+    kinds = ("proxy", "trained") + (("supernet",) if sn_ctx is not None else ()) + ((adapted,) if adapted else ())
     fitness, cost = {k: {} for k in kinds}, {k: 0.0 for k in kinds}
     for d, partner in (("G_A", "G_B"), ("G_B", "G_A")):
         full_partner = Genome.all_keep(ctx[partner].teacher.arch)
@@ -209,6 +227,12 @@ def main(argv=None) -> int:
             fitness["supernet"][d] = [t.to_dict() for t in evaluate_genomes(sn_ctx, d, genomes[d], full_partner,
                                                                             objective)]
             cost["supernet"] += time.perf_counter() - t0
+        if adapted:  # the re-rank of a supernet search: its weights, then adapt_steps of distillation
+            t0 = time.perf_counter()
+            fitness[adapted][d] = [t.to_dict() for t in evaluate_genomes(
+                replace(sn_ctx, trained_steps=args.adapt_steps, trained_lr=args.trained_lr), d, genomes[d],
+                full_partner, objective)]
+            cost[adapted] += time.perf_counter() - t0
     per_candidate = {k: v / (2 * args.genomes) for k, v in cost.items()}
     print("fitness per candidate: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in per_candidate.items()),
           flush=True)
@@ -266,7 +290,8 @@ def main(argv=None) -> int:
                      "overrides": args.overrides,
                      "finetune_epochs": cfg.finetune.epochs + cfg.finetune.epochs_decay,
                      "finetune_max_steps_per_epoch": cfg.finetune.max_steps_per_epoch,
-                     "trained_steps": args.trained_steps, "trained_lr": args.trained_lr, "seed": args.seed,
+                     "trained_steps": args.trained_steps, "trained_lr": args.trained_lr,
+                     "adapt_steps": args.adapt_steps if adapted else None, "seed": args.seed,
                      "metric": ctx.metric_name, "eval_images": int(ctx["G_A"].inputs.shape[0])},
         "conventions": {"fitness": "higher is better", "finetuned": "test L1 to the teacher, lower is better; "
                         "Spearman is taken with its negation (mean over seeds)"},
