@@ -47,14 +47,14 @@ from paired_stats import spearman, spearman_ci  # noqa: F401  (spearman: part of
 
 
 ADAPTED = "supernet, adapted"  # the kind: the supernet's weights, then --adapt-steps of distillation
-# arguments that change only the fitnesses, never a fine-tuning: a --resume may change them
-FITNESS_ONLY = ("trained_steps", "trained_lr", "adapt_steps")
+# arguments that never change a fine-tuning (the fitnesses', and --rescore): a --resume may change them
+NOT_FINETUNING = ("trained_steps", "trained_lr", "adapt_steps", "rescore")
 
 
 def same_finetunings(saved: Dict, now: Dict) -> bool:
     """Whether a work folder's settings (``benchmark_settings.json``) make the fine-tunings ``now``'s would:
     the arguments of the fitnesses alone may differ (they are recomputed on every run)."""
-    strip = lambda f: {k: v for k, v in f.get("argv", {}).items() if k not in FITNESS_ONLY}  # noqa: E731
+    strip = lambda f: {k: v for k, v in f.get("argv", {}).items() if k not in NOT_FINETUNING}  # noqa: E731
     return strip(saved) == strip(now)
 
 

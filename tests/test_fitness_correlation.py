@@ -58,6 +58,6 @@ def test_rescore_adds_the_reference_to_a_results_file_and_keeps_the_rest(tmp_pat
 def test_resume_may_change_the_fitness_arguments_but_not_the_fine_tunings():
     saved = {"argv": {"genomes": "30", "steps": "180", "trained_steps": "20"}}  # made before --adapt-steps
     assert fc.same_finetunings(saved, {"argv": {"genomes": "30", "steps": "180", "trained_steps": "60",
-                                                "adapt_steps": "60", "trained_lr": "0.001"}})
+                                                "adapt_steps": "60", "trained_lr": "0.001", "rescore": "None"}})
     assert not fc.same_finetunings(saved, {"argv": {"genomes": "30", "steps": "100", "trained_steps": "20"}})
     assert not fc.same_finetunings(saved, {"argv": {"genomes": "31", "steps": "180"}})
