@@ -22,7 +22,8 @@ One protocol, per built-in task (``--task snow`` or ``dense``, 64 px, exact grou
    * ``uniform-scratch``: the same widths, weights drawn afresh (``finetune.init=scratch``);
    * ``coevo-scratch``: the searched widths, weights drawn afresh;
    * on request (``--arms``): ``coevo-supernet`` (the search on a weight-sharing supernet, students cut
-     from it) and ``coevo-floor`` (the search with no group narrower than the uniform student's
+     from it), ``coevo-supernet-rerank`` (that search re-ranked by the adapted supernet fitness,
+     :data:`RERANK`) and ``coevo-floor`` (the search with no group narrower than the uniform student's
      narrowest group, :func:`width_floor`).
 
    Every genome is then moved to within ``--tol`` (1%) of the budget's MACs, both generators
@@ -67,6 +68,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -88,18 +90,23 @@ log = logging.getLogger("evidence")
 
 TASKS = ("snow", "dense")
 ARMS = ("coevo", "l1", "random", "uniform", "uniform-scratch", "coevo-scratch", "coevo-supernet", "coevo-floor",
-        "l1-long", "uniform-long", "l1-supernet", "coevo-long")
+        "l1-long", "uniform-long", "l1-supernet", "coevo-long", "coevo-supernet-rerank")
 # coevo-supernet (a supernet per budget first), coevo-floor and the supernet's controls: on request (--arms)
 DEFAULT_ARMS = ARMS[:6]
 SCRATCH = {"uniform-scratch": "uniform", "coevo-scratch": "coevo"}  # arm -> the arm whose widths it takes
 # the supernet arm's controls: the baseline's pair, fine-tuned for as many more steps as the supernet trained
 # (long), or cut from the same supernet (l1-supernet)
 LONG = {"l1-long": "l1", "uniform-long": "uniform", "coevo-long": "coevo"}
-FROM_SUPERNET = {"coevo-supernet": "coevo-supernet", "l1-supernet": "l1"}
+FROM_SUPERNET = {"coevo-supernet": "coevo-supernet", "l1-supernet": "l1",
+                 "coevo-supernet-rerank": "coevo-supernet-rerank"}
 GENOMES_OF = {**SCRATCH, **LONG, **FROM_SUPERNET}  # arm -> the arm whose pair it trains
 # arm -> the folder of WORK its searches live in (one per budget and seed: bBUDGET_sSEED)
 SEARCH_FOLDERS = {"coevo": "search", "coevo-scratch": "search", "coevo-floor": "search-floor",
-                  "coevo-supernet": "search-supernet"}
+                  "coevo-supernet": "search-supernet", "coevo-supernet-rerank": "search-supernet-rerank"}
+# coevo-supernet-rerank: the supernet search's final top RERANK["top"] genomes and the L1 seed re-scored after
+# RERANK["steps"] distillation steps from the supernet's weights (search.rerank_top, search.trained_steps): the
+# adapted supernet fitness of benchmarks/fitness_correlation.py
+RERANK = {"top": 8, "steps": 60}
 RECIPES = ("gan", "distill")
 BUDGETS = (0.05, 0.02, 0.1)
 DIRECTIONS = ("G_A", "G_B")
@@ -123,6 +130,9 @@ ARM_DEFINITIONS = {
     "uniform-long": "the uniform pair fine-tuned for at least supernet.steps more steps (as l1-long)",
     "l1-supernet": "the l1 pair cut from the budget's supernet instead of the teacher (the supernet arm without "
                    "its search)",
+    "coevo-supernet-rerank": "coevo-supernet's finished search re-ranked: its final top 8 genomes and the L1 seed "
+                             "scored after 60 distillation steps from the supernet's weights (search.rerank_top 8, "
+                             "search.trained_steps 60), the best by that cut from the supernet and fine-tuned",
     "coevo-long": "the coevo arm's pair fine-tuned as long as l1-long (does the search win when fine-tuning runs "
                   "longer?)",
 }
@@ -542,10 +552,29 @@ def budget_supernet(cfg: Config, teacher: TeacherPaths, work: Path, budget: floa
 
 
 def supernet_search_pair(cfg: Config, teacher: TeacherPaths, work: Path, budget: float,
-                         seed: int) -> Tuple[Dict, Dict]:
+                         seed: int, rerank: bool = False) -> Tuple[Dict, Dict]:
     """The coevo search on a supernet at ``budget`` and ``seed``; the budget's supernet is trained (or
-    resumed) first in ``work/supernet/bBUDGET`` and shared by every seed."""
+    resumed) first in ``work/supernet/bBUDGET`` and shared by every seed. ``rerank``: that search, finished,
+    copied to its own folder and resumed there with the re-rank (:data:`RERANK`), which runs no generation
+    again (the coevo-supernet-rerank arm)."""
     from coevo.search import run_search
+
+    if rerank:
+        _, info = supernet_search_pair(cfg, teacher, work, budget, seed)
+        folder = work / SEARCH_FOLDERS["coevo-supernet-rerank"] / f"b{budget:g}_s{seed}"
+        done = folder / "search.json"
+        if not (done.is_file() and "rerank" in json.loads(done.read_text())):
+            if not folder.is_dir():
+                part = folder.with_name(folder.name + ".part")
+                shutil.rmtree(part, ignore_errors=True)
+                shutil.copytree(info["search_folder"], part)
+                (part / "search.json").unlink()  # the copy is finished once its re-rank is written
+                part.rename(folder)
+            scfg = _cfg_with(cfg, [f"search.macs_ratio={budget}", f"seed={seed}", "search.fitness=supernet",
+                                   f"search.rerank_top={RERANK['top']}", f"search.trained_steps={RERANK['steps']}"])
+            run_search(scfg, folder, teacher=teacher, resume=True, progress=False)
+        best = {d: Genome.load_json(folder / "genomes" / f"best_{d}.json") for d in DIRECTIONS}
+        return best, {**info, "search_folder": str(folder), "rerank": dict(RERANK)}
 
     sn = budget_supernet(cfg, teacher, work, budget)
     folder = work / SEARCH_FOLDERS["coevo-supernet"] / f"b{budget:g}_s{seed}"
@@ -569,6 +598,8 @@ def arm_genomes(arm: str, budget: float, seed: int, cfg: Config, paths: TeacherP
         return search_pair(cfg, paths, work, budget, seed)
     if base == "coevo-supernet":
         return supernet_search_pair(cfg, paths, work, budget, seed)
+    if base == "coevo-supernet-rerank":
+        return supernet_search_pair(cfg, paths, work, budget, seed, rerank=True)
     if base == "coevo-floor":
         return search_pair(cfg, paths, work, budget, seed, min_channels=width_floor(teacher, budget))
     if base == "l1":
@@ -703,7 +734,8 @@ def run_cell(arm: str, budget: float, seed: int, recipe: str, cfg: Config, paths
         resume = (folder / "config.yaml").is_file()
         finetune_genomes(ft_cfg, paths, genomes, folder, resume=resume, force=not resume and folder.exists(),
                          source={"benchmark": "evidence", "arm": arm, "budget": budget,
-                                 **({"search_dir": info["search_folder"]} if arm == "coevo-supernet" else {}),
+                                 **({"search_dir": info["search_folder"]} if arm in SEARCH_FOLDERS and arm in FROM_SUPERNET
+                                    else {}),
                                  **({"supernet_dir": record["supernet_folder"]} if arm == "l1-supernet" else {})})
         students = {d: load_generator(folder / f"{d}.pt").eval() for d in DIRECTIONS}
         record.update(evaluate_pair(students, teacher, data))
@@ -794,6 +826,8 @@ def summarise(cells: Sequence[Mapping], margin: float = 0.15) -> Dict:
                                      ("coevo-supernet", ["l1", "random", "uniform", "coevo", "l1-long",
                                                          "uniform-long", "l1-supernet"]),
                                      ("coevo-long", ["l1-long", "uniform-long"]),
+                                     ("coevo-supernet-rerank", ["l1", "random", "uniform", "coevo", "coevo-supernet",
+                                                                "l1-supernet", "l1-long", "uniform-long"]),
                                      ("coevo-floor", ["l1", "random", "uniform", "coevo"])):
                     for arm in others:
                         seeds = sorted(s for (a, s) in value if a == arm and (base, s) in value)

@@ -214,7 +214,8 @@ ARM_NAMES = {"coevo": "coevo (search)", "l1": "global L1", "random": "random", "
              "uniform-scratch": "uniform, scratch", "coevo-scratch": "coevo widths, scratch",
              "coevo-supernet": "coevo on a supernet", "coevo-floor": "coevo, width floor",
              "l1-long": "global L1, +supernet steps", "uniform-long": "uniform (L1), +supernet steps",
-             "l1-supernet": "global L1 cut from the supernet", "coevo-long": "coevo (search), +supernet steps"}
+             "l1-supernet": "global L1 cut from the supernet", "coevo-long": "coevo (search), +supernet steps",
+             "coevo-supernet-rerank": "coevo on a supernet, re-ranked (60 steps)"}
 
 
 def _speedup(v: Dict | None) -> str:

@@ -196,6 +196,56 @@ def test_the_supernet_controls_train_longer_or_from_the_supernet_and_are_compare
         f"distill b0.05: coevo-long - {a}" for a in ("l1-long", "uniform-long")}
 
 
+def test_the_rerank_arm_re_ranks_a_copy_of_the_finished_supernet_search(work, teacher, fake_training, monkeypatch):
+    """coevo-supernet-rerank: the supernet arm's finished search is copied (the original untouched) and resumed
+    with the re-rank settings (no generation runs again); its choice is cut from the supernet; a finished copy
+    is read back; it is compared with the baselines, the supernet arm and its controls."""
+    import coevo.search as search_pkg
+
+    cfg = _cfg()
+    base = work / ev.SEARCH_FOLDERS["coevo-supernet"] / "b0.1_s0"
+
+    def fake_base(cfg_, paths, work_, budget, seed, rerank=False):
+        assert not rerank
+        (base / "genomes").mkdir(parents=True, exist_ok=True)
+        for d in ev.DIRECTIONS:
+            ev.uniform_genome(teacher[d], budget).save_json(base / "genomes" / f"best_{d}.json")
+        (base / "search.json").write_text(json.dumps({"generations": 1, "wall_time_s": 5.0}))
+        return {d: ev.uniform_genome(teacher[d], budget) for d in ev.DIRECTIONS}, {"search_folder": str(base),
+                                                                                   "supernet_folder": "SN"}
+
+    runs = []
+
+    nets = teacher
+
+    def fake_run_search(cfg_, folder, teacher=None, resume=False, progress=True, **kw):
+        runs.append((Path(folder), resume, cfg_.search.fitness, cfg_.search.rerank_top, cfg_.search.trained_steps))
+        assert not (Path(folder) / "search.json").exists()  # the copy's own summary is written by its re-rank
+        for d in ev.DIRECTIONS:
+            ev.global_l1_genome(nets[d], 0.1).save_json(Path(folder) / "genomes" / f"best_{d}.json")
+        (Path(folder) / "search.json").write_text(json.dumps({"generations": 1, "wall_time_s": 9.0, "rerank": {"top": 8}}))
+
+    plain = ev.supernet_search_pair
+    monkeypatch.setattr(ev, "supernet_search_pair",
+                        lambda *a, rerank=False: plain(*a, rerank=True) if rerank else fake_base(*a))
+    monkeypatch.setattr(search_pkg, "run_search", fake_run_search)
+    rec = ev.run_cell("coevo-supernet-rerank", 0.1, 0, "distill", cfg, None, teacher, Path("."), work, ev.TOLERANCE)
+    folder = work / ev.SEARCH_FOLDERS["coevo-supernet-rerank"] / "b0.1_s0"
+    assert runs == [(folder, True, "supernet", ev.RERANK["top"], ev.RERANK["steps"])]
+    assert json.loads((base / "search.json").read_text()) == {"generations": 1, "wall_time_s": 5.0}  # the original is untouched
+    assert rec["init"] == "supernet" and rec["same_as_l1"] and rec["rerank"] == ev.RERANK
+    assert rec["search_seconds"] == 9.0  # the copy's summary: the search and its re-rank
+    assert fake_training == [("coevo-supernet-rerank", "distill", "teacher", 0, str(folder))]
+    ev.supernet_search_pair(cfg, None, work, 0.1, 0, rerank=True)
+    assert len(runs) == 1  # finished: read back
+    cells = [{"recipe": "distill", "budget": 0.05, "arm": a, "seed": s, "psnr_teacher_AB": v + s * 0.1,
+              "psnr_teacher_BA": v, "psnr_gt_AB": 1.0, "psnr_gt_BA": 1.0}
+             for a, v in (("coevo-supernet-rerank", 22.0), ("coevo-supernet", 21.0), ("l1-supernet", 20.0),
+                          ("l1", 19.0)) for s in range(3)]
+    assert {n for n in ev.summarise(cells)["psnr_teacher"] if n.startswith("distill b0.05: coevo-supernet-rerank")} == {
+        f"distill b0.05: coevo-supernet-rerank - {a}" for a in ("coevo-supernet", "l1-supernet", "l1")}
+
+
 def test_long_schedule_adds_the_supernet_steps_in_epochs_of_the_data(tmp_path):
     assert ev.stretched_epochs(3, 3, 2000, 180) == [9, 9]  # the benchmark's: 6 + 12 epochs of 180 steps
     assert ev.stretched_epochs(3, 3, 25, 10) == [5, 4]  # 3 more epochs (not 2: at least as many steps)

@@ -354,6 +354,28 @@ def test_rerank_picks_the_best_trained_fitness_among_the_top_and_the_l1_seed(env
     assert again.summary["rerank"]["candidates"] == rerank["candidates"]
 
 
+def test_a_finished_search_is_re_ranked_on_resume_with_other_rerank_settings(env, tmp_path):
+    """The re-rank is not checkpointed: `--resume --set search.rerank_top=...` re-ranks a finished search
+    without running it again, as a run made with those settings would; trained_steps may not change under
+    the trained fitness (it scores every generation there)."""
+    from coevo.core.inputs import InputsChangedError
+
+    run_search(make_cfg(env, generations=1), tmp_path / "p", teacher=env["teacher"], progress=False)
+    before = history(tmp_path / "p")
+    resumed = run_search(make_cfg(env, generations=1, rerank_top=2, trained_steps=3), tmp_path / "p",
+                         teacher=env["teacher"], resume=True, progress=False)
+    fresh = run_search(make_cfg(env, generations=1, rerank_top=2, trained_steps=3), tmp_path / "f",
+                       teacher=env["teacher"], progress=False)
+    assert history(tmp_path / "p") == before  # no generation ran again
+    assert resumed.summary["rerank"] == fresh.summary["rerank"] and resumed.summary["rerank"]["trained_steps"] == 3
+    assert {d: g.widths() for d, g in resumed.best.items()} == {d: g.widths() for d, g in fresh.best.items()}
+    run_search(make_cfg(env, generations=1, fitness="trained", trained_steps=2), tmp_path / "t",
+               teacher=env["teacher"], progress=False)
+    with pytest.raises(InputsChangedError, match="trained_steps"):
+        run_search(make_cfg(env, generations=1, fitness="trained", trained_steps=3), tmp_path / "t",
+                   teacher=env["teacher"], resume=True, progress=False)
+
+
 def test_width_floor_keeps_every_genome_at_least_as_wide_as_the_uniform_networks_narrowest(env, reference, tmp_path):
     from coevo.errors import ConfigError
     from coevo.prune.budget import uniform_widths

@@ -63,6 +63,16 @@ log = logging.getLogger(__name__)
 # for the generation count (a finished search may be continued for more generations).
 SEARCH_SECTIONS = ("seed", "data", "search")
 RESUME_MAY_CHANGE = ("search.generations",)
+# The re-rank runs after the last generation and is not checkpointed, so a resumed search re-ranks with
+# the settings it is resumed with: `--resume --set search.rerank_top=4` re-ranks a finished search without
+# running it again. trained_steps and trained_lr are also the generations' fitness with
+# search.fitness=trained, and may change only when the run's fitness is another.
+RERANK_KEYS = ("search.rerank_top", "search.trained_steps", "search.trained_lr")
+
+
+def resume_may_change(fitness: str) -> Tuple[str, ...]:
+    """The config keys a resume of a search with ``search.fitness`` = ``fitness`` may change."""
+    return RESUME_MAY_CHANGE + (RERANK_KEYS[:1] if fitness == "trained" else RERANK_KEYS)
 
 
 @dataclass
@@ -260,7 +270,7 @@ def _supernet_for(run_dir: Path, cfg: Config, supernet: Optional[str | Path], re
 
 def _check_same_settings(run_dir: Path, old: Config, cfg: Config) -> None:
     """Refuse a resume whose config changes what the search computes (more generations are fine)."""
-    changed = diff_configs(old, cfg, SEARCH_SECTIONS, ignore=RESUME_MAY_CHANGE)
+    changed = diff_configs(old, cfg, SEARCH_SECTIONS, ignore=resume_may_change(old.search.fitness))
     if changed:
         raise InputsChangedError(
             f"cannot resume {run_dir}: the config differs from the run's in {', '.join(changed)}; the result "
@@ -274,7 +284,7 @@ def _restore_point(run_dir: Path, cfg: Config, resume: bool) -> Tuple[Optional[S
     if resume and state_path.exists():
         state = load_state(state_path)
         changed = diff_configs({"search": state.search_config}, {"search": asdict(cfg.search)},
-                               ignore=RESUME_MAY_CHANGE)
+                               ignore=resume_may_change(state.search_config.get("fitness", "proxy")))
         if changed:
             raise InputsChangedError(
                 f"cannot resume {run_dir}: the search settings differ from the run's in {', '.join(changed)}; "
