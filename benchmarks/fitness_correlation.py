@@ -244,7 +244,7 @@ def main(argv=None) -> int:
         from coevo.search.supernet import write_weights_record
 
         record = args.work / "weights_from"  # fine-tuning reads where to cut from as a search records it
-        record.mkdir()
+        record.mkdir(exist_ok=True)  # a --resume finds it
         write_weights_record(record, supernet)
         source = {"search_dir": str(record.resolve())}
     images = test_images(cfg)
