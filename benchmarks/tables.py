@@ -412,35 +412,44 @@ FITNESS_GOAL = {"rho": 0.7, "fraction_of_ceiling": 0.8}  # issue 19: both direct
 
 
 def fitness_table() -> str:
-    """Spearman of each search fitness with the fine-tuned result, next to the noise ceiling
-    (benchmarks/results/fitness_correlation_snow/fitness_correlation.json)."""
-    d = _load("fitness_correlation_snow/fitness_correlation.json")
-    if d is None:
+    """Per task, Spearman of each search fitness with the fine-tuned result, next to the noise ceiling
+    (benchmarks/results/fitness_correlation_TASK/fitness_correlation.json, snow then dense)."""
+    runs = [(t, _load(f"fitness_correlation_{t}/fitness_correlation.json")) for t in ("snow", "dense")]
+    runs = [(t, d) for t, d in runs if d is not None]
+    if not runs:
         return ("_no results yet: `python benchmarks/fitness_correlation.py` on the evidence benchmark's snow teacher "
                 "(see benchmarks/README.md)_")
+    return "\n\n".join(_fitness_task_table(t, d) for t, d in runs)
+
+
+def _fitness_task_table(task: str, d: Dict) -> str:
     st = d["settings"]
     rows = ["| fitness | G_A Spearman [95% CI] | G_B Spearman [95% CI] | fraction of the ceiling (G_A, G_B) | "
             "ms per candidate | meets the goal |", "|---|---|---|---|---|---|"]
+    names = {"narrowest width": "narrowest group width (no network run)",
+             "trained": f"trained ({st.get('trained_steps')} steps from the teacher's weights)",
+             "supernet, adapted": f"supernet, adapted ({st.get('adapt_steps')} steps from the supernet's weights)"}
     for kind, v in d["spearman"].items():
         rhos = [v[g]["fitness"]["rho"] for g in ("G_A", "G_B")]
         fr = [v[g].get("fraction_of_ceiling") for g in ("G_A", "G_B")]
         ok = all(r >= FITNESS_GOAL["rho"] for r in rhos) and all(f is not None and f >= FITNESS_GOAL[
             "fraction_of_ceiling"] for f in fr)
         cell = lambda g: "{:+.2f} [{:+.2f}, {:+.2f}]".format(v[g]["fitness"]["rho"], *v[g]["fitness"]["ci95"])  # noqa: E731
-        name = "narrowest group width (no network run)" if kind == "narrowest width" else kind
-        rows.append(f"| {name} | {cell('G_A')} | {cell('G_B')} | "
+        rows.append(f"| {names.get(kind, kind)} | {cell('G_A')} | {cell('G_B')} | "
                     + ", ".join("-" if f is None else f"{f:.2f}" for f in fr)
                     + f" | {d['seconds_per_candidate'][kind] * 1000:.0f} | {'yes' if ok else 'no'} |")
     c = d["noise_ceiling"]
     ceiling = ", ".join("{} {:+.2f} [{:+.2f}, {:+.2f}]".format(g, c[g]["rho"], *c[g]["ci95"]) for g in c)
     sn = d.get("supernet") or {}
-    head = (f"{st['genomes']} genome pairs (the L1 pair and random pairs of varied shape) at "
-            f"{st['macs_ratio']:g} of the MACs of the evidence benchmark's converged snow teacher; each pair "
+    trained = (f"trained {st.get('supernet_steps')} steps here, in {sn.get('train_seconds', 0) / 60:.1f} min"
+               if st.get("supernet_steps") else "the evidence benchmark's supernet at this budget")
+    head = (f"**{task}**: {st['genomes']} genome pairs (the L1 pair and random pairs of varied shape) at "
+            f"{st['macs_ratio']:g} of the MACs of the evidence benchmark's converged {task} teacher; each pair "
             f"fine-tuned with {st['seeds']} seeds by the `{st.get('recipe', 'gan')}` recipe "
             f"({st.get('finetune_epochs', '?')} epochs of at most {st.get('finetune_max_steps_per_epoch', '?')} steps), "
             f"from the {'supernet' if sn.get('finetune_from') == 'supernet' else 'teacher'}'s weights; end result: L1 "
             f"of the student's test outputs to the teacher's. Noise ceiling (seed 0 against seed 1): {ceiling}. "
-            f"Supernet: {st.get('supernet_steps')} steps, trained in {sn.get('train_seconds', 0) / 60:.1f} min. "
+            f"Supernet: {trained}. "
             f"Goal: Spearman >= {FITNESS_GOAL['rho']} in both directions and >= {FITNESS_GOAL['fraction_of_ceiling']} "
             f"of the ceiling. Machine: {_machine(d['machine'])}.")
     return head + "\n\n" + "\n".join(rows)
