@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -72,9 +72,19 @@ def narrowest_reference(genomes: List[Dict], seed: int = 0) -> Dict:
     return out
 
 
+def supernet_seconds(folder) -> Optional[float]:
+    """The supernet's own training time (``supernet.json``, summed over its resumes), or None."""
+    f = Path(folder) / "supernet.json" if folder else None
+    return float(json.loads(f.read_text())["train_seconds"]) if f is not None and f.is_file() else None
+
+
 def rescore(path: Path) -> Dict:
-    """``--rescore``: add the narrowest-width reference to a finished results file (nothing is run again)."""
+    """``--rescore``: add the narrowest-width reference to a finished results file and read the supernet's
+    training time from its folder (nothing is run again)."""
     result = json.loads(Path(path).read_text())
+    sn = result.get("supernet") or {}
+    if supernet_seconds(sn.get("dir")) is not None:
+        sn["train_seconds"] = supernet_seconds(sn["dir"])
     ref = narrowest_reference(result["genomes"], result["settings"].get("seed", 0))
     for d, v in ref.items():
         c = result.get("noise_ceiling", {}).get(d)
@@ -299,7 +309,8 @@ def main(argv=None) -> int:
         "noise_ceiling": ceiling,
         "seconds_per_candidate": per_candidate,
         "supernet": {"dir": str(Path(supernet).resolve()) if supernet is not None else None,
-                     "train_seconds": round(supernet_s, 1), "finetune_from": args.finetune_from},
+                     "train_seconds": supernet_seconds(supernet) or round(supernet_s, 1),
+                     "finetune_from": args.finetune_from},
         "finetune_seconds": round(finetune_s, 1),
         "genomes": [{"direction": d, "index": i, "widths": genomes[d][i].widths(),
                      "fitness": {k: fitness[k][d][i]["fitness"] for k in kinds},

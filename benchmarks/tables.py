@@ -441,8 +441,8 @@ def _fitness_task_table(task: str, d: Dict) -> str:
     c = d["noise_ceiling"]
     ceiling = ", ".join("{} {:+.2f} [{:+.2f}, {:+.2f}]".format(g, c[g]["rho"], *c[g]["ci95"]) for g in c)
     sn = d.get("supernet") or {}
-    trained = (f"trained {st.get('supernet_steps')} steps here, in {sn.get('train_seconds', 0) / 60:.1f} min"
-               if st.get("supernet_steps") else "the evidence benchmark's supernet at this budget")
+    trained = (f"{st['supernet_steps']} steps, trained here" if st.get("supernet_steps")
+               else "the evidence benchmark's at this budget") + f", in {sn.get('train_seconds', 0) / 60:.1f} min"
     head = (f"**{task}**: {st['genomes']} genome pairs (the L1 pair and random pairs of varied shape) at "
             f"{st['macs_ratio']:g} of the MACs of the evidence benchmark's converged {task} teacher; each pair "
             f"fine-tuned with {st['seeds']} seeds by the `{st.get('recipe', 'gan')}` recipe "

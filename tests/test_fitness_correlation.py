@@ -42,7 +42,10 @@ def test_rescore_adds_the_reference_to_a_results_file_and_keeps_the_rest(tmp_pat
     path = tmp_path / "fitness_correlation.json"
     result = {"settings": {"seed": 0}, "genomes": _records(), "spearman": {"proxy": {"G_A": {}, "G_B": {}}},
               "seconds_per_candidate": {"proxy": 0.3},
-              "noise_ceiling": {"G_A": {"rho": 0.5}, "G_B": {"rho": 0.8}}}
+              "noise_ceiling": {"G_A": {"rho": 0.5}, "G_B": {"rho": 0.8}},
+              "supernet": {"dir": str(tmp_path / "sn"), "train_seconds": 0.4}}  # timed on a resume: loading only
+    (tmp_path / "sn").mkdir()
+    (tmp_path / "sn" / "supernet.json").write_text(json.dumps({"train_seconds": 345.5}))
     path.write_text(json.dumps(result))
     fc.main(["--rescore", str(path)])
     out = json.loads(path.read_text())
@@ -51,6 +54,7 @@ def test_rescore_adds_the_reference_to_a_results_file_and_keeps_the_rest(tmp_pat
     assert ref["G_A"]["fraction_of_ceiling"] == pytest.approx(2.0)
     assert ref["G_B"]["fraction_of_ceiling"] == pytest.approx(-1.25)
     assert out["seconds_per_candidate"]["narrowest width"] == 0.0
+    assert out["supernet"]["train_seconds"] == 345.5  # the supernet's own record
     with pytest.raises(SystemExit):  # a real run needs its teacher and data
         fc.main([])
 
