@@ -83,8 +83,9 @@ def rescore(path: Path) -> Dict:
     training time from its folder (nothing is run again)."""
     result = json.loads(Path(path).read_text())
     sn = result.get("supernet") or {}
-    if supernet_seconds(sn.get("dir")) is not None:
-        sn["train_seconds"] = supernet_seconds(sn["dir"])
+    seconds = supernet_seconds(sn.get("dir"))
+    if seconds is not None:
+        sn["train_seconds"] = seconds
     ref = narrowest_reference(result["genomes"], result["settings"].get("seed", 0))
     for d, v in ref.items():
         c = result.get("noise_ceiling", {}).get(d)
@@ -113,19 +114,6 @@ def test_images(cfg) -> Dict[str, torch.Tensor]:
     ds = UnpairedImageDataset(cfg.data.root, "test", load_size=size, crop_size=size, flip=False,
                               skip_bad=cfg.data.skip_bad_images, augment=False)
     return {side: torch.stack([ds[i][side] for i in range(len(getattr(ds, f"{side}_paths")))]) for side in "AB"}
-
-
-def trained_terms(ctx, direction: str, genome, partner_net, objective, steps: int, lr: float):
-    """Fitness terms after ``steps`` of L1 distillation towards the teacher on the evaluation batch:
-    ``search.fitness=trained`` (:func:`coevo.search.fitness.distil`), with a fixed partner."""
-    from coevo.search.fitness import compute_terms, cycle_term, distil, perceptual_term, slim_network
-
-    d = ctx[direction]
-    net = distil(slim_network(d.teacher, genome), d.inputs, d.teacher_output, steps, lr)
-    with torch.inference_mode():
-        y = net(d.inputs)
-    return objective.score(perceptual_term(ctx, direction, y), cycle_term(ctx, direction, y, partner_net),
-                           *compute_terms(genome))
 
 
 def main(argv=None) -> int:
@@ -172,7 +160,7 @@ def main(argv=None) -> int:
     from coevo.prune import l1_genome_for_macs, random_genome_for_macs
     from coevo.prune.genome import Genome
     from coevo.search.context import MACS_CONVENTION, MACS_SIZE, build_context
-    from coevo.search.fitness import Objective, evaluate_genomes, slim_network
+    from coevo.search.fitness import Objective, evaluate_genomes
     from coevo.models import load_generator
     from coevo.train.finetune import finetune_genomes
 
@@ -227,10 +215,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         fitness["proxy"][d] = [t.to_dict() for t in evaluate_genomes(ctx, d, genomes[d], full_partner, objective)]
         cost["proxy"] += time.perf_counter() - t0
-        partner_net = slim_network(ctx[partner].teacher, full_partner)
-        t0 = time.perf_counter()
-        fitness["trained"][d] = [trained_terms(ctx, d, g, partner_net, objective, args.trained_steps,
-                                               args.trained_lr).to_dict() for g in genomes[d]]
+        t0 = time.perf_counter()  # search.fitness=trained: the teacher's weights, then trained_steps of distillation
+        fitness["trained"][d] = [t.to_dict() for t in evaluate_genomes(
+            replace(ctx, trained_steps=args.trained_steps, trained_lr=args.trained_lr), d, genomes[d], full_partner,
+            objective)]
         cost["trained"] += time.perf_counter() - t0
         if sn_ctx is not None:  # generation 0 of a supernet search: the partner is the full supernet
             t0 = time.perf_counter()
